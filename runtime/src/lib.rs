@@ -1,0 +1,22 @@
+//! portpool's runtime: the layers under the `portpool` facade.
+//!
+//! | layer | module | job |
+//! |---|---|---|
+//! | 1 | [`transport`] | length-prefixed frames over a socket or a pair of pipes |
+//! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
+//!
+//! Errors, one type per operation, are in [`error`]. Each layer uses only
+//! the public face of the one below it. `unsafe` code lives only in the OS
+//! layer (the `sys` module and the transport flavors), each block with a
+//! `// SAFETY:` comment.
+#![deny(unsafe_code)]
+#![cfg_attr(not(test), warn(clippy::unwrap_used))]
+
+pub mod error;
+pub mod port;
+#[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
+mod sys;
+#[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS, read/write
+pub mod transport;
+
+pub use sys::set_parent_death_signal;

@@ -1,0 +1,429 @@
+//! A connected port: typed messages (serde + postcard), raw bytes, and
+//! ports, in both directions.
+
+use std::fmt;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use super::Port;
+use crate::error::{
+    DecodeError, EncodeError, ProtocolError, RecvError, RecvTimeoutError, SendError, TryRecvError,
+};
+use crate::transport::frame::{Hello, Kind, Role};
+use crate::transport::{AppendError, Reader, SendStats, Wait, Writer};
+
+/// A connected port: send and receive typed messages, raw bytes and ports.
+///
+/// Messages arrive whole and in the order they were sent. [`split`](Ipc::split)
+/// gives a sender half (cloneable, usable from many threads at once) and a
+/// receiver half, so that one thread can block in `recv` while others send.
+#[derive(Debug)]
+pub struct Ipc {
+    tx: IpcSender,
+    rx: IpcReceiver,
+}
+
+/// The sending half of an [`Ipc`]. Clones share the connection; frames from
+/// concurrent senders are coalesced into as few writes as possible, and each
+/// `send` returns only once its message has been handed to the kernel.
+#[derive(Clone)]
+pub struct IpcSender {
+    writer: Writer,
+    peer: Hello,
+}
+
+/// The receiving half of an [`Ipc`].
+pub struct IpcReceiver {
+    reader: Reader,
+    peer: Hello,
+}
+
+impl fmt::Debug for IpcSender {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IpcSender").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Debug for IpcReceiver {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("IpcReceiver").field("peer", &self.peer).finish_non_exhaustive()
+    }
+}
+
+/// [`IpcSender::send_port`] failed; the port is given back.
+#[derive(Debug)]
+pub struct SendPortError {
+    /// The port that was not sent.
+    pub port: Port,
+    /// Why.
+    pub error: SendError,
+}
+
+impl fmt::Display for SendPortError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "could not send a port: {}", self.error)
+    }
+}
+
+impl std::error::Error for SendPortError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        Some(&self.error)
+    }
+}
+
+impl From<SendPortError> for std::io::Error {
+    fn from(e: SendPortError) -> Self {
+        e.error.into()
+    }
+}
+
+/// A postcard output that appends to a borrowed `Vec` (the pending buffer),
+/// so a message is encoded straight into the bytes that will be written.
+struct AppendFlavor<'a>(&'a mut Vec<u8>);
+
+impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
+    type Output = ();
+
+    fn try_push(&mut self, data: u8) -> postcard::Result<()> {
+        self.0.push(data);
+        Ok(())
+    }
+
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0.extend_from_slice(data);
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<()> {
+        Ok(())
+    }
+}
+
+fn encode_into<T: Serialize + ?Sized>(msg: &T, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+    postcard::serialize_with_flavor(msg, AppendFlavor(buf))
+}
+
+fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RecvError> {
+    let fail = |reason: String| {
+        RecvError::Decode(DecodeError {
+            type_name: std::any::type_name::<T>(),
+            len: payload.len(),
+            reason,
+        })
+    };
+    match postcard::take_from_bytes::<T>(payload) {
+        Ok((v, [])) => Ok(v),
+        Ok((_, rest)) => Err(fail(format!("{} bytes left over after the value", rest.len()))),
+        Err(e) => Err(fail(e.to_string())),
+    }
+}
+
+impl IpcSender {
+    /// Sends one message. Returns once the message has been handed to the
+    /// kernel: it is delivered even if this process exits right after.
+    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
+        let seq = self.feed_seq(msg)?;
+        self.writer.flush_through(seq)
+    }
+
+    /// Queues one message without writing it; [`flush`](Self::flush) (or
+    /// any later `send`) writes everything queued in one call.
+    pub fn feed<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
+        self.feed_seq(msg).map(drop)
+    }
+
+    fn feed_seq<T: Serialize + ?Sized>(&self, msg: &T) -> Result<u64, SendError> {
+        self.writer
+            .append(Kind::Message, |buf| encode_into(msg, buf))
+            .map_err(|e| match e {
+                AppendError::Encode(source) => SendError::Encode(EncodeError {
+                    type_name: std::any::type_name::<T>(),
+                    source,
+                }),
+                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
+            })
+    }
+
+    /// Writes every queued message.
+    pub fn flush(&self) -> Result<(), SendError> {
+        self.writer.flush()
+    }
+
+    /// Sends several messages with one write (as long as they fit in the
+    /// kernel's socket buffer). Returns how many were sent. If one fails to
+    /// encode, none after it is queued, and those before it are still sent.
+    pub fn send_batch<'a, T, I>(&self, msgs: I) -> Result<usize, SendError>
+    where
+        T: Serialize + ?Sized + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        let mut n = 0;
+        let mut failed = None;
+        for m in msgs {
+            if let Err(e) = self.feed(m) {
+                failed = Some(e);
+                break;
+            }
+            n += 1;
+        }
+        self.writer.flush()?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(n),
+        }
+    }
+
+    /// Sends raw bytes as one message (received with
+    /// [`IpcReceiver::recv_bytes`]). Long payloads are written from `bytes`
+    /// directly, without a copy.
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
+        self.writer.send_frame(Kind::Message, bytes, &[])
+    }
+
+    /// Transfers `port` to the peer (over `SCM_RIGHTS`; sockets only). Our
+    /// copy is closed once it is sent. On failure the port is given back.
+    pub fn send_port(&self, port: Port) -> Result<(), SendPortError> {
+        if !self.writer.can_pass_fds() {
+            return Err(SendPortError {
+                port,
+                error: SendError::Unsupported("passing ports over a pipe connection"),
+            });
+        }
+        let res = {
+            let (flavor, fds) = port.fds_for_sending();
+            self.writer.send_frame(Kind::Port, &[flavor], &fds)
+        };
+        match res {
+            Ok(()) => Ok(()),
+            Err(error) => Err(SendPortError { port, error }),
+        }
+    }
+
+    /// Frames sent and write calls made so far.
+    pub fn stats(&self) -> SendStats {
+        self.writer.stats()
+    }
+
+    /// Sets the largest message this side sends (default 256 MiB).
+    pub fn set_max_frame_len(&self, limit: usize) {
+        self.writer.set_max_frame_len(limit);
+    }
+
+    /// Whether this connection can carry ports (sockets can, pipes cannot).
+    pub fn can_send_ports(&self) -> bool {
+        self.writer.can_pass_fds()
+    }
+
+    /// The role the peer announced.
+    pub fn peer_role(&self) -> Role {
+        self.peer.role
+    }
+}
+
+impl IpcReceiver {
+    /// Blocks until a message arrives and decodes it as `T`.
+    ///
+    /// A message that is not a valid `T` is consumed and reported as
+    /// [`RecvError::Decode`]; the connection stays usable.
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+        self.recv_wait(Wait::Forever)?
+            .ok_or_else(|| RecvError::Protocol(ProtocolError::new("a blocking receive returned nothing")))
+    }
+
+    /// Returns a message if one is already here.
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<T, TryRecvError> {
+        self.recv_wait(Wait::Now)?.ok_or(TryRecvError::Empty)
+    }
+
+    /// Waits up to `timeout` for a message.
+    pub fn recv_timeout<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.recv_wait(Wait::timeout(timeout))?
+            .ok_or(RecvTimeoutError::Timeout)
+    }
+
+    /// Waits as told for a message: the general form of the `recv` family.
+    pub fn recv_wait<T: DeserializeOwned>(&mut self, wait: Wait) -> Result<Option<T>, RecvError> {
+        if !self.next(Kind::Message, wait)? {
+            return Ok(None);
+        }
+        let res = decode(self.reader.payload());
+        self.reader.consume();
+        res.map(Some)
+    }
+
+    /// Blocks until a message arrives and returns its raw bytes.
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>, RecvError> {
+        let mut out = Vec::new();
+        self.recv_bytes_into(&mut out)?;
+        Ok(out)
+    }
+
+    /// Blocks until a message arrives and puts its raw bytes in `out`
+    /// (replacing what was there, reusing its allocation). Returns the length.
+    pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
+        self.next(Kind::Message, Wait::Forever)?;
+        out.clear();
+        out.extend_from_slice(self.reader.payload());
+        self.reader.consume();
+        Ok(out.len())
+    }
+
+    /// Blocks until a port arrives and returns it.
+    pub fn recv_port(&mut self) -> Result<Port, RecvError> {
+        self.next(Kind::Port, Wait::Forever)?;
+        let flavor = self.reader.payload().first().copied();
+        self.reader.consume();
+        let n = match flavor {
+            Some(crate::transport::frame::PORT_FLAVOR_SOCKET) => 1,
+            Some(crate::transport::frame::PORT_FLAVOR_PIPES) => 2,
+            _ => {
+                return Err(RecvError::Protocol(ProtocolError::new(format!(
+                    "port frame with unknown flavor {flavor:?}"
+                ))));
+            }
+        };
+        let fds = self.reader.take_fds(n).ok_or_else(|| {
+            RecvError::Protocol(ProtocolError::new("port frame arrived without its file descriptors"))
+        })?;
+        flavor
+            .and_then(|f| Port::from_received(f, fds))
+            .ok_or_else(|| RecvError::Protocol(ProtocolError::new("malformed port frame")))
+    }
+
+    /// Waits for the next frame and checks that it is of kind `want`
+    /// (leaving it in place if not). `Ok(false)`: the wait ran out.
+    fn next(&mut self, want: Kind, wait: Wait) -> Result<bool, RecvError> {
+        match self.reader.next_frame(wait)? {
+            None => Ok(false),
+            Some(h) if h.kind == want => Ok(true),
+            Some(h) => Err(RecvError::Unexpected {
+                expected: want,
+                found: h.kind,
+            }),
+        }
+    }
+
+    /// Sets how long a blocked receive spins before sleeping (default
+    /// [`DEFAULT_SPIN`](crate::transport::DEFAULT_SPIN)). Zero never spins.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.reader.set_spin(spin);
+    }
+
+    /// Sets the largest message accepted (default 256 MiB). A longer frame
+    /// is refused before anything is allocated for it.
+    pub fn set_max_frame_len(&mut self, limit: usize) {
+        self.reader.set_max_frame_len(limit);
+    }
+
+    /// The role the peer announced.
+    pub fn peer_role(&self) -> Role {
+        self.peer.role
+    }
+}
+
+impl Ipc {
+    pub(crate) fn new(reader: Reader, writer: Writer, peer: Hello) -> Ipc {
+        Ipc {
+            tx: IpcSender { writer, peer },
+            rx: IpcReceiver { reader, peer },
+        }
+    }
+
+    /// Splits into a sender half and a receiver half that two threads can
+    /// use at once.
+    pub fn split(self) -> (IpcSender, IpcReceiver) {
+        (self.tx, self.rx)
+    }
+
+    /// The sender half, borrowed (clone it to send from other threads).
+    pub fn sender(&self) -> &IpcSender {
+        &self.tx
+    }
+
+    /// The role the peer announced.
+    pub fn peer_role(&self) -> Role {
+        self.tx.peer.role
+    }
+
+    /// See [`IpcSender::send`].
+    pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
+        self.tx.send(msg)
+    }
+
+    /// See [`IpcSender::feed`].
+    pub fn feed<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
+        self.tx.feed(msg)
+    }
+
+    /// See [`IpcSender::flush`].
+    pub fn flush(&self) -> Result<(), SendError> {
+        self.tx.flush()
+    }
+
+    /// See [`IpcSender::send_batch`].
+    pub fn send_batch<'a, T, I>(&self, msgs: I) -> Result<usize, SendError>
+    where
+        T: Serialize + ?Sized + 'a,
+        I: IntoIterator<Item = &'a T>,
+    {
+        self.tx.send_batch(msgs)
+    }
+
+    /// See [`IpcSender::send_bytes`].
+    pub fn send_bytes(&self, bytes: &[u8]) -> Result<(), SendError> {
+        self.tx.send_bytes(bytes)
+    }
+
+    /// See [`IpcSender::send_port`].
+    pub fn send_port(&self, port: Port) -> Result<(), SendPortError> {
+        self.tx.send_port(port)
+    }
+
+    /// See [`IpcSender::stats`].
+    pub fn stats(&self) -> SendStats {
+        self.tx.stats()
+    }
+
+    /// See [`IpcReceiver::recv`].
+    pub fn recv<T: DeserializeOwned>(&mut self) -> Result<T, RecvError> {
+        self.rx.recv()
+    }
+
+    /// See [`IpcReceiver::try_recv`].
+    pub fn try_recv<T: DeserializeOwned>(&mut self) -> Result<T, TryRecvError> {
+        self.rx.try_recv()
+    }
+
+    /// See [`IpcReceiver::recv_timeout`].
+    pub fn recv_timeout<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
+        self.rx.recv_timeout(timeout)
+    }
+
+    /// See [`IpcReceiver::recv_bytes`].
+    pub fn recv_bytes(&mut self) -> Result<Vec<u8>, RecvError> {
+        self.rx.recv_bytes()
+    }
+
+    /// See [`IpcReceiver::recv_bytes_into`].
+    pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
+        self.rx.recv_bytes_into(out)
+    }
+
+    /// See [`IpcReceiver::recv_port`].
+    pub fn recv_port(&mut self) -> Result<Port, RecvError> {
+        self.rx.recv_port()
+    }
+
+    /// See [`IpcReceiver::set_spin`].
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.rx.set_spin(spin);
+    }
+
+    /// Sets the largest message accepted and sent on this connection.
+    pub fn set_max_frame_len(&mut self, limit: usize) {
+        self.rx.set_max_frame_len(limit);
+        self.tx.set_max_frame_len(limit);
+    }
+}

@@ -1,0 +1,341 @@
+//! Layer 2: transferable port pairs.
+//!
+//! [`open`] makes two connected [`Port`]s. A `Port` is a plain owned value:
+//! *move* it to a thread, [`pass_to`](Port::pass_to) a child process (which
+//! takes it with [`Port::from_env`]), or send it over an existing
+//! connection with [`Ipc::send_port`]. Once connected ([`Port::connect`]) or
+//! transferred, the `Port` value is gone: "detached" is a compile-time fact.
+//!
+//! ```
+//! use portpool_runtime::port;
+//!
+//! let (a, b) = port::open()?;
+//! let peer = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let mut b = b.connect()?;
+//!     let n: u32 = b.recv()?;
+//!     b.send(&(n + 1))?;
+//!     Ok(())
+//! });
+//! let mut a = a.connect()?;
+//! a.send(&41u32)?;
+//! assert_eq!(a.recv::<u32>()?, 42);
+//! peer.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Not for: request/reply, jobs, or supervising processes (the layers above).
+
+mod ipc;
+
+use std::fmt;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
+use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+pub use crate::transport::frame::Role;
+pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};
+
+use crate::error::HandshakeError;
+use crate::sys;
+use crate::transport::{self, Wait, frame};
+
+/// Environment variable through which a child finds the port its parent
+/// passed it: `socket:<fd>` or `pipes:<incoming fd>,<outgoing fd>`.
+pub const PORT_ENV: &str = "PORTPOOL_PORT";
+
+/// Default time [`Port::connect`] waits for the peer's hello.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One end of a port pair, not yet connected: a socket, or a pair of pipes.
+pub struct Port {
+    fds: PortFds,
+}
+
+enum PortFds {
+    Socket(OwnedFd),
+    Pipes { incoming: OwnedFd, outgoing: OwnedFd },
+}
+
+impl fmt::Debug for Port {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.fds {
+            PortFds::Socket(fd) => f.debug_struct("Port").field("socket", &fd.as_raw_fd()).finish(),
+            PortFds::Pipes { incoming, outgoing } => f
+                .debug_struct("Port")
+                .field("incoming", &incoming.as_raw_fd())
+                .field("outgoing", &outgoing.as_raw_fd())
+                .finish(),
+        }
+    }
+}
+
+/// Opens a port pair over a Unix socket pair (close-on-exec): the default,
+/// and the only flavor that can carry other ports.
+pub fn open() -> io::Result<(Port, Port)> {
+    let (a, b) = sys::socketpair()?;
+    Ok((Port::from_socket(a), Port::from_socket(b)))
+}
+
+/// Opens a port pair over two pipes (close-on-exec), as used for workers
+/// launched with their stdio as the port. Cannot carry other ports.
+pub fn open_pipes() -> io::Result<(Port, Port)> {
+    let (a_in, b_out) = sys::pipe()?;
+    let (b_in, a_out) = sys::pipe()?;
+    Ok((
+        Port::from_fds(a_in, a_out),
+        Port::from_fds(b_in, b_out),
+    ))
+}
+
+/// How [`Port::connect_with`] sets up a connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnectOptions {
+    /// The role announced in our hello.
+    pub role: Role,
+    /// How long to wait for the peer's hello.
+    pub timeout: Duration,
+    /// Largest payload accepted and sent (default 256 MiB).
+    pub max_frame_len: usize,
+    /// How long a blocked receive spins before sleeping.
+    pub spin: Duration,
+}
+
+impl Default for ConnectOptions {
+    fn default() -> Self {
+        ConnectOptions {
+            role: Role::Peer,
+            timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_frame_len: frame::DEFAULT_MAX_FRAME,
+            spin: transport::DEFAULT_SPIN,
+        }
+    }
+}
+
+/// Set once the environment's port has been taken, so two `Port`s never
+/// own the same fd.
+static ENV_PORT_TAKEN: AtomicBool = AtomicBool::new(false);
+
+impl Port {
+    /// A port over one end of a connected stream socket.
+    pub fn from_socket(fd: OwnedFd) -> Port {
+        Port {
+            fds: PortFds::Socket(fd),
+        }
+    }
+
+    /// A port over two byte-stream fds: frames are read from `incoming` and
+    /// written to `outgoing` (pipes, or any stream fds).
+    pub fn from_fds(incoming: OwnedFd, outgoing: OwnedFd) -> Port {
+        Port {
+            fds: PortFds::Pipes { incoming, outgoing },
+        }
+    }
+
+    /// The fd frames are read from.
+    pub fn incoming_fd(&self) -> BorrowedFd<'_> {
+        match &self.fds {
+            PortFds::Socket(fd) => fd.as_fd(),
+            PortFds::Pipes { incoming, .. } => incoming.as_fd(),
+        }
+    }
+
+    /// The fd frames are written to (the same as `incoming_fd` for a socket).
+    pub fn outgoing_fd(&self) -> BorrowedFd<'_> {
+        match &self.fds {
+            PortFds::Socket(fd) => fd.as_fd(),
+            PortFds::Pipes { outgoing, .. } => outgoing.as_fd(),
+        }
+    }
+
+    /// Whether this port is a socket (and so can carry other ports).
+    pub fn is_socket(&self) -> bool {
+        matches!(self.fds, PortFds::Socket(_))
+    }
+
+    /// Whether this process was given a port by its parent ([`PORT_ENV`] is set).
+    pub fn in_env() -> bool {
+        std::env::var_os(PORT_ENV).is_some()
+    }
+
+    /// Takes the port this process's parent passed with [`Port::pass_to`].
+    ///
+    /// Succeeds once per process; later calls fail with `AlreadyExists`.
+    /// Fails with `NotFound` if no port was passed, and with `InvalidData`
+    /// if [`PORT_ENV`] is malformed or names fds that are not open.
+    pub fn from_env() -> io::Result<Port> {
+        let value = std::env::var(PORT_ENV).map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("{PORT_ENV} is not set: this process was not given a port"),
+            )
+        })?;
+        let (kind, fds) = parse_env(&value).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{PORT_ENV}={value:?} is not `socket:<fd>` or `pipes:<fd>,<fd>`"),
+            )
+        })?;
+        // AcqRel: the swap is the single point that grants ownership of the
+        // inherited fds; no other data is published through it.
+        if ENV_PORT_TAKEN.swap(true, Ordering::AcqRel) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "the port from the environment was already taken",
+            ));
+        }
+        let adopt = |fd: RawFd| {
+            sys::adopt_inherited_fd(fd).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{PORT_ENV} names fd {fd}, which is not usable here: {e}"),
+                )
+            })
+        };
+        match kind {
+            EnvKind::Socket => {
+                let fd = adopt(fds[0])?;
+                if sys::fd_kind(fd.as_fd())? != sys::FdKind::Socket {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        format!("{PORT_ENV} names fd {} as a socket, but it is not one", fds[0]),
+                    ));
+                }
+                Ok(Port::from_socket(fd))
+            }
+            EnvKind::Pipes => {
+                let incoming = adopt(fds[0])?;
+                let outgoing = adopt(fds[1])?;
+                Ok(Port::from_fds(incoming, outgoing))
+            }
+        }
+    }
+
+    /// Hands this port to the child that `command` will spawn.
+    ///
+    /// The child inherits exactly the port's fds (and its stdio): every
+    /// other fd above 2 is closed at `exec`, whatever its flags. The child
+    /// takes the port with [`Port::from_env`]. One port per command; spawn
+    /// the command once.
+    ///
+    /// The parent's copies of the fds are owned by `command` until it is
+    /// dropped. Drop `command` right after spawning: while it lives, this
+    /// process holds the child's end and will not see EOF when the child
+    /// exits ([`Port::spawn`] does that for you).
+    pub fn pass_to(self, command: &mut Command) -> io::Result<()> {
+        if command.get_envs().any(|(k, v)| k == PORT_ENV && v.is_some()) {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "this command already carries a port",
+            ));
+        }
+        let (value, fds) = match self.fds {
+            PortFds::Socket(fd) => (format!("socket:{}", fd.as_raw_fd()), vec![fd]),
+            PortFds::Pipes { incoming, outgoing } => (
+                format!("pipes:{},{}", incoming.as_raw_fd(), outgoing.as_raw_fd()),
+                vec![incoming, outgoing],
+            ),
+        };
+        command.env(PORT_ENV, value);
+        sys::inherit_only(command, fds);
+        Ok(())
+    }
+
+    /// Passes this port to `command`'s child, spawns it, and closes the
+    /// parent's copies of the port at once.
+    pub fn spawn(self, mut command: Command) -> io::Result<std::process::Child> {
+        self.pass_to(&mut command)?;
+        let child = command.spawn();
+        drop(command);
+        child
+    }
+
+    /// Connects with default options: sends our hello and waits (up to
+    /// [`DEFAULT_CONNECT_TIMEOUT`]) for the peer's, failing with a
+    /// [`HandshakeError`] (inside the `io::Error`) if the peer is not a
+    /// portpool port or speaks another protocol version.
+    ///
+    /// Both ends must connect at about the same time from different
+    /// threads or processes: each waits for the other's hello.
+    pub fn connect(self) -> io::Result<Ipc> {
+        self.connect_with(ConnectOptions::default())
+    }
+
+    /// Connects with the given options (see [`Port::connect`]).
+    pub fn connect_with(self, opts: ConnectOptions) -> io::Result<Ipc> {
+        let (mut reader, writer) = match self.fds {
+            PortFds::Socket(fd) => transport::over_socket(fd),
+            PortFds::Pipes { incoming, outgoing } => transport::over_pipes(incoming, outgoing),
+        };
+        reader.set_max_frame_len(opts.max_frame_len);
+        reader.set_spin(opts.spin);
+        writer.set_max_frame_len(opts.max_frame_len);
+        writer
+            .write_raw(&frame::Hello::ours(opts.role).encode())
+            .map_err(|e| match e {
+                crate::error::SendError::Disconnected => HandshakeError::Disconnected.into_io(),
+                other => other.into(),
+            })?;
+        let mut hello = [0u8; frame::HELLO_LEN];
+        match reader.read_exact_raw(&mut hello, Wait::timeout(opts.timeout)) {
+            Ok(true) => {}
+            Ok(false) => return Err(HandshakeError::Timeout.into_io()),
+            Err(e) if e.is_disconnected() => return Err(HandshakeError::Disconnected.into_io()),
+            Err(e) => return Err(e.into()),
+        }
+        let peer = frame::Hello::decode(&hello).map_err(|e| HandshakeError::Hello(e).into_io())?;
+        Ok(Ipc::new(reader, writer, peer))
+    }
+
+    /// The flavor byte and the fds that carry this port over `SCM_RIGHTS`.
+    pub(crate) fn fds_for_sending(&self) -> (u8, Vec<BorrowedFd<'_>>) {
+        match &self.fds {
+            PortFds::Socket(fd) => (frame::PORT_FLAVOR_SOCKET, vec![fd.as_fd()]),
+            PortFds::Pipes { incoming, outgoing } => {
+                (frame::PORT_FLAVOR_PIPES, vec![incoming.as_fd(), outgoing.as_fd()])
+            }
+        }
+    }
+
+    pub(crate) fn from_received(flavor: u8, mut fds: Vec<OwnedFd>) -> Option<Port> {
+        match (flavor, fds.len()) {
+            (frame::PORT_FLAVOR_SOCKET, 1) => fds.pop().map(Port::from_socket),
+            (frame::PORT_FLAVOR_PIPES, 2) => {
+                let outgoing = fds.pop()?;
+                let incoming = fds.pop()?;
+                Some(Port::from_fds(incoming, outgoing))
+            }
+            _ => None,
+        }
+    }
+}
+
+enum EnvKind {
+    Socket,
+    Pipes,
+}
+
+fn parse_env(value: &str) -> Option<(EnvKind, [RawFd; 2])> {
+    if let Some(fd) = value.strip_prefix("socket:") {
+        let fd: RawFd = fd.parse().ok()?;
+        return (fd >= 0).then_some((EnvKind::Socket, [fd, fd]));
+    }
+    let (a, b) = value.strip_prefix("pipes:")?.split_once(',')?;
+    let (a, b): (RawFd, RawFd) = (a.parse().ok()?, b.parse().ok()?);
+    (a >= 0 && b >= 0 && a != b).then_some((EnvKind::Pipes, [a, b]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_value_parsing_rejects_nonsense() {
+        assert!(matches!(parse_env("socket:5"), Some((EnvKind::Socket, [5, 5]))));
+        assert!(matches!(parse_env("pipes:5,6"), Some((EnvKind::Pipes, [5, 6]))));
+        for bad in ["", "socket:", "socket:-1", "socket:x", "pipes:5", "pipes:5,5", "tcp:1"] {
+            assert!(parse_env(bad).is_none(), "{bad}");
+        }
+    }
+}

@@ -1,0 +1,287 @@
+//! The receive half: splits frames off a buffer, spinning briefly and then
+//! sleeping while it waits (README.md, "Waiting for a frame").
+
+use std::collections::VecDeque;
+use std::io;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use super::frame::{self, HEADER_LEN, Header, HeaderError};
+use super::{DEFAULT_SPIN, ReadIo, ReadOutcome};
+use crate::error::{ProtocolError, RecvError};
+use crate::sys;
+
+/// Spare room kept for each read: small frames batch into one `recvmsg`.
+const READ_CHUNK: usize = 64 << 10;
+
+/// A frame up to this long gets its whole buffer as soon as its header
+/// arrives; a longer one grows with the bytes that actually arrive, so a
+/// lying length never costs more than this (README.md, "An untrusted length").
+const EAGER_ALLOC: usize = 4 << 20;
+
+/// After a frame, a buffer larger than this is given back to the allocator.
+const SHRINK_ABOVE: usize = 16 << 20;
+
+/// Most received fds held before the frames that own them are read.
+const MAX_QUEUED_FDS: usize = 64;
+
+/// How long a receive may wait.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wait {
+    /// Do not wait: only what is already there.
+    Now,
+    /// Wait until this instant at most.
+    Until(Instant),
+    /// Wait as long as it takes (the peer may still close its end).
+    Forever,
+}
+
+impl Wait {
+    /// A wait of at most `d` from now.
+    pub fn timeout(d: Duration) -> Wait {
+        match Instant::now().checked_add(d) {
+            Some(t) => Wait::Until(t),
+            None => Wait::Forever,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum State {
+    Open,
+    /// The peer closed its end; frames still buffered are delivered first.
+    Eof,
+    /// A fatal error happened; every later call reports it.
+    Broken(String),
+}
+
+/// The receive half of a connection.
+#[derive(Debug)]
+pub struct Reader {
+    io: ReadIo,
+    /// Unread bytes are `buf[head..]`.
+    buf: Vec<u8>,
+    head: usize,
+    fds: VecDeque<OwnedFd>,
+    limit: usize,
+    spin: Duration,
+    state: State,
+    /// Header of the complete frame at `head`, once `next_frame` found one.
+    current: Option<Header>,
+}
+
+impl Reader {
+    pub(super) fn new(io: ReadIo) -> Reader {
+        Reader {
+            io,
+            buf: Vec::new(),
+            head: 0,
+            fds: VecDeque::new(),
+            limit: frame::DEFAULT_MAX_FRAME,
+            spin: DEFAULT_SPIN,
+            state: State::Open,
+            current: None,
+        }
+    }
+
+    /// Sets the largest payload accepted (at most [`frame::MAX_FRAME_LIMIT`]).
+    pub fn set_max_frame_len(&mut self, limit: usize) {
+        self.limit = limit.min(frame::MAX_FRAME_LIMIT);
+    }
+
+    /// The largest payload accepted.
+    pub fn max_frame_len(&self) -> usize {
+        self.limit
+    }
+
+    /// Sets how long a blocked receive spins before it sleeps.
+    pub fn set_spin(&mut self, spin: Duration) {
+        self.spin = spin;
+    }
+
+    /// How long a blocked receive spins before it sleeps.
+    pub fn spin(&self) -> Duration {
+        self.spin
+    }
+
+    /// Reads exactly `out.len()` raw bytes (the handshake), waiting as told.
+    /// Returns `Ok(false)` if the wait ended first. Bytes already buffered
+    /// are used first; anything read beyond stays buffered for frames.
+    pub(crate) fn read_exact_raw(&mut self, out: &mut [u8], wait: Wait) -> Result<bool, RecvError> {
+        let mut spin_start = None;
+        while self.buf.len() - self.head < out.len() {
+            if matches!(self.state, State::Eof) {
+                return Err(RecvError::Disconnected);
+            }
+            self.reserve(out.len());
+            if !self.read_more(wait, &mut spin_start)? {
+                return Ok(false);
+            }
+        }
+        out.copy_from_slice(&self.buf[self.head..self.head + out.len()]);
+        self.head += out.len();
+        Ok(true)
+    }
+
+    /// Makes sure a complete frame is at the front and returns its header,
+    /// without consuming it. `Ok(None)`: none arrived within `wait`.
+    pub fn next_frame(&mut self, wait: Wait) -> Result<Option<Header>, RecvError> {
+        if let Some(h) = self.current {
+            return Ok(Some(h));
+        }
+        let mut spin_start = None;
+        loop {
+            if let State::Broken(why) = &self.state {
+                return Err(RecvError::Protocol(ProtocolError::new(format!(
+                    "connection unusable after an earlier error: {why}"
+                ))));
+            }
+            let unread = &self.buf[self.head..];
+            let need = match frame::split_frame(unread, self.limit) {
+                Ok(Some((h, _, _))) => {
+                    self.current = Some(h);
+                    return Ok(Some(h));
+                }
+                Ok(None) => match Header::decode(unread, self.limit) {
+                    Ok(Some(h)) => HEADER_LEN + h.len,
+                    _ => HEADER_LEN,
+                },
+                Err(e) => return Err(self.fail(e)),
+            };
+            if matches!(self.state, State::Eof) {
+                let received = self.buf.len() - self.head;
+                self.buf.clear();
+                self.head = 0;
+                if received == 0 {
+                    return Err(RecvError::Disconnected);
+                }
+                return Err(RecvError::Truncated {
+                    expected: need,
+                    received,
+                });
+            }
+            self.reserve(need);
+            if !self.read_more(wait, &mut spin_start)? {
+                return Ok(None);
+            }
+        }
+    }
+
+    /// The payload of the frame `next_frame` returned.
+    pub fn payload(&self) -> &[u8] {
+        match self.current {
+            Some(h) => &self.buf[self.head + HEADER_LEN..self.head + HEADER_LEN + h.len],
+            None => &[],
+        }
+    }
+
+    /// Drops the frame `next_frame` returned.
+    pub fn consume(&mut self) {
+        if let Some(h) = self.current.take() {
+            self.head += HEADER_LEN + h.len;
+            if self.head == self.buf.len() {
+                self.buf.clear();
+                self.head = 0;
+                if self.buf.capacity() > SHRINK_ABOVE {
+                    self.buf.shrink_to(READ_CHUNK);
+                }
+            }
+        }
+    }
+
+    /// Takes `n` received fds, in arrival order. They arrive with the first
+    /// byte of the frame that carries them, so they are queued by the time
+    /// that frame is complete.
+    pub fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        if self.fds.len() < n {
+            return None;
+        }
+        Some(self.fds.drain(..n).collect())
+    }
+
+    /// Records a fatal framing error and returns it.
+    fn fail(&mut self, e: HeaderError) -> RecvError {
+        self.state = State::Broken(e.to_string());
+        match e {
+            HeaderError::TooLarge { len, limit } => RecvError::TooLarge { len, limit },
+            HeaderError::UnknownKind(_) => RecvError::Protocol(ProtocolError::new(e.to_string())),
+        }
+    }
+
+    /// Makes room to read, so that the frame starting at `head`, `need`
+    /// bytes long, can fit once its bytes arrive.
+    fn reserve(&mut self, need: usize) {
+        let have = self.buf.len() - self.head;
+        if self.head > 0 && self.buf.capacity() - self.head < need.max(have + READ_CHUNK) {
+            self.buf.drain(..self.head);
+            self.head = 0;
+        }
+        // Trust an announced length only up to EAGER_ALLOC; past that, at
+        // most double what has really arrived.
+        let target = if need <= EAGER_ALLOC {
+            need
+        } else {
+            need.min(EAGER_ALLOC.max(have.saturating_mul(2)))
+        };
+        let want = target.max(have + READ_CHUNK.min(self.limit + HEADER_LEN));
+        let total = self.head + want;
+        if total > self.buf.capacity() {
+            self.buf.reserve_exact(total - self.buf.len());
+        }
+    }
+
+    /// Reads more bytes, waiting as told: spin for the spin budget, then
+    /// sleep in `poll`. Returns `Ok(false)` when the wait ran out with
+    /// nothing read; `Ok(true)` when bytes or EOF arrived.
+    fn read_more(&mut self, wait: Wait, spin_start: &mut Option<Instant>) -> Result<bool, RecvError> {
+        loop {
+            match self.io.read_nonblocking(&mut self.buf, &mut self.fds) {
+                Ok(ReadOutcome::Data(_)) => {
+                    if self.fds.len() > MAX_QUEUED_FDS {
+                        self.fds.clear();
+                        self.state = State::Broken("peer sent more fds than its frames carry".into());
+                        return Err(RecvError::Protocol(ProtocolError::new(
+                            "peer sent more file descriptors than its frames carry",
+                        )));
+                    }
+                    return Ok(true);
+                }
+                Ok(ReadOutcome::Eof) => {
+                    self.state = State::Eof;
+                    return Ok(true);
+                }
+                Ok(ReadOutcome::WouldBlock) => {}
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    self.state = State::Broken(e.to_string());
+                    return Err(RecvError::Protocol(ProtocolError::new(e.to_string())));
+                }
+                Err(e) => {
+                    let err = RecvError::from_io(e);
+                    if matches!(err, RecvError::Disconnected) {
+                        self.state = State::Eof;
+                        return Ok(true);
+                    }
+                    return Err(err);
+                }
+            }
+            let deadline = match wait {
+                Wait::Now => return Ok(false),
+                Wait::Until(d) => Some(d),
+                Wait::Forever => None,
+            };
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(false);
+            }
+            // Phase 1: spin (README.md, "Waiting for a frame").
+            let start = *spin_start.get_or_insert(now);
+            if now.duration_since(start) < self.spin {
+                std::hint::spin_loop();
+                continue;
+            }
+            // Phase 2: sleep until readable or the deadline.
+            let timeout = deadline.map(|d| d.saturating_duration_since(now));
+            sys::poll_readable(self.io.fd(), timeout).map_err(RecvError::from_io)?;
+        }
+    }
+}

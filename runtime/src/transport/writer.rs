@@ -1,0 +1,296 @@
+//! The send half: frames from any number of threads are appended to one
+//! pending buffer, and whichever sender holds the flush lock writes all of
+//! them in one call (README.md, "Coalescing concurrent senders").
+
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use super::WriteIo;
+use super::frame::{self, HEADER_LEN, Header, Kind};
+use crate::error::SendError;
+
+/// Payloads at least this long skip the pending buffer and go to the kernel
+/// straight from the caller's slice (no copy).
+const DIRECT_WRITE: usize = 64 << 10;
+
+/// Counters of a connection's send half.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct SendStats {
+    /// Frames handed to the kernel.
+    pub frames: u64,
+    /// Write system calls made for them.
+    pub writes: u64,
+}
+
+/// Frames appended but not yet written.
+#[derive(Debug, Default)]
+struct Pending {
+    buf: Vec<u8>,
+    /// Length of `buf` covering whole frames only: a sender that panicked
+    /// mid-encode leaves a partial frame past it, which is cut off.
+    committed: usize,
+    /// Sequence number of the last frame appended.
+    seq: u64,
+}
+
+#[derive(Debug, Default)]
+struct Flush {
+    /// Sequence number of the last frame handed to the kernel.
+    written: u64,
+    /// The buffer being written; swapped with `Pending::buf`.
+    spare: Vec<u8>,
+    /// Set once a write failed: every later send fails the same way.
+    broken: Option<BrokenWrite>,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum BrokenWrite {
+    Disconnected,
+    Io(std::io::ErrorKind),
+}
+
+#[derive(Debug)]
+struct Shared {
+    io: WriteIo,
+    limit: AtomicUsize,
+    pending: Mutex<Pending>,
+    flush: Mutex<Flush>,
+    frames: AtomicU64,
+    writes: AtomicU64,
+}
+
+/// The send half of a connection. Cloning it gives another handle to the
+/// same connection; frames from all handles arrive in the order their
+/// `append` calls took place.
+#[derive(Debug, Clone)]
+pub struct Writer {
+    shared: Arc<Shared>,
+}
+
+/// Locks a mutex, ignoring poisoning: the state each lock guards is
+/// repaired on entry (see `Pending::committed`).
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Writer {
+    pub(super) fn new(io: WriteIo) -> Writer {
+        Writer {
+            shared: Arc::new(Shared {
+                io,
+                limit: AtomicUsize::new(frame::DEFAULT_MAX_FRAME),
+                pending: Mutex::new(Pending::default()),
+                flush: Mutex::new(Flush::default()),
+                frames: AtomicU64::new(0),
+                writes: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// Sets the largest payload this side will send.
+    pub fn set_max_frame_len(&self, limit: usize) {
+        // Relaxed: a plain setting, read on the next send; no other memory
+        // depends on it.
+        self.shared
+            .limit
+            .store(limit.min(frame::MAX_FRAME_LIMIT), Ordering::Relaxed);
+    }
+
+    /// The largest payload this side will send.
+    pub fn max_frame_len(&self) -> usize {
+        // Relaxed: see `set_max_frame_len`.
+        self.shared.limit.load(Ordering::Relaxed)
+    }
+
+    /// Whether this connection can carry fds (a socket can, pipes cannot).
+    pub fn can_pass_fds(&self) -> bool {
+        self.shared.io.can_pass_fds()
+    }
+
+    /// Frames and write calls so far.
+    pub fn stats(&self) -> SendStats {
+        // Relaxed: statistics only.
+        SendStats {
+            frames: self.shared.frames.load(Ordering::Relaxed),
+            writes: self.shared.writes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Appends one frame whose payload `encode` writes into the given
+    /// buffer, without writing it. Returns the frame's sequence number for
+    /// [`flush_through`](Self::flush_through).
+    pub fn append<E>(
+        &self,
+        kind: Kind,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<u64, AppendError<E>> {
+        let limit = self.max_frame_len();
+        let mut p = lock(&self.shared.pending);
+        let start = p.committed;
+        p.buf.truncate(start);
+        p.buf.extend_from_slice(&[0; HEADER_LEN]);
+        if let Err(e) = encode(&mut p.buf) {
+            p.buf.truncate(start);
+            return Err(AppendError::Encode(e));
+        }
+        let len = p.buf.len() - start - HEADER_LEN;
+        if len > limit {
+            p.buf.truncate(start);
+            return Err(AppendError::TooLarge { len, limit });
+        }
+        p.buf[start..start + HEADER_LEN].copy_from_slice(&Header { len, kind }.encode());
+        p.committed = p.buf.len();
+        p.seq += 1;
+        Ok(p.seq)
+    }
+
+    /// Returns once every frame up to `seq` has been handed to the kernel,
+    /// writing them (and any appended after) itself if no other sender has.
+    pub fn flush_through(&self, seq: u64) -> Result<(), SendError> {
+        let mut f = lock(&self.shared.flush);
+        if f.written >= seq {
+            return Ok(());
+        }
+        self.write_pending(&mut f)
+    }
+
+    /// Writes every frame appended so far.
+    pub fn flush(&self) -> Result<(), SendError> {
+        let mut f = lock(&self.shared.flush);
+        self.write_pending(&mut f)
+    }
+
+    /// Sends one frame now: appended and flushed, or for a long payload
+    /// written straight from `payload` after whatever was pending. `fds`
+    /// travel with the frame's first byte.
+    pub fn send_frame(&self, kind: Kind, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        let limit = self.max_frame_len();
+        if payload.len() > limit {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                limit,
+            });
+        }
+        if fds.is_empty() && payload.len() < DIRECT_WRITE {
+            let seq = self
+                .append(kind, |buf| {
+                    buf.extend_from_slice(payload);
+                    Ok::<(), ()>(())
+                })
+                .map_err(|e| match e {
+                    AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
+                    AppendError::Encode(()) => SendError::Unsupported("unreachable encode failure"),
+                })?;
+            return self.flush_through(seq);
+        }
+        if !fds.is_empty() && !self.can_pass_fds() {
+            return Err(SendError::Unsupported("passing file descriptors over pipes"));
+        }
+        let mut f = lock(&self.shared.flush);
+        self.write_pending(&mut f)?;
+        let header = Header {
+            len: payload.len(),
+            kind,
+        }
+        .encode();
+        let res = self.shared.io.write_all(&[&header, payload], fds);
+        self.record(&mut f, res, 1)
+    }
+
+    /// Writes raw bytes (the handshake hello) after whatever was pending.
+    pub(crate) fn write_raw(&self, bytes: &[u8]) -> Result<(), SendError> {
+        let mut f = lock(&self.shared.flush);
+        self.write_pending(&mut f)?;
+        let res = self.shared.io.write_all(&[bytes], &[]);
+        self.record(&mut f, res, 0)
+    }
+
+    /// Swaps out the pending frames and writes them. Called with the flush
+    /// lock held, so writes never interleave.
+    fn write_pending(&self, f: &mut Flush) -> Result<(), SendError> {
+        if let Some(b) = f.broken {
+            return Err(b.into());
+        }
+        let (upto, frames) = {
+            let mut p = lock(&self.shared.pending);
+            let committed = p.committed;
+            p.buf.truncate(committed);
+            std::mem::swap(&mut p.buf, &mut f.spare);
+            p.committed = 0;
+            (p.seq, p.seq - f.written)
+        };
+        if f.spare.is_empty() {
+            f.written = upto;
+            return Ok(());
+        }
+        let res = self.shared.io.write_all(&[&f.spare], &[]);
+        f.spare.clear();
+        self.record(f, res, frames)?;
+        f.written = upto;
+        Ok(())
+    }
+
+    fn record(&self, f: &mut Flush, res: std::io::Result<u64>, frames: u64) -> Result<(), SendError> {
+        match res {
+            Ok(calls) => {
+                // Relaxed: statistics only.
+                self.shared.writes.fetch_add(calls, Ordering::Relaxed);
+                self.shared.frames.fetch_add(frames, Ordering::Relaxed);
+                Ok(())
+            }
+            Err(e) => {
+                let err = SendError::from_io(e);
+                f.broken = Some(match &err {
+                    SendError::Disconnected => BrokenWrite::Disconnected,
+                    SendError::Io(e) => BrokenWrite::Io(e.kind()),
+                    _ => BrokenWrite::Io(std::io::ErrorKind::Other),
+                });
+                Err(err)
+            }
+        }
+    }
+}
+
+impl From<BrokenWrite> for SendError {
+    fn from(b: BrokenWrite) -> SendError {
+        match b {
+            BrokenWrite::Disconnected => SendError::Disconnected,
+            BrokenWrite::Io(kind) => SendError::Io(std::io::Error::new(
+                kind,
+                "connection unusable after an earlier write error",
+            )),
+        }
+    }
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // Frames fed but never flushed still go out: a peer must not lose
+        // what `feed` accepted because the sender forgot `flush`.
+        let p = self.pending.get_mut().unwrap_or_else(|e| e.into_inner());
+        let committed = p.committed;
+        if committed > 0 && self.flush.get_mut().map_or(true, |f| f.broken.is_none()) {
+            let _ = self.io.write_all(&[&p.buf[..committed]], &[]);
+        }
+        // Tell the peer nothing more is coming even if another handle (a
+        // reader sharing the socket) keeps the fd open.
+        if let WriteIo::Socket(fd) = &self.io {
+            crate::sys::shutdown_write(fd.as_fd());
+        }
+    }
+}
+
+/// Why [`Writer::append`] refused a frame. Nothing was appended.
+#[derive(Debug)]
+pub enum AppendError<E> {
+    /// The payload encoder failed.
+    Encode(E),
+    /// The payload is longer than the limit.
+    TooLarge {
+        /// Payload length.
+        len: usize,
+        /// The limit.
+        limit: usize,
+    },
+}
