@@ -271,12 +271,14 @@ impl Port {
         reader.set_max_frame_len(opts.max_frame_len);
         reader.set_spin(opts.spin);
         writer.set_max_frame_len(opts.max_frame_len);
-        writer
-            .write_raw(&frame::Hello::ours(opts.role).encode())
-            .map_err(|e| match e {
-                crate::error::SendError::Disconnected => HandshakeError::Disconnected.into_io(),
-                other => other.into(),
-            })?;
+        // A peer that already said hello and exited (it may have sent its
+        // last messages too) refuses our hello with EPIPE. That is not yet a
+        // failure: its hello and messages are still ours to read, and the
+        // writer stays marked disconnected for later sends.
+        match writer.write_raw(&frame::Hello::ours(opts.role).encode()) {
+            Ok(()) | Err(crate::error::SendError::Disconnected) => {}
+            Err(other) => return Err(other.into()),
+        }
         let mut hello = [0u8; frame::HELLO_LEN];
         match reader.read_exact_raw(&mut hello, Wait::timeout(opts.timeout)) {
             Ok(true) => {}
