@@ -262,12 +262,9 @@ impl IpcReceiver {
 
     /// Blocks until a message arrives and puts its raw bytes in `out`
     /// (replacing what was there, reusing its allocation). Returns the length.
+    /// Long messages are read from the kernel straight into `out`.
     pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
-        self.next(Kind::Message, Wait::Forever)?;
-        out.clear();
-        out.extend_from_slice(self.reader.payload());
-        self.reader.consume();
-        Ok(out.len())
+        self.reader.recv_message_into(out)
     }
 
     /// Blocks until a port arrives and returns it.

@@ -75,10 +75,16 @@ impl ReadIo {
         }
     }
 
-    fn read_nonblocking(&self, buf: &mut Vec<u8>, fds: &mut VecDeque<OwnedFd>) -> io::Result<ReadOutcome> {
+    /// Appends at most `max` bytes (and any fds) without blocking.
+    fn read_nonblocking(
+        &self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        fds: &mut VecDeque<OwnedFd>,
+    ) -> io::Result<ReadOutcome> {
         match self {
-            ReadIo::Socket(fd) => socket::recv_nonblocking(fd.as_fd(), buf, fds),
-            ReadIo::Pipe(fd) => pipe::read_nonblocking(fd.as_fd(), buf),
+            ReadIo::Socket(fd) => socket::recv_nonblocking(fd.as_fd(), buf, max, fds),
+            ReadIo::Pipe(fd) => pipe::read_nonblocking(fd.as_fd(), buf, max),
         }
     }
 }

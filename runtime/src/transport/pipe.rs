@@ -50,13 +50,15 @@ pub(super) fn write_all(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> io::Result<u64> {
 }
 
 /// Reads what is available without blocking into the spare capacity of
-/// `buf`. The pipe's own blocking mode is left alone (it may be shared with
+/// `buf` (at most `max` bytes). The pipe's own blocking mode is left alone (it may be shared with
 /// another process), so readiness is asked of `poll` first.
-pub(super) fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<ReadOutcome> {
+pub(super) fn read_nonblocking(fd: BorrowedFd<'_>, buf: &mut Vec<u8>, max: usize) -> io::Result<ReadOutcome> {
     if !sys::poll_readable(fd, Some(std::time::Duration::ZERO))? {
         return Ok(ReadOutcome::WouldBlock);
     }
     let spare = buf.spare_capacity_mut();
+    let n = max.min(spare.len());
+    let spare = &mut spare[..n];
     loop {
         // `spare` is writable memory of the given length.
         match syscall!(read(fd.as_raw_fd(), spare.as_mut_ptr().cast(), spare.len())) {

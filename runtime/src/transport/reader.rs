@@ -6,7 +6,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::time::{Duration, Instant};
 
-use super::frame::{self, HEADER_LEN, Header, HeaderError};
+use super::frame::{self, HEADER_LEN, Header, HeaderError, Kind};
 use super::{DEFAULT_SPIN, ReadIo, ReadOutcome};
 use crate::error::{ProtocolError, RecvError};
 use crate::sys;
@@ -21,6 +21,10 @@ const EAGER_ALLOC: usize = 4 << 20;
 
 /// After a frame, a buffer larger than this is given back to the allocator.
 const SHRINK_ABOVE: usize = 16 << 20;
+
+/// Messages at least this long are read straight into the caller's buffer
+/// by [`Reader::recv_message_into`].
+const DIRECT_READ: usize = 256 << 10;
 
 /// Most received fds held before the frames that own them are read.
 const MAX_QUEUED_FDS: usize = 64;
@@ -230,12 +234,123 @@ impl Reader {
         }
     }
 
-    /// Reads more bytes, waiting as told: spin for the spin budget, then
-    /// sleep in `poll`. Returns `Ok(false)` when the wait ran out with
-    /// nothing read; `Ok(true)` when bytes or EOF arrived.
+    /// Reads more bytes into the buffer, waiting as told: spin for the spin
+    /// budget, then sleep in `poll`. Returns `Ok(false)` when the wait ran
+    /// out with nothing read; `Ok(true)` when bytes or EOF arrived.
     fn read_more(&mut self, wait: Wait, spin_start: &mut Option<Instant>) -> Result<bool, RecvError> {
+        let mut buf = std::mem::take(&mut self.buf);
+        let res = self.read_into(&mut buf, usize::MAX, wait, spin_start);
+        self.buf = buf;
+        res
+    }
+
+    /// Receives the next message's payload into `out` (replacing its
+    /// contents), blocking until it is complete. A long payload is read from
+    /// the kernel straight into `out`, with no copy through the buffer
+    /// (README.md, "A long message"). Returns the payload length.
+    pub fn recv_message_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
+        if self.current.is_none() {
+            let h = self.wait_header()?;
+            let start = self.head + HEADER_LEN;
+            if h.kind == Kind::Message && h.len >= DIRECT_READ && self.buf.len() - start < h.len {
+                return self.read_direct(h, out);
+            }
+        }
+        match self.next_frame(Wait::Forever)? {
+            Some(h) if h.kind == Kind::Message => {
+                out.clear();
+                out.extend_from_slice(self.payload());
+                self.consume();
+                Ok(h.len)
+            }
+            Some(h) => Err(RecvError::Unexpected {
+                expected: Kind::Message,
+                found: h.kind,
+            }),
+            None => Err(RecvError::Protocol(ProtocolError::new(
+                "a blocking receive returned nothing",
+            ))),
+        }
+    }
+
+    /// Blocks until a whole frame header is buffered at `head`.
+    fn wait_header(&mut self) -> Result<Header, RecvError> {
+        let mut spin_start = None;
         loop {
-            match self.io.read_nonblocking(&mut self.buf, &mut self.fds) {
+            if let State::Broken(why) = &self.state {
+                return Err(RecvError::Protocol(ProtocolError::new(format!(
+                    "connection unusable after an earlier error: {why}"
+                ))));
+            }
+            match Header::decode(&self.buf[self.head..], self.limit) {
+                Ok(Some(h)) => return Ok(h),
+                Ok(None) => {}
+                Err(e) => return Err(self.fail(e)),
+            }
+            if matches!(self.state, State::Eof) {
+                let received = self.buf.len() - self.head;
+                self.buf.clear();
+                self.head = 0;
+                if received == 0 {
+                    return Err(RecvError::Disconnected);
+                }
+                return Err(RecvError::Truncated {
+                    expected: HEADER_LEN,
+                    received,
+                });
+            }
+            self.reserve(HEADER_LEN);
+            self.read_more(Wait::Forever, &mut spin_start)?;
+        }
+    }
+
+    /// Moves the buffered part of a long message into `out` and reads the
+    /// rest straight into it, never past the frame's end.
+    fn read_direct(&mut self, h: Header, out: &mut Vec<u8>) -> Result<usize, RecvError> {
+        let start = self.head + HEADER_LEN;
+        out.clear();
+        let have = self.buf.len() - start;
+        out.reserve_exact(h.len.min(EAGER_ALLOC).max(have));
+        out.extend_from_slice(&self.buf[start..]);
+        self.buf.clear();
+        self.head = 0;
+        let mut spin_start = None;
+        while out.len() < h.len {
+            if matches!(self.state, State::Eof) {
+                let received = HEADER_LEN + out.len();
+                out.clear();
+                return Err(RecvError::Truncated {
+                    expected: HEADER_LEN + h.len,
+                    received,
+                });
+            }
+            if out.capacity() == out.len() {
+                // Grow with what has arrived, not with what was announced.
+                let more = (h.len - out.len()).min(out.len().max(EAGER_ALLOC));
+                out.reserve_exact(more);
+            }
+            let remaining = h.len - out.len();
+            if let Err(e) = self.read_into(out, remaining, Wait::Forever, &mut spin_start) {
+                out.clear();
+                self.state = State::Broken(format!("failed in the middle of a frame: {e}"));
+                return Err(e);
+            }
+        }
+        Ok(h.len)
+    }
+
+    /// Reads at most `max` more bytes into `target`, waiting as told: spin
+    /// for the spin budget, then sleep in `poll` (README.md, "Waiting for a
+    /// frame"). `Ok(false)`: the wait ran out with nothing read.
+    fn read_into(
+        &mut self,
+        target: &mut Vec<u8>,
+        max: usize,
+        wait: Wait,
+        spin_start: &mut Option<Instant>,
+    ) -> Result<bool, RecvError> {
+        loop {
+            match self.io.read_nonblocking(target, max, &mut self.fds) {
                 Ok(ReadOutcome::Data(_)) => {
                     if self.fds.len() > MAX_QUEUED_FDS {
                         self.fds.clear();
@@ -273,10 +388,11 @@ impl Reader {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(false);
             }
-            // Phase 1: spin (README.md, "Waiting for a frame").
+            // Phase 1: spin (README.md, "Waiting for a frame"). Each try
+            // yields, so a peer sharing this core gets to run and answer.
             let start = *spin_start.get_or_insert(now);
             if now.duration_since(start) < self.spin {
-                std::hint::spin_loop();
+                std::thread::yield_now();
                 continue;
             }
             // Phase 2: sleep until readable or the deadline.

@@ -99,13 +99,16 @@ pub(super) fn send_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>
 }
 
 /// Reads what is available without blocking into the spare capacity of
-/// `buf`, queueing any fds that arrive with it.
+/// `buf` (at most `max` bytes), queueing any fds that arrive with it.
 pub(super) fn recv_nonblocking(
     fd: BorrowedFd<'_>,
     buf: &mut Vec<u8>,
+    max: usize,
     fds: &mut VecDeque<OwnedFd>,
 ) -> io::Result<ReadOutcome> {
     let spare = buf.spare_capacity_mut();
+    let n = max.min(spare.len());
+    let spare = &mut spare[..n];
     debug_assert!(!spare.is_empty());
     let mut iov = libc::iovec {
         iov_base: spare.as_mut_ptr().cast(),
