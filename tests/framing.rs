@@ -11,7 +11,9 @@ use portpool::transport::frame::{self, Hello, Kind};
 use proptest::prelude::*;
 
 fn message(len: usize, seed: u8) -> Vec<u8> {
-    (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)).collect()
+    (0..len)
+        .map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed))
+        .collect()
 }
 
 /// Sizes weighted towards the edges: empty, tiny, around the 64 KiB read
@@ -58,9 +60,10 @@ proptest! {
         let mut got = Vec::new();
         for chunk in chunks(&wire, &cuts) {
             buf.extend_from_slice(chunk);
-            while let Some((h, payload, used)) = frame::split_frame(&buf, frame::DEFAULT_MAX_FRAME).unwrap() {
-                prop_assert_eq!(h.kind, Kind::Message);
-                got.push(payload.to_vec());
+            while let Some(f) = frame::split_frame(&buf, frame::DEFAULT_MAX_FRAME).unwrap() {
+                prop_assert_eq!(f.header.kind, Kind::Message);
+                got.push(f.payload.to_vec());
+                let used = f.used;
                 buf.drain(..used);
             }
         }

@@ -79,7 +79,10 @@ fn another_protocol_version_fails_naming_both_versions() {
         other => panic!("expected VersionMismatch, got {other:?} ({err})"),
     }
     let text = err.to_string();
-    assert!(text.contains(&format!("version {PROTOCOL_VERSION}")) && text.contains("version 99"), "{text}");
+    assert!(
+        text.contains(&format!("version {PROTOCOL_VERSION}")) && text.contains("version 99"),
+        "{text}"
+    );
     assert!(f.assert_gone().success());
 }
 
@@ -108,7 +111,7 @@ fn an_undecodable_message_is_reported_and_the_next_one_still_arrives() {
     let mut ipc = ours.connect().unwrap();
     match ipc.recv::<u64>() {
         Err(RecvError::Decode(e)) => {
-            assert_eq!((e.type_name(), e.len()), ("u64", 11));
+            assert_eq!((e.type_name(), e.message_len()), ("u64", 11));
         }
         other => panic!("expected a decode error, got {other:?}"),
     }
@@ -153,7 +156,13 @@ fn a_4_gib_length_under_a_raised_limit_still_allocates_only_what_arrives() {
     let (f, res) = raw_peer("huge-len", opts);
     let mut ipc = res.unwrap();
     let (res, largest) = largest_allocation_during(|| ipc.recv_bytes());
-    assert!(matches!(res, Err(RecvError::Truncated { received: 69, .. })), "{res:?}");
-    assert!(largest <= 8 << 20, "allocated {largest} bytes for a frame that never came");
+    assert!(
+        matches!(res, Err(RecvError::Truncated { received: 69, .. })),
+        "{res:?}"
+    );
+    assert!(
+        largest <= 8 << 20,
+        "allocated {largest} bytes for a frame that never came"
+    );
     assert!(f.assert_gone().success());
 }

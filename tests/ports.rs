@@ -14,7 +14,11 @@ use serde::{Deserialize, Serialize};
 
 /// Stress sizes; shrink with PORTPOOL_TEST_SMALL=1 for quick local runs.
 fn many() -> u64 {
-    if std::env::var_os("PORTPOOL_TEST_SMALL").is_some() { 1_000 } else { 100_000 }
+    if std::env::var_os("PORTPOOL_TEST_SMALL").is_some() {
+        1_000
+    } else {
+        100_000
+    }
 }
 
 #[derive(Serialize, Deserialize, Debug, PartialEq, Clone)]
@@ -37,10 +41,18 @@ fn round_trip_across_a_thread() {
     let peer = thread::spawn(move || {
         let mut b = b.connect().unwrap();
         let job: Job = b.recv().unwrap();
-        b.send(&Job { id: job.id + 1, ..job }).unwrap();
+        b.send(&Job {
+            id: job.id + 1,
+            ..job
+        })
+        .unwrap();
     });
     let mut a = a.connect().unwrap();
-    let job = Job { id: 1, name: "resize".into(), data: vec![1, 2, 3] };
+    let job = Job {
+        id: 1,
+        name: "resize".into(),
+        data: vec![1, 2, 3],
+    };
     a.send(&job).unwrap();
     assert_eq!(a.recv::<Job>().unwrap(), Job { id: 2, ..job });
     peer.join().unwrap();
@@ -92,7 +104,9 @@ fn many_messages_arrive_in_order_from_a_child_process() {
 #[test]
 fn a_64_mib_message_arrives_intact() {
     let (f, mut ipc) = Fixture::connected("echo");
-    let msg: Vec<u8> = (0..64u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let msg: Vec<u8> = (0..64u32 << 20)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
     // Send from another thread: the echo fills both socket buffers long
     // before the whole message is written.
     let tx = ipc.sender().clone();
@@ -114,7 +128,10 @@ fn a_message_sent_just_before_the_sender_exits_is_received() {
     assert!(st.success(), "{st:?}");
     // The child is gone (reaped) before we read: the message was in the kernel.
     assert_eq!(ipc.recv::<String>().unwrap(), "sent just before exit");
-    assert!(matches!(ipc.recv::<String>(), Err(RecvError::Disconnected)), "after pid {pid}");
+    assert!(
+        matches!(ipc.recv::<String>(), Err(RecvError::Disconnected)),
+        "after pid {pid}"
+    );
 }
 
 #[test]
@@ -143,7 +160,8 @@ fn the_child_inherits_its_port_and_stdio_and_nothing_else() {
     // SAFETY: `raw` was just returned by dup and nothing else owns it.
     let leaky = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(raw) };
     // SAFETY: F_GETFD on an fd we own.
-    assert_eq!(unsafe { libc::fcntl(leaky.as_raw_fd(), libc::F_GETFD) } & libc::FD_CLOEXEC, 0);
+    let flags = unsafe { libc::fcntl(leaky.as_raw_fd(), libc::F_GETFD) };
+    assert_eq!(flags & libc::FD_CLOEXEC, 0, "the test fd must be inheritable");
 
     let (f, mut ipc) = Fixture::connected("list-fds");
     let (open, port_fds): (Vec<(i32, String)>, Vec<i32>) = ipc.recv().unwrap();
@@ -170,7 +188,10 @@ fn peer_sigkilled_while_we_block_in_recv_is_disconnected() {
         "expected Disconnected after SIGKILL of {pid}, got {res:?}"
     );
     let st = f.assert_gone();
-    assert_eq!(std::os::unix::process::ExitStatusExt::signal(&st), Some(libc::SIGKILL));
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&st),
+        Some(libc::SIGKILL)
+    );
 }
 
 #[test]
@@ -269,7 +290,10 @@ fn a_port_frame_is_not_lost_to_a_message_recv() {
     a.send_port(p).unwrap();
     a.send(&5u8).unwrap();
     match b.recv::<u8>() {
-        Err(RecvError::Unexpected { expected: Kind::Message, found: Kind::Port }) => {}
+        Err(RecvError::Unexpected {
+            expected: Kind::Message,
+            found: Kind::Port,
+        }) => {}
         other => panic!("expected Unexpected, got {other:?}"),
     }
     let p = b.recv_port().unwrap();
@@ -295,7 +319,10 @@ fn an_unencodable_message_fails_alone() {
     }
     let (a, mut b) = connect_pair();
     let err = a.send(&Unsized).unwrap_err();
-    assert!(matches!(&err, SendError::Encode(e) if e.type_name().contains("Unsized")), "{err}");
+    assert!(
+        matches!(&err, SendError::Encode(e) if e.type_name().contains("Unsized")),
+        "{err}"
+    );
     a.send(&1u8).unwrap();
     assert_eq!(b.recv::<u8>().unwrap(), 1);
 }
@@ -307,7 +334,10 @@ fn a_message_over_the_limit_is_refused_before_sending() {
     let err = a.send(&vec![0u8; 200]).unwrap_err();
     assert!(matches!(err, SendError::TooLarge { limit: 100, .. }), "{err}");
     let err = a.send_bytes(&[0u8; 101]).unwrap_err();
-    assert!(matches!(err, SendError::TooLarge { len: 101, limit: 100 }), "{err}");
+    assert!(
+        matches!(err, SendError::TooLarge { len: 101, limit: 100 }),
+        "{err}"
+    );
     a.send(&vec![1u8; 10]).unwrap();
     assert_eq!(b.recv::<Vec<u8>>().unwrap(), vec![1u8; 10]);
 }

@@ -27,11 +27,12 @@ fuzz_target!(|data: &[u8]| {
         buf.extend_from_slice(chunk);
         loop {
             match frame::split_frame(&buf, limit) {
-                Ok(Some((h, payload, used))) => {
-                    assert!(h.len <= limit);
-                    assert_eq!(used, frame::HEADER_LEN + payload.len());
+                Ok(Some(f)) => {
+                    let used = f.used;
+                    assert!(f.header.len <= limit);
+                    assert_eq!(used, frame::HEADER_LEN + f.payload.len());
                     let mut again = Vec::new();
-                    frame::encode_frame(h.kind, payload, &mut again);
+                    frame::encode_frame(f.header.kind, f.payload, &mut again);
                     assert_eq!(&again[..], &buf[..used]);
                     buf.drain(..used);
                 }

@@ -60,7 +60,7 @@ impl DecodeError {
     }
 
     /// Length of the message that failed to decode.
-    pub fn len(&self) -> usize {
+    pub fn message_len(&self) -> usize {
         self.len
     }
 
@@ -375,7 +375,8 @@ pub enum HandshakeError {
 impl HandshakeError {
     /// The handshake error inside an [`io::Error`] returned by `connect`, if any.
     pub fn from_io(e: &io::Error) -> Option<&HandshakeError> {
-        e.get_ref().and_then(|inner| inner.downcast_ref::<HandshakeError>())
+        e.get_ref()
+            .and_then(|inner| inner.downcast_ref::<HandshakeError>())
     }
 
     pub(crate) fn into_io(self) -> io::Error {

@@ -42,13 +42,17 @@ pub struct IpcReceiver {
 
 impl fmt::Debug for IpcSender {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IpcSender").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("IpcSender")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
 impl fmt::Debug for IpcReceiver {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IpcReceiver").field("peer", &self.peer).finish_non_exhaustive()
+        f.debug_struct("IpcReceiver")
+            .field("peer", &self.peer)
+            .finish_non_exhaustive()
     }
 }
 
@@ -282,7 +286,9 @@ impl IpcReceiver {
             }
         };
         let fds = self.reader.take_fds(n).ok_or_else(|| {
-            RecvError::Protocol(ProtocolError::new("port frame arrived without its file descriptors"))
+            RecvError::Protocol(ProtocolError::new(
+                "port frame arrived without its file descriptors",
+            ))
         })?;
         flavor
             .and_then(|f| Port::from_received(f, fds))

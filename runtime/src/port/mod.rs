@@ -83,10 +83,7 @@ pub fn open() -> io::Result<(Port, Port)> {
 pub fn open_pipes() -> io::Result<(Port, Port)> {
     let (a_in, b_out) = sys::pipe()?;
     let (b_in, a_out) = sys::pipe()?;
-    Ok((
-        Port::from_fds(a_in, a_out),
-        Port::from_fds(b_in, b_out),
-    ))
+    Ok((Port::from_fds(a_in, a_out), Port::from_fds(b_in, b_out)))
 }
 
 /// How [`Port::connect_with`] sets up a connection.
@@ -336,7 +333,15 @@ mod tests {
     fn env_value_parsing_rejects_nonsense() {
         assert!(matches!(parse_env("socket:5"), Some((EnvKind::Socket, [5, 5]))));
         assert!(matches!(parse_env("pipes:5,6"), Some((EnvKind::Pipes, [5, 6]))));
-        for bad in ["", "socket:", "socket:-1", "socket:x", "pipes:5", "pipes:5,5", "tcp:1"] {
+        for bad in [
+            "",
+            "socket:",
+            "socket:-1",
+            "socket:x",
+            "pipes:5",
+            "pipes:5,5",
+            "tcp:1",
+        ] {
             assert!(parse_env(bad).is_none(), "{bad}");
         }
     }

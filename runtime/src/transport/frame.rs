@@ -236,18 +236,30 @@ impl Header {
     }
 }
 
+/// A complete frame found at the front of a buffer by [`split_frame`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Split<'a> {
+    /// The frame's header.
+    pub header: Header,
+    /// The frame's payload.
+    pub payload: &'a [u8],
+    /// Bytes the whole frame took (header and payload).
+    pub used: usize,
+}
+
 /// Splits complete frames off the front of a byte buffer: the pure core of
-/// the receive path. Returns the header and the payload of the first frame,
-/// and how many bytes it took, or `Ok(None)` if the frame is not complete.
-pub fn split_frame(buf: &[u8], limit: usize) -> Result<Option<(Header, &[u8], usize)>, HeaderError> {
-    let Some(h) = Header::decode(buf, limit)? else {
+/// the receive path. Returns the first frame, or `Ok(None)` if it is not
+/// complete yet.
+pub fn split_frame(buf: &[u8], limit: usize) -> Result<Option<Split<'_>>, HeaderError> {
+    let Some(header) = Header::decode(buf, limit)? else {
         return Ok(None);
     };
-    let end = HEADER_LEN + h.len;
-    match buf.get(HEADER_LEN..end) {
-        Some(payload) => Ok(Some((h, payload, end))),
-        None => Ok(None),
-    }
+    let used = HEADER_LEN + header.len;
+    Ok(buf.get(HEADER_LEN..used).map(|payload| Split {
+        header,
+        payload,
+        used,
+    }))
 }
 
 /// Appends one frame (header and payload) to `out`.
@@ -303,7 +315,10 @@ mod tests {
         for cut in 0..buf.len() {
             assert_eq!(split_frame(&buf[..cut], 64), Ok(None));
         }
-        let (h, p, used) = split_frame(&buf, 64).unwrap().unwrap();
-        assert_eq!((h.kind, p, used), (Kind::Message, &b"hello"[..], buf.len()));
+        let f = split_frame(&buf, 64).unwrap().unwrap();
+        assert_eq!(
+            (f.header.kind, f.payload, f.used),
+            (Kind::Message, &b"hello"[..], buf.len())
+        );
     }
 }

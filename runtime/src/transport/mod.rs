@@ -124,5 +124,8 @@ pub(crate) fn over_socket(fd: OwnedFd) -> (Reader, Writer) {
 
 /// Builds the two halves of a connection over a pair of pipes.
 pub(crate) fn over_pipes(incoming: OwnedFd, outgoing: OwnedFd) -> (Reader, Writer) {
-    (Reader::new(ReadIo::Pipe(incoming)), Writer::new(WriteIo::Pipe(outgoing)))
+    (
+        Reader::new(ReadIo::Pipe(incoming)),
+        Writer::new(WriteIo::Pipe(outgoing)),
+    )
 }

@@ -142,9 +142,9 @@ impl Reader {
             }
             let unread = &self.buf[self.head..];
             let need = match frame::split_frame(unread, self.limit) {
-                Ok(Some((h, _, _))) => {
-                    self.current = Some(h);
-                    return Ok(Some(h));
+                Ok(Some(f)) => {
+                    self.current = Some(f.header);
+                    return Ok(Some(f.header));
                 }
                 Ok(None) => match Header::decode(unread, self.limit) {
                     Ok(Some(h)) => HEADER_LEN + h.len,
