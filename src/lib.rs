@@ -111,9 +111,11 @@
 //! [`Port::from_env`](port::Port::from_env); `examples/ports.rs` runs the
 //! whole scenario with the example's own executable as the child.
 
-pub use portpool_runtime::{error, port, transport};
+pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
+pub use portpool_runtime::pool::{Pool, Ticket};
+pub use portpool_runtime::{error, job, pool, port, transport};
 
 /// The worker-process side (see the `portpool-worker` crate).
 pub mod worker {
-    pub use portpool_worker::connect;
+    pub use portpool_worker::{connect, is_worker, run, serve_if_worker};
 }

@@ -4,6 +4,8 @@
 //! |---|---|---|
 //! | 1 | [`transport`] | length-prefixed frames over a socket or a pair of pipes |
 //! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
+//! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
+//! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
 //!
 //! Errors, one type per operation, are in [`error`]. Each layer uses only
 //! the public face of the one below it. `unsafe` code lives only in the OS
@@ -13,6 +15,8 @@
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
 pub mod error;
+pub mod job;
+pub mod pool;
 pub mod port;
 #[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
 mod sys;

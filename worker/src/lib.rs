@@ -1,27 +1,37 @@
 //! The worker-process side of portpool.
 //!
-//! A worker is a child process its supervisor started with a port
-//! ([`Port::pass_to`](portpool_runtime::port::Port::pass_to)). [`connect`]
-//! takes that port from the environment, asks the kernel to end this
-//! process if the supervisor's spawning thread dies (`PR_SET_PDEATHSIG`
-//! on Linux), and completes the handshake in the worker role.
+//! A process worker is a child its supervisor started with a port
+//! ([`Port::pass_to`](portpool_runtime::port::Port::pass_to)). Two ways to
+//! write one:
+//!
+//! - a separate binary whose `main` is `portpool::worker::run(handlers())`;
+//! - the supervisor's own binary, re-run: `main` starts with
+//!   `portpool::worker::serve_if_worker(&handlers())`, which serves and
+//!   exits when this process is a worker, and returns at once otherwise.
+//!
+//! Either way the worker takes its port from the environment, asks the
+//! kernel to kill it if the supervisor's spawning thread dies
+//! (`PR_SET_PDEATHSIG` on Linux), and exits on its own when the port
+//! closes (EOF: the supervisor is gone).
 //!
 //! Not for: anything the supervisor does; that is in `portpool-runtime`.
 
 use std::io;
 
+use portpool_runtime::job::Handlers;
+use portpool_runtime::pool::{self, WORKER_ID_ENV};
 use portpool_runtime::port::{ConnectOptions, Ipc, Port, Role};
 
 /// Connects to the supervisor through the port this process was given.
 ///
-/// Fails with `NotFound` when this process was not started as a worker,
+/// Fails with `NotFound` when this process was not started with a port,
 /// and with the handshake's error when the supervisor speaks another
 /// protocol version.
 pub fn connect() -> io::Result<Ipc> {
     let port = Port::from_env()?;
     // SIGKILL: a worker whose supervisor is gone has nothing to finish; EOF
     // on the port is the primary signal, this is the backstop.
-    if !portpool_runtime::set_parent_death_signal(libc_sigkill())? {
+    if !portpool_runtime::set_parent_death_signal(SIGKILL)? {
         return Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
             "the supervisor exited before this worker started",
@@ -34,6 +44,35 @@ pub fn connect() -> io::Result<Ipc> {
 }
 
 /// SIGKILL's number (9 on every Unix portpool supports).
-const fn libc_sigkill() -> i32 {
-    9
+const SIGKILL: i32 = 9;
+
+/// Whether this process was started as a pool's worker.
+pub fn is_worker() -> bool {
+    std::env::var_os(WORKER_ID_ENV).is_some() && Port::in_env()
+}
+
+/// Serves jobs with `handlers` until the supervisor stops this worker or
+/// goes away, then exits the process (status 0, or 1 if the port broke).
+pub fn run(handlers: Handlers) -> ! {
+    let id = std::env::var(WORKER_ID_ENV)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let res = connect().and_then(|ipc| pool::serve(ipc, &handlers, id));
+    match res {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("portpool worker {id}: {e}");
+            std::process::exit(1);
+        }
+    }
+}
+
+/// If this process is a pool's worker, serves and exits; otherwise returns
+/// at once. Call it first thing in `main` of a program that builds a
+/// process pool without `.worker_command(..)`.
+pub fn serve_if_worker(handlers: &Handlers) {
+    if is_worker() {
+        run(handlers.clone());
+    }
 }

@@ -150,6 +150,28 @@ impl IpcSender {
             })
     }
 
+    /// Queues one message made of two values encoded back to back (the
+    /// receiver decodes the first, then the second from what is left).
+    pub fn feed_pair<A, B>(&self, first: &A, second: &B) -> Result<(), SendError>
+    where
+        A: Serialize + ?Sized,
+        B: Serialize + ?Sized,
+    {
+        self.writer
+            .append(Kind::Message, |buf| {
+                encode_into(first, buf)?;
+                encode_into(second, buf)
+            })
+            .map(drop)
+            .map_err(|e| match e {
+                AppendError::Encode(source) => SendError::Encode(EncodeError {
+                    type_name: std::any::type_name::<B>(),
+                    source,
+                }),
+                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
+            })
+    }
+
     /// Writes every queued message.
     pub fn flush(&self) -> Result<(), SendError> {
         self.writer.flush()
@@ -255,6 +277,11 @@ impl IpcReceiver {
         let res = decode(self.reader.payload());
         self.reader.consume();
         res.map(Some)
+    }
+
+    /// Whether a complete frame is already here (so a `recv` would not block).
+    pub fn has_frame(&mut self) -> Result<bool, RecvError> {
+        Ok(self.reader.next_frame(Wait::Now)?.is_some())
     }
 
     /// Blocks until a message arrives and returns its raw bytes.
@@ -402,6 +429,11 @@ impl Ipc {
     /// See [`IpcReceiver::recv_timeout`].
     pub fn recv_timeout<T: DeserializeOwned>(&mut self, timeout: Duration) -> Result<T, RecvTimeoutError> {
         self.rx.recv_timeout(timeout)
+    }
+
+    /// See [`IpcReceiver::has_frame`].
+    pub fn has_frame(&mut self) -> Result<bool, RecvError> {
+        self.rx.has_frame()
     }
 
     /// See [`IpcReceiver::recv_bytes`].

@@ -1,0 +1,372 @@
+//! Layer 4: typed jobs and the registry of handlers that run them.
+//!
+//! A [`Job`] is a serde type with an [`Output`](Job::Output), an
+//! [`Error`](Job::Error) and a stable route name [`NAME`](Job::NAME).
+//! [`Handlers`] maps route names to functions. The same `Handlers` run in
+//! thread workers (jobs move as Rust values, never serialized) and in
+//! process workers (jobs cross as postcard bytes).
+//!
+//! Not for: deciding where or when a job runs (the pool does that).
+
+use std::any::Any;
+use std::collections::HashMap;
+use std::fmt;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+/// A unit of work: the job's data is the type itself.
+///
+/// ```
+/// use portpool_runtime::job::Job;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(Serialize, Deserialize)]
+/// struct CountPrimes { from: u64, to: u64 }
+///
+/// impl Job for CountPrimes {
+///     type Output = u64;
+///     type Error = String;
+///     const NAME: &'static str = "count-primes";
+/// }
+/// ```
+pub trait Job: Serialize + DeserializeOwned + Send + 'static {
+    /// What a successful run returns.
+    type Output: Serialize + DeserializeOwned + Send + 'static;
+    /// What a failed run returns (the handler's own error).
+    type Error: Serialize + DeserializeOwned + Send + fmt::Debug + 'static;
+    /// The stable route name both sides use to find the handler.
+    const NAME: &'static str;
+}
+
+/// Where a handler's progress messages go.
+#[derive(Clone)]
+pub(crate) enum ProgressSink {
+    /// Straight to the submitter's channel (thread workers).
+    Channel(crate::pool::Reply),
+    /// Over the worker's port to the supervisor, tagged with the job id.
+    Port(crate::port::IpcSender, u64),
+}
+
+/// What a handler gets besides its job: which worker runs it, whether the
+/// job was cancelled, and a way to report progress to the submitter.
+pub struct Context {
+    worker_id: usize,
+    cancelled: Option<Arc<AtomicBool>>,
+    progress: ProgressSink,
+}
+
+impl fmt::Debug for Context {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Context")
+            .field("worker_id", &self.worker_id)
+            .field("cancelled", &self.is_cancelled())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Context {
+    pub(crate) fn new(
+        worker_id: usize,
+        cancelled: Option<Arc<AtomicBool>>,
+        progress: ProgressSink,
+    ) -> Context {
+        Context {
+            worker_id,
+            cancelled,
+            progress,
+        }
+    }
+
+    /// The id of the worker running this job (0-based within its pool).
+    pub fn worker_id(&self) -> usize {
+        self.worker_id
+    }
+
+    /// Whether the submitter cancelled this job. A handler doing long work
+    /// should check this now and then and return early when it is set.
+    pub fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the Release store in `Ticket::cancel`; only
+        // the flag itself is communicated.
+        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
+    }
+
+    /// Sends a progress message to whoever holds this job's ticket. It
+    /// arrives before the job's result. Messages that cannot be encoded are
+    /// dropped (and logged).
+    pub fn progress<P: Serialize + ?Sized>(&self, msg: &P) {
+        let payload = match postcard::to_allocvec(msg) {
+            Ok(bytes) => bytes,
+            Err(e) => {
+                log::warn!("dropping a progress message that could not be encoded: {e}");
+                return;
+            }
+        };
+        match &self.progress {
+            ProgressSink::Channel(reply) => reply.send(crate::pool::Event::Progress(payload)),
+            ProgressSink::Port(tx, id) => {
+                let msg = crate::pool::wire::FromWorker::Progress { id: *id, payload };
+                if let Err(e) = tx.send(&msg) {
+                    log::warn!("could not send a progress message: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Which side of a process boundary a coding failure happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Side {
+    /// In the supervisor (encoding a job, decoding a result).
+    Supervisor,
+    /// In the worker (decoding a job, encoding a result).
+    Worker,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Supervisor => "supervisor",
+            Side::Worker => "worker",
+        })
+    }
+}
+
+/// How a job ended when it did not end with its output.
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum JobError<E> {
+    /// The handler returned its own error.
+    Handler(E),
+    /// The handler panicked.
+    Panicked {
+        /// The panic message.
+        message: String,
+    },
+    /// The worker running the job exited before answering.
+    WorkerExited {
+        /// The worker's id within its pool.
+        worker: usize,
+        /// Its process id (process workers).
+        pid: Option<u32>,
+        /// How it ended (exit code or signal), when known.
+        status: Option<String>,
+    },
+    /// No handler is registered for the job's route in the worker.
+    UnknownRoute {
+        /// The route name.
+        route: String,
+    },
+    /// The job or its result could not be encoded or decoded.
+    Codec {
+        /// Where it failed.
+        side: Side,
+        /// What failed and why.
+        reason: String,
+    },
+    /// The job was cancelled before it ran (or it returned after its
+    /// cancellation without an output).
+    Cancelled,
+    /// The pool did not take the job (it is shutting down or failed).
+    Rejected {
+        /// Why.
+        reason: String,
+    },
+}
+
+impl<E: fmt::Debug> fmt::Display for JobError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            JobError::Handler(e) => write!(f, "job failed: {e:?}"),
+            JobError::Panicked { message } => write!(f, "job panicked: {message}"),
+            JobError::WorkerExited { worker, pid, status } => {
+                write!(f, "worker {worker}")?;
+                if let Some(pid) = pid {
+                    write!(f, " (pid {pid})")?;
+                }
+                f.write_str(" exited before answering")?;
+                if let Some(s) = status {
+                    write!(f, ": {s}")?;
+                }
+                Ok(())
+            }
+            JobError::UnknownRoute { route } => write!(f, "no handler for route {route:?} in the worker"),
+            JobError::Codec { side, reason } => write!(f, "coding error in the {side}: {reason}"),
+            JobError::Cancelled => f.write_str("job was cancelled"),
+            JobError::Rejected { reason } => write!(f, "job was rejected: {reason}"),
+        }
+    }
+}
+
+impl<E: fmt::Debug> std::error::Error for JobError<E> {}
+
+/// An outcome that is not the handler's own result, without the job's
+/// types: what the pool's plumbing carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Failure {
+    Panicked(String),
+    WorkerExited {
+        worker: usize,
+        pid: Option<u32>,
+        status: Option<String>,
+    },
+    UnknownRoute(String),
+    Codec(Side, String),
+    Cancelled,
+    Rejected(String),
+}
+
+impl Failure {
+    pub(crate) fn into_job_error<E>(self) -> JobError<E> {
+        match self {
+            Failure::Panicked(message) => JobError::Panicked { message },
+            Failure::WorkerExited { worker, pid, status } => JobError::WorkerExited { worker, pid, status },
+            Failure::UnknownRoute(route) => JobError::UnknownRoute { route },
+            Failure::Codec(side, reason) => JobError::Codec { side, reason },
+            Failure::Cancelled => JobError::Cancelled,
+            Failure::Rejected(reason) => JobError::Rejected { reason },
+        }
+    }
+}
+
+/// A handler with its job types erased, callable with a Rust value (thread
+/// workers) or with postcard bytes (process workers).
+trait Erased: Send + Sync {
+    /// Runs a job given as `Box<J>`; returns `Box<Result<J::Output, J::Error>>`.
+    fn call_value(&self, job: Box<dyn Any + Send>, cx: &Context) -> Result<Box<dyn Any + Send>, Failure>;
+    /// Runs a job given as postcard bytes; returns the postcard bytes of
+    /// `Result<J::Output, J::Error>`.
+    fn call_bytes(&self, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure>;
+}
+
+struct Typed<J: Job, F> {
+    f: F,
+    _job: std::marker::PhantomData<fn(J)>,
+}
+
+/// Runs `f`, turning a panic into [`Failure::Panicked`] with its message.
+pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
+    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Failure::Panicked(panic_message(&*payload)))
+}
+
+/// The message of a panic payload (`&str` or `String`), or a placeholder.
+pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
+    if let Some(s) = payload.downcast_ref::<&str>() {
+        (*s).to_string()
+    } else if let Some(s) = payload.downcast_ref::<String>() {
+        s.clone()
+    } else {
+        "panic with a non-string payload".to_string()
+    }
+}
+
+impl<J, F> Erased for Typed<J, F>
+where
+    J: Job,
+    F: Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
+{
+    fn call_value(&self, job: Box<dyn Any + Send>, cx: &Context) -> Result<Box<dyn Any + Send>, Failure> {
+        let job = job.downcast::<J>().map_err(|_| {
+            Failure::Codec(
+                Side::Worker,
+                format!(
+                    "job for route {:?} is not a {}",
+                    J::NAME,
+                    std::any::type_name::<J>()
+                ),
+            )
+        })?;
+        let out = catch(|| (self.f)(*job, cx))?;
+        Ok(Box::new(out))
+    }
+
+    fn call_bytes(&self, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure> {
+        let job: J = postcard::from_bytes(job).map_err(|e| {
+            Failure::Codec(
+                Side::Worker,
+                format!("could not decode a `{}` job: {e}", std::any::type_name::<J>()),
+            )
+        })?;
+        let out = catch(|| (self.f)(job, cx))?;
+        // Encoding runs user Serialize impls, which may panic too.
+        catch(|| postcard::to_allocvec(&out))?.map_err(|e| {
+            Failure::Codec(
+                Side::Worker,
+                format!(
+                    "could not encode the result of a `{}` job: {e}",
+                    std::any::type_name::<J>()
+                ),
+            )
+        })
+    }
+}
+
+/// The registry of handlers: route name → function.
+///
+/// ```
+/// # use portpool_runtime::job::{Handlers, Job};
+/// # use serde::{Deserialize, Serialize};
+/// # #[derive(Serialize, Deserialize)] struct Square(u64);
+/// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }
+/// let handlers = Handlers::new().on::<Square>(|Square(n), _cx| Ok(n * n));
+/// assert!(handlers.routes().any(|r| r == "square"));
+/// ```
+#[derive(Clone, Default)]
+pub struct Handlers {
+    map: Arc<HashMap<&'static str, Arc<dyn Erased>>>,
+}
+
+impl fmt::Debug for Handlers {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_set().entries(self.map.keys()).finish()
+    }
+}
+
+impl Handlers {
+    /// An empty registry.
+    pub fn new() -> Handlers {
+        Handlers::default()
+    }
+
+    /// Registers `f` as the handler of `J`'s route (replacing any earlier one).
+    pub fn on<J: Job>(
+        mut self,
+        f: impl Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
+    ) -> Handlers {
+        let entry: Arc<dyn Erased> = Arc::new(Typed::<J, _> {
+            f,
+            _job: std::marker::PhantomData,
+        });
+        Arc::make_mut(&mut self.map).insert(J::NAME, entry);
+        self
+    }
+
+    /// The registered route names.
+    pub fn routes(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.map.keys().copied()
+    }
+
+    /// Runs a job given as a Rust value (thread workers).
+    pub(crate) fn call_value(
+        &self,
+        route: &str,
+        job: Box<dyn Any + Send>,
+        cx: &Context,
+    ) -> Result<Box<dyn Any + Send>, Failure> {
+        match self.map.get(route) {
+            Some(h) => h.call_value(job, cx),
+            None => Err(Failure::UnknownRoute(route.to_string())),
+        }
+    }
+
+    /// Runs a job given as postcard bytes (process workers).
+    pub(crate) fn call_bytes(&self, route: &str, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure> {
+        match self.map.get(route) {
+            Some(h) => h.call_bytes(job, cx),
+            None => Err(Failure::UnknownRoute(route.to_string())),
+        }
+    }
+}

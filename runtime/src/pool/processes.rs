@@ -1,0 +1,463 @@
+//! Process workers: each is a child process with a port. Up to `k` jobs are
+//! in flight per worker. Dispatch happens on the thread that frees a slot:
+//! the submitter (right after enqueueing) or the worker's reader thread
+//! (right after a result), so a job goes from `submit` to the worker's
+//! socket without a thread hop.
+
+use std::collections::HashMap;
+use std::process::{Child, Command};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+
+use super::wire::{FromWorker, ToWorker, WireOutcome};
+use super::{BuildError, Core, Event, Outcome, Reply, Task, Work};
+use crate::job::Failure;
+use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
+
+/// Environment variable that tells a re-run executable it is worker N.
+pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
+
+/// How long a worker that closed its port may take to exit before it is killed.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// How long `shutdown` waits for a stopped worker to exit before killing it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+struct Worker {
+    id: usize,
+    pid: u32,
+    tx: IpcSender,
+    /// Jobs sent and not answered.
+    slots: AtomicUsize,
+    alive: AtomicBool,
+    pending: Mutex<HashMap<u64, Reply>>,
+    child: Mutex<Option<Child>>,
+}
+
+pub(crate) struct Processes {
+    core: Arc<Core>,
+    workers: Vec<Arc<Worker>>,
+    readers: Vec<(JoinHandle<()>, Receiver<()>)>,
+    k: usize,
+    next: AtomicUsize,
+    idle: Arc<(Mutex<()>, std::sync::Condvar)>,
+}
+
+/// A fresh `Command` with the template's program, arguments, environment
+/// and directory (`Command` is not `Clone`).
+fn copy_command(t: &Command) -> Command {
+    let mut c = Command::new(t.get_program());
+    c.args(t.get_args());
+    for (k, v) in t.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = t.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+/// "exit code 3" or "signal 9 (SIGKILL)".
+pub(crate) fn describe_status(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = st.code() {
+        return format!("exit code {code}");
+    }
+    match st.signal() {
+        Some(sig) => format!("signal {sig} ({})", signal_name(sig)),
+        None => format!("{st}"),
+    }
+}
+
+fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "unknown signal",
+    }
+}
+
+impl Processes {
+    pub(crate) fn spawn(
+        core: Arc<Core>,
+        template: Command,
+        n: usize,
+        k: usize,
+    ) -> Result<Processes, BuildError> {
+        let idle = Arc::new((Mutex::new(()), std::sync::Condvar::new()));
+        let mut procs = Processes {
+            core: core.clone(),
+            workers: Vec::with_capacity(n),
+            readers: Vec::with_capacity(n),
+            k,
+            next: AtomicUsize::new(0),
+            idle: idle.clone(),
+        };
+        for id in 0..n {
+            let (w, rx) = match start_worker(&template, id) {
+                Ok(x) => x,
+                Err(e) => {
+                    procs.shutdown();
+                    return Err(e);
+                }
+            };
+            let w = Arc::new(w);
+            let (done_tx, done_rx) = crossbeam_channel::bounded(1);
+            let (w2, core2, idle2) = (w.clone(), core.clone(), idle.clone());
+            let h = std::thread::Builder::new()
+                .name(format!("portpool-reader-{id}"))
+                .spawn(move || {
+                    reader_loop(&w2, rx, &core2, k, &idle2);
+                    let _ = done_tx.send(());
+                })
+                .map_err(|e| BuildError::io(format!("could not start the reader of worker {id}"), e))?;
+            procs.workers.push(w);
+            procs.readers.push((h, done_rx));
+        }
+        Ok(procs)
+    }
+
+    /// Dispatches queued jobs to workers with free slots (after an enqueue).
+    pub(crate) fn kick(&self) {
+        // SeqCst: the enqueue before this must be visible to a reader that
+        // frees a slot and then checks the queue (see `pump`).
+        fence(Ordering::SeqCst);
+        let n = self.workers.len();
+        // Relaxed: only spreads the starting point.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        let mut any_alive = false;
+        for i in 0..n {
+            let w = &self.workers[(start + i) % n];
+            // Acquire: pairs with the Release store when a worker dies.
+            if w.alive.load(Ordering::Acquire) {
+                any_alive = true;
+                pump(w, &self.core, self.k, true);
+            }
+            if self.core.queue_rx.is_empty() {
+                return;
+            }
+        }
+        if !any_alive {
+            self.core
+                .fail_queued(&Failure::Rejected("every worker of the pool has exited".into()));
+        }
+    }
+
+    /// Sends `task` to worker `w` whatever its slots (broadcast).
+    pub(crate) fn send_to(&self, w: usize, task: Task) {
+        let w = &self.workers[w];
+        // SeqCst: as every other access to the slot count (see `pump`).
+        w.slots.fetch_add(1, Ordering::SeqCst);
+        dispatch(w, &self.core, task);
+        if let Err(e) = w.tx.flush() {
+            log::warn!("worker {}: could not send a broadcast job: {e}", w.id);
+        }
+    }
+
+    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
+        self.workers.iter().map(|w| Some(w.pid)).collect()
+    }
+
+    /// Waits until the queue is empty and nothing is in flight, then tells
+    /// each worker to stop and waits for it (killing one that does not exit).
+    pub(crate) fn shutdown(&mut self) {
+        let (m, cv) = &*self.idle;
+        let mut guard = lock(m);
+        loop {
+            // Acquire/SeqCst: see `pump`; a dead worker's slots do not count.
+            let busy = self
+                .workers
+                .iter()
+                .any(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) > 0);
+            let any_alive = self.workers.iter().any(|w| w.alive.load(Ordering::Acquire));
+            if !any_alive || (!busy && self.core.queue_rx.is_empty()) {
+                break;
+            }
+            // The bound only guards against a missed notification.
+            guard = cv
+                .wait_timeout(guard, Duration::from_millis(50))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(guard);
+        for w in &self.workers {
+            if let Err(e) = w.tx.send(&ToWorker::Stop) {
+                log::debug!("worker {}: stop not sent ({e}); it is gone", w.id);
+            }
+        }
+        for (i, (h, done)) in self.readers.drain(..).enumerate() {
+            if done.recv_timeout(STOP_GRACE).is_err() {
+                if let Some(w) = self.workers.get(i) {
+                    log::warn!("worker {} did not stop within {STOP_GRACE:?}; killing it", w.id);
+                    if let Some(c) = lock(&w.child).as_mut() {
+                        let _ = c.kill();
+                    }
+                }
+            }
+            if h.join().is_err() {
+                log::error!("reader thread {i} panicked");
+            }
+        }
+    }
+}
+
+fn start_worker(template: &Command, id: usize) -> Result<(Worker, IpcReceiver), BuildError> {
+    let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
+    let mut cmd = copy_command(template);
+    cmd.env(WORKER_ID_ENV, id.to_string());
+    let mut child = theirs.spawn(cmd).map_err(|e| {
+        BuildError::io(
+            format!("could not start worker {id} ({:?})", template.get_program()),
+            e,
+        )
+    })?;
+    let pid = child.id();
+    let opts = ConnectOptions {
+        role: Role::Supervisor,
+        ..ConnectOptions::default()
+    };
+    let ipc = match ours.connect_with(opts) {
+        Ok(ipc) if ipc.peer_role() == Role::Worker => ipc,
+        Ok(ipc) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BuildError::new(format!(
+                "worker {id} (pid {pid}) answered as {:?}, not as a worker",
+                ipc.peer_role()
+            )));
+        }
+        Err(e) => {
+            let _ = child.kill();
+            let status = child.wait().map(describe_status).unwrap_or_default();
+            return Err(BuildError::io(
+                format!("worker {id} (pid {pid}) did not complete its handshake ({status})"),
+                e,
+            ));
+        }
+    };
+    log::info!("worker {id} started (pid {pid})");
+    let (tx, rx) = ipc.split();
+    Ok((
+        Worker {
+            id,
+            pid,
+            tx,
+            slots: AtomicUsize::new(0),
+            alive: AtomicBool::new(true),
+            pending: Mutex::new(HashMap::new()),
+            child: Mutex::new(Some(child)),
+        },
+        rx,
+    ))
+}
+
+/// Takes queued jobs for `w` while it has free slots. Flushes what it sent
+/// if `flush` (the reader defers the flush while more results are waiting).
+fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
+    let mut sent = false;
+    loop {
+        // Acquire: pairs with the Release store when the worker dies.
+        if !w.alive.load(Ordering::Acquire) {
+            break;
+        }
+        // SeqCst throughout: "free a slot, then look at the queue" here and
+        // "enqueue, then look at the slots" in `kick` must not both miss.
+        let cur = w.slots.load(Ordering::SeqCst);
+        if cur >= k {
+            break;
+        }
+        if w.slots
+            .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue;
+        }
+        match core.queue_rx.try_recv() {
+            Ok(Work::Task(t)) => {
+                if t.is_cancelled() {
+                    w.slots.fetch_sub(1, Ordering::SeqCst);
+                    core.counters[w.id].finish(false);
+                    t.reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
+                    continue;
+                }
+                dispatch(w, core, t);
+                sent = true;
+            }
+            Ok(Work::Stop) | Err(_) => {
+                w.slots.fetch_sub(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if core.queue_rx.is_empty() {
+                    break;
+                }
+            }
+        }
+    }
+    if sent && flush {
+        if let Err(e) = w.tx.flush() {
+            log::debug!(
+                "worker {}: flush failed ({e}); its reader will report the exit",
+                w.id
+            );
+        }
+    }
+}
+
+/// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
+fn dispatch(w: &Worker, core: &Core, t: Task) {
+    lock(&w.pending).insert(t.id, t.reply.clone());
+    // Relaxed: statistics only.
+    core.counters[w.id].running.fetch_add(1, Ordering::Relaxed);
+    let head = ToWorker::Job {
+        id: t.id,
+        route: t.route,
+    };
+    if let Err(e) = (t.send_job)(&w.tx, &head, &*t.job) {
+        // Not sent: this job fails alone (an encoding error), or with the
+        // worker (a dead port, which the reader reports for the others).
+        lock(&w.pending).remove(&t.id);
+        w.slots.fetch_sub(1, Ordering::SeqCst);
+        core.counters[w.id].running.fetch_sub(1, Ordering::Relaxed);
+        core.counters[w.id].finish(false);
+        let failure = match e {
+            crate::error::SendError::Encode(e) => Failure::Codec(crate::job::Side::Supervisor, e.to_string()),
+            crate::error::SendError::TooLarge { len, limit } => Failure::Codec(
+                crate::job::Side::Supervisor,
+                format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
+            ),
+            other => Failure::WorkerExited {
+                worker: w.id,
+                pid: Some(w.pid),
+                status: Some(format!("its port failed: {other}")),
+            },
+        };
+        t.reply.send(Event::Done(Outcome::Failed(failure)));
+    }
+}
+
+/// Reads a worker's answers until its port closes, then reports its exit.
+fn reader_loop(
+    w: &Worker,
+    mut rx: IpcReceiver,
+    core: &Core,
+    k: usize,
+    idle: &(Mutex<()>, std::sync::Condvar),
+) {
+    let counters = &core.counters[w.id];
+    let why = loop {
+        let msg = match rx.recv::<FromWorker>() {
+            Ok(m) => m,
+            Err(e) if e.is_disconnected() => break None,
+            Err(e) => break Some(e.to_string()),
+        };
+        match msg {
+            FromWorker::Progress { id, payload } => {
+                if let Some(r) = lock(&w.pending).get(&id) {
+                    r.send(Event::Progress(payload));
+                }
+            }
+            FromWorker::Done { id, outcome } => {
+                let Some(reply) = lock(&w.pending).remove(&id) else {
+                    log::warn!("worker {} answered job {id}, which it was not given", w.id);
+                    continue;
+                };
+                let outcome = match outcome {
+                    WireOutcome::Ran(b) => Outcome::Bytes(b),
+                    WireOutcome::Failed(f) => Outcome::Failed(f),
+                };
+                // Relaxed: statistics only.
+                counters.running.fetch_sub(1, Ordering::Relaxed);
+                counters.finish(matches!(outcome, Outcome::Bytes(_)));
+                log::trace!("worker {}: job {id} done", w.id);
+                reply.send(Event::Done(outcome));
+                w.slots.fetch_sub(1, Ordering::SeqCst);
+                // Queue the next jobs; write everything queued (by this or an
+                // earlier answer) once no more answers wait.
+                pump(w, core, k, false);
+                let more = rx.has_frame().unwrap_or(false);
+                if !more {
+                    if let Err(e) = w.tx.flush() {
+                        log::debug!("worker {}: flush failed ({e}); the port is closing", w.id);
+                    }
+                    let (m, cv) = idle;
+                    let _g = lock(m);
+                    cv.notify_all();
+                }
+            }
+        }
+    };
+    // The port is closed (or broken): this worker is finished.
+    // Release: pairs with the Acquire loads in `kick` and `pump`.
+    w.alive.store(false, Ordering::Release);
+    let status = reap(w);
+    match &why {
+        Some(e) => log::error!(
+            "worker {} (pid {}) broke its protocol: {e}; {status}",
+            w.id,
+            w.pid
+        ),
+        None => log::info!("worker {} (pid {}) exited: {status}", w.id, w.pid),
+    }
+    let failure = Failure::WorkerExited {
+        worker: w.id,
+        pid: Some(w.pid),
+        status: Some(status),
+    };
+    for (_, reply) in lock(&w.pending).drain() {
+        counters.running.fetch_sub(1, Ordering::Relaxed);
+        counters.finish(false);
+        reply.send(Event::Done(Outcome::Failed(failure.clone())));
+    }
+    w.slots.store(0, Ordering::SeqCst);
+    let (m, cv) = idle;
+    let _g = lock(m);
+    cv.notify_all();
+}
+
+/// Waits for the worker process to exit (killing it if it lingers after
+/// closing its port) and describes how it ended.
+fn reap(w: &Worker) -> String {
+    let Some(mut child) = lock(&w.child).take() else {
+        return "already reaped".into();
+    };
+    let deadline = Instant::now() + EXIT_GRACE;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) => return describe_status(st),
+            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+            Ok(None) => {
+                let _ = child.kill();
+                return child
+                    .wait()
+                    .map(|st| {
+                        format!(
+                            "{} (killed: it closed its port but kept running)",
+                            describe_status(st)
+                        )
+                    })
+                    .unwrap_or_else(|e| format!("could not be waited for: {e}"));
+            }
+            Err(e) => return format!("could not be waited for: {e}"),
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The loop a process worker runs: take jobs from the port, run them with
+//! the worker's [`Handlers`], send the answers back.
+
+use std::io;
+
+use super::wire::{FromWorker, ToWorker, WireOutcome};
+use crate::job::{Context, Handlers, ProgressSink};
+use crate::port::Ipc;
+
+/// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
+///
+/// Answers are queued and written together whenever no further job is
+/// already waiting, so pipelined jobs cost one write per batch. A job that
+/// fails to decode, a route without a handler, a panicking handler or a
+/// result that fails to encode fails that job only; the loop goes on.
+/// Returns `Ok(())` when told to stop or when the supervisor closed the
+/// port; an error if the port broke.
+pub fn serve(mut ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> {
+    let tx = ipc.sender().clone();
+    let mut buf = Vec::new();
+    loop {
+        // Phase 1: write the answers queued so far before blocking.
+        if !ipc.has_frame()? {
+            tx.flush()?;
+        }
+        // Phase 2: take the next frame.
+        match ipc.recv_bytes_into(&mut buf) {
+            Ok(_) => {}
+            Err(e) if e.is_disconnected() => return Ok(()),
+            Err(e) => return Err(e.into()),
+        }
+        let (head, job) = postcard::take_from_bytes::<ToWorker<'_>>(&buf).map_err(|e| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("the supervisor sent a frame that is not a job or a stop: {e}"),
+            )
+        })?;
+        // Phase 3: run it and queue the answer.
+        match head {
+            ToWorker::Stop => {
+                tx.flush()?;
+                return Ok(());
+            }
+            ToWorker::Job { id, route } => {
+                let cx = Context::new(worker_id, None, ProgressSink::Port(tx.clone(), id));
+                let outcome = match handlers.call_bytes(route, job, &cx) {
+                    Ok(bytes) => WireOutcome::Ran(bytes),
+                    Err(f) => WireOutcome::Failed(f),
+                };
+                tx.feed(&FromWorker::Done { id, outcome })?;
+            }
+        }
+    }
+}

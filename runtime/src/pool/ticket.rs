@@ -1,0 +1,188 @@
+//! A submitted job's handle: its result, its progress, its cancellation.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Receiver;
+use serde::de::DeserializeOwned;
+
+use super::{Event, Outcome, Reply, recv_spin};
+use crate::job::{Failure, Job, JobError, Side};
+
+/// The result of a job, typed.
+pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
+
+/// A submitted job: wait for its result, read its progress messages,
+/// cancel it.
+pub struct Ticket<J: Job> {
+    rx: Receiver<(u64, Event)>,
+    cancelled: Arc<AtomicBool>,
+    progress: VecDeque<Vec<u8>>,
+    done: Option<Outcome>,
+    _job: PhantomData<fn() -> J>,
+}
+
+impl<J: Job> fmt::Debug for Ticket<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Ticket")
+            .field("route", &J::NAME)
+            .field("finished", &self.done.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+/// Turns an untyped outcome into the job's typed result.
+pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
+    match outcome {
+        Outcome::Value(v) => match v.downcast::<Result<J::Output, J::Error>>() {
+            Ok(r) => r.map_err(JobError::Handler),
+            Err(_) => Err(JobError::Codec {
+                side: Side::Supervisor,
+                reason: format!(
+                    "a thread worker returned something other than a `{}` result",
+                    J::NAME
+                ),
+            }),
+        },
+        Outcome::Bytes(b) => match postcard::from_bytes::<Result<J::Output, J::Error>>(&b) {
+            Ok(r) => r.map_err(JobError::Handler),
+            Err(e) => Err(JobError::Codec {
+                side: Side::Supervisor,
+                reason: format!(
+                    "could not decode the result of a `{}` job as `{}`: {e}",
+                    J::NAME,
+                    std::any::type_name::<Result<J::Output, J::Error>>()
+                ),
+            }),
+        },
+        Outcome::Failed(f) => Err(f.into_job_error()),
+    }
+}
+
+impl<J: Job> Ticket<J> {
+    pub(crate) fn new() -> (Ticket<J>, Reply, Arc<AtomicBool>) {
+        let (tx, rx) = crossbeam_channel::unbounded();
+        let flag = Arc::new(AtomicBool::new(false));
+        (
+            Ticket {
+                rx,
+                cancelled: flag.clone(),
+                progress: VecDeque::new(),
+                done: None,
+                _job: PhantomData,
+            },
+            Reply { tx, tag: 0 },
+            flag,
+        )
+    }
+
+    /// Takes events until the outcome is in, or `deadline` passes.
+    fn pump(&mut self, deadline: Option<Instant>) {
+        while self.done.is_none() {
+            match recv_spin(&self.rx, deadline) {
+                Some((_, Event::Progress(p))) => self.progress.push_back(p),
+                Some((_, Event::Done(o))) => self.done = Some(o),
+                None => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return;
+                    }
+                    // Every path that drops a job's reply sends its outcome
+                    // first; a closed channel without one is a bug, reported
+                    // instead of hanging.
+                    self.done = Some(Outcome::Failed(Failure::Rejected(
+                        "the pool dropped the job without an outcome".into(),
+                    )));
+                }
+            }
+        }
+    }
+
+    /// Blocks until the job has finished and returns its result.
+    pub fn wait(mut self) -> JobResult<J> {
+        self.pump(None);
+        match self.done.take() {
+            Some(o) => typed::<J>(o),
+            None => Err(JobError::Rejected {
+                reason: "no outcome".into(),
+            }),
+        }
+    }
+
+    /// Waits at most `timeout`; gives the ticket back if the job is not done.
+    pub fn wait_timeout(mut self, timeout: Duration) -> Result<JobResult<J>, Ticket<J>> {
+        self.pump(Some(Instant::now() + timeout));
+        match self.done.take() {
+            Some(o) => Ok(typed::<J>(o)),
+            None => Err(self),
+        }
+    }
+
+    /// The result if the job has finished; the ticket back otherwise.
+    pub fn try_result(mut self) -> Result<JobResult<J>, Ticket<J>> {
+        while let Ok((_, e)) = self.rx.try_recv() {
+            match e {
+                Event::Progress(p) => self.progress.push_back(p),
+                Event::Done(o) => self.done = Some(o),
+            }
+        }
+        match self.done.take() {
+            Some(o) => Ok(typed::<J>(o)),
+            None => Err(self),
+        }
+    }
+
+    /// The next progress message already received, if any (never blocks).
+    /// A message that does not decode as `P` is skipped and logged.
+    pub fn try_progress<P: DeserializeOwned>(&mut self) -> Option<P> {
+        while let Ok((_, e)) = self.rx.try_recv() {
+            match e {
+                Event::Progress(p) => self.progress.push_back(p),
+                Event::Done(o) => self.done = Some(o),
+            }
+        }
+        self.pop_progress()
+    }
+
+    /// Blocks until the next progress message, or returns `None` once the
+    /// job has finished and every progress message has been read.
+    pub fn recv_progress<P: DeserializeOwned>(&mut self) -> Option<P> {
+        loop {
+            if let Some(p) = self.pop_progress() {
+                return Some(p);
+            }
+            if self.done.is_some() {
+                return None;
+            }
+            match recv_spin(&self.rx, None) {
+                Some((_, Event::Progress(p))) => self.progress.push_back(p),
+                Some((_, Event::Done(o))) => self.done = Some(o),
+                None => self.pump(None),
+            }
+        }
+    }
+
+    fn pop_progress<P: DeserializeOwned>(&mut self) -> Option<P> {
+        while let Some(bytes) = self.progress.pop_front() {
+            match postcard::from_bytes(&bytes) {
+                Ok(p) => return Some(p),
+                Err(e) => log::warn!(
+                    "skipping a progress message that is not a `{}`: {e}",
+                    std::any::type_name::<P>()
+                ),
+            }
+        }
+        None
+    }
+
+    /// Asks for the job to be cancelled. A job still queued is not run
+    /// (its result is [`JobError::Cancelled`]); a running handler sees
+    /// [`Context::is_cancelled`](crate::job::Context::is_cancelled) turn true.
+    pub fn cancel(&self) {
+        // Release: pairs with the Acquire loads in the workers.
+        self.cancelled.store(true, Ordering::Release);
+    }
+}

@@ -1,0 +1,38 @@
+//! The messages a supervisor and a process worker exchange over the
+//! worker's port (each one postcard frame).
+
+use serde::{Deserialize, Serialize};
+
+use crate::job::Failure;
+
+/// Supervisor → worker. A `Job` frame is this head followed, in the same
+/// frame, by the job's own postcard bytes.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum ToWorker<'a> {
+    /// Run the job that follows with the handler of `route`.
+    Job { id: u64, route: &'a str },
+    /// Finish what is in flight and exit.
+    Stop,
+}
+
+/// Worker → supervisor.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum FromWorker {
+    /// A progress message from the handler of job `id`.
+    Progress {
+        id: u64,
+        #[serde(with = "serde_bytes")]
+        payload: Vec<u8>,
+    },
+    /// Job `id` finished.
+    Done { id: u64, outcome: WireOutcome },
+}
+
+/// How a job ended in a worker.
+#[derive(Debug, Serialize, Deserialize)]
+pub(crate) enum WireOutcome {
+    /// postcard bytes of `Result<J::Output, J::Error>`.
+    Ran(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// It did not produce a result.
+    Failed(Failure),
+}

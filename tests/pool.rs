@@ -1,0 +1,350 @@
+//! One suite, two backends: every body in `both!` runs once on thread
+//! workers and once on process workers (the fixture binary's `pool-worker`
+//! mode, which registers the same handlers from `fixtures/jobs.rs`).
+
+mod common;
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use common::{BOUND, assert_pid_gone};
+use jobs::*;
+use portpool::pool::{PoolBuilder, TrySubmitError};
+use portpool::{Job, JobError, Pool};
+use serde::{Deserialize, Serialize};
+
+fn many() -> u64 {
+    if std::env::var_os("PORTPOOL_TEST_SMALL").is_some() {
+        1_000
+    } else {
+        100_000
+    }
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Threads,
+    Processes,
+}
+
+fn builder(backend: Backend, n: usize) -> PoolBuilder {
+    match backend {
+        Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
+        Backend::Processes => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
+            cmd.arg("pool-worker");
+            Pool::builder().processes(n).worker_command(cmd)
+        }
+    }
+}
+
+/// Shuts `pool` down and asserts its worker processes are gone.
+fn finish(mut pool: Pool) {
+    let pids: Vec<u32> = pool.stats().workers.iter().filter_map(|w| w.pid).collect();
+    pool.shutdown();
+    for pid in pids {
+        assert_pid_gone(pid);
+    }
+}
+
+/// A path that does not exist yet, unique to this test run.
+fn gate_path(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("portpool-test-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let p = dir.join(name);
+    let _ = std::fs::remove_file(&p);
+    p
+}
+
+macro_rules! both {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            fn body($backend: Backend) $body
+            #[test]
+            fn threads() {
+                body(Backend::Threads)
+            }
+            #[test]
+            fn processes() {
+                body(Backend::Processes)
+            }
+        }
+    };
+}
+
+both!(typed_round_trips_of_three_job_types, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    assert_eq!(pool.submit(Square(12)).unwrap().wait().unwrap(), 144);
+    assert_eq!(
+        pool.submit(Greet { name: "ada".into() }).unwrap().wait().unwrap(),
+        "hello, ada"
+    );
+    assert_eq!(
+        pool.submit(Divide { a: 17, b: 5 }).unwrap().wait().unwrap(),
+        (3, 2)
+    );
+    finish(pool);
+});
+
+both!(handler_errors_arrive_typed, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    match pool.submit(Divide { a: 7, b: 0 }).unwrap().wait() {
+        Err(JobError::Handler(DivError::ByZero { a: 7 })) => {}
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    match pool.submit(Greet { name: String::new() }).unwrap().wait() {
+        Err(JobError::Handler(GreetError::EmptyName)) => {}
+        other => panic!("expected the handler's error, got {other:?}"),
+    }
+    finish(pool);
+});
+
+both!(a_panic_fails_its_job_and_the_pool_goes_on, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    match pool.submit(Boom("kaboom 42".into())).unwrap().wait() {
+        Err(JobError::Panicked { message }) => assert_eq!(message, "kaboom 42"),
+        other => panic!("expected Panicked, got {other:?}"),
+    }
+    // Same number of workers, all still serving.
+    let who: BTreeSet<usize> = pool.broadcast(WhoAmI).into_iter().map(|r| r.unwrap().0).collect();
+    assert_eq!(who, (0..2).collect());
+    assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
+    finish(pool);
+});
+
+/// A job type no worker registers.
+#[derive(Serialize, Deserialize, Debug)]
+struct Unrouted;
+impl Job for Unrouted {
+    type Output = ();
+    type Error = String;
+    const NAME: &'static str = "nobody-handles-this";
+}
+
+both!(an_unknown_route_fails_naming_the_route, |backend| {
+    let pool = builder(backend, 1).build().unwrap();
+    match pool.submit(Unrouted).unwrap().wait() {
+        Err(JobError::UnknownRoute { route }) => assert_eq!(route, "nobody-handles-this"),
+        other => panic!("expected UnknownRoute, got {other:?}"),
+    }
+    assert_eq!(pool.submit(Square(4)).unwrap().wait().unwrap(), 16);
+    finish(pool);
+});
+
+both!(a_full_queue_gives_the_job_back, |backend| {
+    let pool = builder(backend, 1)
+        .queue_limit(1)
+        .inflight_per_worker(1)
+        .build()
+        .unwrap();
+    let gate = gate_path(&format!("full-{backend:?}"));
+    let mut running = pool.submit(Gate(gate.clone())).unwrap();
+    // The worker has the gate job (it said so); the queue is empty.
+    assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
+    let queued = pool.submit(Square(5)).unwrap();
+    match pool.try_submit(Square(6)) {
+        Err(TrySubmitError::Full(job)) => assert_eq!(job, Square(6)),
+        other => panic!("expected Full, got {other:?}"),
+    }
+    std::fs::write(&gate, b"open").unwrap();
+    assert!(running.wait().unwrap());
+    assert_eq!(queued.wait().unwrap(), 25);
+    finish(pool);
+});
+
+both!(map_keeps_input_order_over_many_jobs, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let n = many();
+    let mut count = 0u64;
+    for (i, r) in pool.map((0..n).map(Square)).enumerate() {
+        assert_eq!(r.unwrap(), (i as u64) * (i as u64));
+        count += 1;
+    }
+    assert_eq!(count, n);
+    finish(pool);
+});
+
+both!(map_unordered_yields_every_result_once, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let got: BTreeSet<u64> = pool
+        .map_unordered((0..1000).map(Square))
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(got, (0..1000u64).map(|i| i * i).collect());
+    finish(pool);
+});
+
+both!(map_over_an_endless_iterator_with_take, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let firsts: Vec<u64> = pool
+        .map((0..).map(Square))
+        .take(1000)
+        .map(|r| r.unwrap())
+        .collect();
+    assert_eq!(firsts, (0..1000u64).map(|i| i * i).collect::<Vec<_>>());
+    finish(pool);
+});
+
+both!(broadcast_reaches_every_worker, |backend| {
+    let pool = builder(backend, 3).build().unwrap();
+    let answers: Vec<(usize, u32)> = pool.broadcast(WhoAmI).into_iter().map(|r| r.unwrap()).collect();
+    assert_eq!(answers.iter().map(|a| a.0).collect::<Vec<_>>(), vec![0, 1, 2]);
+    let pids: BTreeSet<u32> = answers.iter().map(|a| a.1).collect();
+    match backend {
+        Backend::Threads => assert_eq!(pids, [std::process::id()].into()),
+        Backend::Processes => assert_eq!(pids.len(), 3, "three distinct processes"),
+    }
+    finish(pool);
+});
+
+both!(progress_messages_arrive_before_the_result, |backend| {
+    let pool = builder(backend, 1).build().unwrap();
+    let mut t = pool.submit(Steps(5)).unwrap();
+    let mut seen = Vec::new();
+    while let Some(p) = t.recv_progress::<u32>() {
+        seen.push(p);
+    }
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    assert_eq!(t.wait().unwrap(), 5);
+    finish(pool);
+});
+
+both!(stats_count_what_happened, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    for r in pool.map((0..100).map(Square)) {
+        r.unwrap();
+    }
+    assert!(pool.submit(Boom("x".into())).unwrap().wait().is_err());
+    let s = pool.stats();
+    assert_eq!((s.done, s.failed, s.queued, s.running), (100, 1, 0, 0));
+    assert_eq!(s.workers.len(), 2);
+    assert_eq!(s.workers.iter().map(|w| w.done).sum::<u64>(), 100);
+    finish(pool);
+});
+
+both!(a_cancelled_queued_job_never_runs, |backend| {
+    let pool = builder(backend, 1).inflight_per_worker(1).build().unwrap();
+    let gate = gate_path(&format!("cancel-{backend:?}"));
+    let mut running = pool.submit(Gate(gate.clone())).unwrap();
+    assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
+    let queued = pool.submit(Steps(3)).unwrap();
+    queued.cancel();
+    std::fs::write(&gate, b"open").unwrap();
+    assert!(running.wait().unwrap());
+    assert!(matches!(queued.wait(), Err(JobError::Cancelled)));
+    finish(pool);
+});
+
+#[test]
+fn processes_a_job_that_fails_to_decode_in_the_worker_fails_alone() {
+    let pool = builder(Backend::Processes, 1).build().unwrap();
+    match pool.submit(Poison(13)).unwrap().wait() {
+        Err(JobError::Codec { side, reason }) => {
+            assert_eq!(side, portpool::job::Side::Worker);
+            // postcard keeps no text of a custom serde error; the type is named.
+            assert!(
+                reason.contains("could not decode") && reason.contains("Poison"),
+                "{reason}"
+            );
+        }
+        other => panic!("expected a worker-side decode error, got {other:?}"),
+    }
+    assert_eq!(pool.submit(Poison(12)).unwrap().wait().unwrap(), 12);
+    finish(pool);
+}
+
+#[test]
+fn processes_a_result_that_fails_to_encode_fails_alone() {
+    let pool = builder(Backend::Processes, 1).build().unwrap();
+    match pool.submit(MakeUnencodable).unwrap().wait() {
+        Err(JobError::Codec { side, reason }) => {
+            assert_eq!(side, portpool::job::Side::Worker);
+            assert!(reason.contains("could not encode the result"), "{reason}");
+        }
+        other => panic!("expected a worker-side encode error, got {other:?}"),
+    }
+    assert_eq!(pool.submit(Square(2)).unwrap().wait().unwrap(), 4);
+    finish(pool);
+}
+
+#[test]
+fn processes_pipeline_several_jobs_per_worker() {
+    let pool = builder(Backend::Processes, 1)
+        .inflight_per_worker(3)
+        .build()
+        .unwrap();
+    let gate = gate_path("pipeline");
+    let tickets: Vec<_> = (0..3).map(|_| pool.submit(Gate(gate.clone())).unwrap()).collect();
+    // All three were sent to the one worker at submit time: none waits in the queue.
+    let s = pool.stats();
+    assert_eq!((s.queued, s.workers[0].running), (0, 3), "{s:?}");
+    let fourth = pool.submit(Square(9)).unwrap();
+    assert_eq!(pool.stats().queued, 1, "the fourth waits for a free slot");
+    std::fs::write(&gate, b"open").unwrap();
+    for t in tickets {
+        assert!(t.wait().unwrap());
+    }
+    assert_eq!(fourth.wait().unwrap(), 81);
+    finish(pool);
+}
+
+#[test]
+fn processes_workers_exit_on_their_own_when_the_supervisor_is_killed() {
+    let mut sup = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"))
+        .arg("supervisor")
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(sup.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    let pids: Vec<u32> = line
+        .strip_prefix("pids ")
+        .unwrap_or_else(|| panic!("unexpected supervisor output {line:?}"))
+        .split_whitespace()
+        .map(|p| p.parse().unwrap())
+        .collect();
+    assert_eq!(pids.len(), 2);
+    sup.kill().unwrap(); // SIGKILL: no chance to clean up
+    sup.wait().unwrap();
+    let deadline = std::time::Instant::now() + BOUND;
+    for pid in pids {
+        // The workers are not our children: wait for them to vanish or
+        // become zombies awaiting their new parent.
+        loop {
+            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .and_then(|r| r.split_whitespace().next())
+                        .map(String::from)
+                });
+            match state.as_deref() {
+                None | Some("Z") | Some("X") => break,
+                Some(_) if std::time::Instant::now() > deadline => {
+                    panic!("worker {pid} outlived its supervisor")
+                }
+                Some(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
+            }
+        }
+    }
+}
+
+#[test]
+fn processes_build_fails_clearly_when_the_worker_binary_does_not_exist() {
+    let err = Pool::builder()
+        .processes(1)
+        .worker_command(Command::new("/nonexistent/portpool-worker"))
+        .build()
+        .unwrap_err();
+    let text = err.to_string();
+    assert!(text.contains("could not start worker 0"), "{text}");
+}
