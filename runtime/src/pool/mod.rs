@@ -204,7 +204,7 @@ pub struct BuildError {
 }
 
 impl BuildError {
-    fn new(what: impl Into<String>) -> BuildError {
+    pub(crate) fn new(what: impl Into<String>) -> BuildError {
         BuildError {
             what: what.into(),
             source: None,

@@ -114,26 +114,54 @@ impl Processes {
             next: AtomicUsize::new(0),
             idle: idle.clone(),
         };
+        // Each worker is spawned from its own reader thread, which lives as
+        // long as the worker: PR_SET_PDEATHSIG fires when the *thread* that
+        // spawned a child exits, so spawning from the caller's thread would
+        // kill the workers when that thread ends (design.md, known traps).
+        let template = Arc::new(template);
+        let mut started = Vec::with_capacity(n);
         for id in 0..n {
-            let (w, rx) = match start_worker(&template, id) {
-                Ok(x) => x,
-                Err(e) => {
-                    procs.shutdown();
-                    return Err(e);
-                }
-            };
-            let w = Arc::new(w);
+            let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-            let (w2, core2, idle2) = (w.clone(), core.clone(), idle.clone());
+            let (template, core2, idle2) = (template.clone(), core.clone(), idle.clone());
             let h = std::thread::Builder::new()
                 .name(format!("portpool-reader-{id}"))
                 .spawn(move || {
-                    reader_loop(&w2, rx, &core2, k, &idle2);
+                    match start_worker(&template, id) {
+                        Ok((w, rx)) => {
+                            let w = Arc::new(w);
+                            let _ = ready_tx.send(Ok(w.clone()));
+                            reader_loop(&w, rx, &core2, k, &idle2);
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                        }
+                    }
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| BuildError::io(format!("could not start the reader of worker {id}"), e))?;
-            procs.workers.push(w);
-            procs.readers.push((h, done_rx));
+            started.push((h, done_rx, ready_rx));
+        }
+        let mut first_error = None;
+        for (h, done_rx, ready_rx) in started {
+            match ready_rx.recv() {
+                Ok(Ok(w)) => {
+                    procs.workers.push(w);
+                    procs.readers.push((h, done_rx));
+                }
+                Ok(Err(e)) => {
+                    let _ = h.join();
+                    first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    let _ = h.join();
+                    first_error.get_or_insert(BuildError::new("a worker's start-up thread panicked"));
+                }
+            }
+        }
+        if let Some(e) = first_error {
+            procs.shutdown();
+            return Err(e);
         }
         Ok(procs)
     }
