@@ -15,13 +15,66 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use portpool::port::{self, Ipc, Port};
+use portpool::{Handlers, Job, Pool};
+use serde::{Deserialize, Serialize};
 
 const PEER_ENV: &str = "PORTPOOL_BENCH_PEER";
 const PIN_ENV: &str = "PORTPOOL_BENCH_PIN";
 const MSG: usize = 64;
 const MIB: usize = 1 << 20;
 
+/// A job that costs next to nothing: dispatch overhead is all there is.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+struct Tiny(u64);
+impl Job for Tiny {
+    type Output = u64;
+    type Error = ();
+    const NAME: &'static str = "tiny";
+}
+
+/// A job that burns about 100 µs of CPU.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug)]
+struct Burn(u64);
+impl Job for Burn {
+    type Output = u64;
+    type Error = ();
+    const NAME: &'static str = "burn";
+}
+
+/// Iterations of `burn` that take about 100 µs (calibrated at start-up).
+static BURN_ITERS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn burn(seed: u64) -> u64 {
+    let iters = BURN_ITERS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut x = seed | 1;
+    for _ in 0..iters {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+    }
+    std::hint::black_box(x)
+}
+
+fn calibrate_burn() {
+    BURN_ITERS.store(100_000, std::sync::atomic::Ordering::Relaxed);
+    let mut per = Vec::new();
+    for _ in 0..5 {
+        let t = Instant::now();
+        burn(7);
+        per.push(t.elapsed().as_secs_f64() / 100_000.0);
+    }
+    let iters = (100e-6 / median(per)) as u64;
+    BURN_ITERS.store(iters.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+
+fn handlers() -> Handlers {
+    Handlers::new()
+        .on::<Tiny>(|Tiny(x), _| Ok(x.wrapping_mul(2).wrapping_add(1)))
+        .on::<Burn>(|Burn(x), _| Ok(burn(x)))
+}
+
 fn main() {
+    portpool::worker::serve_if_worker(&handlers());
     if let Ok(role) = std::env::var(PEER_ENV) {
         peer(&role);
         return;
@@ -49,6 +102,201 @@ fn main() {
         let count = if quick { 128 } else { 512 };
         bandwidth(reps, count);
     }
+    if wanted("pool_thread_tiny_jobs") {
+        thread_tiny(reps, 1_000_000);
+    }
+    if wanted("pool_thread_fanout_100us") {
+        calibrate_burn();
+        thread_fanout(reps, if quick { 1000 } else { 4000 });
+    }
+    if wanted("pool_process_roundtrip") {
+        process_roundtrip(reps, if quick { 5_000 } else { 20_000 });
+    }
+    if wanted("pool_process_tiny_jobs") {
+        process_tiny(reps, if quick { 200_000 } else { 1_000_000 });
+    }
+}
+
+/// jobs/s for `n` tiny jobs through `map_unordered` on 2 threads, beside a
+/// minimal crossbeam-channel pool (2 threads: a job channel, a result channel).
+fn thread_tiny(reps: usize, n: u64) {
+    let run_raw = || {
+        let (job_tx, job_rx) = crossbeam_channel::unbounded::<u64>();
+        let (res_tx, res_rx) = crossbeam_channel::unbounded::<u64>();
+        let workers: Vec<_> = (0..2)
+            .map(|_| {
+                let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
+                std::thread::spawn(move || {
+                    for x in job_rx {
+                        let _ = res_tx.send(x.wrapping_mul(2).wrapping_add(1));
+                    }
+                })
+            })
+            .collect();
+        let t = Instant::now();
+        let feeder = std::thread::spawn(move || {
+            for i in 0..n {
+                job_tx.send(i).expect("send");
+            }
+        });
+        let mut sum = 0u64;
+        for _ in 0..n {
+            sum = sum.wrapping_add(res_rx.recv().expect("recv"));
+        }
+        let d = t.elapsed();
+        feeder.join().expect("feeder");
+        drop(res_rx);
+        for w in workers {
+            w.join().expect("worker");
+        }
+        std::hint::black_box(sum);
+        n as f64 / d.as_secs_f64()
+    };
+    let pool = Pool::builder().threads(2).handlers(handlers()).build().expect("pool");
+    let run_pool = || {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for r in pool.map_unordered((0..n).map(Tiny)) {
+            sum = sum.wrapping_add(r.expect("job"));
+        }
+        let d = t.elapsed();
+        std::hint::black_box(sum);
+        n as f64 / d.as_secs_f64()
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(run_raw());
+        ours.push(run_pool());
+    }
+    report("pool_thread_tiny_jobs", median(ours), median(base), "jobs/s");
+}
+
+/// Speedup over serial of `n` jobs of ~100 µs on this machine's cores,
+/// beside rayon's `par_iter` on the same work.
+fn thread_fanout(reps: usize, n: u64) {
+    use rayon::prelude::*;
+    let cores = std::thread::available_parallelism().map_or(2, |c| c.get());
+    let serial = || {
+        let t = Instant::now();
+        let s: u64 = (0..n).map(burn).fold(0, u64::wrapping_add);
+        std::hint::black_box(s);
+        t.elapsed().as_secs_f64()
+    };
+    let run_rayon = || {
+        let t = Instant::now();
+        let s: u64 = (0..n).into_par_iter().map(burn).reduce(|| 0, u64::wrapping_add);
+        std::hint::black_box(s);
+        t.elapsed().as_secs_f64()
+    };
+    let pool = Pool::builder().threads(cores).handlers(handlers()).build().expect("pool");
+    let run_pool = || {
+        let t = Instant::now();
+        let s: u64 = pool
+            .map_unordered((0..n).map(Burn))
+            .map(|r| r.expect("job"))
+            .fold(0, u64::wrapping_add);
+        std::hint::black_box(s);
+        t.elapsed().as_secs_f64()
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let s = serial();
+        base.push(s / run_rayon());
+        ours.push(s / run_pool());
+    }
+    report("pool_thread_fanout_100us", median(ours), median(base), "x");
+}
+
+/// µs for one small job submitted and waited for, one process worker,
+/// beside the busy-polling raw socketpair ping-pong.
+fn process_roundtrip(reps: usize, iters: usize) {
+    let pool = Pool::builder().processes(1).build().expect("pool");
+    let run_pool = || {
+        let time = || {
+            let t = Instant::now();
+            for i in 0..iters as u64 {
+                let r = pool.submit(Tiny(i)).expect("submit").wait().expect("job");
+                std::hint::black_box(r);
+            }
+            t.elapsed()
+        };
+        time();
+        time().as_secs_f64() * 1e6 / iters as f64
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(raw_roundtrip(iters, false));
+        ours.push(run_pool());
+    }
+    report("pool_process_roundtrip", median(ours), median(base), "us");
+}
+
+/// jobs/s with pipelining over 2 process workers, beside a raw pipelined
+/// echo over one socketpair per worker, each keeping the same number of
+/// messages of the same size in flight and writing each message on its own.
+fn process_tiny(reps: usize, n: u64) {
+    const INFLIGHT: usize = 16;
+    const WORKERS: usize = 2;
+    // A pool job frame for Tiny is about this long (header, head, payload).
+    const BYTES: usize = 16;
+    let run_raw = || {
+        let per = n as usize / WORKERS;
+        let mut children = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..WORKERS {
+            let (a, b) = port::open().expect("open");
+            children.push(spawn_peer("raw-stream-echo", b, false, &[]));
+            streams.push(raw_stream(a));
+        }
+        let t = Instant::now();
+        let threads: Vec<_> = streams
+            .into_iter()
+            .map(|mut s| {
+                std::thread::spawn(move || {
+                    let msg = [3u8; BYTES];
+                    let mut buf = [0u8; BYTES];
+                    for _ in 0..INFLIGHT {
+                        s.write_all(&msg).expect("write");
+                    }
+                    for i in 0..per {
+                        s.read_exact(&mut buf).expect("read");
+                        if i + INFLIGHT < per {
+                            s.write_all(&msg).expect("write");
+                        }
+                    }
+                })
+            })
+            .collect();
+        for th in threads {
+            th.join().expect("stream thread");
+        }
+        let d = t.elapsed();
+        for c in children {
+            finish(c);
+        }
+        (per * WORKERS) as f64 / d.as_secs_f64()
+    };
+    let pool = Pool::builder()
+        .processes(WORKERS)
+        .inflight_per_worker(INFLIGHT)
+        .queue_limit(4096)
+        .build()
+        .expect("pool");
+    let run_pool = || {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for r in pool.map_unordered((0..n).map(Tiny)) {
+            sum = sum.wrapping_add(r.expect("job"));
+        }
+        std::hint::black_box(sum);
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(run_raw());
+        ours.push(run_pool());
+    }
+    report("pool_process_tiny_jobs", median(ours), median(base), "jobs/s");
 }
 
 fn report(metric: &str, ours: f64, base: f64, unit: &str) {
@@ -118,6 +366,21 @@ fn peer(role: &str) {
                 }
             }
         }
+        // Baseline: echo whatever bytes arrive, as they arrive.
+        "raw-stream-echo" => {
+            let mut s = raw_stream(port);
+            let mut buf = vec![0u8; 64 << 10];
+            loop {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => return,
+                    Ok(n) => {
+                        if s.write_all(&buf[..n]).is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        }
         "port-echo" => {
             let mut ipc = port.connect().expect("connect");
             let mut buf = Vec::new();
@@ -171,29 +434,33 @@ fn finish(mut child: Child) {
     assert!(st.success(), "peer failed: {st:?}");
 }
 
+/// µs per 64-byte round trip over a raw socketpair: both sides busy-poll
+/// non-blocking reads (blocking reads when pinned to one core).
+fn raw_roundtrip(iters: usize, pinned: bool) -> f64 {
+    let (a, b) = port::open().expect("open");
+    let child = spawn_peer("raw-echo", b, pinned, &[]);
+    let mut s = raw_stream(a);
+    s.set_nonblocking(!pinned).expect("set_nonblocking");
+    let msg = [1u8; MSG];
+    let mut buf = [0u8; MSG];
+    let mut time = || {
+        let t = Instant::now();
+        for _ in 0..iters {
+            s.write_all(&msg).expect("write");
+            assert!(spin_read_exact(&mut s, &mut buf));
+        }
+        t.elapsed()
+    };
+    time(); // warm-up
+    let d = time();
+    drop(s);
+    finish(child);
+    d.as_secs_f64() * 1e6 / iters as f64
+}
+
 /// µs per 64-byte round trip between two processes.
 fn roundtrip(metric: &str, reps: usize, iters: usize, pinned: bool) {
-    let run_raw = || {
-        let (a, b) = port::open().expect("open");
-        let child = spawn_peer("raw-echo", b, pinned, &[]);
-        let mut s = raw_stream(a);
-        s.set_nonblocking(!pinned).expect("set_nonblocking");
-        let msg = [1u8; MSG];
-        let mut buf = [0u8; MSG];
-        let mut time = || {
-            let t = Instant::now();
-            for _ in 0..iters {
-                s.write_all(&msg).expect("write");
-                assert!(spin_read_exact(&mut s, &mut buf));
-            }
-            t.elapsed()
-        };
-        time(); // warm-up
-        let d = time();
-        drop(s);
-        finish(child);
-        d.as_secs_f64() * 1e6 / iters as f64
-    };
+    let run_raw = || raw_roundtrip(iters, pinned);
     let run_port = || {
         let (a, b) = port::open().expect("open");
         let child = spawn_peer("port-echo", b, pinned, &[]);
