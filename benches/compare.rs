@@ -152,7 +152,11 @@ fn thread_tiny(reps: usize, n: u64) {
         std::hint::black_box(sum);
         n as f64 / d.as_secs_f64()
     };
-    let pool = Pool::builder().threads(2).handlers(handlers()).build().expect("pool");
+    let pool = Pool::builder()
+        .threads(2)
+        .handlers(handlers())
+        .build()
+        .expect("pool");
     let run_pool = || {
         let t = Instant::now();
         let mut sum = 0u64;
@@ -188,7 +192,11 @@ fn thread_fanout(reps: usize, n: u64) {
         std::hint::black_box(s);
         t.elapsed().as_secs_f64()
     };
-    let pool = Pool::builder().threads(cores).handlers(handlers()).build().expect("pool");
+    let pool = Pool::builder()
+        .threads(cores)
+        .handlers(handlers())
+        .build()
+        .expect("pool");
     let run_pool = || {
         let t = Instant::now();
         let s: u64 = pool

@@ -61,7 +61,9 @@ fn ranges(limit: u64) -> impl Iterator<Item = CountPrimes> {
 /// Runs every range on `pool`, with a progress bar, and sums the counts.
 fn run(pool: &Pool, limit: u64, label: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
     let bar = ProgressBar::new(limit.div_ceil(CHUNK));
-    bar.set_style(ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} ranges")?.progress_chars("=> "));
+    bar.set_style(
+        ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} ranges")?.progress_chars("=> "),
+    );
     bar.set_prefix(label.to_string());
     let t = Instant::now();
     let mut total = 0;

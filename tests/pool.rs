@@ -213,6 +213,33 @@ both!(progress_messages_arrive_before_the_result, |backend| {
     finish(pool);
 });
 
+both!(one_failing_job_in_a_map_fails_alone, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    // Enough jobs that the map sends them in chunks of many.
+    let results: Vec<_> = pool.map((1..=5000).map(SquareOrPanic)).collect();
+    assert_eq!(results.len(), 5000);
+    for (i, r) in results.into_iter().enumerate() {
+        let n = i as u64 + 1;
+        match r {
+            Ok(v) => assert_eq!(v, n * n),
+            Err(JobError::Panicked { message }) => {
+                assert_eq!(n % 7, 0, "job {n} failed: {message}");
+                assert_eq!(message, format!("{n} is a multiple of 7"));
+            }
+            Err(e) => panic!("job {n}: {e}"),
+        }
+    }
+    let s = pool.stats();
+    assert_eq!((s.done, s.failed), (5000 - 714, 714));
+    let errors: Vec<_> = pool.map((0..100).map(|b| Divide { a: 100, b })).collect();
+    assert!(matches!(
+        errors[0],
+        Err(JobError::Handler(DivError::ByZero { a: 100 }))
+    ));
+    assert!(errors[1..].iter().all(Result::is_ok));
+    finish(pool);
+});
+
 both!(stats_count_what_happened, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     for r in pool.map((0..100).map(Square)) {
@@ -254,6 +281,29 @@ fn processes_a_job_that_fails_to_decode_in_the_worker_fails_alone() {
         other => panic!("expected a worker-side decode error, got {other:?}"),
     }
     assert_eq!(pool.submit(Poison(12)).unwrap().wait().unwrap(), 12);
+    finish(pool);
+}
+
+#[test]
+fn processes_an_undecodable_job_in_a_map_chunk_fails_alone() {
+    let pool = builder(Backend::Processes, 1).build().unwrap();
+    let results: Vec<_> = pool.map((0..=255u8).cycle().take(4096).map(Poison)).collect();
+    for (i, r) in results.iter().enumerate() {
+        if i % 256 == 13 {
+            assert!(
+                matches!(
+                    r,
+                    Err(JobError::Codec {
+                        side: portpool::job::Side::Worker,
+                        ..
+                    })
+                ),
+                "{r:?}"
+            );
+        } else {
+            assert_eq!(r.as_ref().ok(), Some(&((i % 256) as u8)));
+        }
+    }
     finish(pool);
 }
 

@@ -49,6 +49,8 @@ pub(crate) enum ProgressSink {
     Channel(crate::pool::Reply),
     /// Over the worker's port to the supervisor, tagged with the job id.
     Port(crate::port::IpcSender, u64),
+    /// Nowhere: nobody listens (jobs of a `map`).
+    Discard,
 }
 
 /// What a handler gets besides its job: which worker runs it, whether the
@@ -107,6 +109,7 @@ impl Context {
         };
         match &self.progress {
             ProgressSink::Channel(reply) => reply.send(crate::pool::Event::Progress(payload)),
+            ProgressSink::Discard => {}
             ProgressSink::Port(tx, id) => {
                 let msg = crate::pool::wire::FromWorker::Progress { id: *id, payload };
                 if let Err(e) = tx.send(&msg) {
@@ -240,6 +243,40 @@ trait Erased: Send + Sync {
     /// Runs a job given as postcard bytes; returns the postcard bytes of
     /// `Result<J::Output, J::Error>`.
     fn call_bytes(&self, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure>;
+    /// Runs a chunk given as `Box<Vec<J>>`; returns
+    /// `Box<(nanos, Vec<Result<Result<J::Output, J::Error>, Failure>>)>`.
+    /// Also returns how many of the chunk's jobs failed.
+    fn call_batch_value(
+        &self,
+        jobs: Box<dyn Any + Send>,
+        cx: &Context,
+    ) -> Result<(Box<dyn Any + Send>, u32), Failure>;
+    /// Runs a chunk of `count` jobs, each a `u32` little-endian length and
+    /// that many postcard bytes; returns the postcard bytes of
+    /// `(nanos, Vec<BatchItem>)`. Each job fails or succeeds alone.
+    /// Also returns how many of the chunk's jobs failed.
+    fn call_batch_bytes(&self, jobs: &[u8], count: usize, cx: &Context) -> Result<(Vec<u8>, u32), Failure>;
+}
+
+/// One job's outcome inside a chunk's answer: the postcard bytes of its
+/// `Result<J::Output, J::Error>`, or why it has none.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+pub(crate) enum BatchItem<'a> {
+    Ran(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    Failed(Failure),
+}
+
+/// The typed results of a chunk run in this process.
+pub(crate) type BatchValue<J> = (
+    u64,
+    Vec<Result<Result<<J as Job>::Output, <J as Job>::Error>, Failure>>,
+);
+
+/// Splits the next length-prefixed job off a chunk's bytes.
+fn next_job(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
+    let job = bytes.get(4..4 + len)?;
+    Some((job, &bytes[4 + len..]))
 }
 
 struct Typed<J: Job, F> {
@@ -284,23 +321,104 @@ where
     }
 
     fn call_bytes(&self, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure> {
-        let job: J = postcard::from_bytes(job).map_err(|e| {
+        let job = Self::decode(job)?;
+        let out = catch(|| (self.f)(job, cx))?;
+        // Encoding runs user Serialize impls, which may panic too.
+        catch(|| postcard::to_allocvec(&out))?.map_err(Self::encode_failure)
+    }
+
+    fn call_batch_value(
+        &self,
+        jobs: Box<dyn Any + Send>,
+        cx: &Context,
+    ) -> Result<(Box<dyn Any + Send>, u32), Failure> {
+        let jobs = jobs.downcast::<Vec<J>>().map_err(|_| {
+            Failure::Codec(
+                Side::Worker,
+                format!(
+                    "chunk for route {:?} is not a Vec<{}>",
+                    J::NAME,
+                    std::any::type_name::<J>()
+                ),
+            )
+        })?;
+        let start = std::time::Instant::now();
+        let out: Vec<_> = jobs.into_iter().map(|job| catch(|| (self.f)(job, cx))).collect();
+        let failed = out.iter().filter(|r| r.is_err()).count() as u32;
+        let value: BatchValue<J> = (start.elapsed().as_nanos() as u64, out);
+        Ok((Box::new(value), failed))
+    }
+
+    fn call_batch_bytes(
+        &self,
+        mut jobs: &[u8],
+        count: usize,
+        cx: &Context,
+    ) -> Result<(Vec<u8>, u32), Failure> {
+        let start = std::time::Instant::now();
+        // Every result's bytes go into one buffer; items point into it.
+        let mut scratch = Vec::new();
+        let mut spans: Vec<Result<std::ops::Range<usize>, Failure>> = Vec::with_capacity(count);
+        for _ in 0..count {
+            let Some((job, rest)) = next_job(jobs) else {
+                spans.push(Err(Failure::Codec(
+                    Side::Worker,
+                    "chunk ended before its last job".into(),
+                )));
+                continue;
+            };
+            jobs = rest;
+            let span = Self::decode(job)
+                .and_then(|job| catch(|| (self.f)(job, cx)))
+                .and_then(|out| {
+                    let from = scratch.len();
+                    match catch(|| postcard::to_extend(&out, std::mem::take(&mut scratch))) {
+                        Ok(Ok(buf)) => {
+                            scratch = buf;
+                            Ok(from..scratch.len())
+                        }
+                        Ok(Err(e)) => Err(Self::encode_failure(e)),
+                        Err(f) => Err(f),
+                    }
+                });
+            spans.push(span);
+        }
+        let failed = spans.iter().filter(|s| s.is_err()).count() as u32;
+        let items: Vec<BatchItem<'_>> = spans
+            .into_iter()
+            .map(|s| match s {
+                Ok(r) => BatchItem::Ran(&scratch[r]),
+                Err(f) => BatchItem::Failed(f),
+            })
+            .collect();
+        postcard::to_allocvec(&(start.elapsed().as_nanos() as u64, items))
+            .map(|bytes| (bytes, failed))
+            .map_err(|e| Failure::Codec(Side::Worker, format!("could not encode a chunk's results: {e}")))
+    }
+}
+
+impl<J, F> Typed<J, F>
+where
+    J: Job,
+    F: Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
+{
+    fn decode(job: &[u8]) -> Result<J, Failure> {
+        postcard::from_bytes(job).map_err(|e| {
             Failure::Codec(
                 Side::Worker,
                 format!("could not decode a `{}` job: {e}", std::any::type_name::<J>()),
             )
-        })?;
-        let out = catch(|| (self.f)(job, cx))?;
-        // Encoding runs user Serialize impls, which may panic too.
-        catch(|| postcard::to_allocvec(&out))?.map_err(|e| {
-            Failure::Codec(
-                Side::Worker,
-                format!(
-                    "could not encode the result of a `{}` job: {e}",
-                    std::any::type_name::<J>()
-                ),
-            )
         })
+    }
+
+    fn encode_failure(e: postcard::Error) -> Failure {
+        Failure::Codec(
+            Side::Worker,
+            format!(
+                "could not encode the result of a `{}` job: {e}",
+                std::any::type_name::<J>()
+            ),
+        )
     }
 }
 
@@ -358,6 +476,33 @@ impl Handlers {
     ) -> Result<Box<dyn Any + Send>, Failure> {
         match self.map.get(route) {
             Some(h) => h.call_value(job, cx),
+            None => Err(Failure::UnknownRoute(route.to_string())),
+        }
+    }
+
+    /// Runs a chunk given as `Box<Vec<J>>` (thread workers).
+    pub(crate) fn call_batch_value(
+        &self,
+        route: &str,
+        jobs: Box<dyn Any + Send>,
+        cx: &Context,
+    ) -> Result<(Box<dyn Any + Send>, u32), Failure> {
+        match self.map.get(route) {
+            Some(h) => h.call_batch_value(jobs, cx),
+            None => Err(Failure::UnknownRoute(route.to_string())),
+        }
+    }
+
+    /// Runs a chunk of `count` length-prefixed jobs (process workers).
+    pub(crate) fn call_batch_bytes(
+        &self,
+        route: &str,
+        jobs: &[u8],
+        count: usize,
+        cx: &Context,
+    ) -> Result<(Vec<u8>, u32), Failure> {
+        match self.map.get(route) {
+            Some(h) => h.call_batch_bytes(jobs, count, cx),
             None => Err(Failure::UnknownRoute(route.to_string())),
         }
     }

@@ -1,34 +1,53 @@
-//! `Pool::map` and `Pool::map_unordered`: lazy, bounded fan-out.
+//! `Pool::map` and `Pool::map_unordered`: lazy, bounded, chunked fan-out.
+//!
+//! Jobs go to the workers in chunks (one task, one frame, one answer per
+//! chunk). The chunk size adapts to what the workers report: it starts at
+//! one job and doubles while a chunk runs in well under [`CHUNK_TARGET`],
+//! and halves when a chunk runs much longer, so tiny jobs are amortised
+//! and slow jobs still spread evenly across workers.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::iter::Fuse;
+use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
-use super::ticket::{JobResult, typed};
+use super::ticket::JobResult;
 use super::{Event, Outcome, Pool, Reply, recv_spin};
-use crate::job::{Failure, Job};
+use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
+
+/// How long one chunk should take to run on a worker.
+const CHUNK_TARGET: Duration = Duration::from_millis(1);
+
+/// Largest chunk, in jobs.
+const MAX_CHUNK: usize = 8192;
 
 /// The iterator returned by [`Pool::map`] and [`Pool::map_unordered`].
 ///
-/// It pulls jobs from its input only while fewer than a window of jobs
+/// It pulls jobs from its input only while fewer than a window of chunks
 /// (a few per worker) are between submission and being yielded, so memory
 /// stays bounded even with an endless input or a slow first job.
 pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     pool: &'p Pool,
     input: Fuse<I>,
-    window: u64,
+    window: usize,
     ordered: bool,
     reply: Reply,
     rx: Receiver<(u64, Event)>,
-    /// Jobs submitted so far (the next job's tag).
-    submitted: u64,
-    /// Results yielded so far (in order: the next tag to yield).
-    yielded: u64,
-    /// Finished out of order, waiting for their turn (ordered only).
-    early: HashMap<u64, Outcome>,
-    /// Set once the pool refused a job: the rest fail at once.
+    /// Jobs in the next chunk.
+    chunk: usize,
+    /// Tag of the next chunk to submit.
+    next_tag: u64,
+    /// Tag of the next chunk to yield (ordered only).
+    next_yield: u64,
+    /// Length of every chunk submitted and not yet answered, by tag.
+    in_flight: HashMap<u64, usize>,
+    /// Answered chunks waiting for their turn (ordered only).
+    early: HashMap<u64, Vec<JobResult<J>>>,
+    /// Results ready to yield.
+    ready: VecDeque<JobResult<J>>,
+    /// Set once the pool refused a chunk: the rest fail at once.
     closed: bool,
 }
 
@@ -36,9 +55,68 @@ impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Map")
             .field("route", &J::NAME)
-            .field("submitted", &self.submitted)
-            .field("yielded", &self.yielded)
+            .field("chunk", &self.chunk)
+            .field("chunks_in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
+    }
+}
+
+/// Turns one answered chunk into its typed results (`len` of them).
+fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<JobResult<J>>) {
+    let item = |r: Result<Result<J::Output, J::Error>, Failure>| match r {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(JobError::Handler(e)),
+        Err(f) => Err(f.into_job_error()),
+    };
+    let all_failed = |f: Failure| (None, (0..len).map(|_| Err(f.clone().into_job_error())).collect());
+    match outcome {
+        Outcome::Value(v) => match v.downcast::<BatchValue<J>>() {
+            Ok(b) => {
+                let (nanos, results) = *b;
+                (
+                    Some(Duration::from_nanos(nanos)),
+                    results.into_iter().map(item).collect(),
+                )
+            }
+            Err(_) => all_failed(Failure::Codec(
+                Side::Supervisor,
+                "a chunk's answer has the wrong type".into(),
+            )),
+        },
+        Outcome::Bytes(b) => match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
+            Ok((nanos, items)) => {
+                let results = items
+                    .into_iter()
+                    .map(|it| match it {
+                        BatchItem::Ran(bytes) => {
+                            match postcard::from_bytes::<Result<J::Output, J::Error>>(bytes) {
+                                Ok(r) => item(Ok(r)),
+                                Err(e) => Err(JobError::Codec {
+                                    side: Side::Supervisor,
+                                    reason: format!(
+                                        "could not decode the result of a `{}` job: {e}",
+                                        J::NAME
+                                    ),
+                                }),
+                            }
+                        }
+                        BatchItem::Failed(f) => Err(f.into_job_error()),
+                    })
+                    .collect::<Vec<_>>();
+                if results.len() != len {
+                    return all_failed(Failure::Codec(
+                        Side::Supervisor,
+                        format!("a chunk of {len} jobs came back with {} results", results.len()),
+                    ));
+                }
+                (Some(Duration::from_nanos(nanos)), results)
+            }
+            Err(e) => all_failed(Failure::Codec(
+                Side::Supervisor,
+                format!("could not decode a chunk's answer: {e}"),
+            )),
+        },
+        Outcome::Failed(f) => all_failed(f),
     }
 }
 
@@ -48,32 +126,57 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         Map {
             pool,
             input: input.fuse(),
-            window: window as u64,
+            window: window.max(1),
             ordered,
             reply: Reply { tx, tag: 0 },
             rx,
-            submitted: 0,
-            yielded: 0,
+            chunk: 1,
+            next_tag: 0,
+            next_yield: 0,
+            in_flight: HashMap::new(),
             early: HashMap::new(),
+            ready: VecDeque::new(),
             closed: false,
         }
     }
 
-    /// Submits from the input while the window has room.
+    /// Submits chunks from the input while the window has room.
     fn top_up(&mut self) {
-        while self.submitted - self.yielded < self.window {
-            let Some(job) = self.input.next() else { return };
+        while self.in_flight.len() + self.early.len() < self.window {
+            let jobs: Vec<J> = self.input.by_ref().take(self.chunk).collect();
+            if jobs.is_empty() {
+                return;
+            }
+            let tag = self.next_tag;
+            self.next_tag += 1;
+            self.in_flight.insert(tag, jobs.len());
             let reply = Reply {
                 tx: self.reply.tx.clone(),
-                tag: self.submitted,
+                tag,
             };
-            if self.closed || !self.pool.submit_with(job, reply.clone()) {
+            let refused = if self.closed {
+                Some(jobs)
+            } else {
+                self.pool.submit_chunk(jobs, reply.clone()).err()
+            };
+            if refused.is_some() {
                 self.closed = true;
                 reply.send(Event::Done(Outcome::Failed(Failure::Rejected(
                     "the pool is shutting down".into(),
                 ))));
             }
-            self.submitted += 1;
+        }
+    }
+
+    /// Adapts the chunk size to how long the last chunk ran.
+    fn adapt(&mut self, ran: Duration, len: usize) {
+        if len < self.chunk {
+            return; // a short final chunk says little
+        }
+        if ran < CHUNK_TARGET / 2 {
+            self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+        } else if ran > CHUNK_TARGET * 4 {
+            self.chunk = (self.chunk / 2).max(1);
         }
     }
 }
@@ -82,27 +185,37 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
     type Item = JobResult<J>;
 
     fn next(&mut self) -> Option<JobResult<J>> {
-        self.top_up();
         loop {
+            if let Some(r) = self.ready.pop_front() {
+                return Some(r);
+            }
+            self.top_up();
             if self.ordered {
-                if let Some(o) = self.early.remove(&self.yielded) {
-                    self.yielded += 1;
-                    return Some(typed::<J>(o));
+                if let Some(results) = self.early.remove(&self.next_yield) {
+                    self.next_yield += 1;
+                    self.ready.extend(results);
+                    continue;
                 }
             }
-            if self.yielded == self.submitted {
+            if self.in_flight.is_empty() {
                 return None;
             }
             // The map holds a sender itself, so this only ends with an event.
             let (tag, event) = recv_spin(&self.rx, None)?;
-            let Event::Done(o) = event else { continue };
-            if self.ordered && tag != self.yielded {
-                self.early.insert(tag, o);
+            let Event::Done(outcome) = event else { continue };
+            let Some(len) = self.in_flight.remove(&tag) else {
                 continue;
+            };
+            let (ran, results) = typed_chunk::<J>(outcome, len);
+            if let Some(ran) = ran {
+                self.adapt(ran, len);
             }
-            self.yielded += 1;
-            self.top_up();
-            return Some(typed::<J>(o));
+            if self.ordered && tag != self.next_yield {
+                self.early.insert(tag, results);
+            } else {
+                self.next_yield += 1;
+                self.ready.extend(results);
+            }
         }
     }
 }

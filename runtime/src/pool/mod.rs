@@ -84,6 +84,30 @@ pub(crate) struct Task {
     pub(crate) send_job: SendJobFn,
     pub(crate) reply: Reply,
     pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    /// `Some(n)`: `job` is a `Vec<J>` of `n` jobs run as one chunk.
+    pub(crate) batch: Option<u32>,
+}
+
+impl Task {
+    /// How many jobs this task carries.
+    pub(crate) fn jobs(&self) -> u64 {
+        self.batch.map_or(1, u64::from)
+    }
+
+    /// The frame head that announces this task to a process worker.
+    pub(crate) fn head(&self) -> wire::ToWorker<'static> {
+        match self.batch {
+            None => wire::ToWorker::Job {
+                id: self.id,
+                route: self.route,
+            },
+            Some(count) => wire::ToWorker::Batch {
+                id: self.id,
+                route: self.route,
+                count,
+            },
+        }
+    }
 }
 
 impl Task {
@@ -104,6 +128,29 @@ fn send_job<J: Job>(
     }
 }
 
+fn send_chunk<J: Job>(
+    tx: &IpcSender,
+    head: &wire::ToWorker<'_>,
+    jobs: &(dyn Any + Send),
+) -> Result<(), SendError> {
+    let Some(jobs) = jobs.downcast_ref::<Vec<J>>() else {
+        return Err(SendError::Unsupported("chunk value does not match its route"));
+    };
+    tx.feed_with(std::any::type_name::<J>(), |buf| {
+        crate::port::encode_into(head, buf)?;
+        for job in jobs {
+            // A u32 length, patched once the job is encoded, so the worker
+            // can fail one undecodable job and still find the next.
+            let at = buf.len();
+            buf.extend_from_slice(&[0; 4]);
+            crate::port::encode_into(job, buf)?;
+            let len = (buf.len() - at - 4) as u32;
+            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
+        }
+        Ok(())
+    })
+}
+
 /// What the shared queue carries.
 pub(crate) enum Work {
     Task(Task),
@@ -122,12 +169,13 @@ pub(crate) struct WorkerCounters {
 }
 
 impl WorkerCounters {
-    pub(crate) fn finish(&self, ok: bool) {
+    pub(crate) fn finish_n(&self, done: u64, failed: u64) {
         // Relaxed: statistics only; no other memory is published through them.
-        if ok {
-            self.done.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.failed.fetch_add(1, Ordering::Relaxed);
+        if done > 0 {
+            self.done.fetch_add(done, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            self.failed.fetch_add(failed, Ordering::Relaxed);
         }
     }
 }
@@ -453,6 +501,39 @@ impl Pool {
             send_job: send_job::<J>,
             reply,
             cancelled,
+            batch: None,
+        }
+    }
+
+    /// Submits `jobs` as one chunk whose events go to `reply` (used by
+    /// `map`). Blocks while the queue is full. Gives the jobs back if the
+    /// pool is closed.
+    pub(crate) fn submit_chunk<J: Job>(&self, jobs: Vec<J>, reply: Reply) -> Result<(), Vec<J>> {
+        if self.is_closed() {
+            return Err(jobs);
+        }
+        let task = Task {
+            // Relaxed: ids only need to be unique.
+            id: self.core.next_id.fetch_add(1, Ordering::Relaxed),
+            route: J::NAME,
+            batch: Some(jobs.len() as u32),
+            job: Box::new(jobs),
+            send_job: send_chunk::<J>,
+            reply,
+            cancelled: None,
+        };
+        match self.core.queue_tx.send(Work::Task(task)) {
+            Ok(()) => {
+                self.after_enqueue();
+                Ok(())
+            }
+            Err(e) => match e.0 {
+                Work::Task(t) => match t.job.downcast::<Vec<J>>() {
+                    Ok(jobs) => Err(*jobs),
+                    Err(_) => unreachable!("a chunk built from a Vec<J> holds a Vec<J>"),
+                },
+                Work::Stop => unreachable!("only tasks are submitted"),
+            },
         }
     }
 
@@ -533,20 +614,6 @@ impl Pool {
                 Err(SubmitTimeoutError::Closed(Self::take_back(w)))
             }
         }
-    }
-
-    /// Submits a job whose events go to `reply` (used by `map`). Blocks
-    /// while the queue is full. Returns false if the pool is closed.
-    pub(crate) fn submit_with<J: Job>(&self, job: J, reply: Reply) -> bool {
-        if self.is_closed() {
-            return false;
-        }
-        let task = self.task(job, reply, None);
-        if self.core.queue_tx.send(Work::Task(task)).is_err() {
-            return false;
-        }
-        self.after_enqueue();
-        true
     }
 
     /// Runs every job of `jobs` and yields the results in input order.

@@ -38,7 +38,9 @@ struct Worker {
     /// Jobs sent and not answered.
     slots: AtomicUsize,
     alive: AtomicBool,
-    pending: Mutex<HashMap<u64, Reply>>,
+    /// Each job id sent and not answered: where its answer goes, and how
+    /// many jobs it carries.
+    pending: Mutex<HashMap<u64, (Reply, u64)>>,
     child: Mutex<Option<Child>>,
 }
 
@@ -325,7 +327,7 @@ fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
             Ok(Work::Task(t)) => {
                 if t.is_cancelled() {
                     w.slots.fetch_sub(1, Ordering::SeqCst);
-                    core.counters[w.id].finish(false);
+                    core.counters[w.id].finish_n(0, t.jobs());
                     t.reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
                     continue;
                 }
@@ -353,20 +355,21 @@ fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
 
 /// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
 fn dispatch(w: &Worker, core: &Core, t: Task) {
-    lock(&w.pending).insert(t.id, t.reply.clone());
+    let jobs = t.jobs();
+    lock(&w.pending).insert(t.id, (t.reply.clone(), jobs));
     // Relaxed: statistics only.
-    core.counters[w.id].running.fetch_add(1, Ordering::Relaxed);
-    let head = ToWorker::Job {
-        id: t.id,
-        route: t.route,
-    };
-    if let Err(e) = (t.send_job)(&w.tx, &head, &*t.job) {
+    core.counters[w.id]
+        .running
+        .fetch_add(jobs as usize, Ordering::Relaxed);
+    if let Err(e) = (t.send_job)(&w.tx, &t.head(), &*t.job) {
         // Not sent: this job fails alone (an encoding error), or with the
         // worker (a dead port, which the reader reports for the others).
         lock(&w.pending).remove(&t.id);
         w.slots.fetch_sub(1, Ordering::SeqCst);
-        core.counters[w.id].running.fetch_sub(1, Ordering::Relaxed);
-        core.counters[w.id].finish(false);
+        core.counters[w.id]
+            .running
+            .fetch_sub(jobs as usize, Ordering::Relaxed);
+        core.counters[w.id].finish_n(0, jobs);
         let failure = match e {
             crate::error::SendError::Encode(e) => Failure::Codec(crate::job::Side::Supervisor, e.to_string()),
             crate::error::SendError::TooLarge { len, limit } => Failure::Codec(
@@ -400,22 +403,25 @@ fn reader_loop(
         };
         match msg {
             FromWorker::Progress { id, payload } => {
-                if let Some(r) = lock(&w.pending).get(&id) {
+                if let Some((r, _)) = lock(&w.pending).get(&id) {
                     r.send(Event::Progress(payload));
                 }
             }
             FromWorker::Done { id, outcome } => {
-                let Some(reply) = lock(&w.pending).remove(&id) else {
+                let Some((reply, jobs)) = lock(&w.pending).remove(&id) else {
                     log::warn!("worker {} answered job {id}, which it was not given", w.id);
                     continue;
                 };
-                let outcome = match outcome {
-                    WireOutcome::Ran(b) => Outcome::Bytes(b),
-                    WireOutcome::Failed(f) => Outcome::Failed(f),
+                let (outcome, failed) = match outcome {
+                    WireOutcome::Ran(b) => (Outcome::Bytes(b), 0),
+                    WireOutcome::RanChunk { bytes, failed } => {
+                        (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
+                    }
+                    WireOutcome::Failed(f) => (Outcome::Failed(f), jobs),
                 };
                 // Relaxed: statistics only.
-                counters.running.fetch_sub(1, Ordering::Relaxed);
-                counters.finish(matches!(outcome, Outcome::Bytes(_)));
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                counters.finish_n(jobs - failed, failed);
                 log::trace!("worker {}: job {id} done", w.id);
                 reply.send(Event::Done(outcome));
                 w.slots.fetch_sub(1, Ordering::SeqCst);
@@ -451,9 +457,9 @@ fn reader_loop(
         pid: Some(w.pid),
         status: Some(status),
     };
-    for (_, reply) in lock(&w.pending).drain() {
-        counters.running.fetch_sub(1, Ordering::Relaxed);
-        counters.finish(false);
+    for (_, (reply, jobs)) in lock(&w.pending).drain() {
+        counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+        counters.finish_n(0, jobs);
         reply.send(Event::Done(Outcome::Failed(failure.clone())));
     }
     w.slots.store(0, Ordering::SeqCst);

@@ -49,6 +49,14 @@ pub fn serve(mut ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<
                 };
                 tx.feed(&FromWorker::Done { id, outcome })?;
             }
+            ToWorker::Batch { id, route, count } => {
+                let cx = Context::new(worker_id, None, ProgressSink::Discard);
+                let outcome = match handlers.call_batch_bytes(route, job, count as usize, &cx) {
+                    Ok((bytes, failed)) => WireOutcome::RanChunk { bytes, failed },
+                    Err(f) => WireOutcome::Failed(f),
+                };
+                tx.feed(&FromWorker::Done { id, outcome })?;
+            }
         }
     }
 }

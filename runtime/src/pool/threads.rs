@@ -88,19 +88,32 @@ fn worker_loop(id: usize, core: &Core, handlers: &Handlers, private: &Receiver<T
             },
         };
         // Phase 2: run it.
+        let jobs = task.jobs();
         // Relaxed: statistics only.
-        counters.running.fetch_add(1, Ordering::Relaxed);
-        let outcome = run(
-            id,
-            handlers,
-            task.route,
-            task.job,
-            &task.reply,
-            task.cancelled.clone(),
-        );
-        let ok = matches!(outcome, Outcome::Value(_));
-        counters.running.fetch_sub(1, Ordering::Relaxed);
-        counters.finish(ok);
+        counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+        let (outcome, failed) = match task.batch {
+            None => {
+                let o = run(
+                    id,
+                    handlers,
+                    task.route,
+                    task.job,
+                    &task.reply,
+                    task.cancelled.clone(),
+                );
+                let failed = u64::from(!matches!(o, Outcome::Value(_)));
+                (o, failed)
+            }
+            Some(_) => {
+                let cx = Context::new(id, None, ProgressSink::Discard);
+                match handlers.call_batch_value(task.route, task.job, &cx) {
+                    Ok((v, failed)) => (Outcome::Value(v), u64::from(failed)),
+                    Err(f) => (Outcome::Failed(f), jobs),
+                }
+            }
+        };
+        counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+        counters.finish_n(jobs - failed, failed);
         // Phase 3: answer.
         log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
         task.reply.send(Event::Done(outcome));

@@ -11,6 +11,9 @@ use crate::job::Failure;
 pub(crate) enum ToWorker<'a> {
     /// Run the job that follows with the handler of `route`.
     Job { id: u64, route: &'a str },
+    /// Run the `count` jobs that follow (each a `u32` LE length and its
+    /// postcard bytes) and answer once for all of them.
+    Batch { id: u64, route: &'a str, count: u32 },
     /// Finish what is in flight and exit.
     Stop,
 }
@@ -33,6 +36,13 @@ pub(crate) enum FromWorker {
 pub(crate) enum WireOutcome {
     /// postcard bytes of `Result<J::Output, J::Error>`.
     Ran(#[serde(with = "serde_bytes")] Vec<u8>),
+    /// A chunk ran: postcard bytes of `(nanos, Vec<BatchItem>)`, and how
+    /// many of its jobs failed.
+    RanChunk {
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+        failed: u32,
+    },
     /// It did not produce a result.
     Failed(Failure),
 }

@@ -105,7 +105,7 @@ impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
     }
 }
 
-fn encode_into<T: Serialize + ?Sized>(msg: &T, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
+pub(crate) fn encode_into<T: Serialize + ?Sized>(msg: &T, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
     postcard::serialize_with_flavor(msg, AppendFlavor(buf))
 }
 
@@ -168,6 +168,22 @@ impl IpcSender {
                     type_name: std::any::type_name::<B>(),
                     source,
                 }),
+                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
+            })
+    }
+
+    /// Queues one message whose bytes `encode` appends (for callers that
+    /// lay out a frame themselves, like a pool's chunk of jobs).
+    pub(crate) fn feed_with(
+        &self,
+        type_name: &'static str,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
+    ) -> Result<(), SendError> {
+        self.writer
+            .append(Kind::Message, encode)
+            .map(drop)
+            .map_err(|e| match e {
+                AppendError::Encode(source) => SendError::Encode(EncodeError { type_name, source }),
                 AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
             })
     }

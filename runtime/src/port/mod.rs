@@ -35,6 +35,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use crate::transport::frame::Role;
+pub(crate) use ipc::encode_into;
 pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};
 
 use crate::error::HandshakeError;
