@@ -115,6 +115,9 @@ fn main() {
     if wanted("pool_process_tiny_jobs") {
         process_tiny(reps, if quick { 200_000 } else { 1_000_000 });
     }
+    if wanted("pool_process_map_tiny") {
+        process_map_tiny(if quick { 3 } else { 7 }, 1_000_000);
+    }
 }
 
 /// jobs/s for `n` tiny jobs through `map_unordered` on 2 threads, beside a
@@ -290,11 +293,21 @@ fn process_tiny(reps: usize, n: u64) {
         .queue_limit(4096)
         .build()
         .expect("pool");
+    // One ticket per job (no chunking): INFLIGHT jobs per worker in flight.
     let run_pool = || {
+        let window = INFLIGHT * WORKERS;
+        let mut tickets = std::collections::VecDeque::with_capacity(window);
         let t = Instant::now();
         let mut sum = 0u64;
-        for r in pool.map_unordered((0..n).map(Tiny)) {
-            sum = sum.wrapping_add(r.expect("job"));
+        for i in 0..n {
+            if tickets.len() == window {
+                let tk: portpool::Ticket<Tiny> = tickets.pop_front().expect("ticket");
+                sum = sum.wrapping_add(tk.wait().expect("job"));
+            }
+            tickets.push_back(pool.submit(Tiny(i)).expect("submit"));
+        }
+        for tk in tickets {
+            sum = sum.wrapping_add(tk.wait().expect("job"));
         }
         std::hint::black_box(sum);
         n as f64 / t.elapsed().as_secs_f64()
@@ -590,4 +603,60 @@ fn bandwidth(reps: usize, count: usize) {
         ours.push(run_port());
     }
     report("port_bandwidth_1MiB", median(ours), median(base), "GB/s");
+}
+
+/// The Python side of `pool_process_map_tiny`: `multiprocessing.Pool(2).map`
+/// over `n` tiny jobs with chunksize 12,500; prints jobs/s.
+const PYTHON_MAP: &str = r#"
+import multiprocessing, sys, time
+def tiny(x):
+    return x * 2 + 1
+if __name__ == "__main__":
+    n = int(sys.argv[1])
+    with multiprocessing.Pool(2) as pool:
+        pool.map(tiny, range(1000), chunksize=100)  # start the workers
+        t = time.perf_counter()
+        out = pool.map(tiny, range(n), chunksize=12500)
+        d = time.perf_counter() - t
+    assert len(out) == n
+    print(n / d)
+"#;
+
+/// jobs/s for `n` tiny jobs through `map` over 2 process workers, beside
+/// Python's `multiprocessing.Pool(2).map` with chunksize 12,500, run
+/// through `python3` in the same run (alternating).
+fn process_map_tiny(reps: usize, n: u64) {
+    let run_python = || -> Option<f64> {
+        let out = Command::new("python3").arg("-c").arg(PYTHON_MAP).arg(n.to_string()).output().ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
+    };
+    let pool = Pool::builder().processes(2).build().expect("pool");
+    // Warm up: the map's chunk size adapts within its first few chunks.
+    for r in pool.map((0..10_000).map(Tiny)) {
+        r.expect("job");
+    }
+    let run_pool = || {
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for r in pool.map((0..n).map(Tiny)) {
+            sum = sum.wrapping_add(r.expect("job"));
+        }
+        std::hint::black_box(sum);
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        match run_python() {
+            Some(v) => base.push(v),
+            None => {
+                println!("pool_process_map_tiny skipped: python3 with multiprocessing is not available");
+                return;
+            }
+        }
+        ours.push(run_pool());
+    }
+    report("pool_process_map_tiny", median(ours), median(base), "jobs/s");
 }
