@@ -627,7 +627,12 @@ if __name__ == "__main__":
 /// through `python3` in the same run (alternating).
 fn process_map_tiny(reps: usize, n: u64) {
     let run_python = || -> Option<f64> {
-        let out = Command::new("python3").arg("-c").arg(PYTHON_MAP).arg(n.to_string()).output().ok()?;
+        let out = Command::new("python3")
+            .arg("-c")
+            .arg(PYTHON_MAP)
+            .arg(n.to_string())
+            .output()
+            .ok()?;
         if !out.status.success() {
             return None;
         }

@@ -31,6 +31,26 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
+/// Wakes a shutdown that waits for the pool to go idle. Answers notify it
+/// only while someone waits, so the answer path makes no futex call.
+#[derive(Default)]
+pub(crate) struct Idle {
+    m: Mutex<()>,
+    cv: std::sync::Condvar,
+    waiting: AtomicBool,
+}
+
+impl Idle {
+    fn notify(&self) {
+        // SeqCst: pairs with the store in `shutdown`, which then re-checks
+        // the counters under the lock.
+        if self.waiting.load(Ordering::SeqCst) {
+            let _g = lock(&self.m);
+            self.cv.notify_all();
+        }
+    }
+}
+
 struct Worker {
     id: usize,
     pid: u32,
@@ -50,7 +70,7 @@ pub(crate) struct Processes {
     readers: Vec<(JoinHandle<()>, Receiver<()>)>,
     k: usize,
     next: AtomicUsize,
-    idle: Arc<(Mutex<()>, std::sync::Condvar)>,
+    idle: Arc<Idle>,
 }
 
 /// A fresh `Command` with the template's program, arguments, environment
@@ -107,7 +127,7 @@ impl Processes {
         n: usize,
         k: usize,
     ) -> Result<Processes, BuildError> {
-        let idle = Arc::new((Mutex::new(()), std::sync::Condvar::new()));
+        let idle = Arc::new(Idle::default());
         let mut procs = Processes {
             core: core.clone(),
             workers: Vec::with_capacity(n),
@@ -212,7 +232,8 @@ impl Processes {
     /// Waits until the queue is empty and nothing is in flight, then tells
     /// each worker to stop and waits for it (killing one that does not exit).
     pub(crate) fn shutdown(&mut self) {
-        let (m, cv) = &*self.idle;
+        let Idle { m, cv, waiting } = &*self.idle;
+        waiting.store(true, Ordering::SeqCst);
         let mut guard = lock(m);
         loop {
             // Acquire/SeqCst: see `pump`; a dead worker's slots do not count.
@@ -387,13 +408,7 @@ fn dispatch(w: &Worker, core: &Core, t: Task) {
 }
 
 /// Reads a worker's answers until its port closes, then reports its exit.
-fn reader_loop(
-    w: &Worker,
-    mut rx: IpcReceiver,
-    core: &Core,
-    k: usize,
-    idle: &(Mutex<()>, std::sync::Condvar),
-) {
+fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Idle) {
     let counters = &core.counters[w.id];
     let why = loop {
         let msg = match rx.recv::<FromWorker>() {
@@ -433,9 +448,7 @@ fn reader_loop(
                     if let Err(e) = w.tx.flush() {
                         log::debug!("worker {}: flush failed ({e}); the port is closing", w.id);
                     }
-                    let (m, cv) = idle;
-                    let _g = lock(m);
-                    cv.notify_all();
+                    idle.notify();
                 }
             }
         }
@@ -463,9 +476,7 @@ fn reader_loop(
         reply.send(Event::Done(Outcome::Failed(failure.clone())));
     }
     w.slots.store(0, Ordering::SeqCst);
-    let (m, cv) = idle;
-    let _g = lock(m);
-    cv.notify_all();
+    idle.notify();
 }
 
 /// Waits for the worker process to exit (killing it if it lingers after
