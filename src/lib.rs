@@ -110,6 +110,106 @@
 //! hands a port to a child, which takes it with
 //! [`Port::from_env`](port::Port::from_env); `examples/ports.rs` runs the
 //! whole scenario with the example's own executable as the child.
+//!
+//! # A pool of thread workers
+//!
+//! A [`Job`] is a serde type with an output, an error and a route name.
+//! [`Handlers`] maps route names to functions; a [`Pool`] runs them.
+//!
+//! ```
+//! use portpool::{Handlers, Job, JobError, Pool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Divide { a: i64, b: i64 }
+//!
+//! impl Job for Divide {
+//!     type Output = i64;
+//!     type Error = String;
+//!     const NAME: &'static str = "divide";
+//! }
+//!
+//! let handlers = Handlers::new().on::<Divide>(|d, _cx| {
+//!     if d.b == 0 { Err(format!("{} / 0", d.a)) } else { Ok(d.a / d.b) }
+//! });
+//! let pool = Pool::builder().threads(2).handlers(handlers).build()?;
+//!
+//! // One job: submit, then wait for its ticket.
+//! assert_eq!(pool.submit(Divide { a: 84, b: 2 })?.wait()?, 42);
+//! // The handler's own error arrives typed.
+//! match pool.submit(Divide { a: 1, b: 0 })?.wait() {
+//!     Err(JobError::Handler(e)) => assert_eq!(e, "1 / 0"),
+//!     other => panic!("{other:?}"),
+//! }
+//! // Many jobs: `map` yields results in input order, pulling lazily.
+//! let halves: Vec<i64> = pool
+//!     .map((1..=5).map(|a| Divide { a: a * 2, b: 2 }))
+//!     .collect::<Result<_, _>>()?;
+//! assert_eq!(halves, vec![1, 2, 3, 4, 5]);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # Progress from a running job
+//!
+//! ```
+//! use portpool::{Handlers, Job, Pool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Countdown(u32);
+//! impl Job for Countdown {
+//!     type Output = String;
+//!     type Error = ();
+//!     const NAME: &'static str = "countdown";
+//! }
+//!
+//! let handlers = Handlers::new().on::<Countdown>(|Countdown(n), cx| {
+//!     for i in (1..=n).rev() {
+//!         cx.progress(&i); // reaches the ticket before the result
+//!     }
+//!     Ok("liftoff".to_string())
+//! });
+//! let pool = Pool::builder().threads(1).handlers(handlers).build()?;
+//! let mut ticket = pool.submit(Countdown(3))?;
+//! let mut heard = Vec::new();
+//! while let Some(i) = ticket.recv_progress::<u32>() {
+//!     heard.push(i);
+//! }
+//! assert_eq!(heard, vec![3, 2, 1]);
+//! assert_eq!(ticket.wait()?, "liftoff");
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! # A pool of process workers
+//!
+//! `Pool::builder().processes(n)` runs the same handlers in child
+//! processes. By default each worker is this executable run again, so
+//! `main` must start with [`worker::serve_if_worker`] (it serves and exits
+//! in a worker, and returns at once otherwise); `.worker_command(..)` names
+//! a separate binary whose `main` is [`worker::run`]. A worker that panics
+//! fails only its job; a worker whose supervisor dies exits on its own.
+//!
+//! ```no_run
+//! use portpool::{Handlers, Job, Pool};
+//! # use serde::{Deserialize, Serialize};
+//! # #[derive(Serialize, Deserialize)] struct Square(u64);
+//! # impl Job for Square { type Output = u64; type Error = (); const NAME: &'static str = "square"; }
+//!
+//! fn handlers() -> Handlers {
+//!     Handlers::new().on::<Square>(|Square(n), _| Ok(n * n))
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     portpool::worker::serve_if_worker(&handlers());
+//!     let pool = Pool::builder().processes(2).build()?;
+//!     let total: u64 = pool.map((0..1000).map(Square)).map(|r| r.unwrap()).sum();
+//!     println!("{total}");
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `examples/fanout.rs` does this with real CPU work and compares threads,
+//! processes and a serial run.
 
 pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
 pub use portpool_runtime::pool::{Pool, Ticket};

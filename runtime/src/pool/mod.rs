@@ -374,14 +374,12 @@ impl PoolBuilder {
 }
 
 /// Why [`Pool::submit`] did not take a job; the job is given back.
-#[derive(Debug)]
 pub enum SubmitError<J> {
     /// The pool is shutting down.
     Closed(J),
 }
 
 /// Why [`Pool::try_submit`] did not take a job; the job is given back.
-#[derive(Debug)]
 pub enum TrySubmitError<J> {
     /// The queue is full.
     Full(J),
@@ -390,7 +388,6 @@ pub enum TrySubmitError<J> {
 }
 
 /// Why [`Pool::submit_timeout`] did not take a job; the job is given back.
-#[derive(Debug)]
 pub enum SubmitTimeoutError<J> {
     /// The queue stayed full for the whole timeout.
     Timeout(J),
@@ -422,9 +419,35 @@ impl<J> fmt::Display for SubmitTimeoutError<J> {
     }
 }
 
-impl<J: fmt::Debug> std::error::Error for SubmitError<J> {}
-impl<J: fmt::Debug> std::error::Error for TrySubmitError<J> {}
-impl<J: fmt::Debug> std::error::Error for SubmitTimeoutError<J> {}
+// Debug without `J: Debug`, so `?` works for any job type (crossbeam's
+// send errors do the same).
+impl<J> fmt::Debug for SubmitError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Closed(..)")
+    }
+}
+
+impl<J> fmt::Debug for TrySubmitError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TrySubmitError::Full(_) => "Full(..)",
+            TrySubmitError::Closed(_) => "Closed(..)",
+        })
+    }
+}
+
+impl<J> fmt::Debug for SubmitTimeoutError<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            SubmitTimeoutError::Timeout(_) => "Timeout(..)",
+            SubmitTimeoutError::Closed(_) => "Closed(..)",
+        })
+    }
+}
+
+impl<J> std::error::Error for SubmitError<J> {}
+impl<J> std::error::Error for TrySubmitError<J> {}
+impl<J> std::error::Error for SubmitTimeoutError<J> {}
 
 /// A snapshot of a pool's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
