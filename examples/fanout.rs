@@ -76,6 +76,26 @@ fn run(pool: &Pool, limit: u64, label: &str) -> Result<(u64, Duration), Box<dyn 
     Ok((total, took))
 }
 
+/// Runs the count on `pool`, checks it against the serial count and prints
+/// the time and the speedup.
+fn compare(
+    pool: &Pool,
+    limit: u64,
+    label: &str,
+    serial: u64,
+    serial_time: Duration,
+) -> Result<(), Box<dyn std::error::Error>> {
+    let (n, took) = run(pool, limit, label)?;
+    if n != serial {
+        return Err(format!("{label} counted {n} primes, serially {serial}").into());
+    }
+    println!(
+        "{label:>10}: {n} primes in {took:.2?}, speedup {:.2}x",
+        serial_time.as_secs_f64() / took.as_secs_f64()
+    );
+    Ok(())
+}
+
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     // When this executable is started as a process worker, serve and exit.
     portpool::worker::serve_if_worker(&handlers());
@@ -93,23 +113,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("{:>10}: {serial} primes in {serial_time:.2?}", "serial");
 
     let threads = Pool::builder().threads(workers).handlers(handlers()).build()?;
-    let (n, took) = run(&threads, limit, "threads")?;
-    assert_eq!(n, serial, "the thread pool counted differently");
-    println!(
-        "{:>10}: {n} primes in {took:.2?}, speedup {:.2}x",
-        "threads",
-        serial_time.as_secs_f64() / took.as_secs_f64()
-    );
+    compare(&threads, limit, "threads", serial, serial_time)?;
     drop(threads);
 
     let processes = Pool::builder().processes(workers).build()?;
-    let (n, took) = run(&processes, limit, "processes")?;
-    assert_eq!(n, serial, "the process pool counted differently");
-    println!(
-        "{:>10}: {n} primes in {took:.2?}, speedup {:.2}x",
-        "processes",
-        serial_time.as_secs_f64() / took.as_secs_f64()
-    );
+    compare(&processes, limit, "processes", serial, serial_time)?;
     let stats = processes.stats();
     for w in &stats.workers {
         println!("  worker {} (pid {:?}): {} ranges", w.id, w.pid, w.done);

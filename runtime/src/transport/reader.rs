@@ -135,11 +135,7 @@ impl Reader {
         }
         let mut spin_start = None;
         loop {
-            if let State::Broken(why) = &self.state {
-                return Err(RecvError::Protocol(ProtocolError::new(format!(
-                    "connection unusable after an earlier error: {why}"
-                ))));
-            }
+            self.check_broken()?;
             let unread = &self.buf[self.head..];
             let need = match frame::split_frame(unread, self.limit) {
                 Ok(Some(f)) => {
@@ -153,16 +149,7 @@ impl Reader {
                 Err(e) => return Err(self.fail(e)),
             };
             if matches!(self.state, State::Eof) {
-                let received = self.buf.len() - self.head;
-                self.buf.clear();
-                self.head = 0;
-                if received == 0 {
-                    return Err(RecvError::Disconnected);
-                }
-                return Err(RecvError::Truncated {
-                    expected: need,
-                    received,
-                });
+                return Err(self.at_eof(need));
             }
             self.reserve(need);
             if !self.read_more(wait, &mut spin_start)? {
@@ -201,6 +188,30 @@ impl Reader {
             return None;
         }
         Some(self.fds.drain(..n).collect())
+    }
+
+    /// The error for a later call once a fatal error broke the connection.
+    fn check_broken(&self) -> Result<(), RecvError> {
+        match &self.state {
+            State::Broken(why) => Err(RecvError::Protocol(ProtocolError::new(format!(
+                "connection unusable after an earlier error: {why}"
+            )))),
+            _ => Ok(()),
+        }
+    }
+
+    /// The error once the peer closed its end and no whole frame is left:
+    /// `Disconnected` at a frame boundary, `Truncated` inside a frame that
+    /// should have been `expected` bytes long. Drops the partial bytes.
+    fn at_eof(&mut self, expected: usize) -> RecvError {
+        let received = self.buf.len() - self.head;
+        self.buf.clear();
+        self.head = 0;
+        if received == 0 {
+            RecvError::Disconnected
+        } else {
+            RecvError::Truncated { expected, received }
+        }
     }
 
     /// Records a fatal framing error and returns it.
@@ -277,27 +288,14 @@ impl Reader {
     fn wait_header(&mut self) -> Result<Header, RecvError> {
         let mut spin_start = None;
         loop {
-            if let State::Broken(why) = &self.state {
-                return Err(RecvError::Protocol(ProtocolError::new(format!(
-                    "connection unusable after an earlier error: {why}"
-                ))));
-            }
+            self.check_broken()?;
             match Header::decode(&self.buf[self.head..], self.limit) {
                 Ok(Some(h)) => return Ok(h),
                 Ok(None) => {}
                 Err(e) => return Err(self.fail(e)),
             }
             if matches!(self.state, State::Eof) {
-                let received = self.buf.len() - self.head;
-                self.buf.clear();
-                self.head = 0;
-                if received == 0 {
-                    return Err(RecvError::Disconnected);
-                }
-                return Err(RecvError::Truncated {
-                    expected: HEADER_LEN,
-                    received,
-                });
+                return Err(self.at_eof(HEADER_LEN));
             }
             self.reserve(HEADER_LEN);
             self.read_more(Wait::Forever, &mut spin_start)?;
