@@ -389,6 +389,47 @@ fn processes_workers_exit_on_their_own_when_the_supervisor_is_killed() {
 }
 
 #[test]
+fn processes_a_worker_that_exits_mid_job_fails_its_job_and_the_queue_without_hanging() {
+    let pool = builder(Backend::Processes, 1)
+        .inflight_per_worker(1)
+        .build()
+        .unwrap();
+    let pid = pool.stats().workers[0].pid.unwrap();
+    let dying = pool.submit(Exit(7)).unwrap();
+    let queued: Vec<_> = (0..3).map(|i| pool.submit(Square(i)).unwrap()).collect();
+    match dying.wait() {
+        Err(JobError::WorkerExited {
+            worker: 0,
+            pid: Some(p),
+            status: Some(s),
+        }) => {
+            assert_eq!(p, pid);
+            assert_eq!(s, "exit code 7");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    // No worker is left: every queued job ends, none hangs.
+    for t in queued {
+        let r = t
+            .wait_timeout(BOUND)
+            .unwrap_or_else(|_| panic!("a queued job never ended"));
+        assert!(
+            matches!(
+                r,
+                Err(JobError::Rejected { .. }) | Err(JobError::WorkerExited { .. })
+            ),
+            "{r:?}"
+        );
+    }
+    // A broadcast to the dead worker answers at once too.
+    assert!(matches!(
+        pool.broadcast(WhoAmI)[0],
+        Err(JobError::WorkerExited { .. })
+    ));
+    finish(pool);
+}
+
+#[test]
 fn processes_build_fails_clearly_when_the_worker_binary_does_not_exist() {
     let err = Pool::builder()
         .processes(1)

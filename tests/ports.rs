@@ -174,6 +174,16 @@ fn the_child_inherits_its_port_and_stdio_and_nothing_else() {
 }
 
 #[test]
+fn a_grandchild_that_inherits_the_environment_does_not_take_the_port() {
+    let (f, mut ipc) = Fixture::connected("spawn-grandchild");
+    let said: String = ipc.recv().unwrap();
+    assert!(said.starts_with("refused (NotFound)"), "{said}");
+    assert!(said.contains("inherited"), "{said}");
+    drop(ipc);
+    assert!(f.assert_gone().success());
+}
+
+#[test]
 fn peer_sigkilled_while_we_block_in_recv_is_disconnected() {
     let (f, mut ipc) = Fixture::connected("idle");
     let pid = f.pid();

@@ -358,7 +358,10 @@ where
         let start = std::time::Instant::now();
         // Every result's bytes go into one buffer; items point into it.
         let mut scratch = Vec::new();
-        let mut spans: Vec<Result<std::ops::Range<usize>, Failure>> = Vec::with_capacity(count);
+        // `count` comes off the wire: trust it only as far as the bytes go
+        // (every job takes at least its 4-byte length).
+        let mut spans: Vec<Result<std::ops::Range<usize>, Failure>> =
+            Vec::with_capacity(count.min(jobs.len() / 4 + 1));
         for _ in 0..count {
             let Some((job, rest)) = next_job(jobs) else {
                 spans.push(Err(Failure::Codec(

@@ -90,7 +90,9 @@ pub(crate) fn set_cloexec(fd: RawFd, on: bool) -> io::Result<()> {
 /// further.
 ///
 /// The caller guarantees that nothing else in this process owns `fd`
-/// (`Port::from_env` does so by taking the environment's port only once).
+/// (`Port::from_env` takes the environment's port only once, and only when
+/// the variable was set by this process's own parent, so an fd number
+/// inherited in the environment from further up is never adopted).
 pub(crate) fn adopt_inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 0 {
         return Err(io::Error::new(io::ErrorKind::InvalidInput, "negative fd"));

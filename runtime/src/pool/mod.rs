@@ -187,6 +187,8 @@ pub(crate) struct Core {
     pub(crate) closed: AtomicBool,
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Vec<WorkerCounters>,
+    /// Process workers whose port is still open (unused for threads).
+    pub(crate) live_workers: AtomicUsize,
 }
 
 impl Core {
@@ -344,6 +346,7 @@ impl PoolBuilder {
             closed: AtomicBool::new(false),
             next_id: AtomicU64::new(1),
             counters: (0..n).map(|_| WorkerCounters::default()).collect(),
+            live_workers: AtomicUsize::new(n),
         });
         let inflight = self.inflight.unwrap_or(4);
         let backend = match kind {

@@ -142,11 +142,12 @@ impl Processes {
         // kill the workers when that thread ends (design.md, known traps).
         let template = Arc::new(template);
         let mut started = Vec::with_capacity(n);
+        let mut first_error = None;
         for id in 0..n {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
             let (template, core2, idle2) = (template.clone(), core.clone(), idle.clone());
-            let h = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("portpool-reader-{id}"))
                 .spawn(move || {
                     match start_worker(&template, id) {
@@ -161,10 +162,16 @@ impl Processes {
                     }
                     let _ = done_tx.send(());
                 })
-                .map_err(|e| BuildError::io(format!("could not start the reader of worker {id}"), e))?;
-            started.push((h, done_rx, ready_rx));
+                .map_err(|e| BuildError::io(format!("could not start the reader of worker {id}"), e));
+            match spawned {
+                Ok(h) => started.push((h, done_rx, ready_rx)),
+                Err(e) => {
+                    // The workers already starting are stopped below.
+                    first_error = Some(e);
+                    break;
+                }
+            }
         }
-        let mut first_error = None;
         for (h, done_rx, ready_rx) in started {
             match ready_rx.recv() {
                 Ok(Ok(w)) => {
@@ -217,6 +224,16 @@ impl Processes {
     /// Sends `task` to worker `w` whatever its slots (broadcast).
     pub(crate) fn send_to(&self, w: usize, task: Task) {
         let w = &self.workers[w];
+        // Acquire: pairs with the Release store when the worker dies.
+        if !w.alive.load(Ordering::Acquire) {
+            task.reply
+                .send(Event::Done(Outcome::Failed(Failure::WorkerExited {
+                    worker: w.id,
+                    pid: Some(w.pid),
+                    status: Some("it had exited before the job was sent".into()),
+                })));
+            return;
+        }
         // SeqCst: as every other access to the slot count (see `pump`).
         w.slots.fetch_add(1, Ordering::SeqCst);
         dispatch(w, &self.core, task);
@@ -382,27 +399,51 @@ fn dispatch(w: &Worker, core: &Core, t: Task) {
     core.counters[w.id]
         .running
         .fetch_add(jobs as usize, Ordering::Relaxed);
-    if let Err(e) = (t.send_job)(&w.tx, &t.head(), &*t.job) {
-        // Not sent: this job fails alone (an encoding error), or with the
-        // worker (a dead port, which the reader reports for the others).
-        lock(&w.pending).remove(&t.id);
+    // Encoding runs the job's Serialize impl, which may panic: that fails
+    // this job, not the thread that dispatches (it may be a reader).
+    let sent = crate::job::catch(|| (t.send_job)(&w.tx, &t.head(), &*t.job));
+    let failure = match sent {
+        Ok(Ok(())) => {
+            // The worker may have died between our `alive` check and the
+            // insert above, after its reader failed what was pending: then
+            // nobody else will answer this job. (Acquire: pairs with the
+            // Release store in `reader_loop`, which precedes its drain of
+            // `pending` under the same lock we took.)
+            if w.alive.load(Ordering::Acquire) {
+                return;
+            }
+            Failure::WorkerExited {
+                worker: w.id,
+                pid: Some(w.pid),
+                status: Some("it exited as the job was sent".into()),
+            }
+        }
+        Ok(Err(crate::error::SendError::Encode(e))) => {
+            Failure::Codec(crate::job::Side::Supervisor, e.to_string())
+        }
+        Ok(Err(crate::error::SendError::TooLarge { len, limit })) => Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
+        ),
+        Ok(Err(other)) => Failure::WorkerExited {
+            worker: w.id,
+            pid: Some(w.pid),
+            status: Some(format!("its port failed: {other}")),
+        },
+        Err(Failure::Panicked(msg)) => Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("encoding the job panicked: {msg}"),
+        ),
+        Err(other) => other,
+    };
+    // Only the side that takes the job out of `pending` answers it, so a
+    // job failed here and by the reader still gets exactly one outcome.
+    if lock(&w.pending).remove(&t.id).is_some() {
         w.slots.fetch_sub(1, Ordering::SeqCst);
         core.counters[w.id]
             .running
             .fetch_sub(jobs as usize, Ordering::Relaxed);
         core.counters[w.id].finish_n(0, jobs);
-        let failure = match e {
-            crate::error::SendError::Encode(e) => Failure::Codec(crate::job::Side::Supervisor, e.to_string()),
-            crate::error::SendError::TooLarge { len, limit } => Failure::Codec(
-                crate::job::Side::Supervisor,
-                format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
-            ),
-            other => Failure::WorkerExited {
-                worker: w.id,
-                pid: Some(w.pid),
-                status: Some(format!("its port failed: {other}")),
-            },
-        };
         t.reply.send(Event::Done(Outcome::Failed(failure)));
     }
 }
@@ -476,6 +517,12 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Id
         reply.send(Event::Done(Outcome::Failed(failure.clone())));
     }
     w.slots.store(0, Ordering::SeqCst);
+    // The last worker gone: queued jobs can never run; fail them now rather
+    // than when the next submit or the shutdown notices.
+    // AcqRel: each reader decrements once; the last one sees 1.
+    if core.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
+        core.fail_queued(&Failure::Rejected("every worker of the pool has exited".into()));
+    }
     idle.notify();
 }
 

@@ -25,12 +25,25 @@ impl Threads {
             private.push(tx);
             let core2 = core.clone();
             let handlers = handlers.clone();
-            let h = std::thread::Builder::new()
+            let spawned = std::thread::Builder::new()
                 .name(format!("portpool-worker-{id}"))
-                .spawn(move || worker_loop(id, &core2, &handlers, &rx))
-                .map_err(|e| BuildError::io(format!("could not start worker thread {id}"), e))?;
-            log::info!("worker {id} started (thread)");
-            handles.push(h);
+                .spawn(move || worker_loop(id, &core2, &handlers, &rx));
+            match spawned {
+                Ok(h) => {
+                    log::info!("worker {id} started (thread)");
+                    handles.push(h);
+                }
+                Err(e) => {
+                    // Stop the workers already running before giving up.
+                    let mut started = Threads {
+                        private,
+                        handles,
+                        core,
+                    };
+                    started.shutdown();
+                    return Err(BuildError::io(format!("could not start worker thread {id}"), e));
+                }
+            }
         }
         Ok(Threads {
             private,

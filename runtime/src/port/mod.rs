@@ -43,7 +43,10 @@ use crate::sys;
 use crate::transport::{self, Wait, frame};
 
 /// Environment variable through which a child finds the port its parent
-/// passed it: `socket:<fd>` or `pipes:<incoming fd>,<outgoing fd>`.
+/// passed it: `socket:<fd>@<parent pid>` or
+/// `pipes:<incoming fd>,<outgoing fd>@<parent pid>`. The parent's pid stops
+/// a grandchild that merely inherited the environment from taking an fd
+/// number that means something else in it.
 pub const PORT_ENV: &str = "PORTPOOL_PORT";
 
 /// Default time [`Port::connect`] waits for the peer's hello.
@@ -152,9 +155,13 @@ impl Port {
         matches!(self.fds, PortFds::Socket(_))
     }
 
-    /// Whether this process was given a port by its parent ([`PORT_ENV`] is set).
+    /// Whether this process was given a port by its parent: [`PORT_ENV`]
+    /// is set, and set by this process's parent (not inherited from further up).
     pub fn in_env() -> bool {
-        std::env::var_os(PORT_ENV).is_some()
+        std::env::var(PORT_ENV)
+            .ok()
+            .and_then(|v| parse_env(&v))
+            .is_some_and(|(_, _, ppid)| ppid == std::os::unix::process::parent_id())
     }
 
     /// Takes the port this process's parent passed with [`Port::pass_to`].
@@ -169,12 +176,22 @@ impl Port {
                 format!("{PORT_ENV} is not set: this process was not given a port"),
             )
         })?;
-        let (kind, fds) = parse_env(&value).ok_or_else(|| {
+        let (kind, fds, ppid) = parse_env(&value).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{PORT_ENV}={value:?} is not `socket:<fd>` or `pipes:<fd>,<fd>`"),
+                format!("{PORT_ENV}={value:?} is not `socket:<fd>@<pid>` or `pipes:<fd>,<fd>@<pid>`"),
             )
         })?;
+        let parent = std::os::unix::process::parent_id();
+        if ppid != parent {
+            return Err(io::Error::new(
+                io::ErrorKind::NotFound,
+                format!(
+                    "{PORT_ENV} was set by pid {ppid} for its own child, but this process's parent is \
+                     pid {parent}: the variable was inherited, and no port was passed here"
+                ),
+            ));
+        }
         // AcqRel: the swap is the single point that grants ownership of the
         // inherited fds; no other data is published through it.
         if ENV_PORT_TAKEN.swap(true, Ordering::AcqRel) {
@@ -228,10 +245,11 @@ impl Port {
                 "this command already carries a port",
             ));
         }
+        let me = std::process::id();
         let (value, fds) = match self.fds {
-            PortFds::Socket(fd) => (format!("socket:{}", fd.as_raw_fd()), vec![fd]),
+            PortFds::Socket(fd) => (format!("socket:{}@{me}", fd.as_raw_fd()), vec![fd]),
             PortFds::Pipes { incoming, outgoing } => (
-                format!("pipes:{},{}", incoming.as_raw_fd(), outgoing.as_raw_fd()),
+                format!("pipes:{},{}@{me}", incoming.as_raw_fd(), outgoing.as_raw_fd()),
                 vec![incoming, outgoing],
             ),
         };
@@ -316,14 +334,17 @@ enum EnvKind {
     Pipes,
 }
 
-fn parse_env(value: &str) -> Option<(EnvKind, [RawFd; 2])> {
+/// Parses [`PORT_ENV`]: the kind, the fds, and the pid that set it.
+fn parse_env(value: &str) -> Option<(EnvKind, [RawFd; 2], u32)> {
+    let (value, ppid) = value.rsplit_once('@')?;
+    let ppid: u32 = ppid.parse().ok()?;
     if let Some(fd) = value.strip_prefix("socket:") {
         let fd: RawFd = fd.parse().ok()?;
-        return (fd >= 0).then_some((EnvKind::Socket, [fd, fd]));
+        return (fd >= 0).then_some((EnvKind::Socket, [fd, fd], ppid));
     }
     let (a, b) = value.strip_prefix("pipes:")?.split_once(',')?;
     let (a, b): (RawFd, RawFd) = (a.parse().ok()?, b.parse().ok()?);
-    (a >= 0 && b >= 0 && a != b).then_some((EnvKind::Pipes, [a, b]))
+    (a >= 0 && b >= 0 && a != b).then_some((EnvKind::Pipes, [a, b], ppid))
 }
 
 #[cfg(test)]
@@ -332,16 +353,24 @@ mod tests {
 
     #[test]
     fn env_value_parsing_rejects_nonsense() {
-        assert!(matches!(parse_env("socket:5"), Some((EnvKind::Socket, [5, 5]))));
-        assert!(matches!(parse_env("pipes:5,6"), Some((EnvKind::Pipes, [5, 6]))));
+        assert!(matches!(
+            parse_env("socket:5@42"),
+            Some((EnvKind::Socket, [5, 5], 42))
+        ));
+        assert!(matches!(
+            parse_env("pipes:5,6@7"),
+            Some((EnvKind::Pipes, [5, 6], 7))
+        ));
         for bad in [
             "",
             "socket:",
-            "socket:-1",
-            "socket:x",
-            "pipes:5",
-            "pipes:5,5",
-            "tcp:1",
+            "socket:5",
+            "socket:-1@1",
+            "socket:x@1",
+            "pipes:5@1",
+            "pipes:5,5@1",
+            "tcp:1@1",
+            "socket:5@",
         ] {
             assert!(parse_env(bad).is_none(), "{bad}");
         }
