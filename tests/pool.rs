@@ -430,6 +430,27 @@ fn processes_a_worker_that_exits_mid_job_fails_its_job_and_the_queue_without_han
 }
 
 #[test]
+fn processes_large_jobs_and_results_pipelined_do_not_deadlock() {
+    // Jobs and results far larger than the socket buffers, several in
+    // flight: each side must keep reading while it writes.
+    let pool = builder(Backend::Processes, 1)
+        .inflight_per_worker(4)
+        .build()
+        .unwrap();
+    let size = 1 << 20;
+    let tickets: Vec<_> = (0..12u8)
+        .map(|i| pool.submit(Reverse(vec![i; size])).unwrap())
+        .collect();
+    for (i, t) in tickets.into_iter().enumerate() {
+        let r = t
+            .wait_timeout(BOUND)
+            .unwrap_or_else(|_| panic!("job {i} never ended: deadlock"));
+        assert_eq!(r.unwrap(), Reverse(vec![i as u8; size]));
+    }
+    finish(pool);
+}
+
+#[test]
 fn processes_build_fails_clearly_when_the_worker_binary_does_not_exist() {
     let err = Pool::builder()
         .processes(1)

@@ -114,6 +114,33 @@ pub(crate) fn poll_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
     poll_one(fd, libc::POLLOUT, timeout)
 }
 
+/// Waits until `fd` is readable or writable (or hung up). Returns
+/// `(readable, writable)`.
+pub(crate) fn poll_read_or_write(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    loop {
+        let mut pfd = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // `pfd` is one valid pollfd and we pass a count of 1.
+        match syscall!(poll(&mut pfd, 1, -1)) {
+            Ok(_) => {
+                if pfd.revents & libc::POLLNVAL != 0 {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                let hup = pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+                return Ok((
+                    pfd.revents & libc::POLLIN != 0 || hup,
+                    pfd.revents & libc::POLLOUT != 0 || hup,
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 fn poll_one(fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {

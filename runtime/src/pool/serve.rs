@@ -20,8 +20,10 @@ pub fn serve(mut ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<
     let mut buf = Vec::new();
     loop {
         // Phase 1: write the answers queued so far before blocking.
+        // (Reading incoming jobs meanwhile if the supervisor, busy writing
+        // to us, is not reading: README "Writing while the peer writes".)
         if !ipc.has_frame()? {
-            tx.flush()?;
+            ipc.flush_reading()?;
         }
         // Phase 2: take the next frame.
         match ipc.recv_bytes_into(&mut buf) {
@@ -38,7 +40,7 @@ pub fn serve(mut ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<
         // Phase 3: run it and queue the answer.
         match head {
             ToWorker::Stop => {
-                tx.flush()?;
+                ipc.flush_reading()?;
                 return Ok(());
             }
             ToWorker::Job { id, route } => {

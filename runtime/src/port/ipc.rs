@@ -408,6 +408,15 @@ impl Ipc {
         self.tx.flush()
     }
 
+    /// Writes every queued message, reading incoming bytes into the
+    /// receive buffer whenever the socket is full, so that this side never
+    /// blocks writing while the peer blocks writing to it. Incoming
+    /// messages are kept for later `recv` calls, in order.
+    pub fn flush_reading(&mut self) -> Result<(), SendError> {
+        let Ipc { tx, rx } = self;
+        tx.writer.flush_with(|| rx.reader.buffer_while_waiting_to_write())
+    }
+
     /// See [`IpcSender::send_batch`].
     pub fn send_batch<'a, T, I>(&self, msgs: I) -> Result<usize, SendError>
     where

@@ -107,6 +107,15 @@ impl WriteIo {
         }
     }
 
+    /// Writes what the fd takes now: `Ok(n)`, 0 when it is full. Pipes
+    /// cannot write part of a buffer without blocking, so they write all.
+    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteIo::Socket(fd) => socket::send_nonblocking(fd.as_fd(), buf),
+            WriteIo::Pipe(fd) => pipe::write_all(fd.as_fd(), &[buf]).map(|_| buf.len()),
+        }
+    }
+
     fn can_pass_fds(&self) -> bool {
         matches!(self, WriteIo::Socket(_))
     }

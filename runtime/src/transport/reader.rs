@@ -158,6 +158,24 @@ impl Reader {
         }
     }
 
+    /// Waits until this connection's fd is readable or writable; if it is
+    /// readable, reads what is there into the buffer (to be received
+    /// later). For a writer that must keep reading while it waits to write.
+    pub fn buffer_while_waiting_to_write(&mut self) -> io::Result<()> {
+        let (readable, _) = sys::poll_read_or_write(self.io.fd())?;
+        if readable && matches!(self.state, State::Open) {
+            self.reserve(READ_CHUNK);
+            if self
+                .io
+                .read_nonblocking(&mut self.buf, usize::MAX, &mut self.fds)?
+                == ReadOutcome::Eof
+            {
+                self.state = State::Eof;
+            }
+        }
+        Ok(())
+    }
+
     /// The payload of the frame `next_frame` returned.
     pub fn payload(&self) -> &[u8] {
         match self.current {

@@ -98,6 +98,26 @@ pub(super) fn send_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>
     Ok(calls)
 }
 
+/// Writes as much of `buf` as the socket takes now, without blocking.
+/// `Ok(0)` for a non-empty `buf` means the socket is full.
+pub(super) fn send_nonblocking(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // `buf` is a live slice of the given length; MSG_NOSIGNAL turns a
+        // closed peer into EPIPE.
+        match syscall!(send(
+            fd.as_raw_fd(),
+            buf.as_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+        )) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Reads what is available without blocking into the spare capacity of
 /// `buf` (at most `max` bytes), queueing any fds that arrive with it.
 pub(super) fn recv_nonblocking(

@@ -198,6 +198,53 @@ impl Writer {
         self.record(&mut f, res, 1)
     }
 
+    /// Writes every frame appended so far without ever blocking in the
+    /// kernel: when the socket is full it calls `wait`, which must return
+    /// once the socket may take more, and may do other work meanwhile (a
+    /// worker reads its incoming jobs there, so that two peers writing to
+    /// each other cannot both block; README: "Writing while the peer
+    /// writes"). Over pipes this is `flush`.
+    pub fn flush_with(&self, mut wait: impl FnMut() -> std::io::Result<()>) -> Result<(), SendError> {
+        let mut f = lock(&self.shared.flush);
+        if let Some(b) = f.broken {
+            return Err(b.into());
+        }
+        let (upto, frames) = {
+            let mut p = lock(&self.shared.pending);
+            let committed = p.committed;
+            p.buf.truncate(committed);
+            std::mem::swap(&mut p.buf, &mut f.spare);
+            p.committed = 0;
+            (p.seq, p.seq - f.written)
+        };
+        let mut off = 0;
+        let mut calls = 0u64;
+        let res = loop {
+            if off == f.spare.len() {
+                break Ok(calls);
+            }
+            match self.shared.io.write_some(&f.spare[off..]) {
+                Ok(0) => {
+                    if let Err(e) = wait() {
+                        break Err(e);
+                    }
+                }
+                Ok(n) => {
+                    off += n;
+                    calls += 1;
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        f.spare.clear();
+        if calls == 0 && frames == 0 {
+            return res.map(drop).map_err(SendError::from_io);
+        }
+        self.record(&mut f, res, frames)?;
+        f.written = upto;
+        Ok(())
+    }
+
     /// Writes raw bytes (the handshake hello) after whatever was pending.
     pub(crate) fn write_raw(&self, bytes: &[u8]) -> Result<(), SendError> {
         let mut f = lock(&self.shared.flush);
