@@ -490,6 +490,7 @@ pub(crate) const CHANNEL_SPIN: Duration = Duration::from_micros(50);
 /// `CHANNEL_SPIN` first, then blocking until `deadline`.
 pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Option<T> {
     let start = Instant::now();
+    let mut tries = 0u32;
     loop {
         match rx.try_recv() {
             Ok(v) => return Some(v),
@@ -499,7 +500,13 @@ pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Optio
         if start.elapsed() >= CHANNEL_SPIN {
             break;
         }
-        std::thread::yield_now();
+        // Yield every other try, as the port's receive spin does.
+        tries = tries.wrapping_add(1);
+        if tries % 2 == 0 {
+            std::thread::yield_now();
+        } else {
+            std::hint::spin_loop();
+        }
     }
     match deadline {
         None => rx.recv().ok(),

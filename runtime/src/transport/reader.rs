@@ -365,6 +365,7 @@ impl Reader {
         wait: Wait,
         spin_start: &mut Option<Instant>,
     ) -> Result<bool, RecvError> {
+        let mut tries = 0u32;
         loop {
             match self.io.read_nonblocking(target, max, &mut self.fds) {
                 Ok(ReadOutcome::Data(_)) => {
@@ -404,11 +405,18 @@ impl Reader {
             if deadline.is_some_and(|d| now >= d) {
                 return Ok(false);
             }
-            // Phase 1: spin (README.md, "Waiting for a frame"). Each try
-            // yields, so a peer sharing this core gets to run and answer.
+            // Phase 1: spin (README.md, "Waiting for a frame"). Every
+            // other try yields, so a peer sharing this core gets to run and
+            // answer, while a peer on the other core is not kept waiting on
+            // a yield after each try.
             let start = *spin_start.get_or_insert(now);
             if now.duration_since(start) < self.spin {
-                std::thread::yield_now();
+                tries = tries.wrapping_add(1);
+                if tries % 2 == 0 {
+                    std::thread::yield_now();
+                } else {
+                    std::hint::spin_loop();
+                }
                 continue;
             }
             // Phase 2: sleep until readable or the deadline.
