@@ -50,13 +50,32 @@ fn finish(mut pool: Pool) {
     }
 }
 
-/// A path that does not exist yet, unique to this test run.
-fn gate_path(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("portpool-test-{}", std::process::id()));
+/// A path that does not exist yet, unique to this test; removed (with its
+/// directory, once empty) when dropped.
+struct GatePath(PathBuf);
+
+impl GatePath {
+    fn open(&self) {
+        std::fs::write(&self.0, b"open").unwrap();
+    }
+}
+
+impl Drop for GatePath {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+fn gate_path(name: &str) -> GatePath {
+    // One directory per test, so one test's clean-up never races another's gate.
+    let dir = std::env::temp_dir().join(format!("portpool-test-{}-{name}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let p = dir.join(name);
     let _ = std::fs::remove_file(&p);
-    p
+    GatePath(p)
 }
 
 macro_rules! both {
@@ -142,7 +161,7 @@ both!(a_full_queue_gives_the_job_back, |backend| {
         .build()
         .unwrap();
     let gate = gate_path(&format!("full-{backend:?}"));
-    let mut running = pool.submit(Gate(gate.clone())).unwrap();
+    let mut running = pool.submit(Gate(gate.0.clone())).unwrap();
     // The worker has the gate job (it said so); the queue is empty.
     assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
     let queued = pool.submit(Square(5)).unwrap();
@@ -150,7 +169,7 @@ both!(a_full_queue_gives_the_job_back, |backend| {
         Err(TrySubmitError::Full(job)) => assert_eq!(job, Square(6)),
         other => panic!("expected Full, got {other:?}"),
     }
-    std::fs::write(&gate, b"open").unwrap();
+    gate.open();
     assert!(running.wait().unwrap());
     assert_eq!(queued.wait().unwrap(), 25);
     finish(pool);
@@ -256,11 +275,11 @@ both!(stats_count_what_happened, |backend| {
 both!(a_cancelled_queued_job_never_runs, |backend| {
     let pool = builder(backend, 1).inflight_per_worker(1).build().unwrap();
     let gate = gate_path(&format!("cancel-{backend:?}"));
-    let mut running = pool.submit(Gate(gate.clone())).unwrap();
+    let mut running = pool.submit(Gate(gate.0.clone())).unwrap();
     assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
     let queued = pool.submit(Steps(3)).unwrap();
     queued.cancel();
-    std::fs::write(&gate, b"open").unwrap();
+    gate.open();
     assert!(running.wait().unwrap());
     assert!(matches!(queued.wait(), Err(JobError::Cancelled)));
     finish(pool);
@@ -328,13 +347,15 @@ fn processes_pipeline_several_jobs_per_worker() {
         .build()
         .unwrap();
     let gate = gate_path("pipeline");
-    let tickets: Vec<_> = (0..3).map(|_| pool.submit(Gate(gate.clone())).unwrap()).collect();
+    let tickets: Vec<_> = (0..3)
+        .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
+        .collect();
     // All three were sent to the one worker at submit time: none waits in the queue.
     let s = pool.stats();
     assert_eq!((s.queued, s.workers[0].running), (0, 3), "{s:?}");
     let fourth = pool.submit(Square(9)).unwrap();
     assert_eq!(pool.stats().queued, 1, "the fourth waits for a free slot");
-    std::fs::write(&gate, b"open").unwrap();
+    gate.open();
     for t in tickets {
         assert!(t.wait().unwrap());
     }
