@@ -321,8 +321,14 @@ fn process_tiny(reps: usize, n: u64) {
 }
 
 fn report(metric: &str, ours: f64, base: f64, unit: &str) {
+    // Enough digits that a small figure (idle CPU seconds) is not shown as 0.
+    let digits = if ours.abs() < 0.01 || base.abs() < 0.01 {
+        6
+    } else {
+        3
+    };
     println!(
-        "{metric} portpool={ours:.3} baseline={base:.3} unit={unit} ratio={:.3}",
+        "{metric} portpool={ours:.digits$} baseline={base:.digits$} unit={unit} ratio={:.digits$}",
         ours / base
     );
 }
