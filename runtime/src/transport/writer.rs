@@ -206,17 +206,7 @@ impl Writer {
     /// writes"). Over pipes this is `flush`.
     pub fn flush_with(&self, mut wait: impl FnMut() -> std::io::Result<()>) -> Result<(), SendError> {
         let mut f = lock(&self.shared.flush);
-        if let Some(b) = f.broken {
-            return Err(b.into());
-        }
-        let (upto, frames) = {
-            let mut p = lock(&self.shared.pending);
-            let committed = p.committed;
-            p.buf.truncate(committed);
-            std::mem::swap(&mut p.buf, &mut f.spare);
-            p.committed = 0;
-            (p.seq, p.seq - f.written)
-        };
+        let (upto, frames) = self.take_pending(&mut f)?;
         let mut off = 0;
         let mut calls = 0u64;
         let res = loop {
@@ -253,20 +243,25 @@ impl Writer {
         self.record(&mut f, res, 0)
     }
 
-    /// Swaps out the pending frames and writes them. Called with the flush
-    /// lock held, so writes never interleave.
-    fn write_pending(&self, f: &mut Flush) -> Result<(), SendError> {
+    /// Moves the pending frames (whole ones only) into `f.spare` for
+    /// writing. Returns the last sequence number taken and how many frames
+    /// that is, or the error of an earlier failed write.
+    fn take_pending(&self, f: &mut Flush) -> Result<(u64, u64), SendError> {
         if let Some(b) = f.broken {
             return Err(b.into());
         }
-        let (upto, frames) = {
-            let mut p = lock(&self.shared.pending);
-            let committed = p.committed;
-            p.buf.truncate(committed);
-            std::mem::swap(&mut p.buf, &mut f.spare);
-            p.committed = 0;
-            (p.seq, p.seq - f.written)
-        };
+        let mut p = lock(&self.shared.pending);
+        let committed = p.committed;
+        p.buf.truncate(committed);
+        std::mem::swap(&mut p.buf, &mut f.spare);
+        p.committed = 0;
+        Ok((p.seq, p.seq - f.written))
+    }
+
+    /// Swaps out the pending frames and writes them. Called with the flush
+    /// lock held, so writes never interleave.
+    fn write_pending(&self, f: &mut Flush) -> Result<(), SendError> {
+        let (upto, frames) = self.take_pending(f)?;
         if f.spare.is_empty() {
             f.written = upto;
             return Ok(());
