@@ -187,6 +187,39 @@ both!(map_keeps_input_order_over_many_jobs, |backend| {
     finish(pool);
 });
 
+both!(a_slow_first_job_does_not_make_map_pull_more_input, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let gate = gate_path(&format!("slow-first-{backend:?}"));
+    let pulled = std::sync::atomic::AtomicU64::new(0);
+    let input = (0..).map(|n| {
+        pulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        MaybeGated {
+            gate: (n == 0).then(|| gate.0.clone()),
+            n,
+        }
+    });
+    std::thread::scope(|s| {
+        let mut results = pool.map(input);
+        // Open the gate once other jobs have finished behind the stuck
+        // first one (waiting on that event, with a bound).
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + BOUND;
+            while pool.stats().done < 7 && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            gate.open();
+        });
+        assert_eq!(results.next().unwrap().unwrap(), 0);
+        // While the first job was stuck, the map pulled one window of jobs
+        // and no more: an endless input behind a slow job stays bounded.
+        let at_first = pulled.load(std::sync::atomic::Ordering::Relaxed);
+        assert!(at_first <= 64, "pulled {at_first} jobs while the first was stuck");
+        let next: Vec<u64> = results.take(1000).map(|r| r.unwrap()).collect();
+        assert_eq!(next, (1..=1000).collect::<Vec<u64>>());
+    });
+    finish(pool);
+});
+
 both!(map_unordered_yields_every_result_once, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     let got: BTreeSet<u64> = pool
