@@ -1,7 +1,7 @@
 //! Error types, one per operation (after crossbeam-channel's `err.rs`).
 //!
 //! "The peer went away" becomes [`SendError::Disconnected`] or
-//! [`RecvError::Disconnected`] in exactly one place: [`is_disconnect`].
+//! [`RecvError::Disconnected`] in exactly one place: `is_disconnect` (crate-private).
 
 use std::error::Error;
 use std::fmt;
