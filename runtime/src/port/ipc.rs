@@ -139,15 +139,7 @@ impl IpcSender {
     }
 
     fn feed_seq<T: Serialize + ?Sized>(&self, msg: &T) -> Result<u64, SendError> {
-        self.writer
-            .append(Kind::Message, |buf| encode_into(msg, buf))
-            .map_err(|e| match e {
-                AppendError::Encode(source) => SendError::Encode(EncodeError {
-                    type_name: std::any::type_name::<T>(),
-                    source,
-                }),
-                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
-            })
+        self.append_encoded(std::any::type_name::<T>(), |buf| encode_into(msg, buf))
     }
 
     /// Queues one message made of two values encoded back to back (the
@@ -157,19 +149,11 @@ impl IpcSender {
         A: Serialize + ?Sized,
         B: Serialize + ?Sized,
     {
-        self.writer
-            .append(Kind::Message, |buf| {
-                encode_into(first, buf)?;
-                encode_into(second, buf)
-            })
-            .map(drop)
-            .map_err(|e| match e {
-                AppendError::Encode(source) => SendError::Encode(EncodeError {
-                    type_name: std::any::type_name::<B>(),
-                    source,
-                }),
-                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
-            })
+        self.append_encoded(std::any::type_name::<B>(), |buf| {
+            encode_into(first, buf)?;
+            encode_into(second, buf)
+        })
+        .map(drop)
     }
 
     /// Queues one message whose bytes `encode` appends (for callers that
@@ -179,13 +163,20 @@ impl IpcSender {
         type_name: &'static str,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
     ) -> Result<(), SendError> {
-        self.writer
-            .append(Kind::Message, encode)
-            .map(drop)
-            .map_err(|e| match e {
-                AppendError::Encode(source) => SendError::Encode(EncodeError { type_name, source }),
-                AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
-            })
+        self.append_encoded(type_name, encode).map(drop)
+    }
+
+    /// Appends one message frame and returns its sequence number; the one
+    /// place an append failure becomes a `SendError`.
+    fn append_encoded(
+        &self,
+        type_name: &'static str,
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
+    ) -> Result<u64, SendError> {
+        self.writer.append(Kind::Message, encode).map_err(|e| match e {
+            AppendError::Encode(source) => SendError::Encode(EncodeError { type_name, source }),
+            AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
+        })
     }
 
     /// Writes every queued message.

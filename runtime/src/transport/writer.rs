@@ -176,11 +176,11 @@ impl Writer {
             let seq = self
                 .append(kind, |buf| {
                     buf.extend_from_slice(payload);
-                    Ok::<(), ()>(())
+                    Ok::<(), std::convert::Infallible>(())
                 })
                 .map_err(|e| match e {
                     AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
-                    AppendError::Encode(()) => SendError::Unsupported("unreachable encode failure"),
+                    AppendError::Encode(never) => match never {},
                 })?;
             return self.flush_through(seq);
         }
