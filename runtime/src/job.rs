@@ -13,7 +13,8 @@ use std::collections::HashMap;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::Duration;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -53,11 +54,85 @@ pub(crate) enum ProgressSink {
     Discard,
 }
 
+/// A submitted job's shared state: its cancellation flag, whether it was
+/// taken from the queue, and who settled its one outcome.
+#[derive(Debug, Default)]
+pub(crate) struct JobState {
+    cancelled: AtomicBool,
+    dispatched: AtomicBool,
+    settled: AtomicU8,
+}
+
+const OPEN: u8 = 0;
+const SETTLED: u8 = 1;
+const SETTLED_BY_CANCEL: u8 = 2;
+
+impl JobState {
+    pub(crate) fn new() -> Arc<JobState> {
+        Arc::new(JobState::default())
+    }
+
+    /// Sets the cancellation flag a running handler polls.
+    pub(crate) fn cancel(&self) {
+        // Release: pairs with the Acquire load in `is_cancelled`.
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the Release store in `cancel`.
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the job as taken from the queue by a worker.
+    pub(crate) fn mark_dispatched(&self) {
+        // Release/Acquire: only this flag is communicated.
+        self.dispatched.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_dispatched(&self) -> bool {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Claims the right to deliver the job's outcome. Exactly one caller
+    /// ever gets `true` (scenario "one outcome" in `supervisor/README.md`).
+    pub(crate) fn settle(&self) -> bool {
+        // AcqRel: the winner's outcome is the one the ticket sees.
+        self.settled
+            .compare_exchange(OPEN, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Claims the outcome for the ticket's own `cancel`: the ticket then
+    /// reports `Cancelled` without waiting for the pool.
+    pub(crate) fn settle_by_cancel(&self) -> bool {
+        self.settled
+            .compare_exchange(OPEN, SETTLED_BY_CANCEL, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire) != OPEN
+    }
+
+    pub(crate) fn settled_by_cancel(&self) -> bool {
+        self.settled.load(Ordering::Acquire) == SETTLED_BY_CANCEL
+    }
+}
+
+/// Where a handler learns that its job was cancelled.
+#[derive(Clone)]
+pub(crate) enum CancelSource {
+    /// The job's own state (thread workers share it with the ticket).
+    Flag(Arc<JobState>),
+    /// A process worker: cancel frames arrive on the port while the handler runs.
+    Remote(Arc<crate::pool::serve::Inbox>, u64),
+}
+
 /// What a handler gets besides its job: which worker runs it, whether the
 /// job was cancelled, and a way to report progress to the submitter.
 pub struct Context {
     worker_id: usize,
-    cancelled: Option<Arc<AtomicBool>>,
+    cancel: CancelSource,
     progress: ProgressSink,
 }
 
@@ -71,14 +146,10 @@ impl fmt::Debug for Context {
 }
 
 impl Context {
-    pub(crate) fn new(
-        worker_id: usize,
-        cancelled: Option<Arc<AtomicBool>>,
-        progress: ProgressSink,
-    ) -> Context {
+    pub(crate) fn new(worker_id: usize, cancel: CancelSource, progress: ProgressSink) -> Context {
         Context {
             worker_id,
-            cancelled,
+            cancel,
             progress,
         }
     }
@@ -88,12 +159,19 @@ impl Context {
         self.worker_id
     }
 
-    /// Whether the submitter cancelled this job. A handler doing long work
-    /// should check this now and then and return early when it is set.
+    /// Whether this job was cancelled (by its ticket, by its run timeout or
+    /// by an immediate shutdown). A handler doing long work should check
+    /// this now and then and return early when it is set: past the pool's
+    /// grace period a process worker that has not returned is killed, and a
+    /// thread worker is abandoned.
+    ///
+    /// In a process worker this looks at the port for a cancel message
+    /// (at most about once a millisecond), so it is cheap to call often.
     pub fn is_cancelled(&self) -> bool {
-        // Acquire: pairs with the Release store in `Ticket::cancel`; only
-        // the flag itself is communicated.
-        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
+        match &self.cancel {
+            CancelSource::Flag(s) => s.is_cancelled(),
+            CancelSource::Remote(inbox, id) => inbox.is_cancelled(*id),
+        }
     }
 
     /// Sends a progress message to whoever holds this job's ticket. It
@@ -157,6 +235,15 @@ pub enum JobError<E> {
         pid: Option<u32>,
         /// How it ended (exit code or signal), when known.
         status: Option<String>,
+        /// The last lines the worker wrote to its stderr (oldest first).
+        stderr: Vec<String>,
+    },
+    /// The job ran out of time, waiting in the queue or running.
+    TimedOut {
+        /// Which deadline passed.
+        phase: TimeoutPhase,
+        /// The limit that was exceeded.
+        after: Duration,
     },
     /// No handler is registered for the job's route in the worker.
     UnknownRoute {
@@ -185,7 +272,12 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
         match self {
             JobError::Handler(e) => write!(f, "job failed: {e:?}"),
             JobError::Panicked { message } => write!(f, "job panicked: {message}"),
-            JobError::WorkerExited { worker, pid, status } => {
+            JobError::WorkerExited {
+                worker,
+                pid,
+                status,
+                stderr,
+            } => {
                 write!(f, "worker {worker}")?;
                 if let Some(pid) = pid {
                     write!(f, " (pid {pid})")?;
@@ -194,8 +286,15 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
                 if let Some(s) = status {
                     write!(f, ": {s}")?;
                 }
+                if let Some(last) = stderr.last() {
+                    write!(f, "; its stderr ended with: {last}")?;
+                }
                 Ok(())
             }
+            JobError::TimedOut { phase, after } => match phase {
+                TimeoutPhase::Queue => write!(f, "job waited in the queue longer than {after:?}"),
+                TimeoutPhase::Run => write!(f, "job ran longer than {after:?}"),
+            },
             JobError::UnknownRoute { route } => write!(f, "no handler for route {route:?} in the worker"),
             JobError::Codec { side, reason } => write!(f, "coding error in the {side}: {reason}"),
             JobError::Cancelled => f.write_str("job was cancelled"),
@@ -206,6 +305,15 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
 
 impl<E: fmt::Debug> std::error::Error for JobError<E> {}
 
+/// Which of a job's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TimeoutPhase {
+    /// It waited in the queue past its queue-wait deadline and never ran.
+    Queue,
+    /// It ran past its run timeout, counted from dispatch to a worker.
+    Run,
+}
+
 /// An outcome that is not the handler's own result, without the job's
 /// types: what the pool's plumbing carries.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -215,7 +323,9 @@ pub(crate) enum Failure {
         worker: usize,
         pid: Option<u32>,
         status: Option<String>,
+        stderr: Vec<String>,
     },
+    TimedOut(TimeoutPhase, Duration),
     UnknownRoute(String),
     Codec(Side, String),
     Cancelled,
@@ -226,7 +336,18 @@ impl Failure {
     pub(crate) fn into_job_error<E>(self) -> JobError<E> {
         match self {
             Failure::Panicked(message) => JobError::Panicked { message },
-            Failure::WorkerExited { worker, pid, status } => JobError::WorkerExited { worker, pid, status },
+            Failure::WorkerExited {
+                worker,
+                pid,
+                status,
+                stderr,
+            } => JobError::WorkerExited {
+                worker,
+                pid,
+                status,
+                stderr,
+            },
+            Failure::TimedOut(phase, after) => JobError::TimedOut { phase, after },
             Failure::UnknownRoute(route) => JobError::UnknownRoute { route },
             Failure::Codec(side, reason) => JobError::Codec { side, reason },
             Failure::Cancelled => JobError::Cancelled,
@@ -438,7 +559,12 @@ where
 #[derive(Clone, Default)]
 pub struct Handlers {
     map: Arc<HashMap<&'static str, Arc<dyn Erased>>>,
+    suspend: Arc<Vec<Hook>>,
+    resume: Arc<Vec<Hook>>,
 }
+
+/// A suspend or resume hook.
+pub(crate) type Hook = Arc<dyn Fn() + Send + Sync>;
 
 impl fmt::Debug for Handlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -463,6 +589,33 @@ impl Handlers {
         });
         Arc::make_mut(&mut self.map).insert(J::NAME, entry);
         self
+    }
+
+    /// Registers a hook that runs when the pool is suspended
+    /// ([`Runtime::suspend`](crate::runtime::Runtime::suspend)): in each
+    /// process worker, between jobs; for a thread pool, once, in the
+    /// thread that suspends. Hooks run in registration order.
+    pub fn on_suspend(mut self, f: impl Fn() + Send + Sync + 'static) -> Handlers {
+        Arc::make_mut(&mut self.suspend).push(Arc::new(f));
+        self
+    }
+
+    /// Registers a hook that runs when the pool resumes (see
+    /// [`on_suspend`](Self::on_suspend)).
+    pub fn on_resume(mut self, f: impl Fn() + Send + Sync + 'static) -> Handlers {
+        Arc::make_mut(&mut self.resume).push(Arc::new(f));
+        self
+    }
+
+    /// Runs the suspend hooks (`true`) or the resume hooks (`false`); a
+    /// panicking hook is logged and the others still run.
+    pub(crate) fn run_hooks(&self, suspend: bool) {
+        let hooks = if suspend { &self.suspend } else { &self.resume };
+        for h in hooks.iter() {
+            if let Err(Failure::Panicked(m)) = catch(|| h()) {
+                log::error!("a {} hook panicked: {m}", if suspend { "suspend" } else { "resume" });
+            }
+        }
     }
 
     /// The registered route names.

@@ -6,6 +6,8 @@
 //! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
 //! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
 //! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
+//! | 6 | [`supervisor`] | restarts, timeouts, cancellation, shutdown, events |
+//! | 7 | [`runtime`] | ref/unref, suspend/resume, signal-driven shutdown |
 //!
 //! Errors, one type per operation, are in [`error`]. Each layer uses only
 //! the public face of the one below it. `unsafe` code lives only in the OS
@@ -18,6 +20,8 @@ pub mod error;
 pub mod job;
 pub mod pool;
 pub mod port;
+pub mod runtime;
+pub mod supervisor;
 #[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
 mod sys;
 #[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS, read/write

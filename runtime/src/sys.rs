@@ -288,3 +288,14 @@ pub(crate) fn inherit_only(command: &mut std::process::Command, fds: Vec<OwnedFd
     // locks and does not allocate.
     unsafe { command.pre_exec(hook) };
 }
+
+/// Sends `signal` to `child`. The caller must not have reaped it (no
+/// successful `wait`/`try_wait`), so its pid cannot belong to another
+/// process yet.
+pub(crate) fn signal_child(child: &std::process::Child, signal: i32) -> io::Result<()> {
+    let pid = libc::pid_t::try_from(child.id())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "pid out of range"))?;
+    // kill(2) with the pid of our own unreaped child (see above).
+    syscall!(kill(pid, signal))?;
+    Ok(())
+}

@@ -49,6 +49,8 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     ready: VecDeque<JobResult<J>>,
     /// Set once the pool refused a chunk: the rest fail at once.
     closed: bool,
+    /// Largest chunk: 1 when each job has its own run timeout.
+    max_chunk: usize,
 }
 
 impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
@@ -137,6 +139,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             early: HashMap::new(),
             ready: VecDeque::new(),
             closed: false,
+            max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
         }
     }
 
@@ -174,7 +177,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             return; // a short final chunk says little
         }
         if ran < CHUNK_TARGET / 2 {
-            self.chunk = (self.chunk * 2).min(MAX_CHUNK);
+            self.chunk = (self.chunk * 2).min(self.max_chunk);
         } else if ran > CHUNK_TARGET * 4 {
             self.chunk = (self.chunk / 2).max(1);
         }

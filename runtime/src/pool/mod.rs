@@ -9,35 +9,42 @@
 //!   per worker ([`PoolBuilder::inflight_per_worker`]).
 //!
 //! Every submitted job ends in exactly one outcome, delivered to its
-//! [`Ticket`] (or to the [`Map`] iterator that submitted it).
-//!
-//! Not for: restarting crashed workers, timeouts or signals (the
-//! supervisor and lifecycle layers).
+//! [`Ticket`] (or to the [`Map`] iterator that submitted it). What happens
+//! on crashes, timeouts, cancellation and shutdown is the supervisor's
+//! part: see [`crate::supervisor`] and its `README.md`.
 
 mod map;
 mod processes;
-mod serve;
+pub(crate) mod serve;
 mod threads;
 mod ticket;
 pub(crate) mod wire;
 
 use std::any::Any;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::process::Command;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError as ChanTrySendError};
 
 use crate::error::SendError;
-use crate::job::{Failure, Handlers, Job};
+use crate::job::{Failure, Handlers, Job, JobState};
 use crate::port::IpcSender;
+use crate::runtime::{RefCount, Runtime};
+use crate::supervisor::monitor::{self, Control, Graces, MonitorHandle, Supervised};
+use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, ShutdownReport, TERM_GRACE};
 
 pub use map::Map;
 pub use processes::WORKER_ID_ENV;
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
 
 /// How a finished job's result travels back, without its types.
 pub(crate) enum Outcome {
@@ -83,9 +90,13 @@ pub(crate) struct Task {
     pub(crate) job: Box<dyn Any + Send>,
     pub(crate) send_job: SendJobFn,
     pub(crate) reply: Reply,
-    pub(crate) cancelled: Option<Arc<AtomicBool>>,
+    pub(crate) state: Arc<JobState>,
     /// `Some(n)`: `job` is a `Vec<J>` of `n` jobs run as one chunk.
     pub(crate) batch: Option<u32>,
+    /// Run timeout, counted from dispatch.
+    pub(crate) timeout: Option<Duration>,
+    /// How many more times a worker crash may send it back to the queue.
+    pub(crate) retries: u32,
 }
 
 impl Task {
@@ -107,13 +118,6 @@ impl Task {
                 count,
             },
         }
-    }
-}
-
-impl Task {
-    pub(crate) fn is_cancelled(&self) -> bool {
-        // Acquire: pairs with the Release store in `Ticket::cancel`.
-        self.cancelled.as_ref().is_some_and(|c| c.load(Ordering::Acquire))
     }
 }
 
@@ -151,6 +155,7 @@ fn send_chunk<J: Job>(
     })
 }
 
+
 /// What the shared queue carries.
 pub(crate) enum Work {
     Task(Task),
@@ -180,39 +185,295 @@ impl WorkerCounters {
     }
 }
 
-/// State both backends share: the bounded queue and the counters.
+/// A callback that hears [`PoolEvent`]s.
+pub(crate) type EventFn = Arc<dyn Fn(&PoolEvent) + Send + Sync>;
+
+/// The pool's settings, as built.
+pub(crate) struct Config {
+    pub(crate) restart: RestartPolicy,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) per_route: HashMap<&'static str, RouteConfig>,
+    pub(crate) on_event: Option<EventFn>,
+}
+
+/// Settings for one job type, over the pool's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RouteConfig {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: Option<u32>,
+}
+
+/// Wakes a shutdown that waits for the pool to go idle. Workers notify it
+/// only while someone waits, so the answer path makes no futex call.
+#[derive(Default)]
+pub(crate) struct Idle {
+    m: Mutex<()>,
+    cv: Condvar,
+    waiting: AtomicBool,
+}
+
+impl Idle {
+    pub(crate) fn notify(&self) {
+        // SeqCst: pairs with the store in `wait_until`, which then re-checks
+        // under the lock.
+        if self.waiting.load(Ordering::SeqCst) {
+            let _g = lock(&self.m);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until `done()` or `deadline`; returns whether `done()`.
+    fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        let mut g = lock(&self.m);
+        let ok = loop {
+            if done() {
+                break true;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                break false;
+            }
+            // The 20 ms bound only guards against a missed notification.
+            g = self
+                .cv
+                .wait_timeout(g, (deadline - now).min(Duration::from_millis(20)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        drop(g);
+        self.waiting.store(false, Ordering::SeqCst);
+        ok
+    }
+}
+
+/// State both backends share: the bounded queue, the counters, the
+/// supervisor's settings and state.
 pub(crate) struct Core {
     pub(crate) queue_tx: Sender<Work>,
     pub(crate) queue_rx: Receiver<Work>,
+    /// Tasks sent back by a crash (retry) or by the kill of a cancelled
+    /// job's worker (innocent neighbours): they go before the queue.
+    requeue: Mutex<VecDeque<Task>>,
+    requeued: AtomicUsize,
+    /// No new jobs are taken (shutdown started, or the pool failed).
     pub(crate) closed: AtomicBool,
+    /// Shutdown has begun: exits are expected, nothing restarts.
+    pub(crate) stopping: AtomicBool,
+    /// Set by a second SIGINT (or `immediate`) during a graceful shutdown.
+    pub(crate) hurry: AtomicBool,
+    pub(crate) suspended: AtomicBool,
+    suspend_gate: (Mutex<()>, Condvar),
+    /// Why the pool failed (restart limit), once it has.
+    failure: Mutex<Option<String>>,
     pub(crate) next_id: AtomicU64,
     pub(crate) counters: Vec<WorkerCounters>,
-    /// Process workers whose port is still open (unused for threads).
-    pub(crate) live_workers: AtomicUsize,
+    /// Jobs cancelled, and jobs failed without a worker to count them on.
+    cancelled: AtomicU64,
+    failed_elsewhere: AtomicU64,
+    /// Worker processes signalled by the shutdown.
+    pub(crate) killed_by_shutdown: AtomicUsize,
+    pub(crate) idle: Idle,
+    pub(crate) control: Sender<Control>,
+    pub(crate) config: Config,
+    pub(crate) handlers: Handlers,
 }
 
 impl Core {
-    /// Fails every task still queued with `why` (the pool can no longer run them).
-    pub(crate) fn fail_queued(&self, why: &Failure) {
-        while let Ok(w) = self.queue_rx.try_recv() {
-            if let Work::Task(t) = w {
-                t.reply.send(Event::Done(Outcome::Failed(why.clone())));
+    /// The next task: a re-queued one first, then the queue's.
+    pub(crate) fn pop(&self) -> Option<Work> {
+        // Acquire: pairs with the Release increment in `requeue`.
+        if self.requeued.load(Ordering::Acquire) > 0 {
+            let mut q = lock(&self.requeue);
+            if let Some(t) = q.pop_front() {
+                self.requeued.store(q.len(), Ordering::Release);
+                return Some(Work::Task(t));
             }
         }
+        self.queue_rx.try_recv().ok()
+    }
+
+    /// Whether any task waits (queued or re-queued).
+    pub(crate) fn has_queued(&self) -> bool {
+        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty()
+    }
+
+    /// Puts `t` back at the head of the line.
+    pub(crate) fn requeue(&self, t: Task) {
+        let mut q = lock(&self.requeue);
+        q.push_back(t);
+        self.requeued.store(q.len(), Ordering::Release);
+    }
+
+    /// Fails every task still queued with `why` (the pool can no longer run them).
+    pub(crate) fn fail_queued(&self, why: &Failure) {
+        let mut tasks: Vec<Task> = lock(&self.requeue).drain(..).collect();
+        self.requeued.store(0, Ordering::Release);
+        while let Ok(w) = self.queue_rx.try_recv() {
+            if let Work::Task(t) = w {
+                tasks.push(t);
+            }
+        }
+        for t in tasks {
+            let jobs = t.jobs();
+            self.deliver_failure(&t.state, &t.reply, jobs, why.clone(), None);
+        }
+    }
+
+    /// Delivers `f` as the outcome of a job (of `jobs` jobs) that leaves
+    /// the pool without an answer, unless its outcome was settled already.
+    /// Counts it on `worker`, or on the pool. Returns whether it delivered.
+    pub(crate) fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        if !state.settle() {
+            self.count_settled_elsewhere(state, jobs);
+            return false;
+        }
+        // Relaxed: statistics only.
+        if matches!(f, Failure::Cancelled) {
+            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+        }
+        match worker {
+            Some(w) => self.counters[w].finish_n(0, jobs),
+            None => {
+                self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+            }
+        }
+        monitor::send_failure(reply, f);
+        true
+    }
+
+    /// A job whose outcome someone else settled leaves the pool: if its
+    /// ticket cancelled it, count it as cancelled now (once).
+    pub(crate) fn count_settled_elsewhere(&self, state: &JobState, jobs: u64) {
+        if state.settled_by_cancel() {
+            // Relaxed: statistics only.
+            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+            self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+        }
+    }
+
+    /// Reports `e` to the log and to the pool's event callback.
+    pub(crate) fn event(&self, e: PoolEvent) {
+        match &e {
+            PoolEvent::WorkerStarted { worker, pid, restarts } => match pid {
+                Some(pid) => log::info!("worker {worker} started (pid {pid}, restarts {restarts})"),
+                None => log::info!("worker {worker} started (thread, restarts {restarts})"),
+            },
+            PoolEvent::WorkerExited {
+                worker,
+                pid,
+                status,
+                jobs_held,
+                expected,
+            } => {
+                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                if *expected {
+                    log::info!("worker {worker}{pid} exited: {status}");
+                } else {
+                    log::warn!("worker {worker}{pid} exited: {status}; it held {jobs_held} job(s)");
+                }
+            }
+            PoolEvent::StartFailed { worker, reason } => log::error!("worker {worker} could not start: {reason}"),
+            PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
+        }
+        if let Some(f) = &self.config.on_event {
+            if let Err(Failure::Panicked(m)) = crate::job::catch(|| f(&e)) {
+                log::error!("the pool's event callback panicked: {m}");
+            }
+        }
+    }
+
+    /// Turns the pool failed (restart limit reached): it takes no more
+    /// jobs, and queued ones fail with `reason`.
+    pub(crate) fn fail_pool(&self, reason: String) {
+        {
+            let mut f = lock(&self.failure);
+            if f.is_some() {
+                return;
+            }
+            *f = Some(reason.clone());
+        }
+        // Release: pairs with the Acquire load in `is_closed`.
+        self.closed.store(true, Ordering::Release);
+        self.event(PoolEvent::PoolFailed {
+            reason: reason.clone(),
+        });
+        self.fail_queued(&Failure::Rejected(format!("the pool failed: {reason}")));
+        self.idle.notify();
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Blocks a thread worker while the pool is suspended.
+    pub(crate) fn wait_while_suspended(&self) {
+        // Acquire: pairs with the Release stores in `set_suspended`.
+        if !self.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        let (m, cv) = &self.suspend_gate;
+        let mut g = lock(m);
+        while self.suspended.load(Ordering::Acquire) && !self.hurry.load(Ordering::Acquire) {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    fn set_suspended(&self, on: bool) {
+        let (m, cv) = &self.suspend_gate;
+        let _g = lock(m);
+        self.suspended.store(on, Ordering::Release);
+        cv.notify_all();
+    }
+
+    /// The run timeout and retries of a job of route `route`.
+    fn limits(&self, route: &str) -> (Option<Duration>, u32) {
+        let rc = self.config.per_route.get(route).copied().unwrap_or_default();
+        (
+            rc.timeout.or(self.config.job_timeout),
+            rc.retries.unwrap_or(self.config.retries),
+        )
     }
 }
 
 enum Backend {
-    Threads(threads::Threads),
-    Processes(processes::Processes),
+    Threads(Arc<threads::Threads>),
+    Processes(Arc<processes::Processes>),
 }
 
-/// A pool of workers. Dropping it shuts it down gracefully (running and
-/// queued jobs finish first).
-pub struct Pool {
+impl Backend {
+    fn supervised(&self) -> Arc<dyn Supervised> {
+        match self {
+            Backend::Threads(t) => t.clone(),
+            Backend::Processes(p) => p.clone(),
+        }
+    }
+}
+
+/// The part of a pool that a [`Runtime`] can shut down or suspend from
+/// another thread.
+pub(crate) struct PoolInner {
     core: Arc<Core>,
     backend: Backend,
     window: usize,
+    monitor: Mutex<MonitorHandle>,
+    report: Mutex<Option<ShutdownReport>>,
+    pub(crate) rt_ref: RefCount,
+}
+
+/// A pool of workers. Dropping it shuts it down gracefully (running and
+/// queued jobs finish first), bounded by [`Shutdown::default`]'s deadline.
+pub struct Pool {
+    inner: Arc<PoolInner>,
 }
 
 impl fmt::Debug for Pool {
@@ -221,7 +482,7 @@ impl fmt::Debug for Pool {
             .field("workers", &self.workers())
             .field(
                 "kind",
-                &match self.backend {
+                &match self.inner.backend {
                     Backend::Threads(_) => "threads",
                     Backend::Processes(_) => "processes",
                 },
@@ -231,13 +492,34 @@ impl fmt::Debug for Pool {
 }
 
 /// Builds a [`Pool`]: choose threads or processes, give the handlers.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct PoolBuilder {
     kind: Option<Kind>,
     handlers: Option<Handlers>,
     queue_limit: Option<usize>,
     inflight: Option<usize>,
     command: Option<Command>,
+    restart: Option<RestartPolicy>,
+    cancel_grace: Option<Duration>,
+    job_timeout: Option<Duration>,
+    queue_timeout: Option<Duration>,
+    retries: u32,
+    per_route: HashMap<&'static str, RouteConfig>,
+    on_event: Option<EventFn>,
+    runtime: Option<Runtime>,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("kind", &self.kind)
+            .field("handlers", &self.handlers)
+            .field("queue_limit", &self.queue_limit)
+            .field("inflight", &self.inflight)
+            .field("command", &self.command)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -285,6 +567,10 @@ impl std::error::Error for BuildError {
     }
 }
 
+/// The default grace period between a cancel (or a run timeout) and
+/// ending the worker whose handler did not return.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
+
 impl PoolBuilder {
     /// `n` thread workers in this process.
     pub fn threads(mut self, n: usize) -> Self {
@@ -327,6 +613,72 @@ impl PoolBuilder {
         self
     }
 
+    /// How crashed process workers are restarted. Default:
+    /// [`RestartPolicy::default`].
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = Some(policy);
+        self
+    }
+
+    /// The time a cancelled or timed-out job's handler has to return
+    /// before its process worker is killed (or its thread abandoned) and
+    /// replaced. Default: [`DEFAULT_CANCEL_GRACE`].
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = Some(grace);
+        self
+    }
+
+    /// Every job must finish within `timeout` of being dispatched to a
+    /// worker, or it fails with [`TimedOut`](crate::job::JobError::TimedOut).
+    /// Time spent queued does not count. Default: none.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// Every job must be dispatched within `timeout` of its submission, or
+    /// it fails with [`TimedOut`](crate::job::JobError::TimedOut) without
+    /// running. Default: none.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// A job lost to a worker crash is run again, up to `n` times, on
+    /// another worker. Handler errors and panics are never retried.
+    /// Default: 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// The run timeout of jobs of type `J`, over [`job_timeout`](Self::job_timeout).
+    pub fn timeout_for<J: Job>(mut self, timeout: Duration) -> Self {
+        self.per_route.entry(J::NAME).or_default().timeout = Some(timeout);
+        self
+    }
+
+    /// The retries of jobs of type `J`, over [`retries`](Self::retries).
+    pub fn retries_for<J: Job>(mut self, n: u32) -> Self {
+        self.per_route.entry(J::NAME).or_default().retries = Some(n);
+        self
+    }
+
+    /// Calls `f` for every [`PoolEvent`] (worker started, exited, could not
+    /// start; pool failed), on the thread where it happened. Keep it short.
+    pub fn on_event(mut self, f: impl Fn(&PoolEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// The [`Runtime`] the pool belongs to (default: [`Runtime::global`]).
+    /// The pool holds a ref on it until it shuts down, and follows its
+    /// suspend, resume and signal-driven shutdown.
+    pub fn runtime(mut self, rt: &Runtime) -> Self {
+        self.runtime = Some(rt.clone());
+        self
+    }
+
     /// Starts the workers.
     pub fn build(self) -> Result<Pool, BuildError> {
         let kind = self
@@ -340,13 +692,38 @@ impl PoolBuilder {
         }
         let handlers = self.handlers.unwrap_or_default();
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(self.queue_limit.unwrap_or(1024));
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let graces = Graces {
+            cancel: self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE),
+            term: TERM_GRACE,
+        };
         let core = Arc::new(Core {
             queue_tx,
             queue_rx,
+            requeue: Mutex::new(VecDeque::new()),
+            requeued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            suspend_gate: (Mutex::new(()), Condvar::new()),
+            failure: Mutex::new(None),
             next_id: AtomicU64::new(1),
             counters: (0..n).map(|_| WorkerCounters::default()).collect(),
-            live_workers: AtomicUsize::new(n),
+            cancelled: AtomicU64::new(0),
+            failed_elsewhere: AtomicU64::new(0),
+            killed_by_shutdown: AtomicUsize::new(0),
+            idle: Idle::default(),
+            control: control_tx.clone(),
+            config: Config {
+                restart: self.restart.unwrap_or_default(),
+                job_timeout: self.job_timeout,
+                queue_timeout: self.queue_timeout,
+                retries: self.retries,
+                per_route: self.per_route,
+                on_event: self.on_event,
+            },
+            handlers: handlers.clone(),
         });
         let inflight = self.inflight.unwrap_or(4);
         let backend = match kind {
@@ -363,16 +740,48 @@ impl PoolBuilder {
                 Backend::Processes(processes::Processes::spawn(core.clone(), command, n, inflight)?)
             }
         };
+        let target = backend.supervised();
+        let core2 = core.clone();
+        let thread = std::thread::Builder::new()
+            .name("portpool-monitor".into())
+            .spawn(move || monitor::run(control_rx, target, core2, graces));
+        let thread = match thread {
+            Ok(h) => h,
+            Err(e) => {
+                let inner = PoolInner {
+                    core,
+                    backend,
+                    window: 1,
+                    monitor: Mutex::new(MonitorHandle {
+                        tx: control_tx,
+                        thread: None,
+                    }),
+                    report: Mutex::new(None),
+                    rt_ref: RefCount::detached(),
+                };
+                inner.shutdown(Shutdown::immediate());
+                return Err(BuildError::io("could not start the pool's monitor thread", e));
+            }
+        };
         let window = match kind {
             Kind::Threads(n) => 4 * n,
             Kind::Processes(n) => 2 * n * inflight,
         }
         .max(2);
-        Ok(Pool {
+        let rt = self.runtime.unwrap_or_else(|| Runtime::global().clone());
+        let inner = Arc::new(PoolInner {
             core,
             backend,
             window,
-        })
+            monitor: Mutex::new(MonitorHandle {
+                tx: control_tx,
+                thread: Some(thread),
+            }),
+            report: Mutex::new(None),
+            rt_ref: rt.new_ref(),
+        });
+        rt.attach_pool(Arc::downgrade(&inner));
+        Ok(Pool { inner })
     }
 }
 
@@ -380,6 +789,8 @@ impl PoolBuilder {
 pub enum SubmitError<J> {
     /// The pool is shutting down.
     Closed(J),
+    /// The pool failed (its restart limit was reached); the reason says why.
+    Failed(J, String),
 }
 
 /// Why [`Pool::try_submit`] did not take a job; the job is given back.
@@ -388,6 +799,8 @@ pub enum TrySubmitError<J> {
     Full(J),
     /// The pool is shutting down.
     Closed(J),
+    /// The pool failed (its restart limit was reached); the reason says why.
+    Failed(J, String),
 }
 
 /// Why [`Pool::submit_timeout`] did not take a job; the job is given back.
@@ -396,11 +809,25 @@ pub enum SubmitTimeoutError<J> {
     Timeout(J),
     /// The pool is shutting down.
     Closed(J),
+    /// The pool failed (its restart limit was reached); the reason says why.
+    Failed(J, String),
+}
+
+impl<J> SubmitError<J> {
+    /// The job that was not taken.
+    pub fn into_job(self) -> J {
+        match self {
+            SubmitError::Closed(j) | SubmitError::Failed(j, _) => j,
+        }
+    }
 }
 
 impl<J> fmt::Display for SubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("the pool is shutting down")
+        match self {
+            SubmitError::Closed(_) => f.write_str("the pool is shutting down"),
+            SubmitError::Failed(_, why) => write!(f, "the pool failed: {why}"),
+        }
     }
 }
 
@@ -409,6 +836,7 @@ impl<J> fmt::Display for TrySubmitError<J> {
         match self {
             TrySubmitError::Full(_) => f.write_str("the pool's queue is full"),
             TrySubmitError::Closed(_) => f.write_str("the pool is shutting down"),
+            TrySubmitError::Failed(_, why) => write!(f, "the pool failed: {why}"),
         }
     }
 }
@@ -418,6 +846,7 @@ impl<J> fmt::Display for SubmitTimeoutError<J> {
         match self {
             SubmitTimeoutError::Timeout(_) => f.write_str("the pool's queue stayed full"),
             SubmitTimeoutError::Closed(_) => f.write_str("the pool is shutting down"),
+            SubmitTimeoutError::Failed(_, why) => write!(f, "the pool failed: {why}"),
         }
     }
 }
@@ -426,31 +855,72 @@ impl<J> fmt::Display for SubmitTimeoutError<J> {
 // send errors do the same).
 impl<J> fmt::Debug for SubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Closed(..)")
+        match self {
+            SubmitError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
+        }
     }
 }
 
 impl<J> fmt::Debug for TrySubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            TrySubmitError::Full(_) => "Full(..)",
-            TrySubmitError::Closed(_) => "Closed(..)",
-        })
+        match self {
+            TrySubmitError::Full(_) => f.write_str("Full(..)"),
+            TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
+            TrySubmitError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
+        }
     }
 }
 
 impl<J> fmt::Debug for SubmitTimeoutError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            SubmitTimeoutError::Timeout(_) => "Timeout(..)",
-            SubmitTimeoutError::Closed(_) => "Closed(..)",
-        })
+        match self {
+            SubmitTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
+            SubmitTimeoutError::Closed(_) => f.write_str("Closed(..)"),
+            SubmitTimeoutError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
+        }
     }
 }
 
 impl<J> std::error::Error for SubmitError<J> {}
 impl<J> std::error::Error for TrySubmitError<J> {}
 impl<J> std::error::Error for SubmitTimeoutError<J> {}
+
+/// Per-job settings for [`Pool::submit_with`], over the pool's.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JobOptions {
+    /// Run timeout, counted from dispatch.
+    pub timeout: Option<Duration>,
+    /// The longest the job may wait in the queue.
+    pub queue_timeout: Option<Duration>,
+    /// Re-runs allowed after a worker crash.
+    pub retries: Option<u32>,
+}
+
+impl JobOptions {
+    /// No overrides: the pool's settings.
+    pub fn new() -> JobOptions {
+        JobOptions::default()
+    }
+
+    /// Sets the run timeout.
+    pub fn timeout(mut self, t: Duration) -> JobOptions {
+        self.timeout = Some(t);
+        self
+    }
+
+    /// Sets the queue-wait deadline.
+    pub fn queue_timeout(mut self, t: Duration) -> JobOptions {
+        self.queue_timeout = Some(t);
+        self
+    }
+
+    /// Sets the retries after a worker crash.
+    pub fn retries(mut self, n: u32) -> JobOptions {
+        self.retries = Some(n);
+        self
+    }
+}
 
 /// A snapshot of a pool's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -461,8 +931,11 @@ pub struct Stats {
     pub running: usize,
     /// Jobs finished with their output (or the handler's own error).
     pub done: u64,
-    /// Jobs that failed otherwise (panic, worker exit, coding, cancelled).
+    /// Jobs that failed otherwise (panic, worker exit, coding, timeout,
+    /// cancelled).
     pub failed: u64,
+    /// Of `failed`, the jobs that were cancelled.
+    pub cancelled: u64,
     /// The same, per worker.
     pub workers: Vec<WorkerStats>,
 }
@@ -472,8 +945,10 @@ pub struct Stats {
 pub struct WorkerStats {
     /// The worker's id.
     pub id: usize,
-    /// Its process id (process workers).
+    /// Its process id (process workers; `None` while it restarts).
     pub pid: Option<u32>,
+    /// How many times this worker was replaced.
+    pub restarts: u64,
     /// Jobs it finished.
     pub done: u64,
     /// Jobs that failed on it.
@@ -514,6 +989,138 @@ pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Optio
     }
 }
 
+/// Why a job was not enqueued.
+enum Refusal {
+    Closed,
+    Failed(String),
+}
+
+impl PoolInner {
+    fn refusal(&self) -> Option<Refusal> {
+        // Acquire: pairs with the Release store in `shutdown` / `fail_pool`.
+        if !self.core.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match self.core.failure() {
+            Some(why) => Refusal::Failed(why),
+            None => Refusal::Closed,
+        })
+    }
+
+    fn after_enqueue(&self) {
+        if let Backend::Processes(p) = &self.backend {
+            p.kick();
+        }
+    }
+
+    /// Suspends dispatch (scenario "suspend"): queued jobs wait, running
+    /// ones finish; the workers' suspend hooks run.
+    pub(crate) fn suspend(&self) {
+        if self.core.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        self.core.set_suspended(true);
+        match &self.backend {
+            Backend::Threads(_) => self.core.handlers.run_hooks(true),
+            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Suspend),
+        }
+    }
+
+    /// Resumes dispatch after [`suspend`](Self::suspend).
+    pub(crate) fn resume(&self) {
+        if !self.core.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        match &self.backend {
+            Backend::Threads(_) => self.core.handlers.run_hooks(false),
+            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Resume),
+        }
+        self.core.set_suspended(false);
+        self.after_enqueue();
+    }
+
+    /// Makes a shutdown in progress immediate (a second SIGINT).
+    pub(crate) fn hurry(&self) {
+        self.core.hurry.store(true, Ordering::Release);
+        self.core.idle.notify();
+        // Wake thread workers parked by a suspend, so they can stop.
+        self.core.set_suspended(self.core.suspended.load(Ordering::Acquire));
+    }
+
+    fn busy(&self) -> bool {
+        match &self.backend {
+            Backend::Threads(t) => t.busy(),
+            Backend::Processes(p) => p.busy(),
+        }
+    }
+
+    /// The shutdown (scenario "shutdown" in `supervisor/README.md`).
+    pub(crate) fn shutdown(&self, how: Shutdown) -> ShutdownReport {
+        let mut report = lock(&self.report);
+        if let Some(r) = &*report {
+            return r.clone();
+        }
+        let core = &self.core;
+        let deadline = Instant::now() + how.deadline;
+        // Release: pairs with the Acquire load in `refusal`.
+        core.closed.store(true, Ordering::Release);
+        if how.mode == ShutdownMode::Immediate {
+            core.hurry.store(true, Ordering::Release);
+        }
+        if how.mode != ShutdownMode::Graceful {
+            core.fail_queued(&Failure::Cancelled);
+        }
+        // Work left may not wait for a resume that will not come.
+        if core.suspended.load(Ordering::Acquire) {
+            self.resume();
+        }
+        // Phase 1: let the work finish, until the deadline (or a hurry).
+        let finished = how.mode != ShutdownMode::Immediate
+            && core.idle.wait_until(deadline, || {
+                core.hurry.load(Ordering::Acquire)
+                    || core.failure().is_some() && !self.busy()
+                    || !self.busy() && (how.mode != ShutdownMode::Graceful || !core.has_queued())
+            })
+            && !core.hurry.load(Ordering::Acquire);
+        // From here on, exits are expected and nothing restarts.
+        core.stopping.store(true, Ordering::Release);
+        let mut rep = ShutdownReport {
+            deadline_hit: !finished && how.mode != ShutdownMode::Immediate,
+            ..ShutdownReport::default()
+        };
+        // Phase 2: past the deadline, cancel what is left.
+        if !finished {
+            core.fail_queued(&Failure::Cancelled);
+            match &self.backend {
+                Backend::Threads(t) => t.cancel_running(),
+                Backend::Processes(p) => p.terminate_all(),
+            }
+        }
+        // Phase 3: stop the workers and the monitor.
+        match &self.backend {
+            Backend::Threads(t) => rep.threads_abandoned = t.stop(),
+            Backend::Processes(p) => p.stop(),
+        }
+        lock(&self.monitor).stop();
+        // A job that raced past the closed flag after the workers stopped.
+        core.fail_queued(&Failure::Rejected("the pool shut down before the job ran".into()));
+        // Relaxed: the workers are stopped; these are final.
+        let done: u64 = core.counters.iter().map(|c| c.done.load(Ordering::Relaxed)).sum();
+        let failed: u64 = core.counters.iter().map(|c| c.failed.load(Ordering::Relaxed)).sum::<u64>()
+            + core.failed_elsewhere.load(Ordering::Relaxed);
+        let cancelled = core.cancelled.load(Ordering::Relaxed);
+        rep.completed = done;
+        rep.cancelled = cancelled;
+        rep.failed = failed.saturating_sub(cancelled);
+        rep.workers_killed = core.killed_by_shutdown.load(Ordering::Relaxed);
+        log::info!("pool shut down: {rep}");
+        *report = Some(rep.clone());
+        drop(report);
+        self.rt_ref.close();
+        rep
+    }
+}
+
 impl Pool {
     /// Starts building a pool.
     pub fn builder() -> PoolBuilder {
@@ -522,42 +1129,54 @@ impl Pool {
 
     /// Number of workers.
     pub fn workers(&self) -> usize {
-        self.core.counters.len()
+        self.inner.core.counters.len()
     }
 
-    fn task<J: Job>(&self, job: J, reply: Reply, cancelled: Option<Arc<AtomicBool>>) -> Task {
+    fn task<J: Job>(&self, id: u64, job: J, reply: Reply, state: Arc<JobState>, opts: &JobOptions) -> Task {
+        let (timeout, retries) = self.inner.core.limits(J::NAME);
         Task {
-            // Relaxed: ids only need to be unique.
-            id: self.core.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             route: J::NAME,
             job: Box::new(job),
             send_job: send_job::<J>,
             reply,
-            cancelled,
+            state,
             batch: None,
+            timeout: opts.timeout.or(timeout),
+            retries: opts.retries.unwrap_or(retries),
         }
+    }
+
+    /// Whether jobs of type `J` have a run timeout (then `map` sends them
+    /// one per task, so each has its own).
+    pub(crate) fn times_out<J: Job>(&self) -> bool {
+        self.inner.core.limits(J::NAME).0.is_some()
     }
 
     /// Submits `jobs` as one chunk whose events go to `reply` (used by
     /// `map`). Blocks while the queue is full. Gives the jobs back if the
     /// pool is closed.
     pub(crate) fn submit_chunk<J: Job>(&self, jobs: Vec<J>, reply: Reply) -> Result<(), Vec<J>> {
-        if self.is_closed() {
+        if self.inner.refusal().is_some() {
             return Err(jobs);
         }
+        let (timeout, retries) = self.inner.core.limits(J::NAME);
         let task = Task {
             // Relaxed: ids only need to be unique.
-            id: self.core.next_id.fetch_add(1, Ordering::Relaxed),
+            id: self.inner.core.next_id.fetch_add(1, Ordering::Relaxed),
             route: J::NAME,
             batch: Some(jobs.len() as u32),
             job: Box::new(jobs),
             send_job: send_chunk::<J>,
             reply,
-            cancelled: None,
+            state: JobState::new(),
+            timeout,
+            retries,
         };
-        match self.core.queue_tx.send(Work::Task(task)) {
+        self.watch_queue(&task);
+        match self.inner.core.queue_tx.send(Work::Task(task)) {
             Ok(()) => {
-                self.after_enqueue();
+                self.inner.after_enqueue();
                 Ok(())
             }
             Err(e) => match e.0 {
@@ -580,27 +1199,48 @@ impl Pool {
         }
     }
 
-    fn after_enqueue(&self) {
-        if let Backend::Processes(p) = &self.backend {
-            p.kick();
+    /// Starts the queue-wait clock of `t`, if it has one.
+    fn watch_queue(&self, t: &Task) {
+        self.watch_queue_for(t, None);
+    }
+
+    fn watch_queue_for(&self, t: &Task, over: Option<Duration>) {
+        if let Some(after) = over.or(self.inner.core.config.queue_timeout) {
+            let _ = self.inner.core.control.send(Control::QueueDeadline {
+                state: t.state.clone(),
+                reply: t.reply.clone(),
+                jobs: t.jobs(),
+                after,
+            });
         }
     }
 
-    fn is_closed(&self) -> bool {
-        // Acquire: pairs with the Release store in `shutdown`.
-        self.core.closed.load(Ordering::Acquire)
+    fn new_ticket<J: Job>(&self, job: J, opts: &JobOptions) -> (Ticket<J>, Task) {
+        let state = JobState::new();
+        // Relaxed: ids only need to be unique.
+        let id = self.inner.core.next_id.fetch_add(1, Ordering::Relaxed);
+        let (ticket, reply) = Ticket::new(id, state.clone(), self.inner.core.control.clone());
+        let task = self.task(id, job, reply, state, opts);
+        self.watch_queue_for(&task, opts.queue_timeout);
+        (ticket, task)
     }
 
     /// Submits a job, blocking while the queue is full.
     pub fn submit<J: Job>(&self, job: J) -> Result<Ticket<J>, SubmitError<J>> {
-        if self.is_closed() {
-            return Err(SubmitError::Closed(job));
+        self.submit_with(job, JobOptions::default())
+    }
+
+    /// Submits a job with its own timeout, queue-wait deadline or retries.
+    pub fn submit_with<J: Job>(&self, job: J, opts: JobOptions) -> Result<Ticket<J>, SubmitError<J>> {
+        match self.inner.refusal() {
+            Some(Refusal::Closed) => return Err(SubmitError::Closed(job)),
+            Some(Refusal::Failed(why)) => return Err(SubmitError::Failed(job, why)),
+            None => {}
         }
-        let (ticket, reply, flag) = Ticket::new();
-        let task = self.task(job, reply, Some(flag));
-        match self.core.queue_tx.send(Work::Task(task)) {
+        let (ticket, task) = self.new_ticket(job, &opts);
+        match self.inner.core.queue_tx.send(Work::Task(task)) {
             Ok(()) => {
-                self.after_enqueue();
+                self.inner.after_enqueue();
                 Ok(ticket)
             }
             Err(e) => Err(SubmitError::Closed(Self::take_back(e.0))),
@@ -609,14 +1249,15 @@ impl Pool {
 
     /// Submits a job if the queue has room, or gives it back.
     pub fn try_submit<J: Job>(&self, job: J) -> Result<Ticket<J>, TrySubmitError<J>> {
-        if self.is_closed() {
-            return Err(TrySubmitError::Closed(job));
+        match self.inner.refusal() {
+            Some(Refusal::Closed) => return Err(TrySubmitError::Closed(job)),
+            Some(Refusal::Failed(why)) => return Err(TrySubmitError::Failed(job, why)),
+            None => {}
         }
-        let (ticket, reply, flag) = Ticket::new();
-        let task = self.task(job, reply, Some(flag));
-        match self.core.queue_tx.try_send(Work::Task(task)) {
+        let (ticket, task) = self.new_ticket(job, &JobOptions::default());
+        match self.inner.core.queue_tx.try_send(Work::Task(task)) {
             Ok(()) => {
-                self.after_enqueue();
+                self.inner.after_enqueue();
                 Ok(ticket)
             }
             Err(ChanTrySendError::Full(w)) => Err(TrySubmitError::Full(Self::take_back(w))),
@@ -630,14 +1271,15 @@ impl Pool {
         job: J,
         timeout: Duration,
     ) -> Result<Ticket<J>, SubmitTimeoutError<J>> {
-        if self.is_closed() {
-            return Err(SubmitTimeoutError::Closed(job));
+        match self.inner.refusal() {
+            Some(Refusal::Closed) => return Err(SubmitTimeoutError::Closed(job)),
+            Some(Refusal::Failed(why)) => return Err(SubmitTimeoutError::Failed(job, why)),
+            None => {}
         }
-        let (ticket, reply, flag) = Ticket::new();
-        let task = self.task(job, reply, Some(flag));
-        match self.core.queue_tx.send_timeout(Work::Task(task), timeout) {
+        let (ticket, task) = self.new_ticket(job, &JobOptions::default());
+        match self.inner.core.queue_tx.send_timeout(Work::Task(task), timeout) {
             Ok(()) => {
-                self.after_enqueue();
+                self.inner.after_enqueue();
                 Ok(ticket)
             }
             Err(crossbeam_channel::SendTimeoutError::Timeout(w)) => {
@@ -653,12 +1295,12 @@ impl Pool {
     /// Pulls from `jobs` lazily, keeping a bounded number in flight, so an
     /// endless iterator works and a slow job does not make memory grow.
     pub fn map<J: Job, I: IntoIterator<Item = J>>(&self, jobs: I) -> Map<'_, J, I::IntoIter> {
-        Map::new(self, jobs.into_iter(), self.window, true)
+        Map::new(self, jobs.into_iter(), self.inner.window, true)
     }
 
     /// Like [`map`](Self::map), but yields results as they finish.
     pub fn map_unordered<J: Job, I: IntoIterator<Item = J>>(&self, jobs: I) -> Map<'_, J, I::IntoIter> {
-        Map::new(self, jobs.into_iter(), self.window, false)
+        Map::new(self, jobs.into_iter(), self.inner.window, false)
     }
 
     /// Runs `job` once on every worker and returns the results in worker
@@ -669,9 +1311,8 @@ impl Pool {
     ) -> Vec<Result<J::Output, crate::job::JobError<J::Error>>> {
         let tickets: Vec<Ticket<J>> = (0..self.workers())
             .map(|w| {
-                let (ticket, reply, flag) = Ticket::new();
-                let task = self.task(job.clone(), reply, Some(flag));
-                match &self.backend {
+                let (ticket, task) = self.new_ticket(job.clone(), &JobOptions::default());
+                match &self.inner.backend {
                     Backend::Threads(t) => t.send_to(w, task),
                     Backend::Processes(p) => p.send_to(w, task),
                 }
@@ -683,53 +1324,81 @@ impl Pool {
 
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
-        let pids = match &self.backend {
-            Backend::Threads(_) => vec![None; self.workers()],
-            Backend::Processes(p) => p.pids(),
+        let (pids, restarts) = match &self.inner.backend {
+            Backend::Threads(t) => (vec![None; self.workers()], t.restarts()),
+            Backend::Processes(p) => p.pids_and_restarts(),
         };
+        let core = &self.inner.core;
         // Relaxed: a snapshot of statistics; nothing else is read through them.
-        let workers: Vec<WorkerStats> = self
-            .core
+        let workers: Vec<WorkerStats> = core
             .counters
             .iter()
             .enumerate()
             .map(|(id, c)| WorkerStats {
                 id,
                 pid: pids.get(id).copied().flatten(),
+                restarts: restarts.get(id).copied().unwrap_or(0),
                 done: c.done.load(Ordering::Relaxed),
                 failed: c.failed.load(Ordering::Relaxed),
                 running: c.running.load(Ordering::Relaxed),
             })
             .collect();
         Stats {
-            queued: self.core.queue_rx.len(),
+            queued: core.queue_rx.len() + core.requeued.load(Ordering::Relaxed),
             running: workers.iter().map(|w| w.running).sum(),
             done: workers.iter().map(|w| w.done).sum(),
-            failed: workers.iter().map(|w| w.failed).sum(),
+            failed: workers.iter().map(|w| w.failed).sum::<u64>() + core.failed_elsewhere.load(Ordering::Relaxed),
+            cancelled: core.cancelled.load(Ordering::Relaxed),
             workers,
         }
     }
 
-    /// Shuts the pool down gracefully: no new jobs are taken, queued and
-    /// running jobs finish, then the workers stop (threads are joined,
-    /// processes are waited for). Called by `Drop` too.
-    pub fn shutdown(&mut self) {
-        // Release: pairs with the Acquire load in `is_closed`.
-        if self.core.closed.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        match &mut self.backend {
-            Backend::Threads(t) => t.shutdown(),
-            Backend::Processes(p) => p.shutdown(),
-        }
-        // A job that raced past the closed flag after the workers stopped.
-        self.core
-            .fail_queued(&Failure::Rejected("the pool shut down before the job ran".into()));
+    /// Why the pool failed, if it did (its restart limit was reached; the
+    /// reason names the last exit or start failure).
+    pub fn failure(&self) -> Option<String> {
+        self.inner.core.failure()
+    }
+
+    /// Stops dispatching: queued jobs wait (nothing is lost), running ones
+    /// finish, the workers' suspend hooks run. [`resume`](Self::resume)
+    /// reverses it. A [`Runtime`]'s `suspend` does this for its pools.
+    pub fn suspend(&self) {
+        self.inner.suspend();
+    }
+
+    /// Resumes dispatching after [`suspend`](Self::suspend).
+    pub fn resume(&self) {
+        self.inner.resume();
+    }
+
+    /// Shuts the pool down (see [`Shutdown`]) and reports what it did.
+    /// After it returns no worker process, zombie or worker thread of this
+    /// pool is left (except thread workers stuck in a handler past the
+    /// deadline, counted in the report). Calling it again returns the same
+    /// report. `Drop` calls it with [`Shutdown::default`].
+    pub fn shutdown(&self, how: Shutdown) -> ShutdownReport {
+        self.inner.shutdown(how)
+    }
+
+    /// Keeps the pool's [`Runtime`] running while the pool is alive (the
+    /// default).
+    pub fn ref_(&self) {
+        self.inner.rt_ref.ref_();
+    }
+
+    /// Lets the pool's [`Runtime::run`] return even while the pool is alive.
+    pub fn unref(&self) {
+        self.inner.rt_ref.unref();
+    }
+
+    /// Whether the pool holds a ref on its runtime.
+    pub fn has_ref(&self) -> bool {
+        self.inner.rt_ref.has_ref()
     }
 }
 
 impl Drop for Pool {
     fn drop(&mut self) {
-        self.shutdown();
+        self.inner.shutdown(Shutdown::default());
     }
 }

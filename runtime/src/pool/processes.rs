@@ -3,20 +3,29 @@
 //! the submitter (right after enqueueing) or the worker's reader thread
 //! (right after a result), so a job goes from `submit` to the worker's
 //! socket without a thread hop.
+//!
+//! Each worker slot has one long-lived thread: it spawns the worker, reads
+//! its answers until it exits, settles what it held, and starts the
+//! replacement (scenario "restart" in `supervisor/README.md`). Spawning
+//! from that thread matters: `PR_SET_PDEATHSIG` fires when the *thread*
+//! that spawned a child exits (design.md, known traps).
 
-use std::collections::HashMap;
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering, fence};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::collections::{HashMap, VecDeque};
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
 use super::wire::{FromWorker, ToWorker, WireOutcome};
-use super::{BuildError, Core, Event, Outcome, Reply, Task, Work};
-use crate::job::Failure;
+use super::{BuildError, Core, Event, Outcome, Task, Work, lock};
+use crate::job::{Failure, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
+use crate::supervisor::monitor::{Control, Supervised};
+use crate::supervisor::{Intensity, PoolEvent, TERM_GRACE};
 
 /// Environment variable that tells a re-run executable it is worker N.
 pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
@@ -24,53 +33,137 @@ pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
 /// How long a worker that closed its port may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// How long `shutdown` waits for a stopped worker to exit before killing it.
+/// How long `stop` waits for a stopped worker to exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
+/// How long a new worker has to complete its handshake.
+const START_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How many of a worker's last stderr lines a crash report carries, and
+/// how long each may be.
+const STDERR_LINES: usize = 20;
+const STDERR_LINE_MAX: usize = 1000;
+
+/// How long an exited worker's stderr may stay open (held by a grandchild)
+/// before its crash is reported without the rest.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// SIGTERM (15 on every Unix portpool supports).
+const SIGTERM: i32 = 15;
+
+/// Why the pool itself ended a worker.
+#[derive(Debug)]
+enum EndReason {
+    /// To stop these cancelled or timed-out jobs; its other jobs are
+    /// innocent and go back to the queue.
+    Victims(Vec<u64>),
+    /// The shutdown's deadline passed.
+    Shutdown,
 }
 
-/// Wakes a shutdown that waits for the pool to go idle. Answers notify it
-/// only while someone waits, so the answer path makes no futex call.
-#[derive(Default)]
-pub(crate) struct Idle {
-    m: Mutex<()>,
-    cv: std::sync::Condvar,
-    waiting: AtomicBool,
-}
-
-impl Idle {
-    fn notify(&self) {
-        // SeqCst: pairs with the store in `shutdown`, which then re-checks
-        // the counters under the lock.
-        if self.waiting.load(Ordering::SeqCst) {
-            let _g = lock(&self.m);
-            self.cv.notify_all();
-        }
-    }
-}
-
+/// One worker process: one incarnation of a slot.
 struct Worker {
     id: usize,
+    epoch: u64,
     pid: u32,
     tx: IpcSender,
     /// Jobs sent and not answered.
     slots: AtomicUsize,
     alive: AtomicBool,
-    /// Each job id sent and not answered: where its answer goes, and how
-    /// many jobs it carries.
-    pending: Mutex<HashMap<u64, (Reply, u64)>>,
+    /// Each task sent and not answered, by id.
+    pending: Mutex<HashMap<u64, Task>>,
     child: Mutex<Option<Child>>,
+    ended_by: Mutex<Option<EndReason>>,
+    stderr: Arc<StderrTail>,
+}
+
+/// The last lines of a worker's stderr, kept by a thread that also passes
+/// them on to this process's stderr.
+#[derive(Default)]
+struct StderrTail {
+    lines: Mutex<VecDeque<String>>,
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StderrTail {
+    /// The lines so far, once the stream ended or `STDERR_GRACE` passed.
+    fn wait_lines(&self) -> Vec<String> {
+        let deadline = Instant::now() + STDERR_GRACE;
+        let mut done = lock(&self.done);
+        while !*done {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            done = self
+                .cv
+                .wait_timeout(done, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(done);
+        lock(&self.lines).iter().cloned().collect()
+    }
+}
+
+fn pass_stderr_on(id: usize, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
+    let mut r = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                // Passed on as written, so the worker's messages still reach
+                // whoever reads this process's stderr.
+                let _ = std::io::stderr().write_all(&line);
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let mut cut = text.len().min(STDERR_LINE_MAX);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let mut lines = lock(&tail.lines);
+                if lines.len() == STDERR_LINES {
+                    lines.pop_front();
+                }
+                lines.push_back(text[..cut].to_string());
+            }
+        }
+    }
+    log::trace!("worker {id}: stderr closed");
+    *lock(&tail.done) = true;
+    tail.cv.notify_all();
+}
+
+/// A worker slot: the current incarnation, if one is up.
+#[derive(Default)]
+struct Slot {
+    current: Mutex<Option<Arc<Worker>>>,
+    restarts: AtomicU64,
+}
+
+impl Slot {
+    fn current(&self) -> Option<Arc<Worker>> {
+        lock(&self.current).clone()
+    }
+}
+
+struct Shared {
+    core: Arc<Core>,
+    slots: Vec<Slot>,
+    k: usize,
+    template: Command,
+    intensity: Mutex<Intensity>,
+    /// Wakes slot threads waiting out a restart backoff when the pool stops.
+    stop_gate: (Mutex<()>, Condvar),
+    next: AtomicUsize,
 }
 
 pub(crate) struct Processes {
-    core: Arc<Core>,
-    workers: Vec<Arc<Worker>>,
-    readers: Vec<(JoinHandle<()>, Receiver<()>)>,
-    k: usize,
-    next: AtomicUsize,
-    idle: Arc<Idle>,
+    shared: Arc<Shared>,
+    threads: Mutex<Vec<(JoinHandle<()>, Receiver<()>)>>,
 }
 
 /// A fresh `Command` with the template's program, arguments, environment
@@ -126,174 +219,422 @@ impl Processes {
         template: Command,
         n: usize,
         k: usize,
-    ) -> Result<Processes, BuildError> {
-        let idle = Arc::new(Idle::default());
-        let mut procs = Processes {
-            core: core.clone(),
-            workers: Vec::with_capacity(n),
-            readers: Vec::with_capacity(n),
+    ) -> Result<Arc<Processes>, BuildError> {
+        let shared = Arc::new(Shared {
+            intensity: Mutex::new(Intensity::new(core.config.restart)),
+            core,
+            slots: (0..n).map(|_| Slot::default()).collect(),
             k,
+            template,
+            stop_gate: (Mutex::new(()), Condvar::new()),
             next: AtomicUsize::new(0),
-            idle: idle.clone(),
+        });
+        let procs = Processes {
+            shared: shared.clone(),
+            threads: Mutex::new(Vec::with_capacity(n)),
         };
-        // Each worker is spawned from its own reader thread, which lives as
-        // long as the worker: PR_SET_PDEATHSIG fires when the *thread* that
-        // spawned a child exits, so spawning from the caller's thread would
-        // kill the workers when that thread ends (design.md, known traps).
-        let template = Arc::new(template);
-        let mut started = Vec::with_capacity(n);
         let mut first_error = None;
+        let mut ready = Vec::with_capacity(n);
         for id in 0..n {
             let (ready_tx, ready_rx) = crossbeam_channel::bounded(1);
             let (done_tx, done_rx) = crossbeam_channel::bounded(1);
-            let (template, core2, idle2) = (template.clone(), core.clone(), idle.clone());
+            let shared = shared.clone();
             let spawned = std::thread::Builder::new()
-                .name(format!("portpool-reader-{id}"))
+                .name(format!("portpool-worker-{id}"))
                 .spawn(move || {
-                    match start_worker(&template, id) {
-                        Ok((w, rx)) => {
-                            let w = Arc::new(w);
-                            let _ = ready_tx.send(Ok(w.clone()));
-                            reader_loop(&w, rx, &core2, k, &idle2);
-                        }
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(e));
-                        }
-                    }
+                    slot_loop(&shared, id, ready_tx);
                     let _ = done_tx.send(());
                 })
-                .map_err(|e| BuildError::io(format!("could not start the reader of worker {id}"), e));
+                .map_err(|e| BuildError::io(format!("could not start the thread of worker {id}"), e));
             match spawned {
-                Ok(h) => started.push((h, done_rx, ready_rx)),
+                Ok(h) => {
+                    lock(&procs.threads).push((h, done_rx));
+                    ready.push(ready_rx);
+                }
                 Err(e) => {
-                    // The workers already starting are stopped below.
                     first_error = Some(e);
                     break;
                 }
             }
         }
-        for (h, done_rx, ready_rx) in started {
-            match ready_rx.recv() {
-                Ok(Ok(w)) => {
-                    procs.workers.push(w);
-                    procs.readers.push((h, done_rx));
-                }
+        for r in ready {
+            match r.recv() {
+                Ok(Ok(())) => {}
                 Ok(Err(e)) => {
-                    let _ = h.join();
                     first_error.get_or_insert(e);
                 }
                 Err(_) => {
-                    let _ = h.join();
                     first_error.get_or_insert(BuildError::new("a worker's start-up thread panicked"));
                 }
             }
         }
         if let Some(e) = first_error {
-            procs.shutdown();
+            shared.core.stopping.store(true, Ordering::Release);
+            procs.stop();
             return Err(e);
         }
-        Ok(procs)
+        Ok(Arc::new(procs))
     }
 
     /// Dispatches queued jobs to workers with free slots (after an enqueue).
     pub(crate) fn kick(&self) {
-        // SeqCst: the enqueue before this must be visible to a reader that
-        // frees a slot and then checks the queue (see `pump`).
-        fence(Ordering::SeqCst);
-        let n = self.workers.len();
-        // Relaxed: only spreads the starting point.
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let mut any_alive = false;
-        for i in 0..n {
-            let w = &self.workers[(start + i) % n];
-            // Acquire: pairs with the Release store when a worker dies.
-            if w.alive.load(Ordering::Acquire) {
-                any_alive = true;
-                pump(w, &self.core, self.k, true);
-            }
-            if self.core.queue_rx.is_empty() {
-                return;
-            }
-        }
-        if !any_alive {
-            self.core
-                .fail_queued(&Failure::Rejected("every worker of the pool has exited".into()));
-        }
+        self.shared.kick();
     }
 
     /// Sends `task` to worker `w` whatever its slots (broadcast).
     pub(crate) fn send_to(&self, w: usize, task: Task) {
-        let w = &self.workers[w];
-        // Acquire: pairs with the Release store when the worker dies.
-        if !w.alive.load(Ordering::Acquire) {
-            task.reply
-                .send(Event::Done(Outcome::Failed(Failure::WorkerExited {
-                    worker: w.id,
-                    pid: Some(w.pid),
-                    status: Some("it had exited before the job was sent".into()),
-                })));
+        let core = &self.shared.core;
+        let Some(worker) = self.shared.slots[w].current().filter(|w| w.alive.load(Ordering::Acquire)) else {
+            let jobs = task.jobs();
+            core.deliver_failure(
+                &task.state,
+                &task.reply,
+                jobs,
+                Failure::WorkerExited {
+                    worker: w,
+                    pid: None,
+                    status: Some("it was not running when the job was sent (it is restarting)".into()),
+                    stderr: Vec::new(),
+                },
+                Some(w),
+            );
             return;
-        }
+        };
         // SeqCst: as every other access to the slot count (see `pump`).
-        w.slots.fetch_add(1, Ordering::SeqCst);
-        dispatch(w, &self.core, task);
-        if let Err(e) = w.tx.flush() {
-            log::warn!("worker {}: could not send a broadcast job: {e}", w.id);
+        worker.slots.fetch_add(1, Ordering::SeqCst);
+        dispatch(&worker, core, task);
+        if let Err(e) = worker.tx.flush() {
+            log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
         }
     }
 
-    pub(crate) fn pids(&self) -> Vec<Option<u32>> {
-        self.workers.iter().map(|w| Some(w.pid)).collect()
+    pub(crate) fn pids_and_restarts(&self) -> (Vec<Option<u32>>, Vec<u64>) {
+        self.shared
+            .slots
+            .iter()
+            .map(|s| {
+                (
+                    s.current().map(|w| w.pid),
+                    // Relaxed: statistics only.
+                    s.restarts.load(Ordering::Relaxed),
+                )
+            })
+            .unzip()
     }
 
-    /// Waits until the queue is empty and nothing is in flight, then tells
-    /// each worker to stop and waits for it (killing one that does not exit).
-    pub(crate) fn shutdown(&mut self) {
-        let Idle { m, cv, waiting } = &*self.idle;
-        waiting.store(true, Ordering::SeqCst);
-        let mut guard = lock(m);
-        loop {
-            // Acquire/SeqCst: see `pump`; a dead worker's slots do not count.
-            let busy = self
-                .workers
-                .iter()
-                .any(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) > 0);
-            let any_alive = self.workers.iter().any(|w| w.alive.load(Ordering::Acquire));
-            if !any_alive || (!busy && self.core.queue_rx.is_empty()) {
-                break;
-            }
-            // The bound only guards against a missed notification.
-            guard = cv
-                .wait_timeout(guard, Duration::from_millis(50))
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        drop(guard);
-        for w in &self.workers {
-            if let Err(e) = w.tx.send(&ToWorker::Stop) {
-                log::debug!("worker {}: stop not sent ({e}); it is gone", w.id);
-            }
-        }
-        for (i, (h, done)) in self.readers.drain(..).enumerate() {
-            if done.recv_timeout(STOP_GRACE).is_err() {
-                if let Some(w) = self.workers.get(i) {
-                    log::warn!("worker {} did not stop within {STOP_GRACE:?}; killing it", w.id);
-                    if let Some(c) = lock(&w.child).as_mut() {
-                        let _ = c.kill();
-                    }
+    /// Whether any worker holds jobs.
+    pub(crate) fn busy(&self) -> bool {
+        self.shared.slots.iter().any(|s| {
+            s.current()
+                // Acquire/SeqCst: see `pump`; a dead worker's slots do not count.
+                .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) > 0)
+        })
+    }
+
+    /// Sends a control message (suspend, resume) to every live worker.
+    pub(crate) fn broadcast_control(&self, msg: &ToWorker<'_>) {
+        for s in &self.shared.slots {
+            if let Some(w) = s.current() {
+                if let Err(e) = w.tx.send(msg) {
+                    log::debug!("worker {}: {msg:?} not sent ({e}); it is exiting", w.id);
                 }
             }
+        }
+    }
+
+    /// The shutdown's deadline passed (scenario "shutdown"): SIGTERM every
+    /// worker, then SIGKILL those still alive after `TERM_GRACE`. Their
+    /// jobs fail with `Cancelled`.
+    pub(crate) fn terminate_all(&self) {
+        let core = &self.shared.core;
+        let live: Vec<Arc<Worker>> = self
+            .shared
+            .slots
+            .iter()
+            .filter_map(Slot::current)
+            .filter(|w| w.alive.load(Ordering::Acquire))
+            .collect();
+        for w in &live {
+            *lock(&w.ended_by) = Some(EndReason::Shutdown);
+            if w.signal(SIGTERM) {
+                // Relaxed: a count for the report.
+                core.killed_by_shutdown.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let deadline = Instant::now() + TERM_GRACE;
+        core.idle
+            .wait_until(deadline, || live.iter().all(|w| !w.alive.load(Ordering::Acquire)));
+        for w in &live {
+            if w.alive.load(Ordering::Acquire) {
+                log::warn!("worker {} (pid {}) ignored SIGTERM; killing it", w.id, w.pid);
+                w.kill();
+            }
+        }
+    }
+
+    /// Stops every worker and its slot thread (scenario "shutdown"): each
+    /// is told to stop and waited for; one that does not exit within
+    /// `STOP_GRACE` is killed.
+    pub(crate) fn stop(&self) {
+        let core = &self.shared.core;
+        core.stopping.store(true, Ordering::Release);
+        {
+            let (m, cv) = &self.shared.stop_gate;
+            let _g = lock(m);
+            cv.notify_all();
+        }
+        for s in &self.shared.slots {
+            if let Some(w) = s.current() {
+                if let Err(e) = w.tx.send(&ToWorker::Stop) {
+                    log::debug!("worker {}: stop not sent ({e}); it is gone", w.id);
+                }
+            }
+        }
+        let threads: Vec<_> = lock(&self.threads).drain(..).collect();
+        for (i, (h, done)) in threads.into_iter().enumerate() {
+            let mut finished = done.recv_timeout(STOP_GRACE).is_ok();
+            if !finished {
+                if let Some(w) = self.shared.slots.get(i).and_then(Slot::current) {
+                    log::warn!("worker {} did not stop within {STOP_GRACE:?}; killing it", w.id);
+                    *lock(&w.ended_by) = Some(EndReason::Shutdown);
+                    if w.kill() {
+                        // Relaxed: a count for the report.
+                        core.killed_by_shutdown.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                finished = done.recv_timeout(STOP_GRACE).is_ok();
+            }
+            if !finished {
+                log::error!("the thread of worker {i} did not finish; leaving it");
+                continue;
+            }
             if h.join().is_err() {
-                log::error!("reader thread {i} panicked");
+                log::error!("the thread of worker {i} panicked");
+            }
+        }
+    }
+
+    fn find(&self, worker: usize, epoch: u64) -> Option<Arc<Worker>> {
+        self.shared.slots.get(worker)?.current().filter(|w| w.epoch == epoch)
+    }
+}
+
+impl Worker {
+    /// Sends `sig` to the process if it has not been reaped. Returns
+    /// whether it was sent.
+    fn signal(&self, sig: i32) -> bool {
+        match lock(&self.child).as_ref() {
+            Some(c) => crate::sys::signal_child(c, sig).is_ok(),
+            None => false,
+        }
+    }
+
+    /// SIGKILL, if not reaped yet.
+    fn kill(&self) -> bool {
+        match lock(&self.child).as_mut() {
+            Some(c) => c.kill().is_ok(),
+            None => false,
+        }
+    }
+
+    /// Asks the worker to stop job `id` (its handler sees `is_cancelled`).
+    fn send_cancel(&self, id: u64) {
+        if let Err(e) = self.tx.send(&ToWorker::Cancel { id }) {
+            log::debug!("worker {}: cancel of job {id} not sent ({e})", self.id);
+        }
+    }
+}
+
+impl Supervised for Processes {
+    fn cancel_running(&self, id: u64) -> Option<(usize, u64)> {
+        for s in &self.shared.slots {
+            let Some(w) = s.current() else { continue };
+            if lock(&w.pending).contains_key(&id) {
+                w.send_cancel(id);
+                return Some((w.id, w.epoch));
+            }
+        }
+        None
+    }
+
+    fn time_out(&self, id: u64, worker: usize, epoch: u64, after: Duration) -> bool {
+        let Some(w) = self.find(worker, epoch) else {
+            return false;
+        };
+        let core = &self.shared.core;
+        let settled = {
+            let pending = lock(&w.pending);
+            let Some(t) = pending.get(&id) else {
+                return false;
+            };
+            t.state.cancel();
+            core.deliver_failure(
+                &t.state,
+                &t.reply,
+                t.jobs(),
+                Failure::TimedOut(TimeoutPhase::Run, after),
+                Some(worker),
+            )
+        };
+        if settled {
+            log::warn!("job {id} on worker {worker} ran past its timeout of {after:?}");
+            w.send_cancel(id);
+        }
+        settled
+    }
+
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool {
+        let Some(w) = self.find(worker, epoch) else {
+            return false;
+        };
+        if !lock(&w.pending).contains_key(&id) {
+            return false;
+        }
+        log::warn!(
+            "worker {worker} (pid {}): job {id} did not stop within its grace period; terminating the worker",
+            w.pid
+        );
+        {
+            let mut ended = lock(&w.ended_by);
+            match &mut *ended {
+                Some(EndReason::Victims(ids)) => ids.push(id),
+                Some(EndReason::Shutdown) => {}
+                None => *ended = Some(EndReason::Victims(vec![id])),
+            }
+        }
+        w.signal(SIGTERM)
+    }
+
+    fn kill(&self, worker: usize, epoch: u64) {
+        if let Some(w) = self.find(worker, epoch) {
+            if w.alive.load(Ordering::Acquire) && w.kill() {
+                log::warn!("worker {worker} (pid {}) outlived SIGTERM; killed", w.pid);
             }
         }
     }
 }
 
-fn start_worker(template: &Command, id: usize) -> Result<(Worker, IpcReceiver), BuildError> {
+impl Shared {
+    fn kick(&self) {
+        // SeqCst: the enqueue before this must be visible to a reader that
+        // frees a slot and then checks the queue (see `pump`).
+        fence(Ordering::SeqCst);
+        let n = self.slots.len();
+        // Relaxed: only spreads the starting point.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(w) = self.slots[(start + i) % n].current() {
+                pump(&w, &self.core, self.k, true);
+            }
+            if !self.core.has_queued() {
+                return;
+            }
+        }
+    }
+
+    /// Waits `d` unless the pool stops first; returns whether it may go on.
+    fn backoff(&self, d: Duration) -> bool {
+        let deadline = Instant::now() + d;
+        let (m, cv) = &self.stop_gate;
+        let mut g = lock(m);
+        loop {
+            if self.core.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// A slot's life: start a worker, serve it until it exits, settle what it
+/// held, restart it within the policy (scenario "restart").
+fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result<(), BuildError>>) {
+    let core = &shared.core;
+    let slot = &shared.slots[id];
+    let mut ready = Some(ready);
+    let mut epoch = 0u64;
+    loop {
+        epoch += 1;
+        let why = match start_worker(&shared.template, id, epoch) {
+            Ok((w, rx)) => {
+                let w = Arc::new(w);
+                *lock(&slot.current) = Some(w.clone());
+                if core.suspended.load(Ordering::Acquire) {
+                    let _ = w.tx.send(&ToWorker::Suspend);
+                }
+                core.event(PoolEvent::WorkerStarted {
+                    worker: id,
+                    pid: Some(w.pid),
+                    // Relaxed: statistics only.
+                    restarts: slot.restarts.load(Ordering::Relaxed),
+                });
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(()));
+                }
+                // Work may have queued up while the slot was empty.
+                pump(&w, core, shared.k, true);
+                let exit = reader_loop(&w, rx, shared);
+                *lock(&slot.current) = None;
+                if exit.expected || core.stopping.load(Ordering::Acquire) {
+                    if core.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // The pool ended it (a cancelled job's worker): replace
+                    // it at once, without counting a restart.
+                    slot.restarts.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                format!("worker {id} (pid {}) exited: {}", w.pid, exit.status)
+            }
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                let reason = e.to_string();
+                core.event(PoolEvent::StartFailed {
+                    worker: id,
+                    reason: reason.clone(),
+                });
+                reason
+            }
+        };
+        if core.stopping.load(Ordering::Acquire) || core.failure().is_some() {
+            return;
+        }
+        let allowed = lock(&shared.intensity).restart(Instant::now());
+        match allowed {
+            Ok(wait) => {
+                if !shared.backoff(wait) {
+                    return;
+                }
+                // Relaxed: statistics only.
+                slot.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(n) => {
+                let p = core.config.restart;
+                core.fail_pool(format!(
+                    "{n} restart(s) within {:?} reached the limit of {}; the last: {why}",
+                    p.period, p.max_restarts
+                ));
+                return;
+            }
+        }
+    }
+}
+
+fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, IpcReceiver), BuildError> {
     let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
     cmd.env(WORKER_ID_ENV, id.to_string());
+    cmd.stderr(Stdio::piped());
     let mut child = theirs.spawn(cmd).map_err(|e| {
         BuildError::io(
             format!("could not start worker {id} ({:?})", template.get_program()),
@@ -301,8 +642,21 @@ fn start_worker(template: &Command, id: usize) -> Result<(Worker, IpcReceiver), 
         )
     })?;
     let pid = child.id();
+    let stderr = Arc::new(StderrTail::default());
+    if let Some(pipe) = child.stderr.take() {
+        let tail = stderr.clone();
+        let spawned = std::thread::Builder::new()
+            .name(format!("portpool-stderr-{id}"))
+            .spawn(move || pass_stderr_on(id, pipe, tail));
+        if let Err(e) = spawned {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BuildError::io(format!("could not start worker {id}'s stderr reader"), e));
+        }
+    }
     let opts = ConnectOptions {
         role: Role::Supervisor,
+        timeout: START_TIMEOUT,
         ..ConnectOptions::default()
     };
     let ipc = match ours.connect_with(opts) {
@@ -318,23 +672,29 @@ fn start_worker(template: &Command, id: usize) -> Result<(Worker, IpcReceiver), 
         Err(e) => {
             let _ = child.kill();
             let status = child.wait().map(describe_status).unwrap_or_default();
+            let tail = stderr.wait_lines();
+            let last = tail.last().map(|l| format!("; its stderr ended with: {l}")).unwrap_or_default();
             return Err(BuildError::io(
-                format!("worker {id} (pid {pid}) did not complete its handshake ({status})"),
+                format!("worker {id} (pid {pid}) did not complete its handshake ({status}{last})"),
                 e,
             ));
         }
     };
-    log::info!("worker {id} started (pid {pid})");
+    // The pool's own connections do not keep a runtime alive; the pool does.
+    ipc.unref();
     let (tx, rx) = ipc.split();
     Ok((
         Worker {
             id,
+            epoch,
             pid,
             tx,
             slots: AtomicUsize::new(0),
             alive: AtomicBool::new(true),
             pending: Mutex::new(HashMap::new()),
             child: Mutex::new(Some(child)),
+            ended_by: Mutex::new(None),
+            stderr,
         },
         rx,
     ))
@@ -345,8 +705,9 @@ fn start_worker(template: &Command, id: usize) -> Result<(Worker, IpcReceiver), 
 fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
     let mut sent = false;
     loop {
-        // Acquire: pairs with the Release store when the worker dies.
-        if !w.alive.load(Ordering::Acquire) {
+        // Acquire: pairs with the Release store when the worker dies or
+        // the pool is suspended.
+        if !w.alive.load(Ordering::Acquire) || core.suspended.load(Ordering::Acquire) {
             break;
         }
         // SeqCst throughout: "free a slot, then look at the queue" here and
@@ -361,21 +722,22 @@ fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
         {
             continue;
         }
-        match core.queue_rx.try_recv() {
-            Ok(Work::Task(t)) => {
-                if t.is_cancelled() {
+        match core.pop() {
+            Some(Work::Task(t)) => {
+                if t.state.is_settled() {
+                    // Cancelled (or past its queue deadline) while queued:
+                    // dropped without reaching the worker.
                     w.slots.fetch_sub(1, Ordering::SeqCst);
-                    core.counters[w.id].finish_n(0, t.jobs());
-                    t.reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
+                    core.count_settled_elsewhere(&t.state, t.jobs());
                     continue;
                 }
                 dispatch(w, core, t);
                 sent = true;
             }
-            Ok(Work::Stop) | Err(_) => {
+            Some(Work::Stop) | None => {
                 w.slots.fetch_sub(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
-                if core.queue_rx.is_empty() {
+                if !core.has_queued() {
                     break;
                 }
             }
@@ -392,18 +754,41 @@ fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
 }
 
 /// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
-fn dispatch(w: &Worker, core: &Core, t: Task) {
+fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     let jobs = t.jobs();
-    lock(&w.pending).insert(t.id, (t.reply.clone(), jobs));
+    let id = t.id;
+    t.state.mark_dispatched();
     // Relaxed: statistics only.
     core.counters[w.id]
         .running
         .fetch_add(jobs as usize, Ordering::Relaxed);
+    // The task is pending before its frame can reach the worker (the
+    // answer may come back at once); the job value is encoded from here
+    // and put back, so a crash can send the task to another worker.
+    let job = std::mem::replace(&mut t.job, Box::new(()));
+    let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
+    let cancelled = t.state.is_cancelled();
+    lock(&w.pending).insert(id, t);
     // Encoding runs the job's Serialize impl, which may panic: that fails
     // this job, not the thread that dispatches (it may be a reader).
-    let sent = crate::job::catch(|| (t.send_job)(&w.tx, &t.head(), &*t.job));
+    let sent = crate::job::catch(|| send_job(&w.tx, &head, &*job));
     let failure = match sent {
         Ok(Ok(())) => {
+            if let Some(t) = lock(&w.pending).get_mut(&id) {
+                t.job = job;
+            }
+            if let Some(after) = timeout {
+                let _ = core.control.send(Control::RunDeadline {
+                    id,
+                    worker: w.id,
+                    epoch: w.epoch,
+                    after,
+                });
+            }
+            if cancelled {
+                // Its ticket's cancel may have looked before it was pending.
+                let _ = core.control.send(Control::Cancel { id });
+            }
             // The worker may have died between our `alive` check and the
             // insert above, after its reader failed what was pending: then
             // nobody else will answer this job. (Acquire: pairs with the
@@ -416,6 +801,7 @@ fn dispatch(w: &Worker, core: &Core, t: Task) {
                 worker: w.id,
                 pid: Some(w.pid),
                 status: Some("it exited as the job was sent".into()),
+                stderr: Vec::new(),
             }
         }
         Ok(Err(crate::error::SendError::Encode(e))) => {
@@ -429,6 +815,7 @@ fn dispatch(w: &Worker, core: &Core, t: Task) {
             worker: w.id,
             pid: Some(w.pid),
             status: Some(format!("its port failed: {other}")),
+            stderr: Vec::new(),
         },
         Err(Failure::Panicked(msg)) => Failure::Codec(
             crate::job::Side::Supervisor,
@@ -438,18 +825,28 @@ fn dispatch(w: &Worker, core: &Core, t: Task) {
     };
     // Only the side that takes the job out of `pending` answers it, so a
     // job failed here and by the reader still gets exactly one outcome.
-    if lock(&w.pending).remove(&t.id).is_some() {
+    let taken = lock(&w.pending).remove(&id);
+    if let Some(t) = taken {
         w.slots.fetch_sub(1, Ordering::SeqCst);
         core.counters[w.id]
             .running
             .fetch_sub(jobs as usize, Ordering::Relaxed);
-        core.counters[w.id].finish_n(0, jobs);
-        t.reply.send(Event::Done(Outcome::Failed(failure)));
+        core.deliver_failure(&t.state, &t.reply, jobs, failure, Some(w.id));
     }
 }
 
-/// Reads a worker's answers until its port closes, then reports its exit.
-fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Idle) {
+/// How a worker's reader loop ended.
+struct Exit {
+    status: String,
+    /// The pool ended the worker itself.
+    expected: bool,
+}
+
+/// Reads a worker's answers until its port closes, then settles what it
+/// held: retried, re-queued or failed (scenario "crash").
+fn reader_loop(w: &Worker, mut rx: IpcReceiver, shared: &Shared) -> Exit {
+    let core = &*shared.core;
+    let k = shared.k;
     let counters = &core.counters[w.id];
     let why = loop {
         let msg = match rx.recv::<FromWorker>() {
@@ -459,15 +856,16 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Id
         };
         match msg {
             FromWorker::Progress { id, payload } => {
-                if let Some((r, _)) = lock(&w.pending).get(&id) {
-                    r.send(Event::Progress(payload));
+                if let Some(t) = lock(&w.pending).get(&id) {
+                    t.reply.send(Event::Progress(payload));
                 }
             }
             FromWorker::Done { id, outcome } => {
-                let Some((reply, jobs)) = lock(&w.pending).remove(&id) else {
+                let Some(t) = lock(&w.pending).remove(&id) else {
                     log::warn!("worker {} answered job {id}, which it was not given", w.id);
                     continue;
                 };
+                let jobs = t.jobs();
                 let (outcome, failed) = match outcome {
                     WireOutcome::Ran(b) => (Outcome::Bytes(b), 0),
                     WireOutcome::RanChunk { bytes, failed } => {
@@ -477,9 +875,15 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Id
                 };
                 // Relaxed: statistics only.
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
-                counters.finish_n(jobs - failed, failed);
-                log::trace!("worker {}: job {id} done", w.id);
-                reply.send(Event::Done(outcome));
+                if t.state.settle() {
+                    counters.finish_n(jobs - failed, failed);
+                    log::trace!("worker {}: job {id} done", w.id);
+                    t.reply.send(Event::Done(outcome));
+                } else {
+                    // Cancelled or timed out meanwhile: its outcome is out.
+                    core.count_settled_elsewhere(&t.state, jobs);
+                }
+                drop(t);
                 w.slots.fetch_sub(1, Ordering::SeqCst);
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
@@ -489,7 +893,7 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Id
                     if let Err(e) = w.tx.flush() {
                         log::debug!("worker {}: flush failed ({e}); the port is closing", w.id);
                     }
-                    idle.notify();
+                    core.idle.notify();
                 }
             }
         }
@@ -498,32 +902,66 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, core: &Core, k: usize, idle: &Id
     // Release: pairs with the Acquire loads in `kick` and `pump`.
     w.alive.store(false, Ordering::Release);
     let status = reap(w);
-    match &why {
-        Some(e) => log::error!(
-            "worker {} (pid {}) broke its protocol: {e}; {status}",
-            w.id,
-            w.pid
-        ),
-        None => log::info!("worker {} (pid {}) exited: {status}", w.id, w.pid),
-    }
+    let stderr = w.stderr.wait_lines();
+    let status = match &why {
+        Some(e) => format!("it broke its protocol ({e}); {status}"),
+        None => status,
+    };
+    let ended_by = lock(&w.ended_by).take();
+    let stopping = core.stopping.load(Ordering::Acquire);
     let failure = Failure::WorkerExited {
         worker: w.id,
         pid: Some(w.pid),
-        status: Some(status),
+        status: Some(status.clone()),
+        stderr,
     };
-    for (_, (reply, jobs)) in lock(&w.pending).drain() {
+    let held: Vec<Task> = lock(&w.pending).drain().map(|(_, t)| t).collect();
+    let jobs_held = held.len();
+    let mut requeued = false;
+    for t in held {
+        let jobs = t.jobs();
         counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
-        counters.finish_n(0, jobs);
-        reply.send(Event::Done(Outcome::Failed(failure.clone())));
+        let retry = match &ended_by {
+            // Its neighbours did nothing wrong: back to the queue, no
+            // retry spent (scenario "cancel").
+            Some(EndReason::Victims(ids)) => !ids.contains(&t.id),
+            Some(EndReason::Shutdown) => false,
+            // A crash: retried if it has retries left (scenario "retry").
+            None => t.retries > 0 && !stopping,
+        };
+        // A task whose job value was out for encoding when the worker died
+        // cannot be sent again (`dispatch`).
+        let retry = retry && !t.job.is::<()>() && !t.state.is_settled() && core.failure().is_none();
+        if retry {
+            let mut t = t;
+            if ended_by.is_none() {
+                t.retries -= 1;
+                log::info!("job {} lost with worker {}: retrying ({} left)", t.id, w.id, t.retries);
+            }
+            core.requeue(t);
+            requeued = true;
+            continue;
+        }
+        let f = match ended_by {
+            Some(EndReason::Shutdown) => Failure::Cancelled,
+            _ => failure.clone(),
+        };
+        core.deliver_failure(&t.state, &t.reply, jobs, f, Some(w.id));
     }
     w.slots.store(0, Ordering::SeqCst);
-    // The last worker gone: queued jobs can never run; fail them now rather
-    // than when the next submit or the shutdown notices.
-    // AcqRel: each reader decrements once; the last one sees 1.
-    if core.live_workers.fetch_sub(1, Ordering::AcqRel) == 1 {
-        core.fail_queued(&Failure::Rejected("every worker of the pool has exited".into()));
+    let expected = ended_by.is_some() || stopping;
+    core.event(PoolEvent::WorkerExited {
+        worker: w.id,
+        pid: Some(w.pid),
+        status: status.clone(),
+        jobs_held,
+        expected,
+    });
+    if requeued {
+        shared.kick();
     }
-    idle.notify();
+    core.idle.notify();
+    Exit { status, expected }
 }
 
 /// Waits for the worker process to exit (killing it if it lingers after

@@ -1,11 +1,87 @@
 //! The loop a process worker runs: take jobs from the port, run them with
 //! the worker's [`Handlers`], send the answers back.
 
+use std::collections::{HashSet, VecDeque};
 use std::io;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 use super::wire::{FromWorker, ToWorker, WireOutcome};
-use crate::job::{Context, Handlers, ProgressSink};
+use crate::job::{CancelSource, Context, Failure, Handlers, ProgressSink};
 use crate::port::Ipc;
+
+/// How often a handler's `is_cancelled` looks at the port.
+const CANCEL_POLL: Duration = Duration::from_millis(1);
+
+/// More remembered cancels than this means the supervisor cancelled jobs
+/// that had already finished here; forget them.
+const MAX_REMEMBERED_CANCELS: usize = 4096;
+
+/// The worker's side of the port, shared between the serve loop (between
+/// jobs) and a running handler's [`Context::is_cancelled`] (during one).
+pub(crate) struct Inbox {
+    state: Mutex<InboxState>,
+}
+
+struct InboxState {
+    ipc: Ipc,
+    /// Frames read while a handler looked for cancels, in arrival order.
+    backlog: VecDeque<Vec<u8>>,
+    /// Jobs the supervisor cancelled.
+    cancelled: HashSet<u64>,
+    last_poll: Option<Instant>,
+}
+
+impl InboxState {
+    /// Reads every frame already here: cancels are noted, anything else
+    /// waits in the backlog for the serve loop.
+    fn poll(&mut self) -> io::Result<()> {
+        while self.ipc.has_frame()? {
+            let frame = self.ipc.recv_bytes()?;
+            match postcard::take_from_bytes::<ToWorker<'_>>(&frame) {
+                Ok((ToWorker::Cancel { id }, _)) => self.note_cancel(id),
+                _ => self.backlog.push_back(frame),
+            }
+        }
+        Ok(())
+    }
+
+    fn note_cancel(&mut self, id: u64) {
+        if self.cancelled.len() >= MAX_REMEMBERED_CANCELS {
+            self.cancelled.clear();
+        }
+        self.cancelled.insert(id);
+    }
+}
+
+impl Inbox {
+    /// Whether job `id` was cancelled; reads the port at most once per
+    /// [`CANCEL_POLL`].
+    pub(crate) fn is_cancelled(&self, id: u64) -> bool {
+        // Another thread of the handler may be looking right now: it will
+        // see the cancel; this caller sees it on its next call.
+        let Ok(mut s) = self.state.try_lock() else {
+            return false;
+        };
+        if s.cancelled.contains(&id) {
+            return true;
+        }
+        let now = Instant::now();
+        if s.last_poll.is_some_and(|t| now.duration_since(t) < CANCEL_POLL) {
+            return false;
+        }
+        s.last_poll = Some(now);
+        if let Err(e) = s.poll() {
+            // The serve loop meets the same error on its next read.
+            log::debug!("looking for cancels: {e}");
+        }
+        s.cancelled.contains(&id)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, InboxState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
 
 /// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
 ///
@@ -13,52 +89,95 @@ use crate::port::Ipc;
 /// already waiting, so pipelined jobs cost one write per batch. A job that
 /// fails to decode, a route without a handler, a panicking handler or a
 /// result that fails to encode fails that job only; the loop goes on.
+/// A cancel for a job not yet started fails it without running it; a
+/// running handler sees it through [`Context::is_cancelled`]. Suspend and
+/// resume messages run the handlers' hooks.
 /// Returns `Ok(())` when told to stop or when the supervisor closed the
 /// port; an error if the port broke.
-pub fn serve(mut ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> {
+pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> {
     let tx = ipc.sender().clone();
+    let inbox = std::sync::Arc::new(Inbox {
+        state: Mutex::new(InboxState {
+            ipc,
+            backlog: VecDeque::new(),
+            cancelled: HashSet::new(),
+            last_poll: None,
+        }),
+    });
     let mut buf = Vec::new();
     loop {
-        // Phase 1: write the answers queued so far before blocking.
-        // (Reading incoming jobs meanwhile if the supervisor, busy writing
-        // to us, is not reading: README "Writing while the peer writes".)
-        if !ipc.has_frame()? {
-            ipc.flush_reading()?;
-        }
-        // Phase 2: take the next frame.
-        match ipc.recv_bytes_into(&mut buf) {
-            Ok(_) => {}
-            Err(e) if e.is_disconnected() => return Ok(()),
-            Err(e) => return Err(e.into()),
+        let mut s = inbox.lock();
+        match s.backlog.pop_front() {
+            Some(frame) => buf = frame,
+            None => {
+                // Phase 1: write the answers queued so far before blocking.
+                // (Reading incoming jobs meanwhile if the supervisor, busy
+                // writing to us, is not reading: README "Writing while the
+                // peer writes".)
+                if !s.ipc.has_frame()? {
+                    s.ipc.flush_reading()?;
+                }
+                // Phase 2: take the next frame.
+                match s.ipc.recv_bytes_into(&mut buf) {
+                    Ok(_) => {}
+                    Err(e) if e.is_disconnected() => return Ok(()),
+                    Err(e) => return Err(e.into()),
+                }
+            }
         }
         let (head, job) = postcard::take_from_bytes::<ToWorker<'_>>(&buf).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("the supervisor sent a frame that is not a job or a stop: {e}"),
+                format!("the supervisor sent a frame that is not a job or a control: {e}"),
             )
         })?;
         // Phase 3: run it and queue the answer.
-        match head {
+        let (id, outcome) = match head {
             ToWorker::Stop => {
-                ipc.flush_reading()?;
+                s.ipc.flush_reading()?;
                 return Ok(());
             }
+            ToWorker::Cancel { id } => {
+                s.note_cancel(id);
+                continue;
+            }
+            ToWorker::Suspend | ToWorker::Resume => {
+                drop(s);
+                handlers.run_hooks(matches!(head, ToWorker::Suspend));
+                continue;
+            }
+            ToWorker::Job { id, .. } | ToWorker::Batch { id, .. } if s.cancelled.remove(&id) => {
+                (id, WireOutcome::Failed(Failure::Cancelled))
+            }
             ToWorker::Job { id, route } => {
-                let cx = Context::new(worker_id, None, ProgressSink::Port(tx.clone(), id));
+                drop(s);
+                let cx = Context::new(
+                    worker_id,
+                    CancelSource::Remote(inbox.clone(), id),
+                    ProgressSink::Port(tx.clone(), id),
+                );
                 let outcome = match handlers.call_bytes(route, job, &cx) {
                     Ok(bytes) => WireOutcome::Ran(bytes),
                     Err(f) => WireOutcome::Failed(f),
                 };
-                tx.feed(&FromWorker::Done { id, outcome })?;
+                inbox.lock().cancelled.remove(&id);
+                (id, outcome)
             }
             ToWorker::Batch { id, route, count } => {
-                let cx = Context::new(worker_id, None, ProgressSink::Discard);
+                drop(s);
+                let cx = Context::new(
+                    worker_id,
+                    CancelSource::Remote(inbox.clone(), id),
+                    ProgressSink::Discard,
+                );
                 let outcome = match handlers.call_batch_bytes(route, job, count as usize, &cx) {
                     Ok((bytes, failed)) => WireOutcome::RanChunk { bytes, failed },
                     Err(f) => WireOutcome::Failed(f),
                 };
-                tx.feed(&FromWorker::Done { id, outcome })?;
+                inbox.lock().cancelled.remove(&id);
+                (id, outcome)
             }
-        }
+        };
+        tx.feed(&FromWorker::Done { id, outcome })?;
     }
 }

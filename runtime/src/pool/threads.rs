@@ -1,153 +1,352 @@
 //! Thread workers: each takes jobs from the shared queue (or its own
 //! channel, for broadcasts) and runs them in this process, as Rust values.
+//!
+//! A thread cannot be killed. A job past its run timeout, or cancelled, is
+//! settled at once (`TimedOut` or `Cancelled`) and its handler sees
+//! `is_cancelled`; if the handler has not returned within the grace
+//! period, the thread is *abandoned*: a replacement takes its place, and
+//! the old thread exits as soon as its handler returns, dropping what it
+//! produced (scenario "thread timeout" in `supervisor/README.md`).
 
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
-use super::{BuildError, Core, Event, Outcome, Task, Work};
-use crate::job::{Context, Failure, Handlers, ProgressSink};
+use super::{BuildError, Core, Event, Outcome, Reply, Task, Work, lock};
+use crate::job::{CancelSource, Context, Failure, Handlers, JobState, ProgressSink, TimeoutPhase};
+use crate::supervisor::PoolEvent;
+use crate::supervisor::monitor::{Control, Supervised};
+
+/// How long `stop` waits for a thread to finish before leaving it.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// The job a thread runs now (jobs with a ticket or a timeout only; a
+/// `map` chunk without a timeout is not tracked).
+struct Running {
+    id: u64,
+    epoch: u64,
+    jobs: u64,
+    state: Arc<JobState>,
+    reply: Reply,
+}
+
+struct TSlot {
+    private_tx: Sender<Task>,
+    private_rx: Receiver<Task>,
+    running: Mutex<Option<Running>>,
+    /// The current thread's generation, and its "you were replaced" flag.
+    current: Mutex<(u64, Arc<AtomicBool>)>,
+    restarts: AtomicU64,
+}
 
 pub(crate) struct Threads {
-    private: Vec<Sender<Task>>,
-    handles: Vec<JoinHandle<()>>,
+    me: std::sync::Weak<Threads>,
     core: Arc<Core>,
+    handlers: Handlers,
+    slots: Vec<TSlot>,
+    /// Every thread started, with a channel that closes when it ends.
+    handles: Mutex<Vec<(usize, JoinHandle<()>, Receiver<()>)>>,
 }
 
 impl Threads {
-    pub(crate) fn spawn(core: Arc<Core>, handlers: Handlers, n: usize) -> Result<Threads, BuildError> {
-        let mut private = Vec::with_capacity(n);
-        let mut handles = Vec::with_capacity(n);
+    pub(crate) fn spawn(core: Arc<Core>, handlers: Handlers, n: usize) -> Result<Arc<Threads>, BuildError> {
+        let slots = (0..n)
+            .map(|_| {
+                let (tx, rx) = crossbeam_channel::unbounded();
+                TSlot {
+                    private_tx: tx,
+                    private_rx: rx,
+                    running: Mutex::new(None),
+                    current: Mutex::new((0, Arc::new(AtomicBool::new(false)))),
+                    restarts: AtomicU64::new(0),
+                }
+            })
+            .collect();
+        let threads = Arc::new_cyclic(|me| Threads {
+            me: me.clone(),
+            core,
+            handlers,
+            slots,
+            handles: Mutex::new(Vec::with_capacity(n)),
+        });
         for id in 0..n {
-            let (tx, rx) = crossbeam_channel::unbounded();
-            private.push(tx);
-            let core2 = core.clone();
-            let handlers = handlers.clone();
-            let spawned = std::thread::Builder::new()
-                .name(format!("portpool-worker-{id}"))
-                .spawn(move || worker_loop(id, &core2, &handlers, &rx));
-            match spawned {
-                Ok(h) => {
-                    log::info!("worker {id} started (thread)");
-                    handles.push(h);
-                }
-                Err(e) => {
-                    // Stop the workers already running before giving up.
-                    let mut started = Threads {
-                        private,
-                        handles,
-                        core,
-                    };
-                    started.shutdown();
-                    return Err(BuildError::io(format!("could not start worker thread {id}"), e));
-                }
+            if let Err(e) = threads.start(id, 0) {
+                // Stop the workers already running before giving up.
+                threads.stop();
+                return Err(BuildError::io(format!("could not start worker thread {id}"), e));
             }
         }
-        Ok(Threads {
-            private,
-            handles,
-            core,
-        })
+        Ok(threads)
+    }
+
+    /// Starts the thread of slot `id`, generation `epoch`.
+    fn start(self: &Arc<Self>, id: usize, epoch: u64) -> std::io::Result<()> {
+        let abandoned = Arc::new(AtomicBool::new(false));
+        *lock(&self.slots[id].current) = (epoch, abandoned.clone());
+        let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
+        let me = self.clone();
+        let h = std::thread::Builder::new()
+            .name(format!("portpool-worker-{id}"))
+            .spawn(move || {
+                let _done = done_tx; // dropped when the thread ends
+                me.worker_loop(id, epoch, &abandoned);
+            })?;
+        lock(&self.handles).push((id, h, done_rx));
+        self.core.event(PoolEvent::WorkerStarted {
+            worker: id,
+            pid: None,
+            // Relaxed: statistics only.
+            restarts: self.slots[id].restarts.load(Ordering::Relaxed),
+        });
+        Ok(())
     }
 
     /// Gives `task` to worker `w` directly (broadcast).
     pub(crate) fn send_to(&self, w: usize, task: Task) {
-        if let Err(e) = self.private[w].send(task) {
-            e.0.reply.send(Event::Done(Outcome::Failed(Failure::Rejected(
-                "the worker has stopped".into(),
-            ))));
+        if let Err(e) = self.slots[w].private_tx.send(task) {
+            let t = e.0;
+            let jobs = t.jobs();
+            self.core.deliver_failure(
+                &t.state,
+                &t.reply,
+                jobs,
+                Failure::Rejected("the worker has stopped".into()),
+                Some(w),
+            );
         }
     }
 
-    /// Lets every worker finish what is queued, then stops and joins them.
-    pub(crate) fn shutdown(&mut self) {
-        for _ in 0..self.handles.len() {
-            // One Stop per worker, behind every task queued before it.
+    pub(crate) fn restarts(&self) -> Vec<u64> {
+        // Relaxed: statistics only.
+        self.slots.iter().map(|s| s.restarts.load(Ordering::Relaxed)).collect()
+    }
+
+    /// Whether any worker runs a job.
+    pub(crate) fn busy(&self) -> bool {
+        // Relaxed: a hint re-checked under the idle lock; a thread that took
+        // a task but has not counted it yet finishes it before its Stop.
+        self.core.counters.iter().any(|c| c.running.load(Ordering::Relaxed) > 0)
+            || self.slots.iter().any(|s| !s.private_rx.is_empty())
+    }
+
+    /// The shutdown's deadline passed: every tracked running job is
+    /// cancelled (its handler sees the flag, its ticket `Cancelled`).
+    pub(crate) fn cancel_running(&self) {
+        for s in &self.slots {
+            if let Some(r) = lock(&s.running).as_ref() {
+                r.state.cancel();
+                self.core
+                    .deliver_failure(&r.state, &r.reply, r.jobs, Failure::Cancelled, None);
+            }
+        }
+    }
+
+    /// Stops every thread: one `Stop` each behind the queued tasks, then
+    /// joins them. A thread still in a handler after `STOP_GRACE` (or a
+    /// short grace once hurried) is left; returns how many were.
+    pub(crate) fn stop(&self) -> usize {
+        for _ in 0..self.slots.len() {
             if self.core.queue_tx.send(Work::Stop).is_err() {
                 break;
             }
         }
-        for (id, h) in self.handles.drain(..).enumerate() {
+        let handles: Vec<_> = lock(&self.handles).drain(..).collect();
+        let grace = if self.core.hurry.load(Ordering::Acquire) {
+            crate::supervisor::TERM_GRACE
+        } else {
+            STOP_GRACE
+        };
+        let deadline = Instant::now() + grace;
+        let mut abandoned = 0;
+        for (id, h, done) in handles {
+            // Nothing is ever sent: the channel disconnects when the thread ends.
+            if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_deadline(deadline) {
+                log::error!("worker thread {id} is still in a handler; leaving it (threads cannot be killed)");
+                abandoned += 1;
+                continue;
+            }
             if h.join().is_err() {
                 log::error!("worker thread {id} panicked outside a job");
             }
-            log::info!("worker {id} stopped (thread)");
         }
-        // Broadcast copies that arrived after a worker's Stop.
-        for tx in self.private.drain(..) {
-            drop(tx);
-        }
+        log::info!("thread workers stopped");
+        abandoned
     }
-}
 
-/// The worker loop: take, run, answer. Ends on `Stop`.
-fn worker_loop(id: usize, core: &Core, handlers: &Handlers, private: &Receiver<Task>) {
-    let counters = &core.counters[id];
-    loop {
-        // Phase 1: take a task (a broadcast copy first, if any).
-        let task = match private.try_recv() {
-            Ok(t) => t,
-            Err(_) => select! {
-                recv(private) -> t => match t {
-                    Ok(t) => t,
-                    Err(_) => continue,
+    /// The worker loop: take, run, answer. Ends on `Stop`, or after its job
+    /// if it was abandoned.
+    fn worker_loop(self: &Arc<Self>, id: usize, epoch: u64, abandoned: &AtomicBool) {
+        let core = &*self.core;
+        let slot = &self.slots[id];
+        let counters = &core.counters[id];
+        loop {
+            // Phase 1: take a task (a broadcast copy first, if any).
+            let task = match slot.private_rx.try_recv() {
+                Ok(t) => t,
+                Err(_) => select! {
+                    recv(slot.private_rx) -> t => match t {
+                        Ok(t) => t,
+                        Err(_) => continue,
+                    },
+                    recv(core.queue_rx) -> w => match w {
+                        Ok(Work::Task(t)) => t,
+                        Ok(Work::Stop) | Err(_) => return,
+                    },
                 },
-                recv(core.queue_rx) -> w => match w {
-                    Ok(Work::Task(t)) => t,
-                    Ok(Work::Stop) | Err(_) => return,
-                },
-            },
-        };
-        // Phase 2: run it.
-        let jobs = task.jobs();
-        // Relaxed: statistics only.
-        counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
-        let (outcome, failed) = match task.batch {
-            None => {
-                let o = run(
-                    id,
-                    handlers,
-                    task.route,
-                    task.job,
-                    &task.reply,
-                    task.cancelled.clone(),
-                );
-                let failed = u64::from(!matches!(o, Outcome::Value(_)));
-                (o, failed)
+            };
+            core.wait_while_suspended();
+            let jobs = task.jobs();
+            if task.state.is_settled() {
+                // Cancelled or past its queue deadline while queued.
+                core.count_settled_elsewhere(&task.state, jobs);
+                continue;
             }
-            Some(_) => {
-                let cx = Context::new(id, None, ProgressSink::Discard);
-                match handlers.call_batch_value(task.route, task.job, &cx) {
-                    Ok((v, failed)) => (Outcome::Value(v), u64::from(failed)),
-                    Err(f) => (Outcome::Failed(f), jobs),
+            task.state.mark_dispatched();
+            let tracked = task.batch.is_none() || task.timeout.is_some();
+            if tracked {
+                *lock(&slot.running) = Some(Running {
+                    id: task.id,
+                    epoch,
+                    jobs,
+                    state: task.state.clone(),
+                    reply: task.reply.clone(),
+                });
+                if let Some(after) = task.timeout {
+                    let _ = core.control.send(Control::RunDeadline {
+                        id: task.id,
+                        worker: id,
+                        epoch,
+                        after,
+                    });
+                }
+                if task.state.is_cancelled() {
+                    let _ = core.control.send(Control::Cancel { id: task.id });
                 }
             }
-        };
-        counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
-        counters.finish_n(jobs - failed, failed);
-        // Phase 3: answer.
-        log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
-        task.reply.send(Event::Done(outcome));
+            // Phase 2: run it.
+            // Relaxed: statistics only.
+            counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+            let cancel = CancelSource::Flag(task.state.clone());
+            let (outcome, failed) = match task.batch {
+                None => {
+                    let cx = Context::new(id, cancel, ProgressSink::Channel(task.reply.clone()));
+                    let o = match self.handlers.call_value(task.route, task.job, &cx) {
+                        Ok(v) => Outcome::Value(v),
+                        Err(f) => Outcome::Failed(f),
+                    };
+                    let failed = u64::from(!matches!(o, Outcome::Value(_)));
+                    (o, failed)
+                }
+                Some(_) => {
+                    let cx = Context::new(id, cancel, ProgressSink::Discard);
+                    match self.handlers.call_batch_value(task.route, task.job, &cx) {
+                        Ok((v, failed)) => (Outcome::Value(v), u64::from(failed)),
+                        Err(f) => (Outcome::Failed(f), jobs),
+                    }
+                }
+            };
+            counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+            if tracked {
+                let mut r = lock(&slot.running);
+                if r.as_ref().is_some_and(|r| r.id == task.id && r.epoch == epoch) {
+                    *r = None;
+                }
+            }
+            // Phase 3: answer, unless someone settled it meanwhile.
+            if task.state.settle() {
+                counters.finish_n(jobs - failed, failed);
+                log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
+                task.reply.send(Event::Done(outcome));
+            } else {
+                core.count_settled_elsewhere(&task.state, jobs);
+            }
+            core.idle.notify();
+            // Acquire: pairs with the Release store in `grace_over`.
+            if abandoned.load(Ordering::Acquire) {
+                log::info!("abandoned worker thread {id} (generation {epoch}) returned; it exits");
+                return;
+            }
+        }
     }
+
 }
 
-fn run(
-    id: usize,
-    handlers: &Handlers,
-    route: &str,
-    job: Box<dyn std::any::Any + Send>,
-    reply: &super::Reply,
-    cancelled: Option<Arc<std::sync::atomic::AtomicBool>>,
-) -> Outcome {
-    // Acquire: pairs with the Release store in `Ticket::cancel`.
-    if cancelled.as_ref().is_some_and(|c| c.load(Ordering::Acquire)) {
-        return Outcome::Failed(Failure::Cancelled);
+impl Supervised for Threads {
+    fn cancel_running(&self, id: u64) -> Option<(usize, u64)> {
+        self.slots.iter().enumerate().find_map(|(w, s)| {
+            lock(&s.running)
+                .as_ref()
+                .filter(|r| r.id == id)
+                .map(|r| (w, r.epoch))
+        })
     }
-    let cx = Context::new(id, cancelled, ProgressSink::Channel(reply.clone()));
-    match handlers.call_value(route, job, &cx) {
-        Ok(v) => Outcome::Value(v),
-        Err(f) => Outcome::Failed(f),
+
+    fn time_out(&self, id: u64, worker: usize, epoch: u64, after: Duration) -> bool {
+        let Some(s) = self.slots.get(worker) else {
+            return false;
+        };
+        let r = lock(&s.running);
+        match r.as_ref() {
+            Some(r) if r.id == id && r.epoch == epoch => {
+                r.state.cancel();
+                let settled = self.core.deliver_failure(
+                    &r.state,
+                    &r.reply,
+                    r.jobs,
+                    Failure::TimedOut(TimeoutPhase::Run, after),
+                    Some(worker),
+                );
+                if settled {
+                    log::warn!("job {id} on worker thread {worker} ran past its timeout of {after:?}");
+                }
+                settled
+            }
+            _ => false,
+        }
     }
+
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool {
+        // Scenario "thread timeout": abandon the thread, start another.
+        let Some(me) = self.me.upgrade() else {
+            return false;
+        };
+        let s = &self.slots[worker];
+        {
+            let mut r = lock(&s.running);
+            if !r.as_ref().is_some_and(|r| r.id == id && r.epoch == epoch) {
+                return false;
+            }
+            *r = None;
+        }
+        let cur = lock(&s.current).clone();
+        if cur.0 != epoch {
+            return false;
+        }
+        // Release: pairs with the Acquire load in `worker_loop`.
+        cur.1.store(true, Ordering::Release);
+        self.core.event(PoolEvent::WorkerExited {
+            worker,
+            pid: None,
+            status: format!("abandoned: the handler of job {id} did not return within the grace period"),
+            jobs_held: 1,
+            expected: true,
+        });
+        // Relaxed: statistics only.
+        s.restarts.fetch_add(1, Ordering::Relaxed);
+        if self.core.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        if let Err(e) = me.start(worker, epoch + 1) {
+            self.core.event(PoolEvent::StartFailed {
+                worker,
+                reason: format!("could not start a replacement thread: {e}"),
+            });
+        }
+        false
+    }
+
+    fn kill(&self, _worker: usize, _gen: u64) {}
 }

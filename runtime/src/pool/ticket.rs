@@ -4,14 +4,14 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::marker::PhantomData;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::Receiver;
+use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
 use super::{Event, Outcome, Reply, recv_spin};
-use crate::job::{Failure, Job, JobError, Side};
+use crate::job::{Failure, Job, JobError, JobState, Side};
+use crate::supervisor::monitor::Control;
 
 /// The result of a job, typed.
 pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
@@ -20,7 +20,9 @@ pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
 /// cancel it.
 pub struct Ticket<J: Job> {
     rx: Receiver<(u64, Event)>,
-    cancelled: Arc<AtomicBool>,
+    state: Arc<JobState>,
+    id: u64,
+    control: Sender<Control>,
     progress: VecDeque<Vec<u8>>,
     done: Option<Outcome>,
     _job: PhantomData<fn() -> J>,
@@ -64,25 +66,29 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
 }
 
 impl<J: Job> Ticket<J> {
-    pub(crate) fn new() -> (Ticket<J>, Reply, Arc<AtomicBool>) {
+    pub(crate) fn new(id: u64, state: Arc<JobState>, control: Sender<Control>) -> (Ticket<J>, Reply) {
         let (tx, rx) = crossbeam_channel::unbounded();
-        let flag = Arc::new(AtomicBool::new(false));
         (
             Ticket {
                 rx,
-                cancelled: flag.clone(),
+                state,
+                id,
+                control,
                 progress: VecDeque::new(),
                 done: None,
                 _job: PhantomData,
             },
             Reply { tx, tag: 0 },
-            flag,
         )
     }
 
     /// Takes events until the outcome is in, or `deadline` passes.
     fn pump(&mut self, deadline: Option<Instant>) {
         while self.done.is_none() {
+            if self.state.settled_by_cancel() {
+                self.done = Some(Outcome::Failed(Failure::Cancelled));
+                return;
+            }
             match recv_spin(&self.rx, deadline) {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
@@ -123,6 +129,9 @@ impl<J: Job> Ticket<J> {
 
     /// The result if the job has finished; the ticket back otherwise.
     pub fn try_result(mut self) -> Result<JobResult<J>, Ticket<J>> {
+        if self.state.settled_by_cancel() {
+            return Ok(Err(JobError::Cancelled));
+        }
         while let Ok((_, e)) = self.rx.try_recv() {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
@@ -178,11 +187,26 @@ impl<J: Job> Ticket<J> {
         None
     }
 
-    /// Asks for the job to be cancelled. A job still queued is not run
-    /// (its result is [`JobError::Cancelled`]); a running handler sees
-    /// [`Context::is_cancelled`](crate::job::Context::is_cancelled) turn true.
+    /// Cancels the job (scenario "cancel" in `supervisor/README.md`).
+    ///
+    /// Unless it has already finished, its result is now
+    /// [`JobError::Cancelled`]. A job still queued is dropped when its turn
+    /// comes, without reaching a worker. A running handler sees
+    /// [`Context::is_cancelled`](crate::job::Context::is_cancelled) turn
+    /// true; if it has not returned within the pool's
+    /// [`cancel_grace`](super::PoolBuilder::cancel_grace), its process
+    /// worker is killed and replaced (jobs it held for others go back to
+    /// the queue), or its thread worker is abandoned and replaced.
     pub fn cancel(&self) {
-        // Release: pairs with the Acquire loads in the workers.
-        self.cancelled.store(true, Ordering::Release);
+        self.state.cancel();
+        if self.state.settle_by_cancel() {
+            // The pool finds the job where it runs, if it runs.
+            let _ = self.control.send(Control::Cancel { id: self.id });
+        }
+    }
+
+    /// The job's id within its pool.
+    pub fn id(&self) -> u64 {
+        self.id
     }
 }

@@ -16,6 +16,13 @@ pub(crate) enum ToWorker<'a> {
     Batch { id: u64, route: &'a str, count: u32 },
     /// Finish what is in flight and exit.
     Stop,
+    /// The job `id` was cancelled (or timed out): its handler should
+    /// return; if it has not started, it must not run.
+    Cancel { id: u64 },
+    /// Run the suspend hooks (no jobs come until `Resume`).
+    Suspend,
+    /// Run the resume hooks.
+    Resume,
 }
 
 /// Worker → supervisor.

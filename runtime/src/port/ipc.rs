@@ -38,6 +38,9 @@ pub struct IpcSender {
 pub struct IpcReceiver {
     reader: Reader,
     peer: Hello,
+    /// This connection's place in its runtime's count (the receiving half
+    /// holds it: a connection that can still receive keeps a loop alive).
+    rt_ref: crate::runtime::RefCount,
 }
 
 impl fmt::Debug for IpcSender {
@@ -256,6 +259,29 @@ impl IpcSender {
 }
 
 impl IpcReceiver {
+    /// Keeps this connection's [`Runtime`](crate::runtime::Runtime)
+    /// running while the connection is open (the default).
+    pub fn ref_(&self) {
+        self.rt_ref.ref_();
+    }
+
+    /// Lets this connection's runtime's `run` return while it is open.
+    pub fn unref(&self) {
+        self.rt_ref.unref();
+    }
+
+    /// Whether this connection holds a ref on its runtime.
+    pub fn has_ref(&self) -> bool {
+        self.rt_ref.has_ref()
+    }
+
+    /// Moves this connection to `rt` (it belongs to
+    /// [`Runtime::global`](crate::runtime::Runtime::global) by default),
+    /// keeping its ref state.
+    pub fn attach(&mut self, rt: &crate::runtime::Runtime) {
+        self.rt_ref = self.rt_ref.moved_to(rt);
+    }
+
     /// Blocks until a message arrives and decodes it as `T`.
     ///
     /// A message that is not a valid `T` is consumed and reported as
@@ -364,7 +390,11 @@ impl Ipc {
     pub(crate) fn new(reader: Reader, writer: Writer, peer: Hello) -> Ipc {
         Ipc {
             tx: IpcSender { writer, peer },
-            rx: IpcReceiver { reader, peer },
+            rx: IpcReceiver {
+                reader,
+                peer,
+                rt_ref: crate::runtime::Runtime::global().new_ref(),
+            },
         }
     }
 
@@ -372,6 +402,30 @@ impl Ipc {
     /// use at once.
     pub fn split(self) -> (IpcSender, IpcReceiver) {
         (self.tx, self.rx)
+    }
+
+    /// Keeps this connection's [`Runtime`](crate::runtime::Runtime)
+    /// running while the connection is open (the default, as bare-ipc's
+    /// `ref()`). Dropping the connection (or its receiver half) unrefs it.
+    pub fn ref_(&self) {
+        self.rx.ref_();
+    }
+
+    /// Lets this connection's runtime's `run` return while it is open.
+    pub fn unref(&self) {
+        self.rx.unref();
+    }
+
+    /// Whether this connection holds a ref on its runtime.
+    pub fn has_ref(&self) -> bool {
+        self.rx.has_ref()
+    }
+
+    /// Moves this connection to `rt` (it belongs to
+    /// [`Runtime::global`](crate::runtime::Runtime::global) by default),
+    /// keeping its ref state.
+    pub fn attach(&mut self, rt: &crate::runtime::Runtime) {
+        self.rx.attach(rt);
     }
 
     /// The sender half, borrowed (clone it to send from other threads).

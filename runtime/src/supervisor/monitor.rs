@@ -1,0 +1,234 @@
+//! The monitor: one thread per pool that keeps the pool's timers. Run
+//! timeouts, queue-wait deadlines, cancel grace periods and the SIGTERM →
+//! SIGKILL escalation all wait here, so no worker thread ever sleeps on a
+//! timer and a pool without deadlines costs nothing per job.
+
+use std::cmp::Reverse;
+use std::collections::BinaryHeap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+
+use crate::job::{Failure, JobState, TimeoutPhase};
+use crate::pool::{Core, Event, Outcome, Reply};
+
+/// What the pool tells its monitor.
+pub(crate) enum Control {
+    /// A ticket cancelled job `id` (scenario "cancel").
+    Cancel { id: u64 },
+    /// Job `id` was dispatched to `worker` (incarnation `epoch`) and must
+    /// answer within `after` (scenario "run timeout").
+    RunDeadline {
+        id: u64,
+        worker: usize,
+        epoch: u64,
+        after: Duration,
+    },
+    /// A job must leave the queue within `after` of its submission
+    /// (scenario "queue-wait deadline").
+    QueueDeadline {
+        state: Arc<JobState>,
+        reply: Reply,
+        jobs: u64,
+        after: Duration,
+    },
+    /// The pool is gone: stop.
+    Stop,
+}
+
+/// What the monitor asks of a backend. Each method finds job `id` where it
+/// runs now (on `worker` incarnation `epoch` when given) and does nothing if
+/// it is not there any more: every timer may fire after its job ended.
+pub(crate) trait Supervised: Send + Sync {
+    /// Asks the handler running job `id` to stop (sets its flag; tells a
+    /// process worker). Returns where it runs, if it runs.
+    fn cancel_running(&self, id: u64) -> Option<(usize, u64)>;
+    /// Job `id`'s run timeout passed: if it still runs on `(worker, epoch)`,
+    /// settle it as timed out and ask it to stop. Returns whether it ran.
+    fn time_out(&self, id: u64, worker: usize, epoch: u64, after: Duration) -> bool;
+    /// The grace period after a cancel or timeout ended: if job `id` still
+    /// runs on `(worker, epoch)`, end that worker (SIGTERM a process, abandon
+    /// a thread) and start a replacement. Returns `true` if a process got
+    /// SIGTERM and needs SIGKILL later.
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool;
+    /// SIGKILL worker `(worker, epoch)` if it is still alive.
+    fn kill(&self, worker: usize, epoch: u64);
+}
+
+enum Timer {
+    Run {
+        id: u64,
+        worker: usize,
+        epoch: u64,
+        after: Duration,
+    },
+    Queue {
+        state: Arc<JobState>,
+        reply: Reply,
+        jobs: u64,
+        after: Duration,
+    },
+    Grace {
+        id: u64,
+        worker: usize,
+        epoch: u64,
+    },
+    Kill {
+        worker: usize,
+        epoch: u64,
+    },
+}
+
+/// Timers by due time; `seq` keeps equal times in arrival order.
+struct Timers {
+    heap: BinaryHeap<Reverse<(Instant, u64)>>,
+    kinds: std::collections::HashMap<u64, Timer>,
+    seq: u64,
+}
+
+impl Timers {
+    fn push(&mut self, at: Instant, t: Timer) {
+        self.seq += 1;
+        self.heap.push(Reverse((at, self.seq)));
+        self.kinds.insert(self.seq, t);
+    }
+
+    fn next_due(&self) -> Option<Instant> {
+        self.heap.peek().map(|Reverse((at, _))| *at)
+    }
+
+    fn pop_due(&mut self, now: Instant) -> Option<Timer> {
+        match self.heap.peek() {
+            Some(Reverse((at, _))) if *at <= now => {
+                let Reverse((_, seq)) = self.heap.pop()?;
+                self.kinds.remove(&seq)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// The monitor's settings.
+#[derive(Clone, Copy)]
+pub(crate) struct Graces {
+    /// From a cancel or timeout to ending the worker.
+    pub(crate) cancel: Duration,
+    /// From SIGTERM to SIGKILL.
+    pub(crate) term: Duration,
+}
+
+/// Runs until `Control::Stop` (or every sender is gone).
+pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<Core>, graces: Graces) {
+    let mut timers = Timers {
+        heap: BinaryHeap::new(),
+        kinds: std::collections::HashMap::new(),
+        seq: 0,
+    };
+    loop {
+        let msg = match timers.next_due() {
+            Some(at) => rx.recv_deadline(at),
+            None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
+        };
+        let now = Instant::now();
+        match msg {
+            Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
+            Ok(Control::Cancel { id }) => {
+                if let Some((worker, epoch)) = target.cancel_running(id) {
+                    timers.push(now + graces.cancel, Timer::Grace { id, worker, epoch });
+                }
+            }
+            Ok(Control::RunDeadline {
+                id,
+                worker,
+                epoch,
+                after,
+            }) => timers.push(
+                now + after,
+                Timer::Run {
+                    id,
+                    worker,
+                    epoch,
+                    after,
+                },
+            ),
+            Ok(Control::QueueDeadline {
+                state,
+                reply,
+                jobs,
+                after,
+            }) => timers.push(
+                now + after,
+                Timer::Queue {
+                    state,
+                    reply,
+                    jobs,
+                    after,
+                },
+            ),
+            Err(RecvTimeoutError::Timeout) => {}
+        }
+        let now = Instant::now();
+        while let Some(t) = timers.pop_due(now) {
+            match t {
+                Timer::Run {
+                    id,
+                    worker,
+                    epoch,
+                    after,
+                } => {
+                    if target.time_out(id, worker, epoch, after) {
+                        timers.push(now + graces.cancel, Timer::Grace { id, worker, epoch });
+                    }
+                }
+                Timer::Queue {
+                    state,
+                    reply,
+                    jobs,
+                    after,
+                } => {
+                    // Still queued: it fails now; whoever pops it later
+                    // finds it settled and drops it.
+                    if !state.is_dispatched() {
+                        core.deliver_failure(
+                            &state,
+                            &reply,
+                            jobs,
+                            Failure::TimedOut(TimeoutPhase::Queue, after),
+                            None,
+                        );
+                    }
+                }
+                Timer::Grace { id, worker, epoch } => {
+                    if target.grace_over(id, worker, epoch) {
+                        timers.push(now + graces.term, Timer::Kill { worker, epoch });
+                    }
+                }
+                Timer::Kill { worker, epoch } => target.kill(worker, epoch),
+            }
+        }
+    }
+}
+
+/// Sends `Done(Failed(f))` to `reply`.
+pub(crate) fn send_failure(reply: &Reply, f: Failure) {
+    reply.send(Event::Done(Outcome::Failed(f)));
+}
+
+/// The monitor's handle: where to send controls, and its thread.
+pub(crate) struct MonitorHandle {
+    pub(crate) tx: Sender<Control>,
+    pub(crate) thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl MonitorHandle {
+    /// Stops the monitor and waits for its thread.
+    pub(crate) fn stop(&mut self) {
+        let _ = self.tx.send(Control::Stop);
+        if let Some(h) = self.thread.take() {
+            if h.join().is_err() {
+                log::error!("the pool's monitor thread panicked");
+            }
+        }
+    }
+}
