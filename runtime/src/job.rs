@@ -613,7 +613,10 @@ impl Handlers {
         let hooks = if suspend { &self.suspend } else { &self.resume };
         for h in hooks.iter() {
             if let Err(Failure::Panicked(m)) = catch(|| h()) {
-                log::error!("a {} hook panicked: {m}", if suspend { "suspend" } else { "resume" });
+                log::error!(
+                    "a {} hook panicked: {m}",
+                    if suspend { "suspend" } else { "resume" }
+                );
             }
         }
     }

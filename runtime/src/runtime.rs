@@ -24,6 +24,9 @@ use crate::job::Hook;
 use crate::pool::{PoolInner, lock};
 use crate::supervisor::{Shutdown, ShutdownReport};
 
+/// A hook run on each shutdown signal, with its number.
+type SignalHook = Arc<dyn Fn(i32) + Send + Sync>;
+
 /// The process-wide default runtime.
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
 
@@ -44,6 +47,7 @@ struct RtInner {
     suspended: AtomicBool,
     suspend_hooks: Mutex<Vec<Hook>>,
     resume_hooks: Mutex<Vec<Hook>>,
+    signal_hooks: Mutex<Vec<SignalHook>>,
     pools: Mutex<Vec<Weak<PoolInner>>>,
     exit: Mutex<ExitState>,
     shutdown_deadline: Mutex<Duration>,
@@ -101,6 +105,7 @@ impl Runtime {
                 suspended: AtomicBool::new(false),
                 suspend_hooks: Mutex::new(Vec::new()),
                 resume_hooks: Mutex::new(Vec::new()),
+                signal_hooks: Mutex::new(Vec::new()),
                 pools: Mutex::new(Vec::new()),
                 exit: Mutex::new(ExitState::default()),
                 shutdown_deadline: Mutex::new(Shutdown::default().deadline),
@@ -127,6 +132,14 @@ impl Runtime {
     /// Registers a hook that [`resume`](Self::resume) runs.
     pub fn on_resume(&self, f: impl Fn() + Send + Sync + 'static) {
         lock(&self.inner.resume_hooks).push(Arc::new(f));
+    }
+
+    /// Registers a hook that runs on every shutdown signal (SIGINT,
+    /// SIGTERM) once [`handle_signals`](Self::handle_signals) took them
+    /// over, before the runtime acts on it: the place to tell a user
+    /// "stopping; press Ctrl-C again to stop at once".
+    pub fn on_signal(&self, f: impl Fn(i32) + Send + Sync + 'static) {
+        lock(&self.inner.signal_hooks).push(Arc::new(f));
     }
 
     /// Whether the runtime is suspended.
@@ -230,14 +243,20 @@ impl Runtime {
             .name("portpool-signals".into())
             .spawn(move || {
                 for sig in signals.forever() {
-                    rt.on_signal(sig);
+                    rt.signalled(sig);
                 }
             })?;
         Ok(())
     }
 
     /// What a shutdown signal does (also callable without a real signal).
-    fn on_signal(&self, sig: i32) {
+    fn signalled(&self, sig: i32) {
+        let hooks: Vec<SignalHook> = lock(&self.inner.signal_hooks).clone();
+        for h in hooks {
+            if let Err(crate::job::Failure::Panicked(m)) = crate::job::catch(|| h(sig)) {
+                log::error!("a signal hook panicked: {m}");
+            }
+        }
         let first = {
             let mut exit = lock(&self.inner.exit);
             let first = exit.signal.is_none();

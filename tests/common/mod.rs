@@ -104,3 +104,24 @@ pub(crate) fn assert_pid_gone(pid: u32) {
         assert_ne!(ppid, std::process::id(), "child {pid} is still alive: {stat}");
     }
 }
+
+/// Waits (bounded) until `pid`, which need not be our child, has exited:
+/// no such process, or a zombie its parent has yet to reap.
+pub(crate) fn wait_pid_gone(pid: u32) {
+    let deadline = Instant::now() + BOUND;
+    loop {
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|s| {
+                s.rsplit(')')
+                    .next()
+                    .and_then(|r| r.split_whitespace().next())
+                    .map(String::from)
+            });
+        match state.as_deref() {
+            None | Some("Z") | Some("X") => return,
+            Some(_) if Instant::now() > deadline => panic!("process {pid} is still alive"),
+            Some(_) => std::thread::sleep(Duration::from_millis(5)),
+        }
+    }
+}

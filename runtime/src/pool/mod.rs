@@ -155,7 +155,6 @@ fn send_chunk<J: Job>(
     })
 }
 
-
 /// What the shared queue carries.
 pub(crate) enum Work {
     Task(Task),
@@ -364,7 +363,11 @@ impl Core {
     /// Reports `e` to the log and to the pool's event callback.
     pub(crate) fn event(&self, e: PoolEvent) {
         match &e {
-            PoolEvent::WorkerStarted { worker, pid, restarts } => match pid {
+            PoolEvent::WorkerStarted {
+                worker,
+                pid,
+                restarts,
+            } => match pid {
                 Some(pid) => log::info!("worker {worker} started (pid {pid}, restarts {restarts})"),
                 None => log::info!("worker {worker} started (thread, restarts {restarts})"),
             },
@@ -382,7 +385,9 @@ impl Core {
                     log::warn!("worker {worker}{pid} exited: {status}; it held {jobs_held} job(s)");
                 }
             }
-            PoolEvent::StartFailed { worker, reason } => log::error!("worker {worker} could not start: {reason}"),
+            PoolEvent::StartFailed { worker, reason } => {
+                log::error!("worker {worker} could not start: {reason}")
+            }
             PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
         }
         if let Some(f) = &self.config.on_event {
@@ -1044,7 +1049,8 @@ impl PoolInner {
         self.core.hurry.store(true, Ordering::Release);
         self.core.idle.notify();
         // Wake thread workers parked by a suspend, so they can stop.
-        self.core.set_suspended(self.core.suspended.load(Ordering::Acquire));
+        self.core
+            .set_suspended(self.core.suspended.load(Ordering::Acquire));
     }
 
     fn busy(&self) -> bool {
@@ -1098,7 +1104,7 @@ impl PoolInner {
         }
         // Phase 3: stop the workers and the monitor.
         match &self.backend {
-            Backend::Threads(t) => rep.threads_abandoned = t.stop(),
+            Backend::Threads(t) => rep.threads_abandoned = t.stop(!finished),
             Backend::Processes(p) => p.stop(),
         }
         lock(&self.monitor).stop();
@@ -1106,7 +1112,11 @@ impl PoolInner {
         core.fail_queued(&Failure::Rejected("the pool shut down before the job ran".into()));
         // Relaxed: the workers are stopped; these are final.
         let done: u64 = core.counters.iter().map(|c| c.done.load(Ordering::Relaxed)).sum();
-        let failed: u64 = core.counters.iter().map(|c| c.failed.load(Ordering::Relaxed)).sum::<u64>()
+        let failed: u64 = core
+            .counters
+            .iter()
+            .map(|c| c.failed.load(Ordering::Relaxed))
+            .sum::<u64>()
             + core.failed_elsewhere.load(Ordering::Relaxed);
         let cancelled = core.cancelled.load(Ordering::Relaxed);
         rep.completed = done;
@@ -1347,7 +1357,8 @@ impl Pool {
             queued: core.queue_rx.len() + core.requeued.load(Ordering::Relaxed),
             running: workers.iter().map(|w| w.running).sum(),
             done: workers.iter().map(|w| w.done).sum(),
-            failed: workers.iter().map(|w| w.failed).sum::<u64>() + core.failed_elsewhere.load(Ordering::Relaxed),
+            failed: workers.iter().map(|w| w.failed).sum::<u64>()
+                + core.failed_elsewhere.load(Ordering::Relaxed),
             cancelled: core.cancelled.load(Ordering::Relaxed),
             workers,
         }

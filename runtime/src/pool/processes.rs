@@ -141,6 +141,10 @@ fn pass_stderr_on(id: usize, pipe: std::process::ChildStderr, tail: Arc<StderrTa
 #[derive(Default)]
 struct Slot {
     current: Mutex<Option<Arc<Worker>>>,
+    /// Broadcast tasks for this slot that came while it was restarting;
+    /// its next worker takes them first. (Lock order: `waiting`, then
+    /// `current`.)
+    waiting: Mutex<Vec<Task>>,
     restarts: AtomicU64,
 }
 
@@ -243,6 +247,23 @@ impl Processes {
                 .name(format!("portpool-worker-{id}"))
                 .spawn(move || {
                     slot_loop(&shared, id, ready_tx);
+                    // No worker will come for broadcasts still waiting.
+                    let slot = &shared.slots[id];
+                    let waiting: Vec<Task> = {
+                        let mut w = lock(&slot.waiting);
+                        *lock(&slot.current) = None;
+                        w.drain(..).collect()
+                    };
+                    for t in waiting {
+                        let jobs = t.jobs();
+                        shared.core.deliver_failure(
+                            &t.state,
+                            &t.reply,
+                            jobs,
+                            Failure::Rejected(format!("worker {id} stopped before the job could run")),
+                            Some(id),
+                        );
+                    }
                     let _ = done_tx.send(());
                 })
                 .map_err(|e| BuildError::io(format!("could not start the thread of worker {id}"), e));
@@ -284,21 +305,17 @@ impl Processes {
     /// Sends `task` to worker `w` whatever its slots (broadcast).
     pub(crate) fn send_to(&self, w: usize, task: Task) {
         let core = &self.shared.core;
-        let Some(worker) = self.shared.slots[w].current().filter(|w| w.alive.load(Ordering::Acquire)) else {
-            let jobs = task.jobs();
-            core.deliver_failure(
-                &task.state,
-                &task.reply,
-                jobs,
-                Failure::WorkerExited {
-                    worker: w,
-                    pid: None,
-                    status: Some("it was not running when the job was sent (it is restarting)".into()),
-                    stderr: Vec::new(),
-                },
-                Some(w),
-            );
-            return;
+        let slot = &self.shared.slots[w];
+        let worker = {
+            let mut waiting = lock(&slot.waiting);
+            match slot.current().filter(|w| w.alive.load(Ordering::Acquire)) {
+                Some(worker) => worker,
+                None => {
+                    // Exited or restarting: the replacement takes it first.
+                    waiting.push(task);
+                    return;
+                }
+            }
         };
         // SeqCst: as every other access to the slot count (see `pump`).
         worker.slots.fetch_add(1, Ordering::SeqCst);
@@ -415,7 +432,11 @@ impl Processes {
     }
 
     fn find(&self, worker: usize, epoch: u64) -> Option<Arc<Worker>> {
-        self.shared.slots.get(worker)?.current().filter(|w| w.epoch == epoch)
+        self.shared
+            .slots
+            .get(worker)?
+            .current()
+            .filter(|w| w.epoch == epoch)
     }
 }
 
@@ -565,9 +586,22 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
         let why = match start_worker(&shared.template, id, epoch) {
             Ok((w, rx)) => {
                 let w = Arc::new(w);
-                *lock(&slot.current) = Some(w.clone());
                 if core.suspended.load(Ordering::Acquire) {
                     let _ = w.tx.send(&ToWorker::Suspend);
+                }
+                {
+                    let mut waiting = lock(&slot.waiting);
+                    *lock(&slot.current) = Some(w.clone());
+                    for t in waiting.drain(..) {
+                        // SeqCst: as every other access to the slot count.
+                        w.slots.fetch_add(1, Ordering::SeqCst);
+                        dispatch(&w, core, t);
+                    }
+                }
+                // Write what was dispatched above (`pump` flushes only what
+                // it sends itself).
+                if let Err(e) = w.tx.flush() {
+                    log::debug!("worker {id}: flush failed ({e}); its reader will report the exit");
                 }
                 core.event(PoolEvent::WorkerStarted {
                     worker: id,
@@ -651,7 +685,10 @@ fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, Ip
         if let Err(e) = spawned {
             let _ = child.kill();
             let _ = child.wait();
-            return Err(BuildError::io(format!("could not start worker {id}'s stderr reader"), e));
+            return Err(BuildError::io(
+                format!("could not start worker {id}'s stderr reader"),
+                e,
+            ));
         }
     }
     let opts = ConnectOptions {
@@ -673,7 +710,10 @@ fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, Ip
             let _ = child.kill();
             let status = child.wait().map(describe_status).unwrap_or_default();
             let tail = stderr.wait_lines();
-            let last = tail.last().map(|l| format!("; its stderr ended with: {l}")).unwrap_or_default();
+            let last = tail
+                .last()
+                .map(|l| format!("; its stderr ended with: {l}"))
+                .unwrap_or_default();
             return Err(BuildError::io(
                 format!("worker {id} (pid {pid}) did not complete its handshake ({status}{last})"),
                 e,
@@ -936,7 +976,12 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, shared: &Shared) -> Exit {
             let mut t = t;
             if ended_by.is_none() {
                 t.retries -= 1;
-                log::info!("job {} lost with worker {}: retrying ({} left)", t.id, w.id, t.retries);
+                log::info!(
+                    "job {} lost with worker {}: retrying ({} left)",
+                    t.id,
+                    w.id,
+                    t.retries
+                );
             }
             core.requeue(t);
             requeued = true;

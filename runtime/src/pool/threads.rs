@@ -42,13 +42,16 @@ struct TSlot {
     restarts: AtomicU64,
 }
 
+/// A thread's slot id, its handle, and a channel that disconnects when it ends.
+type ThreadHandle = (usize, JoinHandle<()>, Receiver<()>);
+
 pub(crate) struct Threads {
     me: std::sync::Weak<Threads>,
     core: Arc<Core>,
     handlers: Handlers,
     slots: Vec<TSlot>,
     /// Every thread started, with a channel that closes when it ends.
-    handles: Mutex<Vec<(usize, JoinHandle<()>, Receiver<()>)>>,
+    handles: Mutex<Vec<ThreadHandle>>,
 }
 
 impl Threads {
@@ -75,7 +78,7 @@ impl Threads {
         for id in 0..n {
             if let Err(e) = threads.start(id, 0) {
                 // Stop the workers already running before giving up.
-                threads.stop();
+                threads.stop(true);
                 return Err(BuildError::io(format!("could not start worker thread {id}"), e));
             }
         }
@@ -121,14 +124,20 @@ impl Threads {
 
     pub(crate) fn restarts(&self) -> Vec<u64> {
         // Relaxed: statistics only.
-        self.slots.iter().map(|s| s.restarts.load(Ordering::Relaxed)).collect()
+        self.slots
+            .iter()
+            .map(|s| s.restarts.load(Ordering::Relaxed))
+            .collect()
     }
 
     /// Whether any worker runs a job.
     pub(crate) fn busy(&self) -> bool {
         // Relaxed: a hint re-checked under the idle lock; a thread that took
         // a task but has not counted it yet finishes it before its Stop.
-        self.core.counters.iter().any(|c| c.running.load(Ordering::Relaxed) > 0)
+        self.core
+            .counters
+            .iter()
+            .any(|c| c.running.load(Ordering::Relaxed) > 0)
             || self.slots.iter().any(|s| !s.private_rx.is_empty())
     }
 
@@ -145,16 +154,17 @@ impl Threads {
     }
 
     /// Stops every thread: one `Stop` each behind the queued tasks, then
-    /// joins them. A thread still in a handler after `STOP_GRACE` (or a
-    /// short grace once hurried) is left; returns how many were.
-    pub(crate) fn stop(&self) -> usize {
+    /// joins them. A thread still in a handler after `STOP_GRACE` (or
+    /// `TERM_GRACE` when `hurried`: the work was cancelled) is left;
+    /// returns how many were.
+    pub(crate) fn stop(&self, hurried: bool) -> usize {
         for _ in 0..self.slots.len() {
             if self.core.queue_tx.send(Work::Stop).is_err() {
                 break;
             }
         }
         let handles: Vec<_> = lock(&self.handles).drain(..).collect();
-        let grace = if self.core.hurry.load(Ordering::Acquire) {
+        let grace = if hurried || self.core.hurry.load(Ordering::Acquire) {
             crate::supervisor::TERM_GRACE
         } else {
             STOP_GRACE
@@ -164,7 +174,9 @@ impl Threads {
         for (id, h, done) in handles {
             // Nothing is ever sent: the channel disconnects when the thread ends.
             if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_deadline(deadline) {
-                log::error!("worker thread {id} is still in a handler; leaving it (threads cannot be killed)");
+                log::error!(
+                    "worker thread {id} is still in a handler; leaving it (threads cannot be killed)"
+                );
                 abandoned += 1;
                 continue;
             }
@@ -271,7 +283,6 @@ impl Threads {
             }
         }
     }
-
 }
 
 impl Supervised for Threads {

@@ -119,6 +119,7 @@ impl<J: Job> Ticket<J> {
     }
 
     /// Waits at most `timeout`; gives the ticket back if the job is not done.
+    #[allow(clippy::result_large_err)] // the Err is this ticket, given back
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<JobResult<J>, Ticket<J>> {
         self.pump(Some(Instant::now() + timeout));
         match self.done.take() {
@@ -128,6 +129,7 @@ impl<J: Job> Ticket<J> {
     }
 
     /// The result if the job has finished; the ticket back otherwise.
+    #[allow(clippy::result_large_err)] // the Err is this ticket, given back
     pub fn try_result(mut self) -> Result<JobResult<J>, Ticket<J>> {
         if self.state.settled_by_cancel() {
             return Ok(Err(JobError::Cancelled));
