@@ -118,6 +118,90 @@ fn main() {
     if wanted("pool_process_map_tiny") {
         process_map_tiny(if quick { 3 } else { 7 }, 1_000_000);
     }
+    if wanted("supervise_respawn") {
+        respawn(reps);
+    }
+    if wanted("shutdown_graceful_idle") {
+        shutdown_idle(reps);
+    }
+}
+
+/// ms from a worker's SIGKILL to its replacement answering a job, beside
+/// the time from spawning a fresh worker (a new pool of one) to its first
+/// answer. Each rep uses a new pool, so the restart is the policy's first
+/// (immediate) one.
+fn respawn(reps: usize) {
+    let fresh = || {
+        let t = Instant::now();
+        let pool = Pool::builder().processes(1).build().expect("pool");
+        pool.submit(Tiny(1)).expect("submit").wait().expect("job");
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        drop(pool);
+        ms
+    };
+    let replaced = || {
+        // One retry: a job that reaches the dying worker runs on its
+        // replacement; the time still ends with the replacement's answer.
+        let pool = Pool::builder().processes(1).retries(1).build().expect("pool");
+        pool.submit(Tiny(1)).expect("submit").wait().expect("job");
+        let pid = pool.stats().workers[0].pid.expect("pid") as libc::pid_t;
+        let t = Instant::now();
+        // SAFETY: kill(2) on the pool's live, unreaped worker.
+        let rc = unsafe { libc::kill(pid, libc::SIGKILL) };
+        assert_eq!(rc, 0);
+        pool.submit(Tiny(2))
+            .expect("submit")
+            .wait()
+            .expect("job after respawn");
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    fresh();
+    for _ in 0..reps {
+        base.push(fresh());
+        ours.push(replaced());
+    }
+    report("supervise_respawn", median(ours), median(base), "ms");
+}
+
+/// ms to shut down an idle pool of 2 process workers, beside closing the
+/// sockets of 2 raw echo children and reaping them.
+fn shutdown_idle(reps: usize) {
+    let raw = || {
+        let mut children = Vec::new();
+        let mut streams = Vec::new();
+        for _ in 0..2 {
+            let (a, b) = port::open().expect("open");
+            children.push(spawn_peer("raw-stream-echo", b, false, &[]));
+            let mut s = raw_stream(a);
+            // One echo proves the child is up before the clock starts.
+            s.write_all(&[7; 16]).expect("write");
+            let mut buf = [0; 16];
+            s.read_exact(&mut buf).expect("read");
+            streams.push(s);
+        }
+        let t = Instant::now();
+        drop(streams);
+        for c in children {
+            finish(c);
+        }
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let pooled = || {
+        let pool = Pool::builder().processes(2).build().expect("pool");
+        for r in pool.broadcast(Tiny(1)) {
+            r.expect("job");
+        }
+        let t = Instant::now();
+        pool.shutdown(portpool::Shutdown::graceful(Duration::from_secs(10)));
+        t.elapsed().as_secs_f64() * 1e3
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(raw());
+        ours.push(pooled());
+    }
+    report("shutdown_graceful_idle", median(ours), median(base), "ms");
 }
 
 /// jobs/s for `n` tiny jobs through `map_unordered` on 2 threads, beside a

@@ -210,6 +210,87 @@
 //!
 //! `examples/fanout.rs` does this with real CPU work and compares threads,
 //! processes and a serial run.
+//!
+//! # Timeouts, cancellation and shutdown
+//!
+//! A run timeout counts from the moment a worker is given the job; a
+//! handler that polls [`Context::is_cancelled`] can stop early. A
+//! cancelled or timed-out job answers at once; a handler that does not
+//! return within the pool's grace period loses its worker (a process gets
+//! SIGTERM, then SIGKILL; a thread is abandoned), and a replacement starts.
+//!
+//! ```
+//! use std::time::Duration;
+//! use portpool::job::TimeoutPhase;
+//! use portpool::pool::JobOptions;
+//! use portpool::{Handlers, Job, JobError, Pool, Runtime, Shutdown};
+//! # use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Poll(u32); // polls for up to n ms, stopping early when cancelled
+//! impl Job for Poll {
+//!     type Output = u32;
+//!     type Error = String;
+//!     const NAME: &'static str = "poll";
+//! }
+//!
+//! let handlers = Handlers::new().on::<Poll>(|Poll(n), cx| {
+//!     for i in 0..n {
+//!         if cx.is_cancelled() {
+//!             return Err(format!("stopped after {i} ms"));
+//!         }
+//!         std::thread::sleep(Duration::from_millis(1));
+//!     }
+//!     Ok(n)
+//! });
+//! let pool = Pool::builder()
+//!     .threads(2)
+//!     .handlers(handlers)
+//!     .runtime(&Runtime::new())
+//!     .build()?;
+//!
+//! let slow = pool.submit_with(Poll(60_000), JobOptions::new().timeout(Duration::from_millis(20)))?;
+//! match slow.wait() {
+//!     Err(JobError::TimedOut { phase: TimeoutPhase::Run, .. }) => {}
+//!     other => panic!("{other:?}"),
+//! }
+//!
+//! let ticket = pool.submit(Poll(60_000))?;
+//! ticket.cancel();
+//! assert!(matches!(ticket.wait(), Err(JobError::Cancelled)));
+//!
+//! assert_eq!(pool.submit(Poll(1))?.wait()?, 1);
+//! // Finish what is queued and running, waiting at most 10 s.
+//! let report = pool.shutdown(Shutdown::graceful(Duration::from_secs(10)));
+//! assert_eq!((report.completed, report.cancelled), (1, 1));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Process workers that crash are replaced within a [`RestartPolicy`];
+//! the jobs they held fail with [`JobError::WorkerExited`] (pid, exit code
+//! or signal, the last lines of the worker's stderr), or run again with
+//! `.retries(n)`. `runtime/src/supervisor/README.md` tells every case.
+//!
+//! # The runtime: ref counts, suspend, signals
+//!
+//! A [`Runtime`] counts the handles that keep a program alive. A pool holds
+//! a ref until it shuts down; [`Runtime::run`] returns when none is left.
+//! With [`Runtime::handle_signals`], SIGINT or SIGTERM shuts every pool of
+//! the runtime down gracefully and makes `run` return (a second SIGINT
+//! stops at once); `examples/supervise.rs` is a complete program.
+//!
+//! ```
+//! use portpool::{Handlers, Pool, Runtime};
+//!
+//! let rt = Runtime::new();
+//! let pool = Pool::builder().threads(1).handlers(Handlers::new()).runtime(&rt).build()?;
+//! assert_eq!(rt.refs(), 1);
+//! rt.suspend(); // stops dispatching; queued jobs wait
+//! pool.unref(); // a suspended pool need not keep `run` waiting
+//! assert!(rt.run_timeout(std::time::Duration::from_secs(30)).is_some());
+//! rt.resume();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
 
 pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
 pub use portpool_runtime::pool::{Pool, Ticket};

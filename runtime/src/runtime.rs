@@ -190,7 +190,9 @@ impl Runtime {
         loop {
             {
                 let exit = lock(&self.inner.exit);
-                if *refs == 0 || exit.done {
+                // Once a signal started a shutdown, wait for it to finish
+                // (the pools' refs drop before their reports are in).
+                if (*refs == 0 && exit.signal.is_none()) || exit.done {
                     return Some(RunExit {
                         signal: exit.signal,
                         reports: exit.reports.clone(),

@@ -1091,7 +1091,9 @@ impl PoolInner {
         // From here on, exits are expected and nothing restarts.
         core.stopping.store(true, Ordering::Release);
         let mut rep = ShutdownReport {
-            deadline_hit: !finished && how.mode != ShutdownMode::Immediate,
+            deadline_hit: !finished
+                && how.mode != ShutdownMode::Immediate
+                && !core.hurry.load(Ordering::Acquire),
             ..ShutdownReport::default()
         };
         // Phase 2: past the deadline, cancel what is left.
