@@ -4,6 +4,7 @@
 //! |---|---|---|
 //! | 1 | [`transport`] | length-prefixed frames over a socket or a pair of pipes |
 //! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
+//! | 3 | [`link`] | conversations: ordered messages, filtered reads, strict sends, request/reply |
 //! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
 //! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
 //! | 6 | [`supervisor`] | restarts, timeouts, cancellation, shutdown, events |
@@ -18,6 +19,7 @@
 
 pub mod error;
 pub mod job;
+pub mod link;
 pub mod pool;
 pub mod port;
 pub mod runtime;

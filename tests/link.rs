@@ -1,0 +1,239 @@
+//! The conversation layer with real processes: ordered and filtered
+//! messages, strict sends, request/reply, and a peer written in Python
+//! from docs/protocol.md. Every child is asserted gone afterwards.
+
+mod common;
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BOUND, Fixture, fixture};
+use jobs::Tagged;
+use portpool::link::{Codec, Link, LinkError};
+use portpool::port;
+use serde::{Deserialize, Serialize};
+
+/// Spawns the fixture's `link <scenario> [n]` mode and links to it.
+fn linked(scenario: &str, n: Option<u32>) -> (Fixture, Link) {
+    let mut cmd = fixture("link");
+    cmd.arg(scenario);
+    if let Some(n) = n {
+        cmd.arg(n.to_string());
+    }
+    let (f, ipc) = Fixture::connected_with(cmd);
+    (f, Link::new(ipc))
+}
+
+#[test]
+fn a_filtered_read_leaves_other_messages_for_later_readers() {
+    let (child, link) = linked("kinds", None);
+    let b = link
+        .get_one_message_where(|m: &Tagged| matches!(m, Tagged::B(_)))
+        .unwrap();
+    assert_eq!(b, Tagged::B(2));
+    // The A that arrived first is still there, then the rest in order.
+    assert_eq!(link.get_one_message::<Tagged>().unwrap(), Tagged::A(1));
+    let rest: Vec<Tagged> = link.each_message().take(2).map(Result::unwrap).collect();
+    assert_eq!(rest, [Tagged::A(3), Tagged::B(4)]);
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn messages_sent_from_four_threads_arrive_in_each_senders_order() {
+    const PER: u32 = 2_500;
+    let (child, link) = linked("order", Some(4 * PER));
+    std::thread::scope(|s| {
+        for sender in 0..4u32 {
+            let link = &link;
+            s.spawn(move || {
+                for seq in 0..PER {
+                    link.send_message(&(sender, seq)).unwrap();
+                }
+            });
+        }
+    });
+    let out_of_order: u32 = link.get_one_message_timeout(BOUND).unwrap();
+    assert_eq!(out_of_order, 0);
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn each_message_ends_when_the_peer_disconnects_cleanly() {
+    let (child, link) = linked("listen", None);
+    link.send_message("one").unwrap();
+    assert_eq!(link.get_one_message::<String>().unwrap(), "heard one");
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn a_strict_message_to_a_peer_that_is_not_listening_fails() {
+    let (child, link) = linked("deaf", None);
+    assert_eq!(link.send_message_strict("hello?"), Err(LinkError::NotListening));
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn a_strict_message_to_a_listening_peer_is_delivered() {
+    let (child, link) = linked("listen", None);
+    // The child listens as soon as it has started; until then a strict
+    // message is refused (and not delivered), so try until it lands.
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        match link.send_message_strict("ping") {
+            Ok(()) => break,
+            Err(LinkError::NotListening) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("strict send failed: {e}"),
+        }
+    }
+    assert_eq!(link.get_one_message::<String>().unwrap(), "heard ping");
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn a_strict_message_to_a_peer_that_exited_fails_with_peer_exited() {
+    let (mut child, link) = linked("exit-on-message", None);
+    link.send_message("bye").unwrap();
+    child.wait();
+    assert_eq!(
+        link.send_message_strict("still there?"),
+        Err(LinkError::PeerExited)
+    );
+    drop(link);
+    child.assert_gone();
+}
+
+#[test]
+fn two_strict_sends_crossing_each_other_are_a_deadlock_not_a_hang() {
+    let (child, ipc) = Fixture::connected_with(fixture("strict-cross"));
+    let link = Link::with_codec(ipc, Codec::Json);
+    assert_eq!(
+        link.send_message_strict("from the parent"),
+        Err(LinkError::Deadlock)
+    );
+    // The child reports what we answered to its own strict message.
+    assert_eq!(link.get_one_message::<String>().unwrap(), "deadlock");
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn replies_may_come_out_of_order_and_failures_arrive_as_the_peers_error() {
+    let (child, link) = linked("reverse", Some(3));
+    let results: Vec<Result<u32, LinkError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = [4u32, 13, 7]
+            .into_iter()
+            .map(|v| {
+                let link = &link;
+                s.spawn(move || link.request::<u32, u32>(&v))
+            })
+            .collect();
+        hs.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert_eq!(results[0], Ok(40));
+    assert_eq!(results[1], Err(LinkError::Failed("13 is unlucky".into())));
+    assert_eq!(results[2], Ok(70));
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn a_pending_request_fails_when_the_peer_goes_away() {
+    let (child, link) = linked("drop-request", None);
+    assert_eq!(link.request::<u32, u32>(&1), Err(LinkError::Disconnected));
+    // And so does every later one.
+    assert_eq!(link.request::<u32, u32>(&2), Err(LinkError::Disconnected));
+    drop(link);
+    child.assert_gone();
+}
+
+#[test]
+fn a_pending_request_fails_past_its_deadline() {
+    let (child, link) = linked("ignore-request", None);
+    assert_eq!(
+        link.request_timeout::<u32, u32>(&1, Duration::from_millis(50)),
+        Err(LinkError::Timeout)
+    );
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn a_registered_handler_answers_the_peers_requests() {
+    let (child, link) = linked("ask", Some(41));
+    link.on_request(|n: u32| Ok::<u32, String>(n + 1));
+    assert_eq!(link.get_one_message::<u32>().unwrap(), 42);
+    drop(link);
+    assert!(child.assert_gone().success());
+}
+
+#[test]
+fn messages_survive_a_connection_within_one_process_too() {
+    // Both ends in this process: a link per side, over a port pair.
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || {
+        let link = Link::new(b.connect().unwrap());
+        link.on_request(|s: String| Ok::<usize, String>(s.len()));
+        link.wait_closed();
+    });
+    let link = Link::new(a.connect().unwrap());
+    assert_eq!(link.request::<str, usize>("four").unwrap(), 4);
+    drop(link);
+    t.join().unwrap();
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+#[serde(tag = "op", rename_all = "snake_case")]
+enum Op {
+    Add { a: i64, b: i64 },
+    Fail,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Sum {
+    sum: i64,
+}
+
+#[derive(Serialize, Deserialize, Debug, PartialEq)]
+struct Echo<T> {
+    echo: T,
+}
+
+#[test]
+fn a_python_peer_written_from_the_protocol_document_talks_to_us() {
+    let (ours, theirs) = port::open().unwrap();
+    let mut cmd = Command::new("python3");
+    cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/json_peer.py"));
+    let child = Fixture::spawn(cmd, theirs);
+    let link = Link::with_codec(ours.connect().unwrap(), Codec::Json);
+    assert_eq!(
+        link.request::<Op, Sum>(&Op::Add { a: 40, b: 2 }).unwrap(),
+        Sum { sum: 42 }
+    );
+    match link.request::<Op, Sum>(&Op::Fail) {
+        Err(LinkError::Failed(why)) => assert!(why.contains("unknown op"), "{why}"),
+        other => panic!("expected a failure reply, got {other:?}"),
+    }
+    link.send_message(&[1, 2, 3]).unwrap();
+    assert_eq!(
+        link.get_one_message::<Echo<Vec<u8>>>().unwrap(),
+        Echo { echo: vec![1, 2, 3] }
+    );
+    link.send_message_strict("strictly").unwrap();
+    assert_eq!(
+        link.get_one_message::<Echo<String>>().unwrap(),
+        Echo {
+            echo: "strictly".into()
+        }
+    );
+    drop(link);
+    assert!(child.assert_gone().success());
+}
