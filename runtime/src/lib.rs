@@ -5,6 +5,7 @@
 //! | 1 | [`transport`] | length-prefixed frames over a socket or a pair of pipes |
 //! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
 //! | 3 | [`link`] | conversations: ordered messages, filtered reads, strict sends, request/reply |
+//! | 3 | [`subprocess`] | one child process to talk to (execa's `execaNode` with IPC) |
 //! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
 //! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
 //! | 6 | [`supervisor`] | restarts, timeouts, cancellation, shutdown, events |
@@ -23,6 +24,8 @@ pub mod link;
 pub mod pool;
 pub mod port;
 pub mod runtime;
+mod stderr;
+pub mod subprocess;
 pub mod supervisor;
 #[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
 mod sys;

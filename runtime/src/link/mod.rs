@@ -89,9 +89,12 @@ impl fmt::Display for LinkError {
 
 impl std::error::Error for LinkError {}
 
-/// A value as it travels, still encoded.
+/// A value as it travels, still encoded (postcard bytes or a JSON value).
 #[derive(Debug, Clone)]
-pub(crate) enum Payload {
+pub struct Payload(Encoded);
+
+#[derive(Debug, Clone)]
+enum Encoded {
     Postcard(Vec<u8>),
     Json(serde_json::Value),
 }
@@ -99,19 +102,28 @@ pub(crate) enum Payload {
 impl Payload {
     fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Payload, LinkError> {
         match codec {
-            Codec::Postcard => postcard::to_allocvec(v).map(Payload::Postcard).map_err(|e| {
-                LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
-            }),
-            Codec::Json => serde_json::to_value(v).map(Payload::Json).map_err(|e| {
-                LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
-            }),
+            Codec::Postcard => postcard::to_allocvec(v)
+                .map(|b| Payload(Encoded::Postcard(b)))
+                .map_err(|e| {
+                    LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
+                }),
+            Codec::Json => serde_json::to_value(v)
+                .map(|v| Payload(Encoded::Json(v)))
+                .map_err(|e| {
+                    LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
+                }),
         }
+    }
+
+    /// Decodes the value as `T`.
+    pub fn decode_value<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
+        self.decode()
     }
 
     fn decode<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
         let r = match self {
-            Payload::Postcard(b) => postcard::from_bytes(b).map_err(|e| e.to_string()),
-            Payload::Json(v) => T::deserialize(v).map_err(|e| e.to_string()),
+            Payload(Encoded::Postcard(b)) => postcard::from_bytes(b).map_err(|e| e.to_string()),
+            Payload(Encoded::Json(v)) => T::deserialize(v).map_err(|e| e.to_string()),
         };
         r.map_err(|e| LinkError::Codec(format!("could not decode a {}: {e}", std::any::type_name::<T>())))
     }
@@ -199,8 +211,8 @@ impl Frame {
             Codec::Postcard => {
                 fn bytes(p: &Payload) -> Result<&[u8], LinkError> {
                     match p {
-                        Payload::Postcard(b) => Ok(b.as_slice()),
-                        Payload::Json(_) => Err(mismatch()),
+                        Payload(Encoded::Postcard(b)) => Ok(b.as_slice()),
+                        Payload(Encoded::Json(_)) => Err(mismatch()),
                     }
                 }
                 let f = match self {
@@ -227,8 +239,8 @@ impl Frame {
             }
             Codec::Json => {
                 let value = |p: &Payload| match p {
-                    Payload::Json(v) => Ok(v.clone()),
-                    Payload::Postcard(_) => Err(mismatch()),
+                    Payload(Encoded::Json(v)) => Ok(v.clone()),
+                    Payload(Encoded::Postcard(_)) => Err(mismatch()),
                 };
                 let f = match self {
                     Frame::Message(p) => JsonFrame::Message { data: value(p)? },
@@ -259,7 +271,7 @@ impl Frame {
         match codec {
             Codec::Postcard => {
                 let f: PostcardFrame<'_> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-                let p = |b: &[u8]| Payload::Postcard(b.to_vec());
+                let p = |b: &[u8]| Payload(Encoded::Postcard(b.to_vec()));
                 Ok(match f {
                     PostcardFrame::Message(b) => Frame::Message(p(b)),
                     PostcardFrame::Strict { id, data } => Frame::Strict { id, data: p(data) },
@@ -275,20 +287,20 @@ impl Frame {
             Codec::Json => {
                 let f: JsonFrame = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
                 Ok(match f {
-                    JsonFrame::Message { data } => Frame::Message(Payload::Json(data)),
+                    JsonFrame::Message { data } => Frame::Message(Payload(Encoded::Json(data))),
                     JsonFrame::Strict { id, data } => Frame::Strict {
                         id,
-                        data: Payload::Json(data),
+                        data: Payload(Encoded::Json(data)),
                     },
                     JsonFrame::StrictAck { id, outcome } => Frame::StrictAck { id, outcome },
                     JsonFrame::Request { id, data } => Frame::Request {
                         id,
-                        data: Payload::Json(data),
+                        data: Payload(Encoded::Json(data)),
                     },
                     JsonFrame::Reply { id, ok, data } => Frame::Reply {
                         id,
                         ok,
-                        data: Payload::Json(data),
+                        data: Payload(Encoded::Json(data)),
                     },
                 })
             }
@@ -392,7 +404,8 @@ impl Inner {
 /// (`&Link` is enough for every operation).
 pub struct Link {
     inner: Arc<Inner>,
-    tx: Arc<IpcSender>,
+    /// `None` once this side has stopped sending (`close_sending`).
+    tx: Option<Arc<IpcSender>>,
     reader: Option<JoinHandle<()>>,
     rt_ref: RefCount,
 }
@@ -450,10 +463,36 @@ impl Link {
         };
         Link {
             inner,
-            tx,
+            tx: Some(tx),
             reader,
             rt_ref: Runtime::global().new_ref(),
         }
+    }
+
+    /// Connects the port this process was started with
+    /// ([`Port::from_env`](crate::port::Port::from_env)) and starts a
+    /// conversation on it: the child side of a
+    /// [`Subprocess`](crate::subprocess::Subprocess).
+    pub fn from_env(codec: Codec) -> std::io::Result<Link> {
+        let ipc = crate::port::Port::from_env()?.connect()?;
+        Ok(Link::with_codec(ipc, codec))
+    }
+
+    /// Every message received so far, still encoded (with a log only).
+    pub(crate) fn received_raw(&self) -> Vec<Payload> {
+        self.inner.lock().log.clone().unwrap_or_default()
+    }
+
+    /// Stops sending: the peer reads EOF once it has read what was sent;
+    /// messages from the peer still arrive. Later sends fail with
+    /// `Disconnected`.
+    pub fn close_sending(&mut self) {
+        self.tx = None;
+    }
+
+    /// Drops this link's runtime ref for good (its owner holds one).
+    pub(crate) fn close_ref(&mut self) {
+        self.rt_ref.close();
     }
 
     /// The codec of this link's frames.

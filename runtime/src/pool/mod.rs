@@ -39,6 +39,7 @@ use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, Shutdo
 
 pub use map::Map;
 pub use processes::WORKER_ID_ENV;
+pub(crate) use processes::describe_status;
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 

@@ -10,8 +10,7 @@
 //! from that thread matters: `PR_SET_PDEATHSIG` fires when the *thread*
 //! that spawned a child exits (design.md, known traps).
 
-use std::collections::{HashMap, VecDeque};
-use std::io::{BufRead, BufReader, Write};
+use std::collections::HashMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex};
@@ -24,6 +23,7 @@ use super::wire::{FromWorker, ToWorker, WireOutcome};
 use super::{BuildError, Core, Event, Outcome, Task, Work, lock};
 use crate::job::{Failure, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
+use crate::stderr::StderrTail;
 use crate::supervisor::monitor::{Control, Supervised};
 use crate::supervisor::{Intensity, PoolEvent, TERM_GRACE};
 
@@ -38,15 +38,6 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 
 /// How long a new worker has to complete its handshake.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// How many of a worker's last stderr lines a crash report carries, and
-/// how long each may be.
-const STDERR_LINES: usize = 20;
-const STDERR_LINE_MAX: usize = 1000;
-
-/// How long an exited worker's stderr may stay open (held by a grandchild)
-/// before its crash is reported without the rest.
-const STDERR_GRACE: Duration = Duration::from_millis(500);
 
 /// SIGTERM (15 on every Unix portpool supports).
 const SIGTERM: i32 = 15;
@@ -75,66 +66,6 @@ struct Worker {
     child: Mutex<Option<Child>>,
     ended_by: Mutex<Option<EndReason>>,
     stderr: Arc<StderrTail>,
-}
-
-/// The last lines of a worker's stderr, kept by a thread that also passes
-/// them on to this process's stderr.
-#[derive(Default)]
-struct StderrTail {
-    lines: Mutex<VecDeque<String>>,
-    done: Mutex<bool>,
-    cv: Condvar,
-}
-
-impl StderrTail {
-    /// The lines so far, once the stream ended or `STDERR_GRACE` passed.
-    fn wait_lines(&self) -> Vec<String> {
-        let deadline = Instant::now() + STDERR_GRACE;
-        let mut done = lock(&self.done);
-        while !*done {
-            let now = Instant::now();
-            if now >= deadline {
-                break;
-            }
-            done = self
-                .cv
-                .wait_timeout(done, deadline - now)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-        }
-        drop(done);
-        lock(&self.lines).iter().cloned().collect()
-    }
-}
-
-fn pass_stderr_on(id: usize, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
-    let mut r = BufReader::new(pipe);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match r.read_until(b'\n', &mut line) {
-            Ok(0) | Err(_) => break,
-            Ok(_) => {
-                // Passed on as written, so the worker's messages still reach
-                // whoever reads this process's stderr.
-                let _ = std::io::stderr().write_all(&line);
-                let text = String::from_utf8_lossy(&line);
-                let text = text.trim_end_matches(['\n', '\r']);
-                let mut cut = text.len().min(STDERR_LINE_MAX);
-                while !text.is_char_boundary(cut) {
-                    cut -= 1;
-                }
-                let mut lines = lock(&tail.lines);
-                if lines.len() == STDERR_LINES {
-                    lines.pop_front();
-                }
-                lines.push_back(text[..cut].to_string());
-            }
-        }
-    }
-    log::trace!("worker {id}: stderr closed");
-    *lock(&tail.done) = true;
-    tail.cv.notify_all();
 }
 
 /// A worker slot: the current incarnation, if one is up.
@@ -676,13 +607,9 @@ fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, Ip
         )
     })?;
     let pid = child.id();
-    let stderr = Arc::new(StderrTail::default());
-    if let Some(pipe) = child.stderr.take() {
-        let tail = stderr.clone();
-        let spawned = std::thread::Builder::new()
-            .name(format!("portpool-stderr-{id}"))
-            .spawn(move || pass_stderr_on(id, pipe, tail));
-        if let Err(e) = spawned {
+    let stderr = match StderrTail::follow(&mut child, &format!("worker {id}")) {
+        Ok(t) => t,
+        Err(e) => {
             let _ = child.kill();
             let _ = child.wait();
             return Err(BuildError::io(
@@ -690,7 +617,7 @@ fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, Ip
                 e,
             ));
         }
-    }
+    };
     let opts = ConnectOptions {
         role: Role::Supervisor,
         timeout: START_TIMEOUT,

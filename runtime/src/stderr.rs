@@ -1,0 +1,99 @@
+//! Following a child's stderr: every line is passed on to this process's
+//! stderr as it comes, and the last ones are kept for error reports.
+
+use std::collections::VecDeque;
+use std::io::{BufRead, BufReader, Write};
+use std::process::Child;
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::pool::lock;
+
+/// How many of a child's last stderr lines a report carries, and how long
+/// each may be.
+const STDERR_LINES: usize = 20;
+const STDERR_LINE_MAX: usize = 1000;
+
+/// How long an exited child's stderr may stay open (held by a grandchild)
+/// before its exit is reported without the rest.
+const STDERR_GRACE: Duration = Duration::from_millis(500);
+
+/// The last lines of a worker's stderr, kept by a thread that also passes
+/// them on to this process's stderr.
+#[derive(Default)]
+pub(crate) struct StderrTail {
+    lines: Mutex<VecDeque<String>>,
+    done: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl StderrTail {
+    /// The lines so far, once the stream ended or `STDERR_GRACE` passed.
+    pub(crate) fn wait_lines(&self) -> Vec<String> {
+        let deadline = Instant::now() + STDERR_GRACE;
+        let mut done = lock(&self.done);
+        while !*done {
+            let now = Instant::now();
+            if now >= deadline {
+                break;
+            }
+            done = self
+                .cv
+                .wait_timeout(done, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+        drop(done);
+        lock(&self.lines).iter().cloned().collect()
+    }
+}
+
+fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
+    let mut r = BufReader::new(pipe);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match r.read_until(b'\n', &mut line) {
+            Ok(0) | Err(_) => break,
+            Ok(_) => {
+                // Passed on as written, so the worker's messages still reach
+                // whoever reads this process's stderr.
+                let _ = std::io::stderr().write_all(&line);
+                let text = String::from_utf8_lossy(&line);
+                let text = text.trim_end_matches(['\n', '\r']);
+                let mut cut = text.len().min(STDERR_LINE_MAX);
+                while !text.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                let mut lines = lock(&tail.lines);
+                if lines.len() == STDERR_LINES {
+                    lines.pop_front();
+                }
+                lines.push_back(text[..cut].to_string());
+            }
+        }
+    }
+    log::trace!("{who}: stderr closed");
+    *lock(&tail.done) = true;
+    tail.cv.notify_all();
+}
+
+impl StderrTail {
+    /// Takes `child`'s piped stderr (if it was piped) and follows it on a
+    /// thread of its own.
+    pub(crate) fn follow(child: &mut Child, who: &str) -> std::io::Result<Arc<StderrTail>> {
+        let tail = Arc::new(StderrTail::default());
+        match child.stderr.take() {
+            Some(pipe) => {
+                let (t, who) = (tail.clone(), who.to_string());
+                std::thread::Builder::new()
+                    .name("portpool-stderr".into())
+                    .spawn(move || pass_on(&who, pipe, t))?;
+            }
+            None => {
+                *lock(&tail.done) = true;
+            }
+        }
+        Ok(tail)
+    }
+}
