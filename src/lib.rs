@@ -296,9 +296,11 @@ pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
 pub use portpool_runtime::pool::{Pool, Ticket};
 pub use portpool_runtime::runtime::Runtime;
 pub use portpool_runtime::supervisor::{RestartPolicy, Shutdown, ShutdownReport};
-pub use portpool_runtime::{error, job, link, pool, port, runtime, subprocess, supervisor, transport};
+pub use portpool_runtime::{
+    error, job, link, pool, port, runtime, service, subprocess, supervisor, transport,
+};
 
 /// The worker-process side (see the `portpool-worker` crate).
 pub mod worker {
-    pub use portpool_worker::{connect, is_worker, run, serve_if_worker};
+    pub use portpool_worker::{connect, is_worker, run, serve_if_worker, serve_service};
 }

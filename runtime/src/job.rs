@@ -122,6 +122,8 @@ impl JobState {
 /// Where a handler learns that its job was cancelled.
 #[derive(Clone)]
 pub(crate) enum CancelSource {
+    /// Not cancellable (a service call).
+    Never,
     /// The job's own state (thread workers share it with the ticket).
     Flag(Arc<JobState>),
     /// A process worker: cancel frames arrive on the port while the handler runs.
@@ -169,6 +171,7 @@ impl Context {
     /// (at most about once a millisecond), so it is cheap to call often.
     pub fn is_cancelled(&self) -> bool {
         match &self.cancel {
+            CancelSource::Never => false,
             CancelSource::Flag(s) => s.is_cancelled(),
             CancelSource::Remote(inbox, id) => inbox.is_cancelled(*id),
         }

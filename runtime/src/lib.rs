@@ -6,6 +6,7 @@
 //! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
 //! | 3 | [`link`] | conversations: ordered messages, filtered reads, strict sends, request/reply |
 //! | 3 | [`subprocess`] | one child process to talk to (execa's `execaNode` with IPC) |
+//! | 3 | [`service`] | one worker serving many clients, each on its own connection |
 //! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
 //! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
 //! | 6 | [`supervisor`] | restarts, timeouts, cancellation, shutdown, events |
@@ -24,6 +25,7 @@ pub mod link;
 pub mod pool;
 pub mod port;
 pub mod runtime;
+pub mod service;
 mod stderr;
 pub mod subprocess;
 pub mod supervisor;

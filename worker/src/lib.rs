@@ -76,3 +76,19 @@ pub fn serve_if_worker(handlers: &Handlers) {
         run(handlers.clone());
     }
 }
+
+/// Serves a [`Service`](portpool_runtime::service::Service)'s clients with
+/// `handlers`, then exits the process: takes the control port from the
+/// environment, serves every client port the parent sends, and exits once
+/// the parent is gone and the last client has disconnected (status 0, or 1
+/// if the control port broke).
+pub fn serve_service(handlers: Handlers) -> ! {
+    let res = connect().and_then(|ipc| portpool_runtime::service::serve_service_on(ipc, &handlers));
+    match res {
+        Ok(()) => std::process::exit(0),
+        Err(e) => {
+            eprintln!("portpool service: {e}");
+            std::process::exit(1);
+        }
+    }
+}
