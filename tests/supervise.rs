@@ -833,3 +833,61 @@ fn sigterm_shuts_down_gracefully_and_exits_143() {
         common::wait_pid_gone(pid);
     }
 }
+
+// ------------------------------------------------- review regressions
+
+both!(broadcast_after_shutdown_is_rejected_not_a_hang, |backend| {
+    let (b, ev) = builder(backend, 2);
+    let pool = b.build().unwrap();
+    pool.shutdown(Shutdown::default());
+    for r in pool.broadcast(WhoAmI) {
+        assert!(matches!(r, Err(JobError::Rejected { .. })), "{r:?}");
+    }
+    finish(pool, &ev);
+});
+
+#[test]
+fn shutdown_with_stuck_threads_and_a_tiny_queue_is_bounded() {
+    let (b, ev) = builder(Backend::Threads, 2);
+    let pool = b.queue_limit(1).build().unwrap();
+    let gate = GatePath::new("stuck-threads");
+    let mut stuck: Vec<_> = (0..2)
+        .map(|_| pool.submit(Stubborn(gate.0.clone())).unwrap())
+        .collect();
+    for t in &mut stuck {
+        assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
+    }
+    let report = pool.shutdown(Shutdown::graceful(Duration::from_millis(20)));
+    assert_eq!(report.threads_abandoned, 2, "{report:?}");
+    for t in stuck {
+        assert!(matches!(t.wait(), Err(JobError::Cancelled)));
+    }
+    gate.open();
+    finish(pool, &ev);
+}
+
+#[test]
+fn a_job_cancelled_in_the_queue_with_a_queue_deadline_counts_once() {
+    let (b, ev) = builder(Backend::Processes, 1);
+    let pool = b
+        .inflight_per_worker(1)
+        .queue_timeout(Duration::from_millis(20))
+        .build()
+        .unwrap();
+    let gate = GatePath::new("count-once");
+    let mut long = pool
+        .submit_with(Gate(gate.0.clone()), JobOptions::new().queue_timeout(BOUND))
+        .unwrap();
+    assert_eq!(long.recv_progress::<String>().as_deref(), Some("started"));
+    let queued = pool.submit(Square(1)).unwrap();
+    queued.cancel();
+    assert!(matches!(queued.wait(), Err(JobError::Cancelled)));
+    // Let the queue deadline of the cancelled job pass, then its turn come.
+    std::thread::sleep(Duration::from_millis(60));
+    gate.open();
+    assert!(long.wait().unwrap());
+    assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
+    let s = pool.stats();
+    assert_eq!((s.cancelled, s.failed, s.done), (1, 1, 2), "{s:?}");
+    finish(pool, &ev);
+}

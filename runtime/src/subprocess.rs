@@ -4,7 +4,7 @@
 //! status with every message it sent ([`SubprocessOutput::ipc_output`]).
 //!
 //! ```no_run
-//! use portpool::subprocess::Subprocess;
+//! use portpool_runtime::subprocess::Subprocess;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cmd = std::process::Command::new("my-child");
 //! cmd.arg("--task");

@@ -318,13 +318,15 @@ impl Core {
         }
         for t in tasks {
             let jobs = t.jobs();
-            self.deliver_failure(&t.state, &t.reply, jobs, why.clone(), None);
+            self.retire_failure(&t.state, &t.reply, jobs, why.clone(), None);
         }
     }
 
     /// Delivers `f` as the outcome of a job (of `jobs` jobs) that leaves
     /// the pool without an answer, unless its outcome was settled already.
     /// Counts it on `worker`, or on the pool. Returns whether it delivered.
+    /// (A timer or the shutdown, which do not take the task off the books:
+    /// whoever removes it later counts it; see `retire_failure`.)
     pub(crate) fn deliver_failure(
         &self,
         state: &JobState,
@@ -334,7 +336,6 @@ impl Core {
         worker: Option<usize>,
     ) -> bool {
         if !state.settle() {
-            self.count_settled_elsewhere(state, jobs);
             return false;
         }
         // Relaxed: statistics only.
@@ -349,6 +350,24 @@ impl Core {
         }
         monitor::send_failure(reply, f);
         true
+    }
+
+    /// Like [`deliver_failure`](Self::deliver_failure), for the one place
+    /// that takes the task off the pool's books: a task whose ticket
+    /// cancelled it is counted as cancelled here.
+    pub(crate) fn retire_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        let delivered = self.deliver_failure(state, reply, jobs, f, worker);
+        if !delivered {
+            self.count_settled_elsewhere(state, jobs);
+        }
+        delivered
     }
 
     /// A job whose outcome someone else settled leaves the pool: if its
@@ -1077,9 +1096,12 @@ impl PoolInner {
         if how.mode != ShutdownMode::Graceful {
             core.fail_queued(&Failure::Cancelled);
         }
-        // Work left may not wait for a resume that will not come.
+        // Work left may not wait for a resume that will not come. (The
+        // workers are not sent a resume: they are about to stop, and a
+        // stuck one must not hold the shutdown up.)
         if core.suspended.load(Ordering::Acquire) {
-            self.resume();
+            core.set_suspended(false);
+            self.after_enqueue();
         }
         // Phase 1: let the work finish, until the deadline (or a hurry).
         let finished = how.mode != ShutdownMode::Immediate
@@ -1322,6 +1344,19 @@ impl Pool {
         &self,
         job: J,
     ) -> Vec<Result<J::Output, crate::job::JobError<J::Error>>> {
+        if let Some(r) = self.inner.refusal() {
+            let reason = match r {
+                Refusal::Closed => "the pool is shutting down".to_string(),
+                Refusal::Failed(why) => format!("the pool failed: {why}"),
+            };
+            return (0..self.workers())
+                .map(|_| {
+                    Err(crate::job::JobError::Rejected {
+                        reason: reason.clone(),
+                    })
+                })
+                .collect();
+        }
         let tickets: Vec<Ticket<J>> = (0..self.workers())
             .map(|w| {
                 let (ticket, task) = self.new_ticket(job.clone(), &JobOptions::default());

@@ -69,14 +69,24 @@ struct Worker {
 }
 
 /// A worker slot: the current incarnation, if one is up.
-#[derive(Default)]
 struct Slot {
     current: Mutex<Option<Arc<Worker>>>,
     /// Broadcast tasks for this slot that came while it was restarting;
-    /// its next worker takes them first. (Lock order: `waiting`, then
+    /// its next worker takes them first. `None` once the slot's thread has
+    /// ended: nothing will come for them. (Lock order: `waiting`, then
     /// `current`.)
-    waiting: Mutex<Vec<Task>>,
+    waiting: Mutex<Option<Vec<Task>>>,
     restarts: AtomicU64,
+}
+
+impl Default for Slot {
+    fn default() -> Slot {
+        Slot {
+            current: Mutex::new(None),
+            waiting: Mutex::new(Some(Vec::new())),
+            restarts: AtomicU64::new(0),
+        }
+    }
 }
 
 impl Slot {
@@ -183,11 +193,11 @@ impl Processes {
                     let waiting: Vec<Task> = {
                         let mut w = lock(&slot.waiting);
                         *lock(&slot.current) = None;
-                        w.drain(..).collect()
+                        w.take().unwrap_or_default()
                     };
                     for t in waiting {
                         let jobs = t.jobs();
-                        shared.core.deliver_failure(
+                        shared.core.retire_failure(
                             &t.state,
                             &t.reply,
                             jobs,
@@ -239,11 +249,26 @@ impl Processes {
         let slot = &self.shared.slots[w];
         let worker = {
             let mut waiting = lock(&slot.waiting);
-            match slot.current().filter(|w| w.alive.load(Ordering::Acquire)) {
-                Some(worker) => worker,
-                None => {
+            match (
+                slot.current().filter(|w| w.alive.load(Ordering::Acquire)),
+                &mut *waiting,
+            ) {
+                (Some(worker), _) => worker,
+                (None, Some(queue)) => {
                     // Exited or restarting: the replacement takes it first.
-                    waiting.push(task);
+                    queue.push(task);
+                    return;
+                }
+                (None, None) => {
+                    drop(waiting);
+                    let jobs = task.jobs();
+                    core.retire_failure(
+                        &task.state,
+                        &task.reply,
+                        jobs,
+                        Failure::Rejected(format!("worker {w} has stopped")),
+                        Some(w),
+                    );
                     return;
                 }
             }
@@ -333,9 +358,7 @@ impl Processes {
         }
         for s in &self.shared.slots {
             if let Some(w) = s.current() {
-                if let Err(e) = w.tx.send(&ToWorker::Stop) {
-                    log::debug!("worker {}: stop not sent ({e}); it is gone", w.id);
-                }
+                send_soon(w, ToWorker::Stop);
             }
         }
         let threads: Vec<_> = lock(&self.threads).drain(..).collect();
@@ -388,12 +411,22 @@ impl Worker {
             None => false,
         }
     }
+}
 
-    /// Asks the worker to stop job `id` (its handler sees `is_cancelled`).
-    fn send_cancel(&self, id: u64) {
-        if let Err(e) = self.tx.send(&ToWorker::Cancel { id }) {
-            log::debug!("worker {}: cancel of job {id} not sent ({e})", self.id);
-        }
+/// Sends `msg` to `w` from a thread of its own. The monitor and the
+/// shutdown use this: a write to a worker whose socket is full (it is stuck
+/// in a handler with large jobs queued) must not stop every timer of the
+/// pool, or the shutdown that is about to kill that worker.
+fn send_soon(w: Arc<Worker>, msg: ToWorker<'static>) {
+    let spawned = std::thread::Builder::new()
+        .name("portpool-send".into())
+        .spawn(move || {
+            if let Err(e) = w.tx.send(&msg) {
+                log::debug!("worker {}: {msg:?} not sent ({e}); it is exiting", w.id);
+            }
+        });
+    if let Err(e) = spawned {
+        log::error!("could not start a thread to send a control message: {e}");
     }
 }
 
@@ -402,8 +435,9 @@ impl Supervised for Processes {
         for s in &self.shared.slots {
             let Some(w) = s.current() else { continue };
             if lock(&w.pending).contains_key(&id) {
-                w.send_cancel(id);
-                return Some((w.id, w.epoch));
+                let at = (w.id, w.epoch);
+                send_soon(w, ToWorker::Cancel { id });
+                return Some(at);
             }
         }
         None
@@ -430,7 +464,7 @@ impl Supervised for Processes {
         };
         if settled {
             log::warn!("job {id} on worker {worker} ran past its timeout of {after:?}");
-            w.send_cancel(id);
+            send_soon(w, ToWorker::Cancel { id });
         }
         settled
     }
@@ -523,11 +557,16 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
                 {
                     let mut waiting = lock(&slot.waiting);
                     *lock(&slot.current) = Some(w.clone());
-                    for t in waiting.drain(..) {
+                    for t in waiting.iter_mut().flat_map(|q| q.drain(..)) {
                         // SeqCst: as every other access to the slot count.
                         w.slots.fetch_add(1, Ordering::SeqCst);
                         dispatch(&w, core, t);
                     }
+                }
+                // The pool began to stop while this worker started: `stop`
+                // may have missed it, so it is told here.
+                if core.stopping.load(Ordering::Acquire) {
+                    let _ = w.tx.feed(&ToWorker::Stop);
                 }
                 // Write what was dispatched above (`pump` flushes only what
                 // it sends itself).
@@ -734,16 +773,21 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // and put back, so a crash can send the task to another worker.
     let job = std::mem::replace(&mut t.job, Box::new(()));
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
-    let cancelled = t.state.is_cancelled();
     lock(&w.pending).insert(id, t);
     // Encoding runs the job's Serialize impl, which may panic: that fails
     // this job, not the thread that dispatches (it may be a reader).
     let sent = crate::job::catch(|| send_job(&w.tx, &head, &*job));
     let failure = match sent {
         Ok(Ok(())) => {
-            if let Some(t) = lock(&w.pending).get_mut(&id) {
-                t.job = job;
-            }
+            // The cancel flag is read after the insert: a cancel from then
+            // on finds the task pending; one before is seen here.
+            let cancelled = match lock(&w.pending).get_mut(&id) {
+                Some(t) => {
+                    t.job = job;
+                    t.state.is_cancelled()
+                }
+                None => false,
+            };
             if let Some(after) = timeout {
                 let _ = core.control.send(Control::RunDeadline {
                     id,
@@ -798,7 +842,7 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
         core.counters[w.id]
             .running
             .fetch_sub(jobs as usize, Ordering::Relaxed);
-        core.deliver_failure(&t.state, &t.reply, jobs, failure, Some(w.id));
+        core.retire_failure(&t.state, &t.reply, jobs, failure, Some(w.id));
     }
 }
 
@@ -918,7 +962,7 @@ fn reader_loop(w: &Worker, mut rx: IpcReceiver, shared: &Shared) -> Exit {
             Some(EndReason::Shutdown) => Failure::Cancelled,
             _ => failure.clone(),
         };
-        core.deliver_failure(&t.state, &t.reply, jobs, f, Some(w.id));
+        core.retire_failure(&t.state, &t.reply, jobs, f, Some(w.id));
     }
     w.slots.store(0, Ordering::SeqCst);
     let expected = ended_by.is_some() || stopping;

@@ -112,7 +112,7 @@ impl Threads {
         if let Err(e) = self.slots[w].private_tx.send(task) {
             let t = e.0;
             let jobs = t.jobs();
-            self.core.deliver_failure(
+            self.core.retire_failure(
                 &t.state,
                 &t.reply,
                 jobs,
@@ -158,18 +158,20 @@ impl Threads {
     /// `TERM_GRACE` when `hurried`: the work was cancelled) is left;
     /// returns how many were.
     pub(crate) fn stop(&self, hurried: bool) -> usize {
-        for _ in 0..self.slots.len() {
-            if self.core.queue_tx.send(Work::Stop).is_err() {
-                break;
-            }
-        }
-        let handles: Vec<_> = lock(&self.handles).drain(..).collect();
         let grace = if hurried || self.core.hurry.load(Ordering::Acquire) {
             crate::supervisor::TERM_GRACE
         } else {
             STOP_GRACE
         };
         let deadline = Instant::now() + grace;
+        // Bounded: threads stuck in a handler take no Stop, and the queue
+        // may be too small to hold one for each.
+        for _ in 0..self.slots.len() {
+            if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
+                break;
+            }
+        }
+        let handles: Vec<_> = lock(&self.handles).drain(..).collect();
         let mut abandoned = 0;
         for (id, h, done) in handles {
             // Nothing is ever sent: the channel disconnects when the thread ends.
@@ -182,6 +184,20 @@ impl Threads {
             }
             if h.join().is_err() {
                 log::error!("worker thread {id} panicked outside a job");
+            }
+        }
+        // Broadcast copies that came after a worker took its Stop: nobody
+        // will run them.
+        for (w, s) in self.slots.iter().enumerate() {
+            while let Ok(t) = s.private_rx.try_recv() {
+                let jobs = t.jobs();
+                self.core.retire_failure(
+                    &t.state,
+                    &t.reply,
+                    jobs,
+                    Failure::Rejected("the worker has stopped".into()),
+                    Some(w),
+                );
             }
         }
         log::info!("thread workers stopped");
@@ -325,19 +341,22 @@ impl Supervised for Threads {
             return false;
         };
         let s = &self.slots[worker];
+        let cur = lock(&s.current).clone();
+        if cur.0 != epoch {
+            return false;
+        }
         {
             let mut r = lock(&s.running);
             if !r.as_ref().is_some_and(|r| r.id == id && r.epoch == epoch) {
                 return false;
             }
+            // Flagged under the `running` lock: a handler returning now
+            // clears its record under the same lock, then reads the flag,
+            // so it either sees the flag or is not abandoned at all.
+            // Release: pairs with the Acquire load in `worker_loop`.
+            cur.1.store(true, Ordering::Release);
             *r = None;
         }
-        let cur = lock(&s.current).clone();
-        if cur.0 != epoch {
-            return false;
-        }
-        // Release: pairs with the Acquire load in `worker_loop`.
-        cur.1.store(true, Ordering::Release);
         self.core.event(PoolEvent::WorkerExited {
             worker,
             pid: None,
