@@ -118,12 +118,93 @@ fn main() {
     if wanted("pool_process_map_tiny") {
         process_map_tiny(if quick { 3 } else { 7 }, 1_000_000);
     }
+    if wanted("request_roundtrip") {
+        request_roundtrip(reps, if quick { 5_000 } else { 20_000 });
+    }
+    if wanted("messages_pipelined") {
+        messages_pipelined(reps, if quick { 200_000 } else { 1_000_000 });
+    }
     if wanted("supervise_respawn") {
         respawn(reps);
     }
     if wanted("shutdown_graceful_idle") {
         shutdown_idle(reps);
     }
+}
+
+/// µs for one 64-byte request and its reply over a `Link` between two
+/// processes, beside the busy-polling raw socketpair ping-pong.
+fn request_roundtrip(reps: usize, iters: usize) {
+    let (a, b) = port::open().expect("open");
+    let child = spawn_peer("link-echo", b, false, &[]);
+    let link = portpool::link::Link::new(a.connect().expect("connect"));
+    let msg = serde_bytes::ByteBuf::from(vec![1u8; MSG]);
+    let run = || {
+        let time = || {
+            let t = Instant::now();
+            for _ in 0..iters {
+                let r: serde_bytes::ByteBuf = link.request(&msg).expect("request");
+                std::hint::black_box(r);
+            }
+            t.elapsed()
+        };
+        time();
+        time().as_secs_f64() * 1e6 / iters as f64
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(raw_roundtrip(iters, false));
+        ours.push(run());
+    }
+    drop(link);
+    finish(child);
+    report("request_roundtrip", median(ours), median(base), "us");
+}
+
+/// 64-byte messages per second one way over a `Link` (the receiver takes
+/// each with `each_message`), beside raw writes of the same bytes, each
+/// message written on its own.
+fn messages_pipelined(reps: usize, n: usize) {
+    // A link message frame for 64 bytes: header, tag, length, bytes.
+    const BYTES: usize = 5 + 1 + 1 + 1 + MSG;
+    let run_raw = || {
+        let (a, b) = port::open().expect("open");
+        let child = spawn_peer("raw-sink", b, false, &[n.to_string(), BYTES.to_string()]);
+        let mut s = raw_stream(a);
+        let msg = [7u8; BYTES];
+        let t = Instant::now();
+        for _ in 0..n {
+            s.write_all(&msg).expect("write");
+        }
+        let mut one = [0u8; 1];
+        s.read_exact(&mut one).expect("read");
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        drop(s);
+        finish(child);
+        rate
+    };
+    let run_link = || {
+        let (a, b) = port::open().expect("open");
+        let child = spawn_peer("link-sink", b, false, &[n.to_string()]);
+        let link = portpool::link::Link::new(a.connect().expect("connect"));
+        let msg = serde_bytes::Bytes::new(&[7u8; MSG]);
+        let t = Instant::now();
+        for _ in 0..n {
+            link.send_message(&msg).expect("send");
+        }
+        let got: u64 = link.get_one_message().expect("count");
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(got, n as u64);
+        drop(link);
+        finish(child);
+        rate
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(run_raw());
+        ours.push(run_link());
+    }
+    report("messages_pipelined", median(ours), median(base), "msgs/s");
 }
 
 /// ms from a worker's SIGKILL to its replacement answering a job, beside
@@ -520,6 +601,36 @@ fn peer(role: &str) {
                 ipc.send_bytes(&buf).expect("send");
             }
             let _ = ipc.recv_bytes();
+        }
+        // A link that answers every request with its bytes.
+        "link-echo" => {
+            let link = portpool::link::Link::new(port.connect().expect("connect"));
+            link.on_request(|b: serde_bytes::ByteBuf| Ok::<_, String>(b));
+            link.wait_closed();
+        }
+        // A link that takes `n` messages, then says how many it got.
+        "link-sink" => {
+            let n = arg(1);
+            let link = portpool::link::Link::new(port.connect().expect("connect"));
+            let mut got = 0u64;
+            for m in link.each_message::<serde_bytes::ByteBuf>().take(n) {
+                m.expect("message");
+                got += 1;
+            }
+            link.send_message(&got).expect("send");
+            link.wait_closed();
+        }
+        // Baseline: reads `n` messages of `size` bytes as raw bytes, then
+        // writes one byte back.
+        "raw-sink" => {
+            let (n, size) = (arg(1), arg(2));
+            let mut s = raw_stream(port);
+            let mut buf = vec![0u8; size];
+            for _ in 0..n {
+                s.read_exact(&mut buf).expect("read");
+            }
+            s.write_all(&[1]).expect("write");
+            let _ = s.read(&mut buf);
         }
         other => panic!("unknown peer role {other}"),
     }

@@ -35,6 +35,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::port::{Ipc, IpcReceiver, IpcSender};
 use crate::runtime::{RefCount, Runtime};
+use crate::transport::Wait;
 
 /// How a link encodes its frames and the values in them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -318,16 +319,29 @@ enum Closed {
 /// A request handler with its types erased.
 type Handler = Arc<dyn Fn(&Payload) -> Result<Payload, String> + Send + Sync>;
 
-/// Where incoming requests go once a handler is registered: its thread.
-type HandlerQueue = crossbeam_channel::Sender<(u64, Payload)>;
+/// How long the background thread leaves reading to callers before it
+/// looks whether any is left: the longest a strict message or a request
+/// waits for an answer after the last caller left the link.
+const BACKGROUND_NAP: Duration = Duration::from_millis(2);
+
+/// How long a thread that wants to read waits, spinning, for the reader in
+/// turn to hand the receiver back before it sleeps on the condvar.
+const HANDOFF_SPIN: Duration = Duration::from_micros(20);
 
 #[derive(Default)]
 struct State {
+    /// The receiving half, here when no thread is reading (scenario
+    /// "whoever waits reads" in the module docs).
+    rx: Option<IpcReceiver>,
+    /// Threads inside a link call that waits for something.
+    waiters: usize,
+    /// Of those, the ones asleep on the condvar (the others read or spin).
+    sleepers: usize,
     /// Messages received and not yet taken, in arrival order.
     inbox: VecDeque<Payload>,
     /// Every message received, when the link keeps a log (`ipc_output`).
     log: Option<Vec<Payload>>,
-    /// Readers blocked waiting for a message.
+    /// Readers waiting for a message.
     listening: usize,
     closed: Option<Closed>,
     /// Our requests waiting for their reply.
@@ -336,40 +350,32 @@ struct State {
     stricts: HashMap<u64, Option<Result<(), LinkError>>>,
     /// Requests from the peer not yet taken (no handler registered).
     incoming: VecDeque<(u64, Payload)>,
-    handler: Option<HandlerQueue>,
+    handler: Option<Handler>,
 }
 
 struct Inner {
     /// The link's sender, held strongly only by the [`Link`]: dropping the
-    /// link drops it, which tells the peer (EOF) even while the reader
+    /// link drops it, which tells the peer (EOF) even while the background
     /// thread still runs.
     tx: std::sync::Weak<IpcSender>,
     codec: Codec,
     state: Mutex<State>,
+    /// Callers waiting for data or for the receiver.
     cv: Condvar,
+    /// The background thread, waiting for its turn to read.
+    bg_cv: Condvar,
     next_id: AtomicU64,
+}
+
+/// What a frame asks of the thread that read it, once the lock is released.
+enum Action {
+    Ack(u64, StrictOutcome),
+    Handle(Handler, u64, Payload),
 }
 
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, State> {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn wait<'a>(&self, g: MutexGuard<'a, State>, deadline: Option<Instant>) -> (MutexGuard<'a, State>, bool) {
-        match deadline {
-            None => (self.cv.wait(g).unwrap_or_else(|p| p.into_inner()), false),
-            Some(d) => {
-                let now = Instant::now();
-                if now >= d {
-                    return (g, true);
-                }
-                let (g, r) = self
-                    .cv
-                    .wait_timeout(g, d - now)
-                    .unwrap_or_else(|p| p.into_inner());
-                (g, r.timed_out() && Instant::now() >= d)
-            }
-        }
     }
 
     fn send(&self, f: &Frame) -> Result<(), LinkError> {
@@ -398,6 +404,295 @@ impl Inner {
         };
         self.send(&Frame::Reply { id, ok, data })
     }
+
+    /// Waits until `check` yields a result (it is called with the lock held
+    /// and must yield once the link is closed), or until `deadline`
+    /// (`Timeout`). While it waits, the calling thread reads frames itself
+    /// whenever no other thread is reading: the reply a caller waits for
+    /// is read by that caller, without a hand-off between threads.
+    fn wait_for<R>(
+        &self,
+        deadline: Option<Instant>,
+        listening: bool,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<R, LinkError> {
+        let mut st = self.lock();
+        st.waiters += 1;
+        if listening {
+            st.listening += 1;
+        }
+        let mut buf = Vec::new();
+        let out = loop {
+            if let Some(r) = check(&mut st) {
+                break Ok(r);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Err(LinkError::Timeout);
+            }
+            if let Some(c) = &st.closed {
+                break Err(Inner::closed_error(c));
+            }
+            if let Some(mut rx) = st.rx.take() {
+                drop(st);
+                let res = rx.recv_bytes_wait(&mut buf, deadline.map_or(Wait::Forever, Wait::Until));
+                st = self.lock();
+                st.rx = Some(rx);
+                let actions = self.absorb(&mut st, res, &buf);
+                self.wake(&st);
+                if !actions.is_empty() {
+                    drop(st);
+                    self.run(actions);
+                    st = self.lock();
+                }
+                continue;
+            }
+            // Another thread reads: spin briefly for it to hand over (it
+            // often is about to), then sleep until it does or data comes.
+            drop(st);
+            let spin_until = Instant::now() + HANDOFF_SPIN;
+            loop {
+                std::thread::yield_now();
+                st = self.lock();
+                if st.rx.is_some() || Instant::now() >= spin_until {
+                    break;
+                }
+                drop(st);
+            }
+            if st.rx.is_none() {
+                st.sleepers += 1;
+                st = match deadline {
+                    None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                    Some(d) => {
+                        let left = d.saturating_duration_since(Instant::now());
+                        self.cv
+                            .wait_timeout(st, left)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0)
+                    }
+                };
+                st.sleepers -= 1;
+            }
+        };
+        if listening {
+            st.listening -= 1;
+        }
+        st.waiters -= 1;
+        if st.waiters == 0 && (st.closed.is_some() || !st.incoming.is_empty()) {
+            self.bg_cv.notify_all();
+        }
+        out
+    }
+
+    /// After a read: wakes the callers asleep on the condvar (their data,
+    /// or the receiver, may be here now). A read that ended the link wakes
+    /// the background thread too.
+    fn wake(&self, st: &State) {
+        if st.sleepers > 0 {
+            self.cv.notify_all();
+        }
+        if st.closed.is_some() {
+            self.bg_cv.notify_all();
+        }
+    }
+
+    /// Files what a read returned (a frame, nothing, or the end).
+    fn absorb(&self, st: &mut State, res: Result<bool, crate::error::RecvError>, buf: &[u8]) -> Vec<Action> {
+        match res {
+            Ok(true) => match Frame::decode(self.codec, buf) {
+                Ok(f) => self.file(st, f).into_iter().collect(),
+                Err(e) => {
+                    Self::close(
+                        st,
+                        Closed::Broken(format!("the peer sent a malformed frame: {e}")),
+                    );
+                    Vec::new()
+                }
+            },
+            Ok(false) => Vec::new(),
+            Err(e) if e.is_disconnected() => {
+                Self::close(st, Closed::Clean);
+                Vec::new()
+            }
+            Err(e) => {
+                Self::close(st, Closed::Broken(e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    fn close(st: &mut State, closed: Closed) {
+        if st.closed.is_some() {
+            return;
+        }
+        for r in st.requests.values_mut() {
+            r.get_or_insert_with(|| Err(Inner::closed_error(&closed)));
+        }
+        for s in st.stricts.values_mut() {
+            s.get_or_insert(Err(match &closed {
+                Closed::Clean => LinkError::PeerExited,
+                c => Inner::closed_error(c),
+            }));
+        }
+        st.closed = Some(closed);
+    }
+
+    /// Files one frame; returns what must be done outside the lock.
+    fn file(&self, st: &mut State, frame: Frame) -> Option<Action> {
+        match frame {
+            Frame::Message(p) => {
+                if let Some(log) = &mut st.log {
+                    log.push(p.clone());
+                }
+                st.inbox.push_back(p);
+                None
+            }
+            Frame::Strict { id, data } => {
+                let outcome = if st.listening > 0 {
+                    if let Some(log) = &mut st.log {
+                        log.push(data.clone());
+                    }
+                    st.inbox.push_back(data);
+                    StrictOutcome::Delivered
+                } else if st.stricts.values().any(Option::is_none) {
+                    // We are blocked strict-sending to the peer, which is
+                    // blocked strict-sending to us (scenario "deadlock").
+                    StrictOutcome::Deadlock
+                } else {
+                    StrictOutcome::NotListening
+                };
+                Some(Action::Ack(id, outcome))
+            }
+            Frame::StrictAck { id, outcome } => {
+                if let Some(slot) = st.stricts.get_mut(&id) {
+                    *slot = Some(match outcome {
+                        StrictOutcome::Delivered => Ok(()),
+                        StrictOutcome::NotListening => Err(LinkError::NotListening),
+                        StrictOutcome::Deadlock => Err(LinkError::Deadlock),
+                    });
+                }
+                None
+            }
+            Frame::Request { id, data } => match &st.handler {
+                Some(h) => Some(Action::Handle(h.clone(), id, data)),
+                None => {
+                    st.incoming.push_back((id, data));
+                    None
+                }
+            },
+            Frame::Reply { id, ok, data } => {
+                if let Some(slot) = st.requests.get_mut(&id) {
+                    *slot = Some(if ok {
+                        Ok(data)
+                    } else {
+                        Err(LinkError::Failed(
+                            data.decode::<String>()
+                                .unwrap_or_else(|e| format!("(undecodable failure: {e})")),
+                        ))
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    fn run(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Ack(id, outcome) => {
+                    if let Err(e) = self.send(&Frame::StrictAck { id, outcome }) {
+                        log::debug!("strict ack {id} not sent: {e}");
+                    }
+                }
+                Action::Handle(h, id, p) => {
+                    let reply = match crate::job::catch(|| h(&p)) {
+                        Ok(r) => r,
+                        Err(f) => Err(format!("the request handler panicked: {f:?}")),
+                    };
+                    if let Err(e) = self.reply(id, reply) {
+                        log::debug!("reply to request {id} not sent: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The background thread: reads whenever no caller does, so that strict
+/// messages are acknowledged, requests answered and the end noticed even
+/// while nobody waits on the link. It never holds the receiver while
+/// sleeping: it waits for readability on a duplicate of the fd.
+fn background(inner: &Inner, fd: Option<std::os::fd::OwnedFd>) {
+    let mut buf = Vec::new();
+    let mut st = inner.lock();
+    loop {
+        if st.closed.is_some() {
+            break;
+        }
+        // A handler registered after requests came: answer those first.
+        if st.handler.is_some() {
+            if let Some((id, p)) = st.incoming.pop_front() {
+                let h = st.handler.clone();
+                drop(st);
+                if let Some(h) = h {
+                    inner.run(vec![Action::Handle(h, id, p)]);
+                }
+                st = inner.lock();
+                continue;
+            }
+        }
+        if st.waiters > 0 {
+            // Callers read for themselves. Waking this thread each time the
+            // last of them leaves would cost every call a wake-up, so it
+            // looks again after `BACKGROUND_NAP` instead.
+            st = inner
+                .bg_cv
+                .wait_timeout(st, BACKGROUND_NAP)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            continue;
+        }
+        if st.rx.is_none() {
+            // Only callers take the receiver, and they are gone: it is on
+            // its way back.
+            st = inner
+                .bg_cv
+                .wait_timeout(st, BACKGROUND_NAP)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            continue;
+        }
+        let Some(mut rx) = st.rx.take() else { continue };
+        drop(st);
+        let res = rx.recv_bytes_wait(&mut buf, Wait::Now);
+        st = inner.lock();
+        st.rx = Some(rx);
+        let got = matches!(res, Ok(true));
+        let actions = inner.absorb(&mut st, res, &buf);
+        inner.wake(&st);
+        if !actions.is_empty() {
+            drop(st);
+            inner.run(actions);
+            st = inner.lock();
+        }
+        if got || st.closed.is_some() {
+            continue;
+        }
+        // Nothing buffered: sleep until the fd is readable, without the
+        // receiver (a caller may take it and read meanwhile).
+        drop(st);
+        match &fd {
+            Some(fd) => {
+                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None) {
+                    log::debug!("link: waiting for data failed ({e}); stopping the background reader");
+                    return;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+        st = inner.lock();
+    }
+    inner.cv.notify_all();
+    inner.bg_cv.notify_all();
 }
 
 /// A conversation over one connection. Cheap to share between threads
@@ -439,25 +734,39 @@ impl Link {
         // The link's own ref stands for the connection in its runtime.
         ipc.unref();
         let (tx, rx) = ipc.split();
+        let fd = match rx.dup_fd() {
+            Ok(fd) => Some(fd),
+            Err(e) => {
+                log::warn!(
+                    "link: could not duplicate the connection's fd ({e}); the background reader polls"
+                );
+                None
+            }
+        };
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
             tx: Arc::downgrade(&tx),
             codec,
             state: Mutex::new(State {
+                rx: Some(rx),
                 log: log.then(Vec::new),
                 ..State::default()
             }),
             cv: Condvar::new(),
+            bg_cv: Condvar::new(),
             next_id: AtomicU64::new(1),
         });
         let inner2 = inner.clone();
         let reader = std::thread::Builder::new()
             .name("portpool-link".into())
-            .spawn(move || read_loop(&inner2, rx));
+            .spawn(move || background(&inner2, fd));
         let reader = match reader {
             Ok(h) => Some(h),
             Err(e) => {
-                inner.lock().closed = Some(Closed::Broken(format!("could not start the reader thread: {e}")));
+                Inner::close(
+                    &mut inner.lock(),
+                    Closed::Broken(format!("could not start the link's thread: {e}")),
+                );
                 None
             }
         };
@@ -532,15 +841,11 @@ impl Link {
                 e => e,
             });
         }
-        let mut st = self.inner.lock();
-        loop {
-            if let Some(Some(r)) = st.stricts.get(&id) {
-                let r = r.clone();
-                st.stricts.remove(&id);
-                return r;
-            }
-            st = self.inner.wait(st, None).0;
-        }
+        self.inner.wait_for(None, false, |st| match st.stricts.get(&id) {
+            Some(Some(_)) => st.stricts.remove(&id).flatten(),
+            Some(None) => None,
+            None => Some(Err(LinkError::Broken("a strict send vanished".into()))),
+        })?
     }
 
     /// Waits for the next message.
@@ -568,10 +873,9 @@ impl Link {
         deadline: Option<Instant>,
         filter: impl Fn(&T) -> bool,
     ) -> Result<T, LinkError> {
-        let mut st = self.inner.lock();
-        loop {
-            let mut found = None;
+        self.inner.wait_for(deadline, true, |st| {
             let mut first_err = None;
+            let mut found = None;
             for (i, p) in st.inbox.iter().enumerate() {
                 match p.decode::<T>() {
                     Ok(v) if filter(&v) => {
@@ -586,24 +890,16 @@ impl Link {
             }
             if let Some((i, v)) = found {
                 st.inbox.remove(i);
-                return Ok(v);
+                return Some(Ok(v));
             }
-            if let Some(c) = &st.closed {
-                // A lone message of another type, with nothing else coming:
-                // report why it did not match rather than "disconnected".
-                return Err(match (first_err, st.inbox.len()) {
-                    (Some(e), 1) => e,
-                    _ => Inner::closed_error(c),
-                });
-            }
-            st.listening += 1;
-            let (g, timed_out) = self.inner.wait(st, deadline);
-            st = g;
-            st.listening -= 1;
-            if timed_out {
-                return Err(LinkError::Timeout);
-            }
-        }
+            let c = st.closed.as_ref()?;
+            // A lone message of another type, with nothing else coming:
+            // report why it did not match rather than "disconnected".
+            Some(Err(match (first_err, st.inbox.len()) {
+                (Some(e), 1) => e,
+                _ => Inner::closed_error(c),
+            }))
+        })?
     }
 
     /// Every message, as it comes; the iterator ends when the peer
@@ -652,30 +948,30 @@ impl Link {
             self.inner.lock().requests.remove(&id);
             return Err(e);
         }
-        let mut st = self.inner.lock();
-        loop {
-            if let Some(Some(_)) = st.requests.get(&id) {
-                let r = st.requests.remove(&id).flatten();
-                return match r {
-                    Some(Ok(p)) => p.decode(),
-                    Some(Err(e)) => Err(e),
-                    None => Err(LinkError::Broken("a reply vanished".into())),
-                };
-            }
-            let (g, timed_out) = self.inner.wait(st, deadline);
-            st = g;
-            if timed_out {
-                // A late reply finds no entry and is dropped.
-                st.requests.remove(&id);
-                return Err(LinkError::Timeout);
+        let r = self
+            .inner
+            .wait_for(deadline, false, |st| match st.requests.get(&id) {
+                Some(Some(_)) => st.requests.remove(&id).flatten(),
+                Some(None) => None,
+                None => Some(Err(LinkError::Broken("a request vanished".into()))),
+            });
+        match r {
+            Ok(Ok(p)) => p.decode(),
+            Ok(Err(e)) => Err(e),
+            Err(e) => {
+                // Timed out: a late reply finds no entry and is dropped.
+                self.inner.lock().requests.remove(&id);
+                Err(e)
             }
         }
     }
 
-    /// Answers the peer's requests of type `Req` with `f`, on a thread of
-    /// its own, in arrival order (requests already queued included). An
-    /// `Err` (or a panic) reaches the requester as [`LinkError::Failed`].
-    /// The handler may itself make requests on this link.
+    /// Answers the peer's requests of type `Req` with `f` (requests that
+    /// came before included). The handler runs on whichever thread read
+    /// the request: the link's background thread, or a thread waiting on
+    /// the link in another call. An `Err` (or a panic) reaches the
+    /// requester as [`LinkError::Failed`]. The handler may itself make
+    /// requests on this link.
     pub fn on_request<Req, Resp, F>(&self, f: F)
     where
         Req: DeserializeOwned,
@@ -688,63 +984,33 @@ impl Link {
             let resp = f(req)?;
             Payload::encode(codec, &resp).map_err(|e| e.to_string())
         });
-        let (qtx, qrx) = crossbeam_channel::unbounded::<(u64, Payload)>();
-        {
-            let mut st = self.inner.lock();
-            for r in st.incoming.drain(..) {
-                let _ = qtx.send(r);
-            }
-            if st.closed.is_none() {
-                st.handler = Some(qtx);
-            }
-        }
-        // The thread ends when the link closes (the queue's sender is
-        // dropped then) and the queue is empty.
-        let inner = self.inner.clone();
-        let spawned = std::thread::Builder::new()
-            .name("portpool-link-handler".into())
-            .spawn(move || {
-                for (id, p) in qrx {
-                    let reply = match crate::job::catch(|| h(&p)) {
-                        Ok(r) => r,
-                        Err(f) => Err(format!("the request handler panicked: {f:?}")),
-                    };
-                    if let Err(e) = inner.reply(id, reply) {
-                        log::debug!("reply to request {id} not sent: {e}");
-                    }
-                }
-            });
-        if let Err(e) = spawned {
-            log::error!("could not start a request handler thread: {e}");
-            self.inner.lock().handler = None;
-        }
+        let mut st = self.inner.lock();
+        st.handler = Some(h);
+        // Requests that came before: the background thread answers them.
+        self.inner.bg_cv.notify_all();
     }
 
     /// Waits for the next request from the peer (when no handler is
     /// registered); answer it with [`IncomingRequest::reply`].
     pub fn next_request<Req: DeserializeOwned>(&self) -> Result<IncomingRequest<Req>, LinkError> {
-        let mut st = self.inner.lock();
-        loop {
-            if let Some((id, p)) = st.incoming.pop_front() {
-                drop(st);
-                let value = match p.decode::<Req>() {
-                    Ok(v) => v,
-                    Err(e) => {
-                        let _ = self.inner.reply(id, Err(e.to_string()));
-                        return Err(e);
-                    }
-                };
-                return Ok(IncomingRequest {
-                    id,
-                    value,
-                    inner: self.inner.clone(),
-                });
+        let (id, p) = self.inner.wait_for(None, false, |st| {
+            if let Some(r) = st.incoming.pop_front() {
+                return Some(Ok(r));
             }
-            if let Some(c) = &st.closed {
-                return Err(Inner::closed_error(c));
+            st.closed.as_ref().map(|c| Err(Inner::closed_error(c)))
+        })??;
+        let value = match p.decode::<Req>() {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = self.inner.reply(id, Err(e.to_string()));
+                return Err(e);
             }
-            st = self.inner.wait(st, None).0;
-        }
+        };
+        Ok(IncomingRequest {
+            id,
+            value,
+            inner: self.inner.clone(),
+        })
     }
 
     /// Every message received so far, decoded as `T` (the link must have
@@ -762,10 +1028,9 @@ impl Link {
 
     /// Waits until the peer has closed the connection.
     pub fn wait_closed(&self) {
-        let mut st = self.inner.lock();
-        while st.closed.is_none() {
-            st = self.inner.wait(st, None).0;
-        }
+        let _ = self
+            .inner
+            .wait_for(None, false, |st| st.closed.as_ref().map(|_| ()));
     }
 
     /// Keeps the link's [`Runtime`] running (the default).
@@ -850,131 +1115,21 @@ impl<T: DeserializeOwned> Iterator for EachMessage<'_, T> {
         if self.done {
             return None;
         }
-        let inner = &self.link.inner;
-        let mut st = inner.lock();
-        loop {
+        let r = self.link.inner.wait_for(None, true, |st| {
             if let Some(p) = st.inbox.pop_front() {
-                let r = p.decode::<T>();
-                self.done = r.is_err();
-                return Some(r);
+                return Some(Some(p.decode::<T>()));
             }
             match &st.closed {
-                Some(Closed::Clean) => {
-                    self.done = true;
-                    return None;
-                }
-                Some(c) => {
-                    self.done = true;
-                    return Some(Err(Inner::closed_error(c)));
-                }
-                None => {}
+                Some(Closed::Clean) => Some(None),
+                Some(c) => Some(Some(Err(Inner::closed_error(c)))),
+                None => None,
             }
-            st.listening += 1;
-            st = inner.wait(st, None).0;
-            st.listening -= 1;
-        }
-    }
-}
-
-/// Sorts incoming frames until the connection ends.
-fn read_loop(inner: &Inner, mut rx: IpcReceiver) {
-    rx.unref();
-    let mut buf = Vec::new();
-    let closed = loop {
-        match rx.recv_bytes_into(&mut buf) {
-            Ok(_) => {}
-            Err(e) if e.is_disconnected() => break Closed::Clean,
-            Err(e) => break Closed::Broken(e.to_string()),
-        }
-        let frame = match Frame::decode(inner.codec, &buf) {
-            Ok(f) => f,
-            Err(e) => break Closed::Broken(format!("the peer sent a malformed frame: {e}")),
+        });
+        let item = match r {
+            Ok(item) => item,
+            Err(e) => Some(Err(e)),
         };
-        handle(inner, frame);
-    };
-    let mut st = inner.lock();
-    for r in st.requests.values_mut() {
-        r.get_or_insert_with(|| Err(Inner::closed_error(&closed)));
-    }
-    for s in st.stricts.values_mut() {
-        s.get_or_insert(Err(match &closed {
-            Closed::Clean => LinkError::PeerExited,
-            c => Inner::closed_error(c),
-        }));
-    }
-    st.closed = Some(closed);
-    // The handler thread ends once it has answered what it holds.
-    st.handler = None;
-    inner.cv.notify_all();
-}
-
-fn handle(inner: &Inner, frame: Frame) {
-    match frame {
-        Frame::Message(p) => {
-            let mut st = inner.lock();
-            if let Some(log) = &mut st.log {
-                log.push(p.clone());
-            }
-            st.inbox.push_back(p);
-            inner.cv.notify_all();
-        }
-        Frame::Strict { id, data } => {
-            let outcome = {
-                let mut st = inner.lock();
-                if st.listening > 0 {
-                    if let Some(log) = &mut st.log {
-                        log.push(data.clone());
-                    }
-                    st.inbox.push_back(data);
-                    inner.cv.notify_all();
-                    StrictOutcome::Delivered
-                } else if st.stricts.values().any(Option::is_none) {
-                    // We are blocked strict-sending to the peer, which is
-                    // blocked strict-sending to us (scenario "deadlock").
-                    StrictOutcome::Deadlock
-                } else {
-                    StrictOutcome::NotListening
-                }
-            };
-            if let Err(e) = inner.send(&Frame::StrictAck { id, outcome }) {
-                log::debug!("strict ack {id} not sent: {e}");
-            }
-        }
-        Frame::StrictAck { id, outcome } => {
-            let mut st = inner.lock();
-            if let Some(slot) = st.stricts.get_mut(&id) {
-                *slot = Some(match outcome {
-                    StrictOutcome::Delivered => Ok(()),
-                    StrictOutcome::NotListening => Err(LinkError::NotListening),
-                    StrictOutcome::Deadlock => Err(LinkError::Deadlock),
-                });
-                inner.cv.notify_all();
-            }
-        }
-        Frame::Request { id, data } => {
-            let mut st = inner.lock();
-            let unsent = match &st.handler {
-                Some(q) => q.send((id, data)).err().map(|e| e.0),
-                None => Some((id, data)),
-            };
-            if let Some(r) = unsent {
-                st.incoming.push_back(r);
-                inner.cv.notify_all();
-            }
-        }
-        Frame::Reply { id, ok, data } => {
-            let mut st = inner.lock();
-            if let Some(slot) = st.requests.get_mut(&id) {
-                *slot = Some(if ok {
-                    Ok(data)
-                } else {
-                    Err(LinkError::Failed(
-                        data.decode::<String>()
-                            .unwrap_or_else(|e| format!("(undecodable failure: {e})")),
-                    ))
-                });
-                inner.cv.notify_all();
-            }
-        }
+        self.done = !matches!(item, Some(Ok(_)));
+        item
     }
 }

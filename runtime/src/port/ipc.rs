@@ -317,6 +317,24 @@ impl IpcReceiver {
         Ok(self.reader.next_frame(Wait::Now)?.is_some())
     }
 
+    /// Waits as told for a message and copies its raw bytes into `out`
+    /// (replacing what it held). `Ok(false)`: the wait ran out.
+    pub(crate) fn recv_bytes_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
+        if !self.next(Kind::Message, wait)? {
+            return Ok(false);
+        }
+        out.clear();
+        out.extend_from_slice(self.reader.payload());
+        self.reader.consume();
+        Ok(true)
+    }
+
+    /// A duplicate of the fd this half reads from, to wait for readability
+    /// without holding the receiver.
+    pub(crate) fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.reader.dup_fd()
+    }
+
     /// Blocks until a message arrives and returns its raw bytes.
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>, RecvError> {
         let mut out = Vec::new();

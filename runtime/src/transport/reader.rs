@@ -158,6 +158,11 @@ impl Reader {
         }
     }
 
+    /// A duplicate of the fd this reader reads from.
+    pub(crate) fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
+        self.io.fd().try_clone_to_owned()
+    }
+
     /// Waits until this connection's fd is readable or writable; if it is
     /// readable, reads what is there into the buffer (to be received
     /// later). For a writer that must keep reading while it waits to write.
