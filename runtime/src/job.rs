@@ -56,11 +56,22 @@ pub(crate) enum ProgressSink {
 
 /// A submitted job's shared state: its cancellation flag, whether it was
 /// taken from the queue, and who settled its one outcome.
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub(crate) struct JobState {
     cancelled: AtomicBool,
     dispatched: AtomicBool,
     settled: AtomicU8,
+    /// The process worker that holds this job as its only one, if so.
+    fast: std::sync::OnceLock<Arc<dyn crate::pool::FastRead>>,
+}
+
+impl fmt::Debug for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobState")
+            .field("cancelled", &self.is_cancelled())
+            .field("settled", &self.is_settled())
+            .finish_non_exhaustive()
+    }
 }
 
 const OPEN: u8 = 0;
@@ -70,6 +81,16 @@ const SETTLED_BY_CANCEL: u8 = 2;
 impl JobState {
     pub(crate) fn new() -> Arc<JobState> {
         Arc::new(JobState::default())
+    }
+
+    /// Records the process worker that holds this job alone.
+    pub(crate) fn set_fast_reader(&self, w: Arc<dyn crate::pool::FastRead>) {
+        let _ = self.fast.set(w);
+    }
+
+    /// The process worker that held this job alone when it was dispatched.
+    pub(crate) fn fast_reader(&self) -> Option<Arc<dyn crate::pool::FastRead>> {
+        self.fast.get().cloned()
     }
 
     /// Sets the cancellation flag a running handler polls.

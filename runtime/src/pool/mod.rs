@@ -80,6 +80,16 @@ impl Reply {
     }
 }
 
+/// A process worker whose port a ticket's own thread may read while it
+/// waits for its job (see `processes.rs`, scenario "a lone job's waiter
+/// reads its answer").
+pub(crate) trait FastRead: Send + Sync {
+    /// Reads the port, handling what comes, until `done()` or `deadline`,
+    /// or until reading here stops making sense (then the caller waits on
+    /// its channel as usual).
+    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>);
+}
+
 /// Sends a job (given as `&dyn Any`) to a process worker as one frame:
 /// the head, then the job's own postcard bytes. Monomorphised per job type.
 pub(crate) type SendJobFn = fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send)) -> Result<(), SendError>;

@@ -66,6 +66,168 @@ struct Worker {
     child: Mutex<Option<Child>>,
     ended_by: Mutex<Option<EndReason>>,
     stderr: Arc<StderrTail>,
+    /// The receiving half of the worker's port, here while nobody reads
+    /// (scenario "a lone job's waiter reads its answer").
+    rx: Mutex<Option<IpcReceiver>>,
+    /// The reader thread naps here while a ticket reads.
+    rx_cv: Condvar,
+    /// The reader thread is napping on `rx_cv`.
+    reader_napping: AtomicBool,
+    /// A duplicate of the port's fd, for waiting without holding `rx`.
+    rx_fd: Option<std::os::fd::OwnedFd>,
+    me: std::sync::Weak<Worker>,
+    core: Arc<Core>,
+    k: usize,
+}
+
+/// What one read of a worker's port did.
+enum Step {
+    /// A frame was read and handled.
+    Frame,
+    /// Nothing was there (within the wait).
+    Nothing,
+    /// Another thread holds the receiver.
+    Busy,
+    /// The port closed (`None`) or broke.
+    End(Option<String>),
+}
+
+/// How long the reader thread leaves reading to a ticket before it looks
+/// again (it is also woken when other jobs need it).
+const READER_NAP: Duration = Duration::from_millis(2);
+
+/// How long a ticket that wants to read its own answer waits for the
+/// reader thread to let go of the receiver.
+const HANDOFF_SPIN: Duration = Duration::from_micros(20);
+
+impl Worker {
+    /// Reads at most one frame from the port (waiting as told) and
+    /// handles it, unless another thread holds the receiver.
+    fn read_step(&self, wait: crate::transport::Wait) -> Step {
+        let Some(mut rx) = lock(&self.rx).take() else {
+            return Step::Busy;
+        };
+        let step = match rx.recv_wait::<FromWorker>(wait) {
+            Ok(Some(msg)) => {
+                self.handle(msg, &mut rx);
+                Step::Frame
+            }
+            Ok(None) => Step::Nothing,
+            Err(e) if e.is_disconnected() => Step::End(None),
+            Err(e) => Step::End(Some(e.to_string())),
+        };
+        *lock(&self.rx) = Some(rx);
+        step
+    }
+
+    /// Wakes the reader thread if it naps (other jobs need reading, or the
+    /// port ended).
+    fn wake_reader(&self) {
+        // Acquire: pairs with the store before the reader's nap.
+        if self.reader_napping.load(Ordering::Acquire) {
+            let _g = lock(&self.rx);
+            self.rx_cv.notify_all();
+        }
+    }
+
+    /// Handles one answer or progress message.
+    fn handle(&self, msg: FromWorker, rx: &mut IpcReceiver) {
+        let core = &*self.core;
+        let counters = &core.counters[self.id];
+        match msg {
+            FromWorker::Progress { id, payload } => {
+                if let Some(t) = lock(&self.pending).get(&id) {
+                    t.reply.send(Event::Progress(payload));
+                }
+            }
+            FromWorker::Done { id, outcome } => {
+                let Some(t) = lock(&self.pending).remove(&id) else {
+                    log::warn!("worker {} answered job {id}, which it was not given", self.id);
+                    return;
+                };
+                let jobs = t.jobs();
+                let (outcome, failed) = match outcome {
+                    WireOutcome::Ran(b) => (Outcome::Bytes(b), 0),
+                    WireOutcome::RanChunk { bytes, failed } => {
+                        (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
+                    }
+                    WireOutcome::Failed(f) => (Outcome::Failed(f), jobs),
+                };
+                // Relaxed: statistics only.
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                if t.state.settle() {
+                    counters.finish_n(jobs - failed, failed);
+                    log::trace!("worker {}: job {id} done", self.id);
+                    t.reply.send(Event::Done(outcome));
+                } else {
+                    // Cancelled or timed out meanwhile: its outcome is out.
+                    core.count_settled_elsewhere(&t.state, jobs);
+                }
+                drop(t);
+                self.slots.fetch_sub(1, Ordering::SeqCst);
+                // Queue the next jobs; write everything queued (by this or an
+                // earlier answer) once no more answers wait.
+                pump(self, core, self.k, false);
+                let more = rx.has_frame().unwrap_or(false);
+                if !more {
+                    if let Err(e) = self.tx.flush() {
+                        log::debug!("worker {}: flush failed ({e}); the port is closing", self.id);
+                    }
+                    core.idle.notify();
+                }
+            }
+        }
+    }
+}
+
+impl super::FastRead for Worker {
+    /// Scenario "a lone job's waiter reads its answer": when a ticket waits
+    /// for the only job its worker holds, the waiting thread reads the
+    /// port itself instead of being woken by the reader thread, which
+    /// saves a cross-thread wake-up per round trip. It gives up (and the
+    /// ticket waits on its channel as usual) when other jobs are in flight,
+    /// when the reader thread does not let go, or when the port ends.
+    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>) {
+        use crate::transport::Wait;
+        loop {
+            if done() {
+                return;
+            }
+            // SeqCst: as every other access to the slot count.
+            if self.slots.load(Ordering::SeqCst) > 1 || !self.alive.load(Ordering::Acquire) {
+                return;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return;
+            }
+            // Bounded waits, so a timeout or cancel settled meanwhile is
+            // seen within a millisecond.
+            let until = now + Duration::from_millis(1);
+            let until = deadline.map_or(until, |d| d.min(until));
+            let spin_end = now + HANDOFF_SPIN;
+            let step = loop {
+                match self.read_step(Wait::Until(until)) {
+                    Step::Busy if Instant::now() < spin_end => std::thread::yield_now(),
+                    step => break step,
+                }
+            };
+            match step {
+                Step::Frame | Step::Nothing => {
+                    // Answers for other jobs may wait now: the reader reads them.
+                    if self.slots.load(Ordering::SeqCst) > 0 {
+                        self.wake_reader();
+                    }
+                }
+                Step::Busy => return,
+                Step::End(_) => {
+                    // The reader thread meets the end too and reports it.
+                    self.wake_reader();
+                    return;
+                }
+            }
+        }
+    }
 }
 
 /// A worker slot: the current incarnation, if one is up.
@@ -548,9 +710,8 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
     let mut epoch = 0u64;
     loop {
         epoch += 1;
-        let why = match start_worker(&shared.template, id, epoch) {
-            Ok((w, rx)) => {
-                let w = Arc::new(w);
+        let why = match start_worker(&shared.template, id, epoch, &shared.core, shared.k) {
+            Ok(w) => {
                 if core.suspended.load(Ordering::Acquire) {
                     let _ = w.tx.send(&ToWorker::Suspend);
                 }
@@ -584,7 +745,7 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
                 }
                 // Work may have queued up while the slot was empty.
                 pump(&w, core, shared.k, true);
-                let exit = reader_loop(&w, rx, shared);
+                let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;
                 if exit.expected || core.stopping.load(Ordering::Acquire) {
                     if core.stopping.load(Ordering::Acquire) {
@@ -634,7 +795,13 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
     }
 }
 
-fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, IpcReceiver), BuildError> {
+fn start_worker(
+    template: &Command,
+    id: usize,
+    epoch: u64,
+    core: &Arc<Core>,
+    k: usize,
+) -> Result<Arc<Worker>, BuildError> {
     let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
     cmd.env(WORKER_ID_ENV, id.to_string());
@@ -689,21 +856,32 @@ fn start_worker(template: &Command, id: usize, epoch: u64) -> Result<(Worker, Ip
     // The pool's own connections do not keep a runtime alive; the pool does.
     ipc.unref();
     let (tx, rx) = ipc.split();
-    Ok((
-        Worker {
-            id,
-            epoch,
-            pid,
-            tx,
-            slots: AtomicUsize::new(0),
-            alive: AtomicBool::new(true),
-            pending: Mutex::new(HashMap::new()),
-            child: Mutex::new(Some(child)),
-            ended_by: Mutex::new(None),
-            stderr,
-        },
-        rx,
-    ))
+    let rx_fd = match rx.dup_fd() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("worker {id}: could not duplicate its port's fd ({e}); its reader polls");
+            None
+        }
+    };
+    Ok(Arc::new_cyclic(|me| Worker {
+        id,
+        epoch,
+        pid,
+        tx,
+        slots: AtomicUsize::new(0),
+        alive: AtomicBool::new(true),
+        pending: Mutex::new(HashMap::new()),
+        child: Mutex::new(Some(child)),
+        ended_by: Mutex::new(None),
+        stderr,
+        rx: Mutex::new(Some(rx)),
+        rx_cv: Condvar::new(),
+        reader_napping: AtomicBool::new(false),
+        rx_fd,
+        me: me.clone(),
+        core: core.clone(),
+        k,
+    }))
 }
 
 /// Takes queued jobs for `w` while it has free slots. Flushes what it sent
@@ -771,6 +949,17 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // The task is pending before its frame can reach the worker (the
     // answer may come back at once); the job value is encoded from here
     // and put back, so a crash can send the task to another worker.
+    // The only job in flight on this worker: its ticket may read the
+    // answer itself (scenario "a lone job's waiter reads its answer").
+    // SeqCst: as every other access to the slot count.
+    if w.slots.load(Ordering::SeqCst) == 1 {
+        if let Some(me) = w.me.upgrade() {
+            t.state.set_fast_reader(me);
+        }
+    } else {
+        // Others are in flight: the reader thread must not nap.
+        w.wake_reader();
+    }
     let job = std::mem::replace(&mut t.job, Box::new(()));
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
     lock(&w.pending).insert(id, t);
@@ -855,60 +1044,72 @@ struct Exit {
 
 /// Reads a worker's answers until its port closes, then settles what it
 /// held: retried, re-queued or failed (scenario "crash").
-fn reader_loop(w: &Worker, mut rx: IpcReceiver, shared: &Shared) -> Exit {
+///
+/// It spins briefly on the port after each answer (the next one often
+/// follows at once), then sleeps on a duplicate of the fd without holding
+/// the receiver, so a ticket waiting for its worker's only job can read its
+/// answer itself; while one does, this thread naps.
+fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
+    use crate::transport::Wait;
     let core = &*shared.core;
-    let k = shared.k;
-    let counters = &core.counters[w.id];
-    let why = loop {
-        let msg = match rx.recv::<FromWorker>() {
-            Ok(m) => m,
-            Err(e) if e.is_disconnected() => break None,
-            Err(e) => break Some(e.to_string()),
-        };
-        match msg {
-            FromWorker::Progress { id, payload } => {
-                if let Some(t) = lock(&w.pending).get(&id) {
-                    t.reply.send(Event::Progress(payload));
+    let why = 'read: loop {
+        let mut start = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            match w.read_step(Wait::Now) {
+                Step::Frame => start = Instant::now(),
+                Step::End(why) => break 'read why,
+                Step::Busy => {
+                    // A ticket reads; nap until it is done or others need us.
+                    let mut g = lock(&w.rx);
+                    if g.is_none() {
+                        // Release: pairs with the Acquire load in `wake_reader`.
+                        w.reader_napping.store(true, Ordering::Release);
+                        g = w
+                            .rx_cv
+                            .wait_timeout(g, READER_NAP)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
+                        w.reader_napping.store(false, Ordering::Release);
+                    }
+                    drop(g);
+                    start = Instant::now();
+                }
+                Step::Nothing => {
+                    if start.elapsed() >= crate::transport::DEFAULT_SPIN {
+                        break;
+                    }
+                    // Yield every other try, as the port's receive spin does.
+                    tries = tries.wrapping_add(1);
+                    if tries % 2 == 0 {
+                        std::thread::yield_now();
+                    } else {
+                        std::hint::spin_loop();
+                    }
                 }
             }
-            FromWorker::Done { id, outcome } => {
-                let Some(t) = lock(&w.pending).remove(&id) else {
-                    log::warn!("worker {} answered job {id}, which it was not given", w.id);
-                    continue;
-                };
-                let jobs = t.jobs();
-                let (outcome, failed) = match outcome {
-                    WireOutcome::Ran(b) => (Outcome::Bytes(b), 0),
-                    WireOutcome::RanChunk { bytes, failed } => {
-                        (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
+        }
+        // Idle: sleep until the port is readable, without the receiver.
+        match &w.rx_fd {
+            Some(fd) => {
+                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None) {
+                    log::debug!(
+                        "worker {}: waiting on its port failed ({e}); reading instead",
+                        w.id
+                    );
+                    if let Step::End(why) = w.read_step(Wait::Forever) {
+                        break why;
                     }
-                    WireOutcome::Failed(f) => (Outcome::Failed(f), jobs),
-                };
-                // Relaxed: statistics only.
-                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
-                if t.state.settle() {
-                    counters.finish_n(jobs - failed, failed);
-                    log::trace!("worker {}: job {id} done", w.id);
-                    t.reply.send(Event::Done(outcome));
-                } else {
-                    // Cancelled or timed out meanwhile: its outcome is out.
-                    core.count_settled_elsewhere(&t.state, jobs);
                 }
-                drop(t);
-                w.slots.fetch_sub(1, Ordering::SeqCst);
-                // Queue the next jobs; write everything queued (by this or an
-                // earlier answer) once no more answers wait.
-                pump(w, core, k, false);
-                let more = rx.has_frame().unwrap_or(false);
-                if !more {
-                    if let Err(e) = w.tx.flush() {
-                        log::debug!("worker {}: flush failed ({e}); the port is closing", w.id);
-                    }
-                    core.idle.notify();
+            }
+            None => {
+                if let Step::End(why) = w.read_step(Wait::Forever) {
+                    break why;
                 }
             }
         }
     };
+    let counters = &core.counters[w.id];
     // The port is closed (or broken): this worker is finished.
     // Release: pairs with the Acquire loads in `kick` and `pump`.
     w.alive.store(false, Ordering::Release);

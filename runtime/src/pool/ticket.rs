@@ -84,6 +84,22 @@ impl<J: Job> Ticket<J> {
 
     /// Takes events until the outcome is in, or `deadline` passes.
     fn pump(&mut self, deadline: Option<Instant>) {
+        if let Some(fast) = self.state.fast_reader() {
+            // The job's worker holds only this job: read its answer here.
+            let (rx, progress, done, state) = (&self.rx, &mut self.progress, &mut self.done, &self.state);
+            fast.read_for(
+                &mut || {
+                    while let Ok((_, e)) = rx.try_recv() {
+                        match e {
+                            Event::Progress(p) => progress.push_back(p),
+                            Event::Done(o) => *done = Some(o),
+                        }
+                    }
+                    done.is_some() || state.settled_by_cancel()
+                },
+                deadline,
+            );
+        }
         while self.done.is_none() {
             if self.state.settled_by_cancel() {
                 self.done = Some(Outcome::Failed(Failure::Cancelled));
