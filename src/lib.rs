@@ -302,5 +302,5 @@ pub use portpool_runtime::{
 
 /// The worker-process side (see the `portpool-worker` crate).
 pub mod worker {
-    pub use portpool_worker::{connect, is_worker, run, serve_if_worker, serve_service};
+    pub use portpool_worker::{connect, is_worker, link, run, serve_if_worker, serve_service};
 }

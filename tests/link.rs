@@ -237,3 +237,53 @@ fn a_python_peer_written_from_the_protocol_document_talks_to_us() {
     drop(link);
     assert!(child.assert_gone().success());
 }
+
+#[test]
+fn a_pool_worker_converses_with_its_supervisor_beside_its_jobs() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
+    cmd.arg("pool-worker");
+    let pool = portpool::Pool::builder()
+        .processes(1)
+        .worker_command(cmd)
+        .worker_links(true)
+        .runtime(&portpool::Runtime::new())
+        .build()
+        .unwrap();
+    let pid = pool.stats().workers[0].pid.unwrap();
+    let link = pool.worker_link(0).expect("the worker has a link");
+    link.on_request(|n: u32| Ok::<u32, String>(n * 2));
+    link.send_message("from the supervisor").unwrap();
+    let job = jobs::Converse {
+        say: "from the worker".into(),
+        ask: 21,
+    };
+    let (doubled, heard) = pool.submit(job).unwrap().wait().unwrap();
+    assert_eq!(doubled, 42);
+    assert_eq!(heard, "from the supervisor");
+    assert_eq!(link.get_one_message::<String>().unwrap(), "from the worker");
+    drop(link);
+    pool.shutdown(portpool::Shutdown::default());
+    common::assert_pid_gone(pid);
+}
+
+#[test]
+fn a_thread_pool_has_no_worker_links() {
+    let pool = portpool::Pool::builder()
+        .threads(1)
+        .handlers(jobs::handlers())
+        .runtime(&portpool::Runtime::new())
+        .build()
+        .unwrap();
+    assert!(pool.worker_link(0).is_none());
+    let r = pool
+        .submit(jobs::Converse {
+            say: String::new(),
+            ask: 0,
+        })
+        .unwrap()
+        .wait();
+    assert!(
+        matches!(r, Err(portpool::JobError::Handler(ref e)) if e.contains("no link")),
+        "{r:?}"
+    );
+}

@@ -19,7 +19,8 @@
 use std::io;
 
 use portpool_runtime::job::Handlers;
-use portpool_runtime::pool::{self, WORKER_ID_ENV};
+use portpool_runtime::link::Link;
+use portpool_runtime::pool::{self, WORKER_ID_ENV, WORKER_LINK_ENV};
 use portpool_runtime::port::{ConnectOptions, Ipc, Port, Role};
 
 /// Connects to the supervisor through the port this process was given.
@@ -43,6 +44,30 @@ pub fn connect() -> io::Result<Ipc> {
     })
 }
 
+/// This worker's conversation with its supervisor, when the pool has
+/// worker links.
+static LINK: std::sync::OnceLock<Link> = std::sync::OnceLock::new();
+
+/// The conversation with the supervisor beside the jobs, when the pool
+/// was built with `worker_links(true)`: usable from handlers (send a
+/// message, wait for one, make a request).
+pub fn link() -> Option<&'static Link> {
+    LINK.get()
+}
+
+/// Takes the link's port, which the supervisor sends first, and connects it.
+fn open_link(ipc: &mut Ipc) -> io::Result<()> {
+    let port = ipc
+        .recv_port()
+        .map_err(|e| io::Error::other(format!("the supervisor's link port did not come: {e}")))?;
+    let conn = port.connect_with(ConnectOptions {
+        role: Role::Worker,
+        ..ConnectOptions::default()
+    })?;
+    let _ = LINK.set(Link::new(conn));
+    Ok(())
+}
+
 /// SIGKILL's number (9 on every Unix portpool supports).
 const SIGKILL: i32 = 9;
 
@@ -58,7 +83,12 @@ pub fn run(handlers: Handlers) -> ! {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let res = connect().and_then(|ipc| pool::serve(ipc, &handlers, id));
+    let res = connect().and_then(|mut ipc| {
+        if std::env::var_os(WORKER_LINK_ENV).is_some() {
+            open_link(&mut ipc)?;
+        }
+        pool::serve(ipc, &handlers, id)
+    });
     match res {
         Ok(()) => std::process::exit(0),
         Err(e) => {

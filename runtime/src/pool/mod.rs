@@ -38,8 +38,8 @@ use crate::supervisor::monitor::{self, Control, Graces, MonitorHandle, Supervise
 use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, ShutdownReport, TERM_GRACE};
 
 pub use map::Map;
-pub use processes::WORKER_ID_ENV;
 pub(crate) use processes::describe_status;
+pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 
@@ -542,6 +542,7 @@ pub struct PoolBuilder {
     per_route: HashMap<&'static str, RouteConfig>,
     on_event: Option<EventFn>,
     runtime: Option<Runtime>,
+    worker_links: bool,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -706,6 +707,16 @@ impl PoolBuilder {
         self
     }
 
+    /// Gives each process worker a conversation with the supervisor beside
+    /// its jobs: a [`Link`](crate::link::Link) on a port of its own, reached
+    /// here with [`Pool::worker_link`] and in the worker with
+    /// `portpool::worker::link()`. Default: off (each link costs a port and
+    /// a thread on each side).
+    pub fn worker_links(mut self, on: bool) -> Self {
+        self.worker_links = on;
+        self
+    }
+
     /// The [`Runtime`] the pool belongs to (default: [`Runtime::global`]).
     /// The pool holds a ref on it until it shuts down, and follows its
     /// suspend, resume and signal-driven shutdown.
@@ -772,7 +783,13 @@ impl PoolBuilder {
                         Command::new(exe)
                     }
                 };
-                Backend::Processes(processes::Processes::spawn(core.clone(), command, n, inflight)?)
+                Backend::Processes(processes::Processes::spawn(
+                    core.clone(),
+                    command,
+                    n,
+                    inflight,
+                    self.worker_links,
+                )?)
             }
         };
         let target = backend.supervised();
@@ -1409,6 +1426,17 @@ impl Pool {
                 + core.failed_elsewhere.load(Ordering::Relaxed),
             cancelled: core.cancelled.load(Ordering::Relaxed),
             workers,
+        }
+    }
+
+    /// The conversation with process worker `w` (its current process), when
+    /// the pool was built with [`worker_links`](PoolBuilder::worker_links).
+    /// `None` for thread pools, without worker links, or while the worker
+    /// restarts. A replacement worker has a new link.
+    pub fn worker_link(&self, w: usize) -> Option<Arc<crate::link::Link>> {
+        match &self.inner.backend {
+            Backend::Processes(p) => p.link(w),
+            Backend::Threads(_) => None,
         }
     }
 

@@ -30,6 +30,11 @@ use crate::supervisor::{Intensity, PoolEvent, TERM_GRACE};
 /// Environment variable that tells a re-run executable it is worker N.
 pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
 
+/// Environment variable that tells a worker its supervisor sends it a
+/// second port, for a conversation beside its jobs
+/// ([`PoolBuilder::worker_links`](super::PoolBuilder::worker_links)).
+pub const WORKER_LINK_ENV: &str = "PORTPOOL_WORKER_LINK";
+
 /// How long a worker that closed its port may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
@@ -78,6 +83,8 @@ struct Worker {
     me: std::sync::Weak<Worker>,
     core: Arc<Core>,
     k: usize,
+    /// The conversation beside the jobs, when the pool has worker links.
+    link: Option<Arc<crate::link::Link>>,
 }
 
 /// What one read of a worker's port did.
@@ -261,6 +268,7 @@ struct Shared {
     core: Arc<Core>,
     slots: Vec<Slot>,
     k: usize,
+    links: bool,
     template: Command,
     intensity: Mutex<Intensity>,
     /// Wakes slot threads waiting out a restart backoff when the pool stops.
@@ -326,12 +334,14 @@ impl Processes {
         template: Command,
         n: usize,
         k: usize,
+        links: bool,
     ) -> Result<Arc<Processes>, BuildError> {
         let shared = Arc::new(Shared {
             intensity: Mutex::new(Intensity::new(core.config.restart)),
             core,
             slots: (0..n).map(|_| Slot::default()).collect(),
             k,
+            links,
             template,
             stop_gate: (Mutex::new(()), Condvar::new()),
             next: AtomicUsize::new(0),
@@ -441,6 +451,12 @@ impl Processes {
         if let Err(e) = worker.tx.flush() {
             log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
         }
+    }
+
+    /// The conversation with worker `w`'s current process, if it is up
+    /// and the pool has worker links.
+    pub(crate) fn link(&self, w: usize) -> Option<Arc<crate::link::Link>> {
+        self.shared.slots.get(w)?.current()?.link.clone()
     }
 
     pub(crate) fn pids_and_restarts(&self) -> (Vec<Option<u32>>, Vec<u64>) {
@@ -710,7 +726,7 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
     let mut epoch = 0u64;
     loop {
         epoch += 1;
-        let why = match start_worker(&shared.template, id, epoch, &shared.core, shared.k) {
+        let why = match start_worker(&shared.template, id, epoch, &shared.core, shared.k, shared.links) {
             Ok(w) => {
                 if core.suspended.load(Ordering::Acquire) {
                     let _ = w.tx.send(&ToWorker::Suspend);
@@ -801,10 +817,14 @@ fn start_worker(
     epoch: u64,
     core: &Arc<Core>,
     k: usize,
+    links: bool,
 ) -> Result<Arc<Worker>, BuildError> {
     let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
     cmd.env(WORKER_ID_ENV, id.to_string());
+    if links {
+        cmd.env(WORKER_LINK_ENV, "1");
+    }
     cmd.stderr(Stdio::piped());
     let mut child = theirs.spawn(cmd).map_err(|e| {
         BuildError::io(
@@ -855,6 +875,21 @@ fn start_worker(
     };
     // The pool's own connections do not keep a runtime alive; the pool does.
     ipc.unref();
+    let link = if links {
+        match open_link(&ipc) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => {
+                let _ = child.kill();
+                let status = child.wait().map(describe_status).unwrap_or_default();
+                return Err(BuildError::io(
+                    format!("worker {id} (pid {pid}) did not open its link ({status})"),
+                    e,
+                ));
+            }
+        }
+    } else {
+        None
+    };
     let (tx, rx) = ipc.split();
     let rx_fd = match rx.dup_fd() {
         Ok(fd) => Some(fd),
@@ -881,7 +916,24 @@ fn start_worker(
         me: me.clone(),
         core: core.clone(),
         k,
+        link,
     }))
+}
+
+/// Sends a worker the other end of a new port over its job connection and
+/// starts a conversation on ours (the worker connects its end at start).
+fn open_link(ipc: &crate::port::Ipc) -> std::io::Result<crate::link::Link> {
+    let (ours, theirs) = port::open()?;
+    ipc.send_port(theirs)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))?;
+    let conn = ours.connect_with(ConnectOptions {
+        role: Role::Supervisor,
+        timeout: START_TIMEOUT,
+        ..ConnectOptions::default()
+    })?;
+    let mut link = crate::link::Link::new(conn);
+    link.close_ref();
+    Ok(link)
 }
 
 /// Takes queued jobs for `w` while it has free slots. Flushes what it sent
