@@ -20,7 +20,18 @@
 //!
 //! Frames are postcard by default, or JSON ([`Codec::Json`]) so that a
 //! peer written in another language can speak the protocol
-//! (`docs/protocol.md`). One reader thread per link sorts incoming frames.
+//! (`docs/protocol.md`).
+//!
+//! Scenario "whoever waits reads": a link has no thread that owns the
+//! connection. Any thread that waits on the link (for a reply, a message,
+//! an ack, the end) takes the receiving half and reads itself while no
+//! other thread does, files whatever frames it reads for others, and
+//! wakes only those asleep. A background thread reads while nobody waits,
+//! so strict messages are acknowledged and requests answered even then;
+//! it sleeps on a duplicate of the fd without holding the receiver, and
+//! leaves reading to callers for up to 2 ms at a time. The reply a caller
+//! waits for is thus usually read by that caller, with no hand-off
+//! between threads.
 
 use std::collections::{HashMap, VecDeque};
 use std::fmt;

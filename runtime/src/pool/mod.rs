@@ -81,8 +81,8 @@ impl Reply {
 }
 
 /// A process worker whose port a ticket's own thread may read while it
-/// waits for its job (see `processes.rs`, scenario "a lone job's waiter
-/// reads its answer").
+/// waits for its job (ARCHITECTURE.md, "a lone job's waiter reads its
+/// answer").
 pub(crate) trait FastRead: Send + Sync {
     /// Reads the port, handling what comes, until `done()` or `deadline`,
     /// or until reading here stops making sense (then the caller waits on

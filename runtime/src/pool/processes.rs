@@ -72,7 +72,7 @@ struct Worker {
     ended_by: Mutex<Option<EndReason>>,
     stderr: Arc<StderrTail>,
     /// The receiving half of the worker's port, here while nobody reads
-    /// (scenario "a lone job's waiter reads its answer").
+    /// (ARCHITECTURE.md, "a lone job's waiter reads its answer").
     rx: Mutex<Option<IpcReceiver>>,
     /// The reader thread naps here while a ticket reads.
     rx_cv: Condvar,
@@ -175,7 +175,9 @@ impl Worker {
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
                 pump(self, core, self.k, false);
-                let more = rx.has_frame().unwrap_or(false);
+                // (With nothing else in flight no answer can follow: skip
+                // the look at the kernel.)
+                let more = self.slots.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
                 if !more {
                     if let Err(e) = self.tx.flush() {
                         log::debug!("worker {}: flush failed ({e}); the port is closing", self.id);
@@ -188,7 +190,7 @@ impl Worker {
 }
 
 impl super::FastRead for Worker {
-    /// Scenario "a lone job's waiter reads its answer": when a ticket waits
+    /// "A lone job's waiter reads its answer" (ARCHITECTURE.md): when a ticket waits
     /// for the only job its worker holds, the waiting thread reads the
     /// port itself instead of being woken by the reader thread, which
     /// saves a cross-thread wake-up per round trip. It gives up (and the
@@ -1002,7 +1004,7 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // answer may come back at once); the job value is encoded from here
     // and put back, so a crash can send the task to another worker.
     // The only job in flight on this worker: its ticket may read the
-    // answer itself (scenario "a lone job's waiter reads its answer").
+    // answer itself (ARCHITECTURE.md, "a lone job's waiter reads its answer").
     // SeqCst: as every other access to the slot count.
     if w.slots.load(Ordering::SeqCst) == 1 {
         if let Some(me) = w.me.upgrade() {

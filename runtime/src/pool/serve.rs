@@ -114,7 +114,9 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 // (Reading incoming jobs meanwhile if the supervisor, busy
                 // writing to us, is not reading: README "Writing while the
                 // peer writes".)
-                if !s.ipc.has_frame()? {
+                // (Only what is already buffered counts: looking at the
+                // kernel too would cost a system call per job.)
+                if !s.ipc.has_buffered_frame() {
                     s.ipc.flush_reading()?;
                 }
                 // Phase 2: take the next frame.

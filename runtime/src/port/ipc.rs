@@ -317,6 +317,12 @@ impl IpcReceiver {
         Ok(self.reader.next_frame(Wait::Now)?.is_some())
     }
 
+    /// Whether a complete frame is already buffered here (no system call;
+    /// [`has_frame`](Self::has_frame) also reads what the kernel holds).
+    pub(crate) fn has_buffered_frame(&mut self) -> bool {
+        self.reader.has_buffered_frame()
+    }
+
     /// Waits as told for a message and copies its raw bytes into `out`
     /// (replacing what it held). `Ok(false)`: the wait ran out.
     pub(crate) fn recv_bytes_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
@@ -522,6 +528,11 @@ impl Ipc {
     /// See [`IpcReceiver::has_frame`].
     pub fn has_frame(&mut self) -> Result<bool, RecvError> {
         self.rx.has_frame()
+    }
+
+    /// Whether a complete frame is already buffered (no system call).
+    pub(crate) fn has_buffered_frame(&mut self) -> bool {
+        self.rx.has_buffered_frame()
     }
 
     /// See [`IpcReceiver::recv_bytes`].

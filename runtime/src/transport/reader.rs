@@ -127,6 +127,20 @@ impl Reader {
         Ok(true)
     }
 
+    /// Whether a complete frame is already buffered (no system call).
+    pub fn has_buffered_frame(&mut self) -> bool {
+        if self.current.is_some() {
+            return true;
+        }
+        match frame::split_frame(&self.buf[self.head..], self.limit) {
+            Ok(Some(f)) => {
+                self.current = Some(f.header);
+                true
+            }
+            _ => false,
+        }
+    }
+
     /// Makes sure a complete frame is at the front and returns its header,
     /// without consuming it. `Ok(None)`: none arrived within `wait`.
     pub fn next_frame(&mut self, wait: Wait) -> Result<Option<Header>, RecvError> {
