@@ -287,3 +287,23 @@ fn a_thread_pool_has_no_worker_links() {
         "{r:?}"
     );
 }
+
+#[test]
+fn a_request_that_came_before_the_handler_is_answered() {
+    let (a, b) = port::open().unwrap();
+    let asker = std::thread::spawn(move || {
+        let link = Link::new(b.connect().unwrap());
+        link.request::<u32, u32>(&20).unwrap()
+    });
+    let mut ipc = a.connect().unwrap();
+    // The request is here before our side has a link, let alone a handler.
+    let deadline = std::time::Instant::now() + BOUND;
+    while !ipc.has_frame().unwrap() {
+        assert!(std::time::Instant::now() < deadline, "the request never came");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let link = Link::new(ipc);
+    link.on_request(|n: u32| Ok::<u32, String>(n + 1));
+    assert_eq!(asker.join().unwrap(), 21);
+    drop(link);
+}

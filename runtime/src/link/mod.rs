@@ -433,7 +433,11 @@ impl Inner {
             st.listening += 1;
         }
         let mut buf = Vec::new();
+        let mut spun = false;
         let out = loop {
+            // (Checked again after every read and after the hand-off spin,
+            // with the lock held up to the sleep: nothing filed for us can
+            // slip between the check and the wait.)
             if let Some(r) = check(&mut st) {
                 break Ok(r);
             }
@@ -455,43 +459,81 @@ impl Inner {
                     self.run(actions);
                     st = self.lock();
                 }
+                spun = false;
                 continue;
             }
-            // Another thread reads: spin briefly for it to hand over (it
-            // often is about to), then sleep until it does or data comes.
-            drop(st);
-            let spin_until = Instant::now() + HANDOFF_SPIN;
-            loop {
-                std::thread::yield_now();
-                st = self.lock();
-                if st.rx.is_some() || Instant::now() >= spin_until {
-                    break;
-                }
+            if !spun {
+                // Another thread reads: spin briefly for it to hand over
+                // (it often is about to), then check again.
                 drop(st);
-            }
-            if st.rx.is_none() {
-                st.sleepers += 1;
-                st = match deadline {
-                    None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
-                    Some(d) => {
-                        let left = d.saturating_duration_since(Instant::now());
-                        self.cv
-                            .wait_timeout(st, left)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0)
+                let spin_until = Instant::now() + HANDOFF_SPIN;
+                loop {
+                    std::thread::yield_now();
+                    st = self.lock();
+                    if st.rx.is_some() || Instant::now() >= spin_until {
+                        break;
                     }
-                };
-                st.sleepers -= 1;
+                    drop(st);
+                }
+                spun = true;
+                continue;
             }
+            // Sleep until the reader files something or hands over.
+            st.sleepers += 1;
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.cv
+                        .wait_timeout(st, left)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0)
+                }
+            };
+            st.sleepers -= 1;
+            spun = false;
         };
         if listening {
             st.listening -= 1;
         }
         st.waiters -= 1;
+        // Frames a read pulled in beyond ours wait in the receiver's
+        // buffer, where nobody sleeping on the fd would see them: file them
+        // before leaving (a strict message or a request may be among them).
+        let st = self.drain_buffered(st, &mut buf);
         if st.waiters == 0 && (st.closed.is_some() || !st.incoming.is_empty()) {
             self.bg_cv.notify_all();
         }
+        drop(st);
         out
+    }
+
+    /// Files every frame already in the receiver's buffer (no waiting).
+    fn drain_buffered<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        buf: &mut Vec<u8>,
+    ) -> MutexGuard<'a, State> {
+        loop {
+            let Some(mut rx) = st.rx.take() else {
+                return st;
+            };
+            if !rx.has_buffered_frame() {
+                st.rx = Some(rx);
+                return st;
+            }
+            drop(st);
+            let res = rx.recv_bytes_wait(buf, Wait::Now);
+            st = self.lock();
+            st.rx = Some(rx);
+            let actions = self.absorb(&mut st, res, buf);
+            self.wake(&st);
+            if !actions.is_empty() {
+                drop(st);
+                self.run(actions);
+                st = self.lock();
+            }
+        }
     }
 
     /// After a read: wakes the callers asleep on the condvar (their data,
@@ -995,10 +1037,19 @@ impl Link {
             let resp = f(req)?;
             Payload::encode(codec, &resp).map_err(|e| e.to_string())
         });
-        let mut st = self.inner.lock();
-        st.handler = Some(h);
-        // Requests that came before: the background thread answers them.
-        self.inner.bg_cv.notify_all();
+        let queued: Vec<(u64, Payload)> = {
+            let mut st = self.inner.lock();
+            st.handler = Some(h.clone());
+            st.incoming.drain(..).collect()
+        };
+        // Requests that came before: answered here, now (later ones go to
+        // the handler as they are read).
+        self.inner.run(
+            queued
+                .into_iter()
+                .map(|(id, p)| Action::Handle(h.clone(), id, p))
+                .collect(),
+        );
     }
 
     /// Waits for the next request from the peer (when no handler is

@@ -85,6 +85,9 @@ struct Worker {
     k: usize,
     /// The conversation beside the jobs, when the pool has worker links.
     link: Option<Arc<crate::link::Link>>,
+    /// A protocol error met by a ticket reading the port (the worker is
+    /// killed; its reader reports this as the cause).
+    broke: Mutex<Option<String>>,
 }
 
 /// What one read of a worker's port did.
@@ -125,6 +128,39 @@ impl Worker {
         };
         *lock(&self.rx) = Some(rx);
         step
+    }
+
+    /// Handles every frame already in the receiver's buffer (no waiting).
+    /// A thread other than the reader calls it before letting go: frames a
+    /// read pulled in beyond its own would otherwise wait unseen while the
+    /// reader sleeps on the fd, which shows only what the kernel holds.
+    fn drain_buffered(&self) {
+        loop {
+            let buffered = lock(&self.rx).as_mut().is_some_and(|rx| rx.has_buffered_frame());
+            if !buffered {
+                return;
+            }
+            match self.read_step(crate::transport::Wait::Now) {
+                Step::Frame => {}
+                Step::End(why) => {
+                    self.end_from_ticket(why);
+                    return;
+                }
+                Step::Nothing | Step::Busy => return,
+            }
+        }
+    }
+
+    /// A ticket met the end of the port, or a frame it could not take: a
+    /// broken protocol is recorded and the worker killed (as the reader
+    /// thread would have ended it); the reader reports the exit.
+    fn end_from_ticket(&self, why: Option<String>) {
+        if let Some(e) = why {
+            log::error!("worker {} (pid {}) broke its protocol: {e}", self.id, self.pid);
+            lock(&self.broke).get_or_insert(e);
+            self.kill();
+        }
+        self.wake_reader();
     }
 
     /// Wakes the reader thread if it naps (other jobs need reading, or the
@@ -197,6 +233,13 @@ impl super::FastRead for Worker {
     /// ticket waits on its channel as usual) when other jobs are in flight,
     /// when the reader thread does not let go, or when the port ends.
     fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>) {
+        self.read_until(done, deadline);
+        self.drain_buffered();
+    }
+}
+
+impl Worker {
+    fn read_until(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>) {
         use crate::transport::Wait;
         loop {
             if done() {
@@ -229,9 +272,9 @@ impl super::FastRead for Worker {
                     }
                 }
                 Step::Busy => return,
-                Step::End(_) => {
+                Step::End(why) => {
                     // The reader thread meets the end too and reports it.
-                    self.wake_reader();
+                    self.end_from_ticket(why);
                     return;
                 }
             }
@@ -919,6 +962,7 @@ fn start_worker(
         core: core.clone(),
         k,
         link,
+        broke: Mutex::new(None),
     }))
 }
 
@@ -1164,6 +1208,7 @@ fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         }
     };
     let counters = &core.counters[w.id];
+    let why = why.or_else(|| lock(&w.broke).take());
     // The port is closed (or broken): this worker is finished.
     // Release: pairs with the Acquire loads in `kick` and `pump`.
     w.alive.store(false, Ordering::Release);
