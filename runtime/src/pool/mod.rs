@@ -327,8 +327,7 @@ impl Core {
             }
         }
         for t in tasks {
-            let jobs = t.jobs();
-            self.retire_failure(&t.state, &t.reply, jobs, why.clone(), None);
+            self.retire_task(&t, why.clone(), None);
         }
     }
 
@@ -378,6 +377,11 @@ impl Core {
             self.count_settled_elsewhere(state, jobs);
         }
         delivered
+    }
+
+    /// [`retire_failure`](Self::retire_failure) for a whole task.
+    pub(crate) fn retire_task(&self, t: &Task, f: Failure, worker: Option<usize>) -> bool {
+        self.retire_failure(&t.state, &t.reply, t.jobs(), f, worker)
     }
 
     /// A job whose outcome someone else settled leaves the pool: if its
@@ -1013,6 +1017,18 @@ pub struct WorkerStats {
 /// a result that arrives within it skips a cross-core wake-up.
 pub(crate) const CHANNEL_SPIN: Duration = Duration::from_micros(50);
 
+/// One pause of a spin-wait: yields every other try, as the port's
+/// receive spin does, so a spinning thread lets its peer run on a shared
+/// core.
+pub(crate) fn spin_pause(tries: &mut u32) {
+    *tries = tries.wrapping_add(1);
+    if *tries % 2 == 0 {
+        std::thread::yield_now();
+    } else {
+        std::hint::spin_loop();
+    }
+}
+
 /// Receives from `rx`, retrying without blocking (and yielding) for
 /// `CHANNEL_SPIN` first, then blocking until `deadline`.
 pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Option<T> {
@@ -1027,13 +1043,7 @@ pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Optio
         if start.elapsed() >= CHANNEL_SPIN {
             break;
         }
-        // Yield every other try, as the port's receive spin does.
-        tries = tries.wrapping_add(1);
-        if tries % 2 == 0 {
-            std::thread::yield_now();
-        } else {
-            std::hint::spin_loop();
-        }
+        spin_pause(&mut tries);
     }
     match deadline {
         None => rx.recv().ok(),

@@ -413,11 +413,8 @@ impl Processes {
                         w.take().unwrap_or_default()
                     };
                     for t in waiting {
-                        let jobs = t.jobs();
-                        shared.core.retire_failure(
-                            &t.state,
-                            &t.reply,
-                            jobs,
+                        shared.core.retire_task(
+                            &t,
                             Failure::Rejected(format!("worker {id} stopped before the job could run")),
                             Some(id),
                         );
@@ -478,11 +475,8 @@ impl Processes {
                 }
                 (None, None) => {
                     drop(waiting);
-                    let jobs = task.jobs();
-                    core.retire_failure(
-                        &task.state,
-                        &task.reply,
-                        jobs,
+                    core.retire_task(
+                        &task,
                         Failure::Rejected(format!("worker {w} has stopped")),
                         Some(w),
                     );
@@ -1177,13 +1171,7 @@ fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
                     if start.elapsed() >= crate::transport::DEFAULT_SPIN {
                         break;
                     }
-                    // Yield every other try, as the port's receive spin does.
-                    tries = tries.wrapping_add(1);
-                    if tries % 2 == 0 {
-                        std::thread::yield_now();
-                    } else {
-                        std::hint::spin_loop();
-                    }
+                    super::spin_pause(&mut tries);
                 }
             }
         }

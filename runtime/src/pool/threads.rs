@@ -111,14 +111,8 @@ impl Threads {
     pub(crate) fn send_to(&self, w: usize, task: Task) {
         if let Err(e) = self.slots[w].private_tx.send(task) {
             let t = e.0;
-            let jobs = t.jobs();
-            self.core.retire_failure(
-                &t.state,
-                &t.reply,
-                jobs,
-                Failure::Rejected("the worker has stopped".into()),
-                Some(w),
-            );
+            self.core
+                .retire_task(&t, Failure::Rejected("the worker has stopped".into()), Some(w));
         }
     }
 
@@ -190,14 +184,8 @@ impl Threads {
         // will run them.
         for (w, s) in self.slots.iter().enumerate() {
             while let Ok(t) = s.private_rx.try_recv() {
-                let jobs = t.jobs();
-                self.core.retire_failure(
-                    &t.state,
-                    &t.reply,
-                    jobs,
-                    Failure::Rejected("the worker has stopped".into()),
-                    Some(w),
-                );
+                self.core
+                    .retire_task(&t, Failure::Rejected("the worker has stopped".into()), Some(w));
             }
         }
         log::info!("thread workers stopped");
