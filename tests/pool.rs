@@ -418,27 +418,10 @@ fn processes_workers_exit_on_their_own_when_the_supervisor_is_killed() {
     assert_eq!(pids.len(), 2);
     sup.kill().unwrap(); // SIGKILL: no chance to clean up
     sup.wait().unwrap();
-    let deadline = std::time::Instant::now() + BOUND;
     for pid in pids {
         // The workers are not our children: wait for them to vanish or
         // become zombies awaiting their new parent.
-        loop {
-            let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit(')')
-                        .next()
-                        .and_then(|r| r.split_whitespace().next())
-                        .map(String::from)
-                });
-            match state.as_deref() {
-                None | Some("Z") | Some("X") => break,
-                Some(_) if std::time::Instant::now() > deadline => {
-                    panic!("worker {pid} outlived its supervisor")
-                }
-                Some(_) => std::thread::sleep(std::time::Duration::from_millis(5)),
-            }
-        }
+        common::wait_pid_gone(pid);
     }
 }
 
