@@ -292,6 +292,45 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+//!
+//! # Conversations
+//!
+//! A [`link::Link`] on any connection gives execa's and ipc-link's API:
+//! ordered messages, filtered reads, strict sends, and requests answered by
+//! id. [`subprocess::Subprocess`] is one child to talk to (execa's
+//! `execaNode`), [`service::Service`] one worker serving many clients.
+//!
+//! ```
+//! use portpool::link::{Link, LinkError};
+//! use portpool::port;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! enum Event { Started, Progress(u32), Done }
+//!
+//! let (a, b) = port::open()?;
+//! let peer = std::thread::spawn(move || -> Result<(), LinkError> {
+//!     let link = Link::new(b.connect().expect("connect"));
+//!     link.on_request(|n: u32| if n > 0 { Ok(n * 2) } else { Err("zero".to_string()) });
+//!     for e in [Event::Started, Event::Progress(50), Event::Done] {
+//!         link.send_message(&e)?;
+//!     }
+//!     link.wait_closed(); // serves requests until we hang up
+//!     Ok(())
+//! });
+//!
+//! let link = Link::new(a.connect()?);
+//! assert_eq!(link.request::<u32, u32>(&21)?, 42);
+//! assert_eq!(link.request::<u32, u32>(&0), Err(LinkError::Failed("zero".into())));
+//! // Take the Done first; the others stay, in order, for later reads.
+//! assert_eq!(link.get_one_message_where(|e: &Event| *e == Event::Done)?, Event::Done);
+//! let rest: Vec<Event> = link.each_message().take(2).collect::<Result<_, _>>()?;
+//! assert_eq!(rest, [Event::Started, Event::Progress(50)]);
+//! drop(link);
+//! peer.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
 pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
 pub use portpool_runtime::pool::{Pool, Ticket};
 pub use portpool_runtime::runtime::Runtime;
