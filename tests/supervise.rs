@@ -550,6 +550,9 @@ both!(
         assert!(matches!(queued.wait(), Err(JobError::Cancelled)));
         gate.open();
         assert!(long.wait().unwrap());
+        // The cancelled job is counted when it leaves the queue, which is
+        // before the next job runs.
+        assert_eq!(pool.submit(Square(4)).unwrap().wait().unwrap(), 16);
         assert_eq!(pool.stats().cancelled, 1);
         finish(pool, &ev);
     }
