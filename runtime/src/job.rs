@@ -61,8 +61,10 @@ pub(crate) struct JobState {
     cancelled: AtomicBool,
     dispatched: AtomicBool,
     settled: AtomicU8,
-    /// The process worker that holds this job as its only one, if so.
-    fast: std::sync::OnceLock<Arc<dyn crate::pool::FastRead>>,
+    /// The process worker that holds this job as its only one, if so
+    /// (weak: a ticket kept after its worker ended must not keep the
+    /// worker's port open).
+    fast: std::sync::OnceLock<std::sync::Weak<dyn crate::pool::FastRead>>,
 }
 
 impl fmt::Debug for JobState {
@@ -84,13 +86,14 @@ impl JobState {
     }
 
     /// Records the process worker that holds this job alone.
-    pub(crate) fn set_fast_reader(&self, w: Arc<dyn crate::pool::FastRead>) {
+    pub(crate) fn set_fast_reader(&self, w: std::sync::Weak<dyn crate::pool::FastRead>) {
         let _ = self.fast.set(w);
     }
 
-    /// The process worker that held this job alone when it was dispatched.
+    /// The process worker that held this job alone when it was dispatched,
+    /// if it is still there.
     pub(crate) fn fast_reader(&self) -> Option<Arc<dyn crate::pool::FastRead>> {
-        self.fast.get().cloned()
+        self.fast.get().and_then(std::sync::Weak::upgrade)
     }
 
     /// Sets the cancellation flag a running handler polls.

@@ -1045,9 +1045,8 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // answer itself (ARCHITECTURE.md, "a lone job's waiter reads its answer").
     // SeqCst: as every other access to the slot count.
     if w.slots.load(Ordering::SeqCst) == 1 {
-        if let Some(me) = w.me.upgrade() {
-            t.state.set_fast_reader(me);
-        }
+        let me: std::sync::Weak<dyn super::FastRead> = w.me.clone();
+        t.state.set_fast_reader(me);
     } else {
         // Others are in flight: the reader thread must not nap.
         w.wake_reader();
