@@ -267,6 +267,14 @@ pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {
     let _ = syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_WR));
 }
 
+/// Shuts down the read direction of a socket: every reader of it, on any
+/// fd, sees the end at once. Not a socket (a pipe): nothing happens.
+pub(crate) fn shutdown_read(fd: BorrowedFd<'_>) {
+    // `fd` is open (borrowed). ENOTSOCK (a pipe) or ENOTCONN change
+    // nothing for us, so they are ignored.
+    let _ = syscall!(shutdown(fd.as_raw_fd(), libc::SHUT_RD));
+}
+
 /// Arranges for the child of `command` to inherit exactly `fds` (besides
 /// stdio): in the forked child, just before `exec`, every other fd above 2
 /// is marked close-on-exec and `fds` are made inheritable. `fds` stay open

@@ -674,7 +674,7 @@ impl Inner {
 /// messages are acknowledged, requests answered and the end noticed even
 /// while nobody waits on the link. It never holds the receiver while
 /// sleeping: it waits for readability on a duplicate of the fd.
-fn background(inner: &Inner, fd: Option<std::os::fd::OwnedFd>) {
+fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
     let mut buf = Vec::new();
     let mut st = inner.lock();
     loop {
@@ -735,7 +735,7 @@ fn background(inner: &Inner, fd: Option<std::os::fd::OwnedFd>) {
         drop(st);
         match &fd {
             Some(fd) => {
-                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None) {
+                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(&**fd), None) {
                     log::debug!("link: waiting for data failed ({e}); stopping the background reader");
                     return;
                 }
@@ -754,6 +754,8 @@ pub struct Link {
     inner: Arc<Inner>,
     /// `None` once this side has stopped sending (`close_sending`).
     tx: Option<Arc<IpcSender>>,
+    /// The duplicate fd the background thread sleeps on.
+    wake_fd: Option<Arc<std::os::fd::OwnedFd>>,
     reader: Option<JoinHandle<()>>,
     rt_ref: RefCount,
 }
@@ -788,7 +790,7 @@ impl Link {
         ipc.unref();
         let (tx, rx) = ipc.split();
         let fd = match rx.dup_fd() {
-            Ok(fd) => Some(fd),
+            Ok(fd) => Some(Arc::new(fd)),
             Err(e) => {
                 log::warn!(
                     "link: could not duplicate the connection's fd ({e}); the background reader polls"
@@ -810,9 +812,10 @@ impl Link {
             next_id: AtomicU64::new(1),
         });
         let inner2 = inner.clone();
-        let reader = std::thread::Builder::new()
-            .name("portpool-link".into())
-            .spawn(move || background(&inner2, fd));
+        let reader = std::thread::Builder::new().name("portpool-link".into()).spawn({
+            let fd = fd.clone();
+            move || background(&inner2, fd)
+        });
         let reader = match reader {
             Ok(h) => Some(h),
             Err(e) => {
@@ -826,6 +829,7 @@ impl Link {
         Link {
             inner,
             tx: Some(tx),
+            wake_fd: fd,
             reader,
             rt_ref: Runtime::global().new_ref(),
         }
@@ -1120,11 +1124,16 @@ impl Link {
 impl Drop for Link {
     fn drop(&mut self) {
         // Dropping `tx` (the only strong handle) closes our sending side:
-        // the peer reads EOF. The reader thread ends when the peer closes
-        // too; it is not waited for, so a peer that keeps its end open
-        // cannot hang this drop.
+        // the peer reads EOF. Shutting down our reading side makes the
+        // background thread see the end at once (sockets; over pipes it
+        // ends when the peer closes), so it does not outlive the link
+        // waiting for a peer that keeps its end open. It is not joined:
+        // it may be inside a request handler.
+        self.tx.take();
+        if let Some(fd) = &self.wake_fd {
+            crate::sys::shutdown_read(std::os::fd::AsFd::as_fd(&**fd));
+        }
         self.reader.take();
-        let _ = &self.tx;
     }
 }
 
