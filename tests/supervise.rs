@@ -894,3 +894,46 @@ fn a_job_cancelled_in_the_queue_with_a_queue_deadline_counts_once() {
     assert_eq!((s.cancelled, s.failed, s.done), (1, 1, 2), "{s:?}");
     finish(pool, &ev);
 }
+
+/// The state letter of process `pid` (R, S, T, Z, ...).
+fn proc_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit(')').next()?.split_whitespace().next()?.chars().next()
+}
+
+fn wait_state(pid: u32, want: impl Fn(Option<char>) -> bool, what: &str) {
+    let deadline = std::time::Instant::now() + BOUND;
+    while !want(proc_state(pid)) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "process {pid} never became {what}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+}
+
+#[test]
+fn sigtstp_suspends_and_stops_the_supervisor_and_sigcont_resumes_it() {
+    use std::io::{BufRead, Write};
+    let mut cmd = common::fixture("job-control");
+    cmd.stdin(Stdio::piped()).stdout(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut input = child.stdin.take().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let sup = common::Fixture { child };
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "ready");
+    let pid = sup.pid();
+    sup.signal(libc::SIGTSTP);
+    wait_state(pid, |s| s == Some('T'), "stopped");
+    sup.signal(libc::SIGCONT);
+    wait_state(pid, |s| s != Some('T'), "running again");
+    // Its worker ran its suspend hook, then its resume hook.
+    writeln!(input, "check").unwrap();
+    line.clear();
+    out.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "hooks 1 1");
+    drop(input); // the supervisor's loop ends; it exits and stops its worker
+    assert!(sup.assert_gone().success());
+}

@@ -251,6 +251,33 @@ impl Runtime {
         Ok(())
     }
 
+    /// Maps job control to the lifecycle (opt-in, since it changes what
+    /// Ctrl-Z does): on SIGTSTP the runtime suspends (hooks run, pools stop
+    /// dispatching, process workers run their suspend hooks), then the
+    /// process stops as it would have; on SIGCONT it resumes. Signal
+    /// handlers are process-wide: call this from a program's `main`, once.
+    pub fn handle_job_control(&self) -> io::Result<()> {
+        use signal_hook::consts::{SIGCONT, SIGTSTP};
+        let mut signals = signal_hook::iterator::Signals::new([SIGTSTP, SIGCONT])?;
+        let rt = self.clone();
+        std::thread::Builder::new()
+            .name("portpool-job-control".into())
+            .spawn(move || {
+                for sig in signals.forever() {
+                    if sig == SIGTSTP {
+                        rt.suspend();
+                        // Then stop, as SIGTSTP's default action does.
+                        if let Err(e) = signal_hook::low_level::emulate_default_handler(SIGTSTP) {
+                            log::error!("could not stop on SIGTSTP: {e}");
+                        }
+                    } else {
+                        rt.resume();
+                    }
+                }
+            })?;
+        Ok(())
+    }
+
     /// What a shutdown signal does (also callable without a real signal).
     fn signalled(&self, sig: i32) {
         let hooks: Vec<SignalHook> = lock(&self.inner.signal_hooks).clone();
