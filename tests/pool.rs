@@ -7,10 +7,9 @@ mod common;
 mod jobs;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::{BOUND, assert_pid_gone};
+use common::{BOUND, GatePath, assert_pid_gone, both};
 use jobs::*;
 use portpool::pool::{PoolBuilder, TrySubmitError};
 use portpool::{Job, JobError, Pool, Shutdown};
@@ -48,51 +47,6 @@ fn finish(pool: Pool) {
     for pid in pids {
         assert_pid_gone(pid);
     }
-}
-
-/// A path that does not exist yet, unique to this test; removed (with its
-/// directory, once empty) when dropped.
-struct GatePath(PathBuf);
-
-impl GatePath {
-    fn open(&self) {
-        std::fs::write(&self.0, b"open").unwrap();
-    }
-}
-
-impl Drop for GatePath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir(dir);
-        }
-    }
-}
-
-fn gate_path(name: &str) -> GatePath {
-    // One directory per test, so one test's clean-up never races another's gate.
-    let dir = std::env::temp_dir().join(format!("portpool-test-{}-{name}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    let p = dir.join(name);
-    let _ = std::fs::remove_file(&p);
-    GatePath(p)
-}
-
-macro_rules! both {
-    ($name:ident, |$backend:ident| $body:block) => {
-        mod $name {
-            use super::*;
-            fn body($backend: Backend) $body
-            #[test]
-            fn threads() {
-                body(Backend::Threads)
-            }
-            #[test]
-            fn processes() {
-                body(Backend::Processes)
-            }
-        }
-    };
 }
 
 both!(typed_round_trips_of_three_job_types, |backend| {
@@ -160,7 +114,7 @@ both!(a_full_queue_gives_the_job_back, |backend| {
         .inflight_per_worker(1)
         .build()
         .unwrap();
-    let gate = gate_path(&format!("full-{backend:?}"));
+    let gate = GatePath::new(&format!("full-{backend:?}"));
     let mut running = pool.submit(Gate(gate.0.clone())).unwrap();
     // The worker has the gate job (it said so); the queue is empty.
     assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
@@ -189,7 +143,7 @@ both!(map_keeps_input_order_over_many_jobs, |backend| {
 
 both!(a_slow_first_job_does_not_make_map_pull_more_input, |backend| {
     let pool = builder(backend, 2).build().unwrap();
-    let gate = gate_path(&format!("slow-first-{backend:?}"));
+    let gate = GatePath::new(&format!("slow-first-{backend:?}"));
     let pulled = std::sync::atomic::AtomicU64::new(0);
     let input = (0..).map(|n| {
         pulled.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -307,7 +261,7 @@ both!(stats_count_what_happened, |backend| {
 
 both!(a_cancelled_queued_job_never_runs, |backend| {
     let pool = builder(backend, 1).inflight_per_worker(1).build().unwrap();
-    let gate = gate_path(&format!("cancel-{backend:?}"));
+    let gate = GatePath::new(&format!("cancel-{backend:?}"));
     let mut running = pool.submit(Gate(gate.0.clone())).unwrap();
     assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
     let queued = pool.submit(Steps(3)).unwrap();
@@ -379,7 +333,7 @@ fn processes_pipeline_several_jobs_per_worker() {
         .inflight_per_worker(3)
         .build()
         .unwrap();
-    let gate = gate_path("pipeline");
+    let gate = GatePath::new("pipeline");
     let tickets: Vec<_> = (0..3)
         .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
         .collect();

@@ -8,12 +8,11 @@ mod common;
 mod jobs;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::{BOUND, assert_pid_gone};
+use common::{BOUND, GatePath, assert_pid_gone, both};
 use crossbeam_channel::Receiver;
 use jobs::*;
 use portpool::job::TimeoutPhase;
@@ -104,50 +103,6 @@ fn kill(pid: u32, sig: i32) {
     // tests only signal workers they saw running and whose exit they await).
     let rc = unsafe { libc::kill(pid as libc::pid_t, sig) };
     assert_eq!(rc, 0, "kill({pid}, {sig})");
-}
-
-/// A path that does not exist yet, unique to this test; removed (with its
-/// directory) when dropped.
-struct GatePath(PathBuf);
-
-impl GatePath {
-    fn new(name: &str) -> GatePath {
-        let dir = std::env::temp_dir().join(format!("portpool-sup-{}-{name}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let p = dir.join("gate");
-        let _ = std::fs::remove_file(&p);
-        GatePath(p)
-    }
-
-    fn open(&self) {
-        std::fs::write(&self.0, b"open").unwrap();
-    }
-}
-
-impl Drop for GatePath {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-        if let Some(dir) = self.0.parent() {
-            let _ = std::fs::remove_dir_all(dir);
-        }
-    }
-}
-
-macro_rules! both {
-    ($name:ident, |$backend:ident| $body:block) => {
-        mod $name {
-            use super::*;
-            fn body($backend: Backend) $body
-            #[test]
-            fn threads() {
-                body(Backend::Threads)
-            }
-            #[test]
-            fn processes() {
-                body(Backend::Processes)
-            }
-        }
-    };
 }
 
 fn exited(r: Result<(), JobError<String>>) -> (Option<u32>, String, Vec<String>) {
@@ -468,8 +423,18 @@ both!(the_run_timeout_counts_from_dispatch_not_from_enqueue, |backend| {
     let short = pool
         .submit_with(Square(6), JobOptions::new().timeout(timeout))
         .unwrap();
-    // The short job waits in the queue longer than its run timeout.
-    std::thread::sleep(timeout * 2);
+    // The short job waits in the queue longer than its run timeout: a
+    // probe queued behind it with that long a queue deadline times out.
+    let probe = pool
+        .submit_with(Square(0), JobOptions::new().queue_timeout(timeout))
+        .unwrap();
+    assert!(matches!(
+        probe.wait(),
+        Err(JobError::TimedOut {
+            phase: TimeoutPhase::Queue,
+            ..
+        })
+    ));
     gate.open();
     assert!(long.wait().unwrap());
     assert_eq!(short.wait().unwrap(), 36);
@@ -885,13 +850,23 @@ fn a_job_cancelled_in_the_queue_with_a_queue_deadline_counts_once() {
     let queued = pool.submit(Square(1)).unwrap();
     queued.cancel();
     assert!(matches!(queued.wait(), Err(JobError::Cancelled)));
-    // Let the queue deadline of the cancelled job pass, then its turn come.
-    std::thread::sleep(Duration::from_millis(60));
+    // Let the queue deadline of the cancelled job pass, then its turn come:
+    // a probe queued after it, with the same deadline, times out later
+    // (the monitor fires deadlines in order).
+    let probe = pool.submit(Square(2)).unwrap();
+    assert!(matches!(
+        probe.wait(),
+        Err(JobError::TimedOut {
+            phase: TimeoutPhase::Queue,
+            ..
+        })
+    ));
     gate.open();
     assert!(long.wait().unwrap());
     assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
     let s = pool.stats();
-    assert_eq!((s.cancelled, s.failed, s.done), (1, 1, 2), "{s:?}");
+    // (`failed` also holds the probe.)
+    assert_eq!((s.cancelled, s.failed - 1, s.done), (1, 1, 2), "{s:?}");
     finish(pool, &ev);
 }
 

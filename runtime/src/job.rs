@@ -437,6 +437,21 @@ pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
     catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Failure::Panicked(panic_message(&*payload)))
 }
 
+/// Calls a user's callback (a hook, an event handler); a panic in it is
+/// logged, naming `what`, instead of unwinding into the pool's thread.
+pub(crate) fn call_logged(what: &str, f: impl FnOnce()) {
+    if let Err(Failure::Panicked(m)) = catch(f) {
+        log::error!("a {what} panicked: {m}");
+    }
+}
+
+/// Runs `hooks` in order; a panicking one is logged and the rest still run.
+pub(crate) fn run_hooks(hooks: &[Hook], what: &str) {
+    for h in hooks {
+        call_logged(&format!("{what} hook"), || h());
+    }
+}
+
 /// The message of a panic payload (`&str` or `String`), or a placeholder.
 pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
     if let Some(s) = payload.downcast_ref::<&str>() {
@@ -634,17 +649,12 @@ impl Handlers {
         self
     }
 
-    /// Runs the suspend hooks (`true`) or the resume hooks (`false`); a
-    /// panicking hook is logged and the others still run.
+    /// Runs the suspend hooks (`true`) or the resume hooks (`false`).
     pub(crate) fn run_hooks(&self, suspend: bool) {
-        let hooks = if suspend { &self.suspend } else { &self.resume };
-        for h in hooks.iter() {
-            if let Err(Failure::Panicked(m)) = catch(|| h()) {
-                log::error!(
-                    "a {} hook panicked: {m}",
-                    if suspend { "suspend" } else { "resume" }
-                );
-            }
+        if suspend {
+            run_hooks(&self.suspend, "suspend");
+        } else {
+            run_hooks(&self.resume, "resume");
         }
     }
 

@@ -282,9 +282,7 @@ impl Runtime {
     fn signalled(&self, sig: i32) {
         let hooks: Vec<SignalHook> = lock(&self.inner.signal_hooks).clone();
         for h in hooks {
-            if let Err(crate::job::Failure::Panicked(m)) = crate::job::catch(|| h(sig)) {
-                log::error!("a signal hook panicked: {m}");
-            }
+            crate::job::call_logged("signal hook", || h(sig));
         }
         let first = {
             let mut exit = lock(&self.inner.exit);
@@ -359,12 +357,9 @@ impl Drop for RtInner {
 }
 
 fn run_hooks(hooks: &Mutex<Vec<Hook>>, what: &str) {
+    // Cloned out of the lock: a hook may register another.
     let hooks: Vec<Hook> = lock(hooks).clone();
-    for h in hooks {
-        if let Err(crate::job::Failure::Panicked(m)) = crate::job::catch(|| h()) {
-            log::error!("a {what} hook panicked: {m}");
-        }
-    }
+    crate::job::run_hooks(&hooks, what);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

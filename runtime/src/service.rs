@@ -14,7 +14,7 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
@@ -219,20 +219,8 @@ impl Service {
             } => {
                 lock(control).take();
                 if let Some(mut c) = lock(child).take() {
-                    let deadline = Instant::now() + STOP_GRACE;
-                    loop {
-                        match c.try_wait() {
-                            Ok(Some(_)) => break,
-                            Ok(None) if Instant::now() < deadline => {
-                                std::thread::sleep(Duration::from_millis(2))
-                            }
-                            _ => {
-                                log::warn!("the service process did not exit; killing it");
-                                let _ = c.kill();
-                                let _ = c.wait();
-                                break;
-                            }
-                        }
+                    if let Ok((_, true)) = crate::pool::wait_or_kill(&mut c, STOP_GRACE) {
+                        log::warn!("the service process did not exit within {STOP_GRACE:?}; killed it");
                     }
                     let _ = stderr.wait_lines();
                 }

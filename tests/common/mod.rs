@@ -1,6 +1,6 @@
 //! Shared test support: spawning the fixture worker and proving that no
 //! child is left behind.
-#![allow(dead_code)] // each test binary uses its own subset
+#![allow(dead_code, unused_macros, unused_imports)] // each test binary uses its own subset
 
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
@@ -125,3 +125,51 @@ pub(crate) fn wait_pid_gone(pid: u32) {
         }
     }
 }
+
+/// A path that does not exist yet, unique to this test (its own directory,
+/// so one test's clean-up never races another's gate); removed with its
+/// directory when dropped.
+pub(crate) struct GatePath(pub(crate) std::path::PathBuf);
+
+impl GatePath {
+    pub(crate) fn new(name: &str) -> GatePath {
+        let dir = std::env::temp_dir().join(format!("portpool-test-{}-{name}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create the gate's directory");
+        let p = dir.join("gate");
+        let _ = std::fs::remove_file(&p);
+        GatePath(p)
+    }
+
+    /// Creates the file: handlers waiting on this gate go on.
+    pub(crate) fn open(&self) {
+        std::fs::write(&self.0, b"open").expect("open the gate");
+    }
+}
+
+impl Drop for GatePath {
+    fn drop(&mut self) {
+        if let Some(dir) = self.0.parent() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// One test body run twice, as `<name>::threads` and `<name>::processes`,
+/// with the including file's `Backend` enum.
+macro_rules! both {
+    ($name:ident, |$backend:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            fn body($backend: Backend) $body
+            #[test]
+            fn threads() {
+                body(Backend::Threads)
+            }
+            #[test]
+            fn processes() {
+                body(Backend::Processes)
+            }
+        }
+    };
+}
+pub(crate) use both;

@@ -38,7 +38,6 @@ use std::fmt;
 use std::marker::PhantomData;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
-use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use serde::de::DeserializeOwned;
@@ -501,7 +500,7 @@ impl Inner {
         // buffer, where nobody sleeping on the fd would see them: file them
         // before leaving (a strict message or a request may be among them).
         let st = self.drain_buffered(st, &mut buf);
-        if st.waiters == 0 && (st.closed.is_some() || !st.incoming.is_empty()) {
+        if st.waiters == 0 && st.closed.is_some() {
             self.bg_cv.notify_all();
         }
         drop(st);
@@ -681,18 +680,6 @@ fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
         if st.closed.is_some() {
             break;
         }
-        // A handler registered after requests came: answer those first.
-        if st.handler.is_some() {
-            if let Some((id, p)) = st.incoming.pop_front() {
-                let h = st.handler.clone();
-                drop(st);
-                if let Some(h) = h {
-                    inner.run(vec![Action::Handle(h, id, p)]);
-                }
-                st = inner.lock();
-                continue;
-            }
-        }
         if st.waiters > 0 {
             // Callers read for themselves. Waking this thread each time the
             // last of them leaves would cost every call a wake-up, so it
@@ -756,7 +743,6 @@ pub struct Link {
     tx: Option<Arc<IpcSender>>,
     /// The duplicate fd the background thread sleeps on.
     wake_fd: Option<Arc<std::os::fd::OwnedFd>>,
-    reader: Option<JoinHandle<()>>,
     rt_ref: RefCount,
 }
 
@@ -812,25 +798,21 @@ impl Link {
             next_id: AtomicU64::new(1),
         });
         let inner2 = inner.clone();
-        let reader = std::thread::Builder::new().name("portpool-link".into()).spawn({
+        // Not joined: the thread ends with the connection (see `Drop`).
+        let spawned = std::thread::Builder::new().name("portpool-link".into()).spawn({
             let fd = fd.clone();
             move || background(&inner2, fd)
         });
-        let reader = match reader {
-            Ok(h) => Some(h),
-            Err(e) => {
-                Inner::close(
-                    &mut inner.lock(),
-                    Closed::Broken(format!("could not start the link's thread: {e}")),
-                );
-                None
-            }
-        };
+        if let Err(e) = spawned {
+            Inner::close(
+                &mut inner.lock(),
+                Closed::Broken(format!("could not start the link's thread: {e}")),
+            );
+        }
         Link {
             inner,
             tx: Some(tx),
             wake_fd: fd,
-            reader,
             rt_ref: Runtime::global().new_ref(),
         }
     }
@@ -1133,7 +1115,6 @@ impl Drop for Link {
         if let Some(fd) = &self.wake_fd {
             crate::sys::shutdown_read(std::os::fd::AsFd::as_fd(&**fd));
         }
-        self.reader.take();
     }
 }
 

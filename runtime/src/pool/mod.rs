@@ -38,8 +38,8 @@ use crate::supervisor::monitor::{self, Control, Graces, MonitorHandle, Supervise
 use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, ShutdownReport, TERM_GRACE};
 
 pub use map::Map;
-pub(crate) use processes::describe_status;
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
+pub(crate) use processes::{describe_status, wait_or_kill};
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 
@@ -425,9 +425,7 @@ impl Core {
             PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
         }
         if let Some(f) = &self.config.on_event {
-            if let Err(Failure::Panicked(m)) = crate::job::catch(|| f(&e)) {
-                log::error!("the pool's event callback panicked: {m}");
-            }
+            crate::job::call_logged("pool event callback", || f(&e));
         }
     }
 

@@ -1273,24 +1273,33 @@ fn reap(w: &Worker) -> String {
     let Some(mut child) = lock(&w.child).take() else {
         return "already reaped".into();
     };
-    let deadline = Instant::now() + EXIT_GRACE;
+    match wait_or_kill(&mut child, EXIT_GRACE) {
+        Ok((st, false)) => describe_status(st),
+        Ok((st, true)) => format!(
+            "{} (killed: it closed its port but kept running)",
+            describe_status(st)
+        ),
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it (SIGKILL) and
+/// reaps it. Returns its status and whether it had to be killed.
+pub(crate) fn wait_or_kill(
+    child: &mut Child,
+    grace: Duration,
+) -> std::io::Result<(std::process::ExitStatus, bool)> {
+    let deadline = Instant::now() + grace;
     loop {
-        match child.try_wait() {
-            Ok(Some(st)) => return describe_status(st),
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
-            Ok(None) => {
-                let _ = child.kill();
-                return child
-                    .wait()
-                    .map(|st| {
-                        format!(
-                            "{} (killed: it closed its port but kept running)",
-                            describe_status(st)
-                        )
-                    })
-                    .unwrap_or_else(|e| format!("could not be waited for: {e}"));
-            }
-            Err(e) => return format!("could not be waited for: {e}"),
+        if let Some(st) = child.try_wait()? {
+            return Ok((st, false));
         }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return child.wait().map(|st| (st, true));
+        }
+        // An exiting child sends no event we can wait on here (no pidfd on
+        // every kernel we support): poll its status, briefly.
+        std::thread::sleep(Duration::from_millis(1));
     }
 }

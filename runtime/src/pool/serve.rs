@@ -105,8 +105,14 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
         }),
     });
     let mut buf = Vec::new();
+    // The job that just ran: its id leaves the cancel set under the next
+    // lock, which the loop takes anyway.
+    let mut finished = None;
     loop {
         let mut s = inbox.lock();
+        if let Some(id) = finished.take() {
+            s.cancelled.remove(&id);
+        }
         match s.backlog.pop_front() {
             Some(frame) => buf = frame,
             None => {
@@ -153,31 +159,29 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             }
             ToWorker::Job { id, route } => {
                 drop(s);
+                finished = Some(id);
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(inbox.clone(), id),
                     ProgressSink::Port(tx.clone(), id),
                 );
-                let outcome = match handlers.call_bytes(route, job, &cx) {
-                    Ok(bytes) => WireOutcome::Ran(bytes),
-                    Err(f) => WireOutcome::Failed(f),
-                };
-                inbox.lock().cancelled.remove(&id);
-                (id, outcome)
+                match handlers.call_bytes(route, job, &cx) {
+                    Ok(bytes) => (id, WireOutcome::Ran(bytes)),
+                    Err(f) => (id, WireOutcome::Failed(f)),
+                }
             }
             ToWorker::Batch { id, route, count } => {
                 drop(s);
+                finished = Some(id);
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(inbox.clone(), id),
                     ProgressSink::Discard,
                 );
-                let outcome = match handlers.call_batch_bytes(route, job, count as usize, &cx) {
-                    Ok((bytes, failed)) => WireOutcome::RanChunk { bytes, failed },
-                    Err(f) => WireOutcome::Failed(f),
-                };
-                inbox.lock().cancelled.remove(&id);
-                (id, outcome)
+                match handlers.call_batch_bytes(route, job, count as usize, &cx) {
+                    Ok((bytes, failed)) => (id, WireOutcome::RanChunk { bytes, failed }),
+                    Err(f) => (id, WireOutcome::Failed(f)),
+                }
             }
         };
         tx.feed(&FromWorker::Done { id, outcome })?;
