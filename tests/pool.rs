@@ -319,7 +319,8 @@ fn processes_a_result_that_fails_to_encode_fails_alone() {
     match pool.submit(MakeUnencodable).unwrap().wait() {
         Err(JobError::Codec { side, reason }) => {
             assert_eq!(side, portpool::job::Side::Worker);
-            assert!(reason.contains("could not encode the result"), "{reason}");
+            assert!(reason.contains("could not send the result"), "{reason}");
+            assert!(reason.contains("without saying its length"), "{reason}");
         }
         other => panic!("expected a worker-side encode error, got {other:?}"),
     }

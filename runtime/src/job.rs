@@ -244,7 +244,10 @@ impl fmt::Display for Side {
 }
 
 /// How a job ended when it did not end with its output.
-#[derive(Debug)]
+///
+/// Its `Debug` is its `Display`: one sentence that says what happened to
+/// the job and, where it helps, what to do. Match on the variants for the
+/// details.
 #[non_exhaustive]
 pub enum JobError<E> {
     /// The handler returned its own error.
@@ -313,7 +316,7 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
                 if let Some(s) = status {
                     write!(f, ": {s}")?;
                 }
-                if let Some(last) = stderr.last() {
+                if let Some(last) = crate::stderr::last_meaningful(stderr) {
                     write!(f, "; its stderr ended with: {last}")?;
                 }
                 Ok(())
@@ -327,6 +330,12 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
             JobError::Cancelled => f.write_str("job was cancelled"),
             JobError::Rejected { reason } => write!(f, "job was rejected: {reason}"),
         }
+    }
+}
+
+impl<E: fmt::Debug> fmt::Debug for JobError<E> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -404,6 +413,67 @@ trait Erased: Send + Sync {
     /// `(nanos, Vec<BatchItem>)`. Each job fails or succeeds alone.
     /// Also returns how many of the chunk's jobs failed.
     fn call_batch_bytes(&self, jobs: &[u8], count: usize, cx: &Context) -> Result<(Vec<u8>, u32), Failure>;
+    /// The job type's full name, to tell two registrations apart.
+    fn job_type(&self) -> &'static str;
+    /// The route's entry in the table a worker announces.
+    fn info(&self) -> RouteInfo;
+}
+
+/// One route as a worker announces it at start: its name and the shape
+/// of its types. The supervisor compares it with its own, so a worker
+/// built from other code fails at spawn, not at its first decode.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct RouteInfo {
+    pub(crate) name: String,
+    /// `Job -> Result<Output, Error>` with module paths left out (a type's
+    /// path differs between two binaries that include the same file).
+    pub(crate) types: String,
+    /// FNV-1a of `types`.
+    pub(crate) fingerprint: u64,
+}
+
+impl RouteInfo {
+    pub(crate) fn of<J: Job>() -> RouteInfo {
+        use std::any::type_name;
+        let types = format!(
+            "{} -> Result<{}, {}>",
+            short_type_name(type_name::<J>()),
+            short_type_name(type_name::<J::Output>()),
+            short_type_name(type_name::<J::Error>())
+        );
+        RouteInfo {
+            name: J::NAME.to_string(),
+            fingerprint: fnv1a(types.as_bytes()),
+            types,
+        }
+    }
+}
+
+/// `alloc::vec::Vec<my::Item>` → `Vec<Item>`: every path prefix dropped.
+pub(crate) fn short_type_name(full: &str) -> String {
+    let mut out = String::with_capacity(full.len());
+    let mut segment = String::new();
+    let mut chars = full.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c.is_alphanumeric() || c == '_' {
+            segment.push(c);
+        } else if c == ':' && chars.peek() == Some(&':') {
+            chars.next();
+            segment.clear();
+        } else {
+            out.push_str(&segment);
+            segment.clear();
+            out.push(c);
+        }
+    }
+    out.push_str(&segment);
+    out
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, b| {
+        (h ^ u64::from(*b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 /// One job's outcome inside a chunk's answer: the postcard bytes of its
@@ -468,6 +538,14 @@ where
     J: Job,
     F: Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
 {
+    fn job_type(&self) -> &'static str {
+        std::any::type_name::<J>()
+    }
+
+    fn info(&self) -> RouteInfo {
+        RouteInfo::of::<J>()
+    }
+
     fn call_value(&self, job: Box<dyn Any + Send>, cx: &Context) -> Result<Box<dyn Any + Send>, Failure> {
         let job = job.downcast::<J>().map_err(|_| {
             Failure::Codec(
@@ -487,7 +565,7 @@ where
         let job = Self::decode(job)?;
         let out = catch(|| (self.f)(job, cx))?;
         // Encoding runs user Serialize impls, which may panic too.
-        catch(|| postcard::to_allocvec(&out))?.map_err(Self::encode_failure)
+        catch(|| postcard::to_allocvec(&out))?.map_err(|e| Self::encode_failure(&out, &e))
     }
 
     fn call_batch_value(
@@ -537,14 +615,21 @@ where
             let span = Self::decode(job)
                 .and_then(|job| catch(|| (self.f)(job, cx)))
                 .and_then(|out| {
+                    // Appended in place; a failure (or a panic) partway
+                    // leaves partial bytes, which are cut off, so every
+                    // span keeps pointing at its own result.
                     let from = scratch.len();
-                    match catch(|| postcard::to_extend(&out, std::mem::take(&mut scratch))) {
-                        Ok(Ok(buf)) => {
-                            scratch = buf;
-                            Ok(from..scratch.len())
+                    let res = catch(|| crate::port::encode_into(&out, &mut scratch));
+                    match res {
+                        Ok(Ok(())) => Ok(from..scratch.len()),
+                        Ok(Err(e)) => {
+                            scratch.truncate(from);
+                            Err(Self::encode_failure(&out, &e))
                         }
-                        Ok(Err(e)) => Err(Self::encode_failure(e)),
-                        Err(f) => Err(f),
+                        Err(f) => {
+                            scratch.truncate(from);
+                            Err(f)
+                        }
                     }
                 });
             spans.push(span);
@@ -572,17 +657,25 @@ where
         postcard::from_bytes(job).map_err(|e| {
             Failure::Codec(
                 Side::Worker,
-                format!("could not decode a `{}` job: {e}", std::any::type_name::<J>()),
+                format!(
+                    "the worker could not decode a `{}` job: {}",
+                    J::NAME,
+                    crate::codec::decode_failure::<J>(&e)
+                ),
             )
         })
     }
 
-    fn encode_failure(e: postcard::Error) -> Failure {
+    fn encode_failure(out: &Result<J::Output, J::Error>, e: &postcard::Error) -> Failure {
+        let what = match out {
+            Ok(v) => crate::codec::encode_failure(v, e),
+            Err(v) => crate::codec::encode_failure(v, e),
+        };
         Failure::Codec(
             Side::Worker,
             format!(
-                "could not encode the result of a `{}` job: {e}",
-                std::any::type_name::<J>()
+                "the worker could not send the result of a `{}` job: {what}",
+                J::NAME
             ),
         )
     }
@@ -601,6 +694,8 @@ where
 #[derive(Clone, Default)]
 pub struct Handlers {
     map: Arc<HashMap<&'static str, Arc<dyn Erased>>>,
+    /// Routes registered for two different job types (refused at build).
+    conflicts: Arc<Vec<String>>,
     suspend: Arc<Vec<Hook>>,
     resume: Arc<Vec<Hook>>,
 }
@@ -620,7 +715,14 @@ impl Handlers {
         Handlers::default()
     }
 
-    /// Registers `f` as the handler of `J`'s route (replacing any earlier one).
+    /// Registers `f` as the handler of `J`'s route (replacing an earlier
+    /// handler of the same type `J`).
+    ///
+    /// Two different job types with the same [`Job::NAME`] cannot share a
+    /// registry: a job of one would run the other's handler. Such a
+    /// registry is refused when a pool (or a worker) is built with it, with
+    /// an error that names both types.
+    #[must_use = "`on` returns the registry with the handler added"]
     pub fn on<J: Job>(
         mut self,
         f: impl Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
@@ -629,8 +731,35 @@ impl Handlers {
             f,
             _job: std::marker::PhantomData,
         });
+        if let Some(old) = self.map.get(J::NAME) {
+            if old.job_type() != entry.job_type() {
+                Arc::make_mut(&mut self.conflicts).push(format!(
+                    "route {:?} is registered for two job types, `{}` and `{}`: give each a NAME of its own",
+                    J::NAME,
+                    old.job_type(),
+                    entry.job_type()
+                ));
+                return self;
+            }
+        }
         Arc::make_mut(&mut self.map).insert(J::NAME, entry);
         self
+    }
+
+    /// Fails, saying which, if two job types were registered under one
+    /// route name (pools and workers refuse such a registry).
+    pub fn check(&self) -> Result<(), String> {
+        match self.conflicts.first() {
+            Some(c) => Err(c.clone()),
+            None => Ok(()),
+        }
+    }
+
+    /// The routes, as a worker announces them (sorted by name).
+    pub(crate) fn route_table(&self) -> Vec<RouteInfo> {
+        let mut t: Vec<RouteInfo> = self.map.values().map(|h| h.info()).collect();
+        t.sort_by(|a, b| a.name.cmp(&b.name));
+        t
     }
 
     /// Registers a hook that runs when the pool is suspended

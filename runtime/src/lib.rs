@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod codec;
 pub mod error;
 pub mod job;
 pub mod link;
@@ -33,5 +34,6 @@ pub mod supervisor;
 mod sys;
 #[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS, read/write
 pub mod transport;
+mod util;
 
 pub use sys::set_parent_death_signal;

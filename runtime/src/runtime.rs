@@ -182,7 +182,7 @@ impl Runtime {
 
     /// Like [`run`](Self::run), but gives up after `timeout` (`None`).
     pub fn run_timeout(&self, timeout: Duration) -> Option<RunExit> {
-        self.run_until(Some(Instant::now() + timeout))
+        self.run_until(crate::util::deadline(timeout))
     }
 
     fn run_until(&self, deadline: Option<Instant>) -> Option<RunExit> {

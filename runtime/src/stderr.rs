@@ -97,3 +97,59 @@ impl StderrTail {
         Ok(tail)
     }
 }
+
+/// The line of a stderr tail that best says why a process ended: a Rust
+/// panic's "panicked at" line with its message (the next line, in the
+/// format Rust uses since 1.73), else the last line that is not Rust's
+/// backtrace note or a blank.
+pub(crate) fn last_meaningful(lines: &[String]) -> Option<String> {
+    if let Some(i) = lines.iter().rposition(|l| l.contains("panicked at")) {
+        let at = lines[i].trim_end();
+        return Some(match lines.get(i + 1) {
+            Some(msg) if at.ends_with(':') && !is_noise(msg) => format!("{at} {}", msg.trim()),
+            _ => at.to_string(),
+        });
+    }
+    lines
+        .iter()
+        .rev()
+        .find(|l| !is_noise(l))
+        .map(|l| l.trim_end().to_string())
+}
+
+/// Lines that say nothing about the cause.
+fn is_noise(line: &str) -> bool {
+    let l = line.trim();
+    l.is_empty()
+        || l.starts_with("note: run with `RUST_BACKTRACE=")
+        || l.starts_with("note: Some details are omitted")
+        || l == "stack backtrace:"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::last_meaningful;
+
+    fn v(lines: &[&str]) -> Vec<String> {
+        lines.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_panic_is_quoted_with_its_message_not_the_backtrace_note() {
+        let tail = v(&[
+            "thread 'main' panicked at src/main.rs:4:5:",
+            "disk on fire",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+        ]);
+        assert_eq!(
+            last_meaningful(&tail).as_deref(),
+            Some("thread 'main' panicked at src/main.rs:4:5: disk on fire")
+        );
+    }
+
+    #[test]
+    fn otherwise_the_last_line_that_says_something() {
+        assert_eq!(last_meaningful(&v(&["a", "b", ""])).as_deref(), Some("b"));
+        assert_eq!(last_meaningful(&v(&[])), None);
+    }
+}

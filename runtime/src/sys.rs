@@ -142,7 +142,7 @@ pub(crate) fn poll_read_or_write(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)>
 }
 
 fn poll_one(fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
-    let deadline = timeout.map(|t| Instant::now() + t);
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
         let ms: libc::c_int = match deadline {
             None => -1,

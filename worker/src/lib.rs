@@ -83,6 +83,12 @@ pub fn run(handlers: Handlers) -> ! {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
+    // Refused before connecting, so the supervisor finds the reason on
+    // this worker's stderr when its handshake fails.
+    if let Err(e) = handlers.check() {
+        eprintln!("portpool worker {id}: {e}");
+        std::process::exit(1);
+    }
     let res = connect().and_then(|mut ipc| {
         if std::env::var_os(WORKER_LINK_ENV).is_some() {
             open_link(&mut ipc)?;

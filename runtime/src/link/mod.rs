@@ -448,7 +448,7 @@ impl Inner {
             }
             if let Some(mut rx) = st.rx.take() {
                 drop(st);
-                let res = rx.recv_bytes_wait(&mut buf, deadline.map_or(Wait::Forever, Wait::Until));
+                let res = rx.recv_message_wait(&mut buf, deadline.map_or(Wait::Forever, Wait::Until));
                 st = self.lock();
                 st.rx = Some(rx);
                 let actions = self.absorb(&mut st, res, &buf);
@@ -514,6 +514,9 @@ impl Inner {
         buf: &mut Vec<u8>,
     ) -> MutexGuard<'a, State> {
         loop {
+            if st.closed.is_some() {
+                return st;
+            }
             let Some(mut rx) = st.rx.take() else {
                 return st;
             };
@@ -522,7 +525,7 @@ impl Inner {
                 return st;
             }
             drop(st);
-            let res = rx.recv_bytes_wait(buf, Wait::Now);
+            let res = rx.recv_message_wait(buf, Wait::Now);
             st = self.lock();
             st.rx = Some(rx);
             let actions = self.absorb(&mut st, res, buf);
@@ -563,6 +566,16 @@ impl Inner {
             Ok(false) => Vec::new(),
             Err(e) if e.is_disconnected() => {
                 Self::close(st, Closed::Clean);
+                Vec::new()
+            }
+            Err(crate::error::RecvError::Unexpected { found, .. }) => {
+                Self::close(
+                    st,
+                    Closed::Broken(format!(
+                        "the peer sent a port (a frame of kind {}), which a conversation does not take",
+                        found as u8
+                    )),
+                );
                 Vec::new()
             }
             Err(e) => {
@@ -703,7 +716,7 @@ fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
         }
         let Some(mut rx) = st.rx.take() else { continue };
         drop(st);
-        let res = rx.recv_bytes_wait(&mut buf, Wait::Now);
+        let res = rx.recv_message_wait(&mut buf, Wait::Now);
         st = inner.lock();
         st.rx = Some(rx);
         let got = matches!(res, Ok(true));
@@ -904,7 +917,7 @@ impl Link {
     /// Like [`get_one_message`](Self::get_one_message), giving up with
     /// `Timeout` after `timeout`.
     pub fn get_one_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
-        self.get_one(Some(Instant::now() + timeout), |_: &T| true)
+        self.get_one(crate::util::deadline(timeout), |_: &T| true)
     }
 
     fn get_one<T: DeserializeOwned>(
@@ -966,7 +979,7 @@ impl Link {
         req: &Req,
         timeout: Duration,
     ) -> Result<Resp, LinkError> {
-        self.request_until(req, Some(Instant::now() + timeout))
+        self.request_until(req, crate::util::deadline(timeout))
     }
 
     fn request_until<Req: Serialize + ?Sized, Resp: DeserializeOwned>(

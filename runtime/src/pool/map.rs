@@ -41,14 +41,17 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     next_tag: u64,
     /// Tag of the next chunk to yield (ordered only).
     next_yield: u64,
-    /// Length of every chunk submitted and not yet answered, by tag.
-    in_flight: HashMap<u64, usize>,
+    /// Every chunk submitted and not yet answered, by tag.
+    in_flight: HashMap<u64, InFlight>,
     /// Answered chunks waiting for their turn (ordered only).
     early: HashMap<u64, Vec<JobResult<J>>>,
     /// Results ready to yield.
     ready: VecDeque<JobResult<J>>,
-    /// Set once the pool refused a chunk: the rest fail at once.
-    closed: bool,
+    /// Jobs taken from the input that did not fit in the last chunk's
+    /// bytes: they go first in the next one.
+    leftover: VecDeque<J>,
+    /// Set once the pool refused a chunk: the rest fail at once, with this.
+    closed: Option<Failure>,
     /// Largest chunk: 1 when each job has its own run timeout.
     max_chunk: usize,
 }
@@ -61,6 +64,34 @@ impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
             .field("chunks_in_flight", &self.in_flight.len())
             .finish_non_exhaustive()
     }
+}
+
+/// A chunk on its way: how many of its jobs went to a worker, and those
+/// that failed before (by index in the chunk).
+struct InFlight {
+    sent: usize,
+    holes: Vec<(usize, Failure)>,
+}
+
+/// Puts the failures of the jobs that never left back in their places
+/// among the results of those that did.
+fn fill_holes<J: Job>(results: Vec<JobResult<J>>, holes: Vec<(usize, Failure)>) -> Vec<JobResult<J>> {
+    if holes.is_empty() {
+        return results;
+    }
+    let mut out = Vec::with_capacity(results.len() + holes.len());
+    let mut results = results.into_iter();
+    for (i, f) in holes {
+        while out.len() < i {
+            match results.next() {
+                Some(r) => out.push(r),
+                None => break,
+            }
+        }
+        out.push(Err(f.into_job_error()));
+    }
+    out.extend(results);
+    out
 }
 
 /// Turns one answered chunk into its typed results (`len` of them).
@@ -90,18 +121,13 @@ fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<J
                 let results = items
                     .into_iter()
                     .map(|it| match it {
-                        BatchItem::Ran(bytes) => {
-                            match postcard::from_bytes::<Result<J::Output, J::Error>>(bytes) {
-                                Ok(r) => item(Ok(r)),
-                                Err(e) => Err(JobError::Codec {
-                                    side: Side::Supervisor,
-                                    reason: format!(
-                                        "could not decode the result of a `{}` job: {e}",
-                                        J::NAME
-                                    ),
-                                }),
-                            }
-                        }
+                        BatchItem::Ran(bytes) => match super::ticket::decode_result::<J>(bytes) {
+                            Ok(r) => item(Ok(r)),
+                            Err(reason) => Err(JobError::Codec {
+                                side: Side::Supervisor,
+                                reason,
+                            }),
+                        },
                         BatchItem::Failed(f) => Err(f.into_job_error()),
                     })
                     .collect::<Vec<_>>();
@@ -138,7 +164,8 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             in_flight: HashMap::new(),
             early: HashMap::new(),
             ready: VecDeque::new(),
-            closed: false,
+            leftover: VecDeque::new(),
+            closed: None,
             max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
         }
     }
@@ -146,27 +173,53 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     /// Submits chunks from the input while the window has room.
     fn top_up(&mut self) {
         while self.in_flight.len() + self.early.len() < self.window {
-            let jobs: Vec<J> = self.input.by_ref().take(self.chunk).collect();
+            let from_leftover = self.leftover.len().min(self.chunk);
+            let mut jobs: Vec<J> = self.leftover.drain(..from_leftover).collect();
+            jobs.extend(self.input.by_ref().take(self.chunk - from_leftover));
             if jobs.is_empty() {
                 return;
             }
             let tag = self.next_tag;
             self.next_tag += 1;
-            self.in_flight.insert(tag, jobs.len());
             let reply = Reply {
                 tx: self.reply.tx.clone(),
                 tag,
             };
-            let refused = if self.closed {
-                Some(jobs)
-            } else {
-                self.pool.submit_chunk(jobs, reply.clone()).err()
-            };
-            if refused.is_some() {
-                self.closed = true;
-                reply.send(Event::Done(Outcome::Failed(Failure::Rejected(
-                    "the pool is shutting down".into(),
-                ))));
+            if let Some(f) = &self.closed {
+                let holes = (0..jobs.len()).map(|i| (i, f.clone())).collect();
+                self.in_flight.insert(tag, InFlight { sent: 0, holes });
+                reply.send(Event::Done(Outcome::Failed(f.clone())));
+                continue;
+            }
+            match self.pool.submit_chunk(jobs, reply.clone()) {
+                Ok(sent) => {
+                    if !sent.rest.is_empty() {
+                        // The chunk hit its byte budget: smaller ones next.
+                        self.chunk = (self.chunk / 2).max(1);
+                        for j in sent.rest.into_iter().rev() {
+                            self.leftover.push_front(j);
+                        }
+                    }
+                    let nothing_sent = sent.sent == 0;
+                    self.in_flight.insert(
+                        tag,
+                        InFlight {
+                            sent: sent.sent,
+                            holes: sent.holes,
+                        },
+                    );
+                    if nothing_sent {
+                        // Every job failed before it could go: answer here.
+                        reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
+                    }
+                }
+                Err((jobs, why)) => {
+                    let f = why.failure();
+                    let holes = (0..jobs.len()).map(|i| (i, f.clone())).collect();
+                    self.in_flight.insert(tag, InFlight { sent: 0, holes });
+                    reply.send(Event::Done(Outcome::Failed(f.clone())));
+                    self.closed = Some(f);
+                }
             }
         }
     }
@@ -206,13 +259,20 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
             // The map holds a sender itself, so this only ends with an event.
             let (tag, event) = recv_spin(&self.rx, None)?;
             let Event::Done(outcome) = event else { continue };
-            let Some(len) = self.in_flight.remove(&tag) else {
+            let Some(InFlight { sent, holes }) = self.in_flight.remove(&tag) else {
                 continue;
             };
-            let (ran, results) = typed_chunk::<J>(outcome, len);
-            if let Some(ran) = ran {
-                self.adapt(ran, len);
-            }
+            let results = if sent == 0 {
+                // Nothing went to a worker: every job's outcome is a hole.
+                Vec::new()
+            } else {
+                let (ran, results) = typed_chunk::<J>(outcome, sent);
+                if let Some(ran) = ran {
+                    self.adapt(ran, sent + holes.len());
+                }
+                results
+            };
+            let results = fill_holes::<J>(results, holes);
             if self.ordered && tag != self.next_yield {
                 self.early.insert(tag, results);
             } else {

@@ -92,17 +92,38 @@ pub(crate) trait FastRead: Send + Sync {
 
 /// Sends a job (given as `&dyn Any`) to a process worker as one frame:
 /// the head, then the job's own postcard bytes. Monomorphised per job type.
-pub(crate) type SendJobFn = fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send)) -> Result<(), SendError>;
+pub(crate) type SendJobFn = fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send)) -> Result<(), SendFail>;
+
+/// Why a job could not be queued on a worker's port.
+pub(crate) enum SendFail {
+    /// The job itself: it fails with this.
+    Job(Failure),
+    /// The port: the worker is going away.
+    Port(String),
+}
+
+/// A job as it travels: its value, or its bytes.
+pub(crate) enum Payload {
+    /// `Box<J>`, or `Box<Vec<J>>` for a thread pool's chunk.
+    Value(Box<dyn Any + Send>),
+    /// The job's postcard bytes (a chunk's: each job a `u32` LE length and
+    /// its bytes), encoded when it was submitted to wait in a process
+    /// pool's queue, so an unencodable job fails at `submit`.
+    Encoded(Vec<u8>),
+    /// Out for encoding into a worker's port (`dispatch`): a crash in that
+    /// moment cannot send it again.
+    Lent,
+}
 
 /// A job on its way to a worker.
 pub(crate) struct Task {
     pub(crate) id: u64,
     pub(crate) route: &'static str,
-    pub(crate) job: Box<dyn Any + Send>,
+    pub(crate) job: Payload,
     pub(crate) send_job: SendJobFn,
     pub(crate) reply: Reply,
     pub(crate) state: Arc<JobState>,
-    /// `Some(n)`: `job` is a `Vec<J>` of `n` jobs run as one chunk.
+    /// `Some(n)`: `job` is a chunk of `n` jobs run as one.
     pub(crate) batch: Option<u32>,
     /// Run timeout, counted from dispatch.
     pub(crate) timeout: Option<Duration>,
@@ -130,40 +151,162 @@ impl Task {
             },
         }
     }
+
+    /// The job value back, if the task still holds it as a value.
+    fn into_value<T: 'static>(self) -> Option<T> {
+        match self.job {
+            Payload::Value(v) => v.downcast::<T>().ok().map(|b| *b),
+            _ => None,
+        }
+    }
+}
+
+/// The failure of a job of type `J` whose encoding failed in the supervisor.
+pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
+    Failure::Codec(
+        crate::job::Side::Supervisor,
+        format!(
+            "the supervisor could not send a `{}` job: {}",
+            J::NAME,
+            crate::codec::encode_failure(job, e)
+        ),
+    )
+}
+
+/// Encodes `job` for a process worker, catching a panicking `Serialize`.
+fn encode_job<J: Job>(job: &J, buf: &mut Vec<u8>) -> Result<(), Failure> {
+    let at = buf.len();
+    let res = match crate::job::catch(|| crate::port::encode_into(job, buf)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(encode_failure(job, &e)),
+        Err(Failure::Panicked(m)) => Err(Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!(
+                "the supervisor could not send a `{}` job: its Serialize impl panicked: {m}",
+                J::NAME
+            ),
+        )),
+        Err(f) => Err(f),
+    };
+    if res.is_err() {
+        buf.truncate(at);
+    }
+    res
 }
 
 fn send_job<J: Job>(
     tx: &IpcSender,
     head: &wire::ToWorker<'_>,
     job: &(dyn Any + Send),
-) -> Result<(), SendError> {
-    match job.downcast_ref::<J>() {
-        Some(job) => tx.feed_pair(head, job),
-        None => Err(SendError::Unsupported("job value does not match its route")),
+) -> Result<(), SendFail> {
+    let Some(job) = job.downcast_ref::<J>() else {
+        return Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "job value does not match its route".into(),
+        )));
+    };
+    let mut failed = None;
+    let res = tx.feed_with(std::any::type_name::<J>(), |buf| {
+        crate::port::encode_into(head, buf)?;
+        encode_job(job, buf).map_err(|f| {
+            failed = Some(f);
+            postcard::Error::SerdeSerCustom
+        })
+    });
+    match (res, failed) {
+        (_, Some(f)) => Err(SendFail::Job(f)),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(send_failure(e)),
     }
 }
 
-fn send_chunk<J: Job>(
-    tx: &IpcSender,
-    head: &wire::ToWorker<'_>,
-    jobs: &(dyn Any + Send),
-) -> Result<(), SendError> {
-    let Some(jobs) = jobs.downcast_ref::<Vec<J>>() else {
-        return Err(SendError::Unsupported("chunk value does not match its route"));
-    };
-    tx.feed_with(std::any::type_name::<J>(), |buf| {
+/// Sends a task whose job was encoded at submission: the head, then its bytes.
+pub(crate) fn send_encoded(tx: &IpcSender, head: &wire::ToWorker<'_>, bytes: &[u8]) -> Result<(), SendFail> {
+    tx.feed_with("an encoded job", |buf| {
         crate::port::encode_into(head, buf)?;
-        for job in jobs {
-            // A u32 length, patched once the job is encoded, so the worker
-            // can fail one undecodable job and still find the next.
-            let at = buf.len();
-            buf.extend_from_slice(&[0; 4]);
-            crate::port::encode_into(job, buf)?;
-            let len = (buf.len() - at - 4) as u32;
-            buf[at..at + 4].copy_from_slice(&len.to_le_bytes());
-        }
+        buf.extend_from_slice(bytes);
         Ok(())
     })
+    .map_err(send_failure)
+}
+
+/// A chunk goes to a process worker as the bytes `submit_chunk` made.
+fn send_chunk_value(_: &IpcSender, _: &wire::ToWorker<'_>, _: &(dyn Any + Send)) -> Result<(), SendFail> {
+    Err(SendFail::Job(Failure::Codec(
+        crate::job::Side::Supervisor,
+        "a chunk for a process worker was not encoded when it was submitted".into(),
+    )))
+}
+
+/// What a failed append to a worker's port means for the job.
+fn send_failure(e: SendError) -> SendFail {
+    match e {
+        SendError::TooLarge { len, limit } => SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
+        )),
+        SendError::Encode(e) => SendFail::Job(Failure::Codec(crate::job::Side::Supervisor, e.to_string())),
+        other => SendFail::Port(other.to_string()),
+    }
+}
+
+/// A chunk of jobs encoded for a process worker: the bytes of those that
+/// encoded, and the failure of each that did not, by its index.
+pub(crate) struct EncodedChunk {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) count: u32,
+    pub(crate) holes: Vec<(usize, Failure)>,
+}
+
+/// Largest encoded chunk: past it, the rest of a chunk's jobs wait for the
+/// next one (so a chunk of large jobs never nears the frame limit).
+pub(crate) const CHUNK_BYTES: usize = 4 << 20;
+
+/// Encodes `jobs` as a chunk, each job alone: one that will not encode is
+/// a hole, and the others still go. Stops after the job that takes the
+/// chunk past [`CHUNK_BYTES`]; returns how many jobs it looked at.
+pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
+    let mut c = EncodedChunk {
+        bytes: Vec::new(),
+        count: 0,
+        holes: Vec::new(),
+    };
+    for (i, job) in jobs.iter().enumerate() {
+        // A u32 length, patched once the job is encoded, so the worker
+        // can fail one undecodable job and still find the next.
+        let at = c.bytes.len();
+        c.bytes.extend_from_slice(&[0; 4]);
+        match encode_job(job, &mut c.bytes) {
+            Ok(()) => {
+                let len = c.bytes.len() - at - 4;
+                match u32::try_from(len) {
+                    Ok(l) => {
+                        c.bytes[at..at + 4].copy_from_slice(&l.to_le_bytes());
+                        c.count += 1;
+                    }
+                    Err(_) => {
+                        c.bytes.truncate(at);
+                        c.holes.push((
+                            i,
+                            Failure::Codec(
+                                crate::job::Side::Supervisor,
+                                format!("the job encodes to {len} bytes, over the frame limit"),
+                            ),
+                        ));
+                    }
+                }
+            }
+            Err(f) => {
+                c.bytes.truncate(at);
+                c.holes.push((i, f));
+            }
+        }
+        if c.bytes.len() > CHUNK_BYTES {
+            return (c, i + 1);
+        }
+    }
+    let n = jobs.len();
+    (c, n)
 }
 
 /// What the shared queue carries.
@@ -235,7 +378,8 @@ impl Idle {
     }
 
     /// Waits until `done()` or `deadline`; returns whether `done()`.
-    fn wait_until(&self, deadline: Instant, done: impl Fn() -> bool) -> bool {
+    /// (`None`: no deadline.)
+    fn wait_until(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
         self.waiting.store(true, Ordering::SeqCst);
         let mut g = lock(&self.m);
         let ok = loop {
@@ -243,13 +387,14 @@ impl Idle {
                 break true;
             }
             let now = Instant::now();
-            if now >= deadline {
+            if deadline.is_some_and(|d| now >= d) {
                 break false;
             }
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
             // The 20 ms bound only guards against a missed notification.
             g = self
                 .cv
-                .wait_timeout(g, (deadline - now).min(Duration::from_millis(20)))
+                .wait_timeout(g, left.min(Duration::from_millis(20)))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         };
@@ -259,9 +404,70 @@ impl Idle {
     }
 }
 
+/// Wakes submitters that wait for a process worker's free slot (a pool
+/// with a queue limit of 0 has no queue to wait in). Freeing a slot costs
+/// an atomic load unless someone waits.
+#[derive(Default)]
+pub(crate) struct FreeGate {
+    /// Bumped at every wake-up, so a waiter that looked before it never
+    /// sleeps through it.
+    generation: Mutex<u64>,
+    cv: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl FreeGate {
+    /// A slot was freed (or a worker started, or the pool closed).
+    pub(crate) fn notify(&self) {
+        // SeqCst: pairs with the increment in `wait`; either the waiter's
+        // next look sees the slot, or this sees the waiter.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            *lock(&self.generation) += 1;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Calls `attempt` until it succeeds, `give_up()`, or `deadline`;
+    /// sleeps between attempts until a slot is freed.
+    pub(crate) fn wait<T>(
+        &self,
+        mut attempt: impl FnMut() -> Option<T>,
+        give_up: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> Option<T> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let out = loop {
+            let seen = *lock(&self.generation);
+            if let Some(v) = attempt() {
+                break Some(v);
+            }
+            if give_up() {
+                break None;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break None;
+            }
+            let g = lock(&self.generation);
+            if *g == seen {
+                // The bound only guards against a missed notification.
+                let left = deadline.map_or(Duration::MAX, |d| d - now);
+                let _ = self.cv.wait_timeout(g, left.min(Duration::from_millis(50)));
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
 /// State both backends share: the bounded queue, the counters, the
 /// supervisor's settings and state.
 pub(crate) struct Core {
+    /// At most this many jobs wait; 0: none wait (a job is taken only
+    /// when a worker can start it).
+    pub(crate) queue_limit: usize,
+    /// Submitters waiting for a free worker slot (queue limit 0).
+    pub(crate) free: FreeGate,
     pub(crate) queue_tx: Sender<Work>,
     pub(crate) queue_rx: Receiver<Work>,
     /// Tasks sent back by a crash (retry) or by the kill of a cancelled
@@ -446,6 +652,7 @@ impl Core {
         });
         self.fail_queued(&Failure::Rejected(format!("the pool failed: {reason}")));
         self.idle.notify();
+        self.free.notify();
     }
 
     pub(crate) fn failure(&self) -> Option<String> {
@@ -567,7 +774,9 @@ enum Kind {
 }
 
 /// Why a pool could not be built.
-#[derive(Debug)]
+///
+/// Its `Debug` is its `Display` (what `main() -> Result<_, Box<dyn Error>>`
+/// prints): one sentence that says what failed and why.
 pub struct BuildError {
     what: String,
     source: Option<std::io::Error>,
@@ -599,10 +808,28 @@ impl fmt::Display for BuildError {
     }
 }
 
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
 impl std::error::Error for BuildError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         self.source.as_ref().map(|e| e as _)
     }
+}
+
+/// What a process that was started as a pool's worker, but builds a pool
+/// instead of serving, is told (and tells its supervisor, on its stderr).
+pub(crate) const FORGOT_SERVE_IF_WORKER: &str = "this process was started as a portpool worker but did \
+     not call portpool::worker::serve_if_worker at the top of main";
+
+/// Whether this process was started as a pool's worker and has not begun
+/// serving: building a pool here would run the supervisor's program in
+/// every worker, each starting workers of its own.
+fn unserved_worker() -> bool {
+    std::env::var_os(WORKER_ID_ENV).is_some() && crate::port::Port::in_env() && !crate::port::env_port_taken()
 }
 
 /// The default grace period between a cancel (or a run timeout) and
@@ -633,8 +860,14 @@ impl PoolBuilder {
 
     /// At most `n` jobs wait in the queue; `submit` blocks past that and
     /// `try_submit` returns [`TrySubmitError::Full`]. Default: 1024.
+    ///
+    /// `0` is a pool without a queue: a job is taken only when a worker can
+    /// start it (a thread worker that is idle, a process worker with a free
+    /// in-flight slot, see [`inflight_per_worker`](Self::inflight_per_worker));
+    /// otherwise `try_submit` gives [`TrySubmitError::Full`] and `submit`
+    /// waits for one.
     pub fn queue_limit(mut self, n: usize) -> Self {
-        self.queue_limit = Some(n.max(1));
+        self.queue_limit = Some(n);
         self
     }
 
@@ -728,10 +961,30 @@ impl PoolBuilder {
     }
 
     /// Starts the workers.
+    ///
+    /// Fails at once, without starting anything, in a process that was
+    /// started as a pool's worker but did not call
+    /// `portpool::worker::serve_if_worker` first in `main` (the supervisor
+    /// then reports that sentence as the reason its worker failed), and
+    /// when the handlers register two job types under one route name.
     pub fn build(self) -> Result<Pool, BuildError> {
+        if unserved_worker() {
+            let msg = format!(
+                "{FORGOT_SERVE_IF_WORKER}; call it before anything else, so that a worker serves jobs \
+                 instead of running the program again"
+            );
+            eprintln!("portpool: {msg}");
+            // Closing the port ends the supervisor's handshake at once; it
+            // finds the line above in this process's stderr.
+            drop(crate::port::Port::from_env());
+            return Err(BuildError::new(msg));
+        }
         let kind = self
             .kind
             .ok_or_else(|| BuildError::new("choose .threads(n) or .processes(n)"))?;
+        if let Some(h) = &self.handlers {
+            h.check().map_err(BuildError::new)?;
+        }
         let n = match kind {
             Kind::Threads(n) | Kind::Processes(n) => n,
         };
@@ -739,13 +992,16 @@ impl PoolBuilder {
             return Err(BuildError::new("a pool needs at least one worker"));
         }
         let handlers = self.handlers.unwrap_or_default();
-        let (queue_tx, queue_rx) = crossbeam_channel::bounded(self.queue_limit.unwrap_or(1024));
+        let queue_limit = self.queue_limit.unwrap_or(1024);
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(queue_limit);
         let (control_tx, control_rx) = crossbeam_channel::unbounded();
         let graces = Graces {
             cancel: self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE),
             term: TERM_GRACE,
         };
         let core = Arc::new(Core {
+            queue_limit,
+            free: FreeGate::default(),
             queue_tx,
             queue_rx,
             requeue: Mutex::new(VecDeque::new()),
@@ -905,34 +1161,23 @@ impl<J> fmt::Display for SubmitTimeoutError<J> {
     }
 }
 
-// Debug without `J: Debug`, so `?` works for any job type (crossbeam's
-// send errors do the same).
+// Debug without `J: Debug`, so `?` works for any job type, and as
+// readable as Display (what `main` prints for an error it returns).
 impl<J> fmt::Debug for SubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitError::Closed(_) => f.write_str("Closed(..)"),
-            SubmitError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
-        }
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl<J> fmt::Debug for TrySubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            TrySubmitError::Full(_) => f.write_str("Full(..)"),
-            TrySubmitError::Closed(_) => f.write_str("Closed(..)"),
-            TrySubmitError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
-        }
+        fmt::Display::fmt(self, f)
     }
 }
 
 impl<J> fmt::Debug for SubmitTimeoutError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            SubmitTimeoutError::Timeout(_) => f.write_str("Timeout(..)"),
-            SubmitTimeoutError::Closed(_) => f.write_str("Closed(..)"),
-            SubmitTimeoutError::Failed(_, why) => write!(f, "Failed(.., {why:?})"),
-        }
+        fmt::Display::fmt(self, f)
     }
 }
 
@@ -1055,6 +1300,49 @@ enum Refusal {
     Failed(String),
 }
 
+/// Why a chunk of a `map` was not taken.
+pub(crate) enum Refused {
+    Closed,
+    Failed(String),
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Refused {
+        match r {
+            Refusal::Closed => Refused::Closed,
+            Refusal::Failed(why) => Refused::Failed(why),
+        }
+    }
+}
+
+impl Refused {
+    /// The failure each of the chunk's jobs gets.
+    pub(crate) fn failure(&self) -> Failure {
+        match self {
+            Refused::Closed => Failure::Rejected("the pool is shutting down".into()),
+            Refused::Failed(why) => Failure::Rejected(format!("the pool failed: {why}")),
+        }
+    }
+}
+
+/// What `submit_chunk` did with a chunk.
+pub(crate) struct ChunkSent<J> {
+    /// Jobs that failed before they could be sent, by index in the chunk.
+    pub(crate) holes: Vec<(usize, Failure)>,
+    /// How many jobs went in the task (0: no task was queued).
+    pub(crate) sent: usize,
+    /// Jobs past the chunk's byte budget: they go in the next chunk.
+    pub(crate) rest: Vec<J>,
+}
+
+/// A job made ready to queue.
+enum Prepared<J: Job> {
+    /// Its ticket already holds its outcome (a failure): nothing to queue.
+    Settled(Ticket<J>),
+    /// Its ticket, its task, and the job value if the task holds bytes.
+    Ready(Ticket<J>, Task, Option<J>),
+}
+
 impl PoolInner {
     fn refusal(&self) -> Option<Refusal> {
         // Acquire: pairs with the Release store in `shutdown` / `fail_pool`.
@@ -1122,9 +1410,10 @@ impl PoolInner {
             return r.clone();
         }
         let core = &self.core;
-        let deadline = Instant::now() + how.deadline;
+        let deadline = crate::util::deadline(how.deadline);
         // Release: pairs with the Acquire load in `refusal`.
         core.closed.store(true, Ordering::Release);
+        core.free.notify();
         if how.mode == ShutdownMode::Immediate {
             core.hurry.store(true, Ordering::Release);
         }
@@ -1202,21 +1491,6 @@ impl Pool {
         self.inner.core.counters.len()
     }
 
-    fn task<J: Job>(&self, id: u64, job: J, reply: Reply, state: Arc<JobState>, opts: &JobOptions) -> Task {
-        let (timeout, retries) = self.inner.core.limits(J::NAME);
-        Task {
-            id,
-            route: J::NAME,
-            job: Box::new(job),
-            send_job: send_job::<J>,
-            reply,
-            state,
-            batch: None,
-            timeout: opts.timeout.or(timeout),
-            retries: opts.retries.unwrap_or(retries),
-        }
-    }
-
     /// Whether jobs of type `J` have a run timeout (then `map` sends them
     /// one per task, so each has its own).
     pub(crate) fn times_out<J: Job>(&self) -> bool {
@@ -1226,46 +1500,97 @@ impl Pool {
     /// Submits `jobs` as one chunk whose events go to `reply` (used by
     /// `map`). Blocks while the queue is full. Gives the jobs back if the
     /// pool is closed.
-    pub(crate) fn submit_chunk<J: Job>(&self, jobs: Vec<J>, reply: Reply) -> Result<(), Vec<J>> {
-        if self.inner.refusal().is_some() {
-            return Err(jobs);
+    ///
+    /// On a process pool the jobs are encoded here, each alone: one that
+    /// will not encode becomes a hole (its failure, by index) and the rest
+    /// still run. A chunk stops growing at [`CHUNK_BYTES`]: the jobs past
+    /// that point come back in `ChunkSent::rest`, for the next chunk.
+    pub(crate) fn submit_chunk<J: Job>(
+        &self,
+        mut jobs: Vec<J>,
+        reply: Reply,
+    ) -> Result<ChunkSent<J>, (Vec<J>, Refused)> {
+        if let Some(r) = self.inner.refusal() {
+            return Err((jobs, r.into()));
         }
         let (timeout, retries) = self.inner.core.limits(J::NAME);
+        if let Err(f) = self.check_route::<J>() {
+            return Ok(ChunkSent {
+                holes: (0..jobs.len()).map(|i| (i, f.clone())).collect(),
+                sent: 0,
+                rest: Vec::new(),
+            });
+        }
+        // `kept`: a process pool's jobs, which stay here while their bytes
+        // are queued (to give back if the queue refuses them).
+        let (job, count, holes, kept, rest) = match &self.inner.backend {
+            Backend::Threads(_) => {
+                let n = jobs.len() as u32;
+                (
+                    Payload::Value(Box::new(jobs)),
+                    n,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Backend::Processes(_) => {
+                let (chunk, used) = encode_chunk(&jobs);
+                let rest = jobs.split_off(used);
+                if chunk.count == 0 {
+                    return Ok(ChunkSent {
+                        holes: chunk.holes,
+                        sent: 0,
+                        rest,
+                    });
+                }
+                (
+                    Payload::Encoded(chunk.bytes),
+                    chunk.count,
+                    chunk.holes,
+                    jobs,
+                    rest,
+                )
+            }
+        };
         let task = Task {
             // Relaxed: ids only need to be unique.
             id: self.inner.core.next_id.fetch_add(1, Ordering::Relaxed),
             route: J::NAME,
-            batch: Some(jobs.len() as u32),
-            job: Box::new(jobs),
-            send_job: send_chunk::<J>,
+            batch: Some(count),
+            job,
+            send_job: send_chunk_value,
             reply,
             state: JobState::new(),
             timeout,
             retries,
         };
         self.watch_queue(&task);
-        match self.inner.core.queue_tx.send(Work::Task(task)) {
+        match self.send_blocking(Work::Task(task), None) {
             Ok(()) => {
+                drop(kept);
                 self.inner.after_enqueue();
-                Ok(())
+                Ok(ChunkSent {
+                    holes,
+                    sent: count as usize,
+                    rest,
+                })
             }
-            Err(e) => match e.0 {
-                Work::Task(t) => match t.job.downcast::<Vec<J>>() {
-                    Ok(jobs) => Err(*jobs),
-                    Err(_) => unreachable!("a chunk built from a Vec<J> holds a Vec<J>"),
-                },
-                Work::Stop => unreachable!("only tasks are submitted"),
-            },
-        }
-    }
-
-    fn take_back<J: Job>(work: Work) -> J {
-        match work {
-            Work::Task(t) => match t.job.downcast::<J>() {
-                Ok(j) => *j,
-                Err(_) => unreachable!("a task built from a J holds a J"),
-            },
-            Work::Stop => unreachable!("only tasks are submitted"),
+            Err(w) => {
+                // A thread pool's chunk holds its jobs; a process pool's
+                // jobs are still here (only their bytes were queued).
+                let mut back = match w {
+                    Work::Task(t) => t.into_value::<Vec<J>>().unwrap_or_default(),
+                    Work::Stop => Vec::new(),
+                };
+                back.extend(kept);
+                back.extend(rest);
+                let why = match self.inner.refusal() {
+                    Some(r) => r.into(),
+                    None => Refused::Closed,
+                };
+                Err((back, why))
+            }
         }
     }
 
@@ -1285,54 +1610,144 @@ impl Pool {
         }
     }
 
-    fn new_ticket<J: Job>(&self, job: J, opts: &JobOptions) -> (Ticket<J>, Task) {
+    /// Makes `job`'s ticket and task and hands the task to `enqueue`. A job
+    /// for a process pool that will wait in the queue is encoded first
+    /// (the bytes wait, not the value): if it will not encode, its ticket
+    /// holds that failure at once and nothing is queued. When `enqueue`
+    /// refuses the task, the job is given back with its reason.
+    fn enqueue<J: Job, E>(
+        &self,
+        job: J,
+        opts: &JobOptions,
+        enqueue: impl FnOnce(&Self, Work) -> Result<(), (Work, E)>,
+    ) -> Result<Ticket<J>, (J, E)> {
+        let waits = match &self.inner.backend {
+            Backend::Processes(p) => !p.can_take_now(),
+            Backend::Threads(_) => false,
+        };
+        let (ticket, task, kept) = match self.prepare(job, opts, waits) {
+            Prepared::Settled(ticket) => return Ok(ticket),
+            Prepared::Ready(ticket, task, kept) => (ticket, task, kept),
+        };
+        self.watch_queue_for(&task, opts.queue_timeout);
+        match enqueue(self, Work::Task(task)) {
+            Ok(()) => {
+                self.inner.after_enqueue();
+                Ok(ticket)
+            }
+            Err((work, e)) => {
+                let job = match (kept, work) {
+                    (Some(j), _) => j,
+                    (None, Work::Task(t)) => match t.into_value::<J>() {
+                        Some(j) => j,
+                        None => unreachable!("a task built from a J holds a J"),
+                    },
+                    (None, Work::Stop) => unreachable!("only tasks are submitted"),
+                };
+                Err((job, e))
+            }
+        }
+    }
+
+    /// Makes `job`'s ticket and task. With `encode`, the task carries the
+    /// job's bytes and the value is kept aside (to give back if the queue
+    /// refuses it). A job that cannot go (its route is not served, it will
+    /// not encode) gets a ticket that already holds its failure.
+    fn prepare<J: Job>(&self, job: J, opts: &JobOptions, encode: bool) -> Prepared<J> {
+        let core = &self.inner.core;
         let state = JobState::new();
         // Relaxed: ids only need to be unique.
-        let id = self.inner.core.next_id.fetch_add(1, Ordering::Relaxed);
-        let (ticket, reply) = Ticket::new(id, state.clone(), self.inner.core.control.clone());
-        let task = self.task(id, job, reply, state, opts);
-        self.watch_queue_for(&task, opts.queue_timeout);
-        (ticket, task)
+        let id = core.next_id.fetch_add(1, Ordering::Relaxed);
+        let (ticket, reply) = Ticket::new(id, state.clone(), core.control.clone());
+        if let Err(f) = self.check_route::<J>() {
+            core.deliver_failure(&state, &reply, 1, f, None);
+            return Prepared::Settled(ticket);
+        }
+        let (payload, kept) = if encode {
+            let mut bytes = Vec::new();
+            if let Err(f) = encode_job(&job, &mut bytes) {
+                core.deliver_failure(&state, &reply, 1, f, None);
+                return Prepared::Settled(ticket);
+            }
+            (Payload::Encoded(bytes), Some(job))
+        } else {
+            (Payload::Value(Box::new(job)), None)
+        };
+        let (timeout, retries) = core.limits(J::NAME);
+        let task = Task {
+            id,
+            route: J::NAME,
+            job: payload,
+            send_job: send_job::<J>,
+            reply,
+            state,
+            batch: None,
+            timeout: opts.timeout.or(timeout),
+            retries: opts.retries.unwrap_or(retries),
+        };
+        Prepared::Ready(ticket, task, kept)
+    }
+
+    /// On a process pool, whether the workers serve `J`'s route with `J`'s
+    /// types (from the route table each worker announces at start).
+    fn check_route<J: Job>(&self) -> Result<(), Failure> {
+        match &self.inner.backend {
+            Backend::Processes(p) => p.check_route::<J>(),
+            Backend::Threads(_) => Ok(()),
+        }
     }
 
     /// Submits a job, blocking while the queue is full.
+    ///
+    /// On a process pool, a job that has to wait in the queue is encoded
+    /// now, and one dispatched at once is encoded straight into its
+    /// worker's port: either way a job that will not encode gets a ticket
+    /// whose result is that error at once, and nothing is sent. (A thread
+    /// pool never encodes jobs.)
     pub fn submit<J: Job>(&self, job: J) -> Result<Ticket<J>, SubmitError<J>> {
         self.submit_with(job, JobOptions::default())
     }
 
-    /// Submits a job with its own timeout, queue-wait deadline or retries.
+    /// Submits a job with its own timeout, queue-wait deadline or retries
+    /// (see [`submit`](Self::submit)).
     pub fn submit_with<J: Job>(&self, job: J, opts: JobOptions) -> Result<Ticket<J>, SubmitError<J>> {
         match self.inner.refusal() {
             Some(Refusal::Closed) => return Err(SubmitError::Closed(job)),
             Some(Refusal::Failed(why)) => return Err(SubmitError::Failed(job, why)),
             None => {}
         }
-        let (ticket, task) = self.new_ticket(job, &opts);
-        match self.inner.core.queue_tx.send(Work::Task(task)) {
-            Ok(()) => {
-                self.inner.after_enqueue();
-                Ok(ticket)
-            }
-            Err(e) => Err(SubmitError::Closed(Self::take_back(e.0))),
+        self.enqueue(job, &opts, |me, w| me.send_blocking(w, None).map_err(|w| (w, ())))
+            .map_err(|(job, ())| self.closed_error(job))
+    }
+
+    /// The error for a job refused because the pool closed meanwhile.
+    fn closed_error<J>(&self, job: J) -> SubmitError<J> {
+        match self.inner.core.failure() {
+            Some(why) => SubmitError::Failed(job, why),
+            None => SubmitError::Closed(job),
         }
     }
 
-    /// Submits a job if the queue has room, or gives it back.
+    /// Submits a job if the queue has room (with a queue limit of 0: if a
+    /// worker can take it now), or gives it back.
+    #[allow(clippy::result_large_err)] // the closure's Err gives the task back
     pub fn try_submit<J: Job>(&self, job: J) -> Result<Ticket<J>, TrySubmitError<J>> {
         match self.inner.refusal() {
             Some(Refusal::Closed) => return Err(TrySubmitError::Closed(job)),
             Some(Refusal::Failed(why)) => return Err(TrySubmitError::Failed(job, why)),
             None => {}
         }
-        let (ticket, task) = self.new_ticket(job, &JobOptions::default());
-        match self.inner.core.queue_tx.try_send(Work::Task(task)) {
-            Ok(()) => {
-                self.inner.after_enqueue();
-                Ok(ticket)
-            }
-            Err(ChanTrySendError::Full(w)) => Err(TrySubmitError::Full(Self::take_back(w))),
-            Err(ChanTrySendError::Disconnected(w)) => Err(TrySubmitError::Closed(Self::take_back(w))),
-        }
+        self.enqueue(job, &JobOptions::default(), |me, w| me.send_now(w))
+            .map_err(|(job, full)| {
+                if full {
+                    TrySubmitError::Full(job)
+                } else {
+                    match self.closed_error(job) {
+                        SubmitError::Closed(j) => TrySubmitError::Closed(j),
+                        SubmitError::Failed(j, why) => TrySubmitError::Failed(j, why),
+                    }
+                }
+            })
     }
 
     /// Submits a job, waiting at most `timeout` for room in the queue.
@@ -1346,18 +1761,50 @@ impl Pool {
             Some(Refusal::Failed(why)) => return Err(SubmitTimeoutError::Failed(job, why)),
             None => {}
         }
-        let (ticket, task) = self.new_ticket(job, &JobOptions::default());
-        match self.inner.core.queue_tx.send_timeout(Work::Task(task), timeout) {
-            Ok(()) => {
-                self.inner.after_enqueue();
-                Ok(ticket)
+        let deadline = crate::util::deadline(timeout);
+        self.enqueue(job, &JobOptions::default(), |me, w| {
+            me.send_blocking(w, deadline).map_err(|w| (w, ()))
+        })
+        .map_err(|(job, ())| {
+            if self.inner.refusal().is_some() {
+                match self.closed_error(job) {
+                    SubmitError::Closed(j) => SubmitTimeoutError::Closed(j),
+                    SubmitError::Failed(j, why) => SubmitTimeoutError::Failed(j, why),
+                }
+            } else {
+                SubmitTimeoutError::Timeout(job)
             }
-            Err(crossbeam_channel::SendTimeoutError::Timeout(w)) => {
-                Err(SubmitTimeoutError::Timeout(Self::take_back(w)))
+        })
+    }
+
+    /// Puts `w` in the queue without waiting. `Err(true)`: full.
+    #[allow(clippy::result_large_err)] // the Err gives the task back, as crossbeam's try_send does
+    fn send_now(&self, w: Work) -> Result<(), (Work, bool)> {
+        let core = &self.inner.core;
+        if core.queue_limit == 0 {
+            if let Backend::Processes(p) = &self.inner.backend {
+                return p.dispatch_now(w).map_err(|w| (w, true));
             }
-            Err(crossbeam_channel::SendTimeoutError::Disconnected(w)) => {
-                Err(SubmitTimeoutError::Closed(Self::take_back(w)))
+        }
+        match core.queue_tx.try_send(w) {
+            Ok(()) => Ok(()),
+            Err(ChanTrySendError::Full(w)) => Err((w, true)),
+            Err(ChanTrySendError::Disconnected(w)) => Err((w, false)),
+        }
+    }
+
+    /// Puts `w` in the queue, waiting for room until `deadline` (or
+    /// forever). Gives it back if the pool closed or the deadline passed.
+    fn send_blocking(&self, w: Work, deadline: Option<Instant>) -> Result<(), Work> {
+        let core = &self.inner.core;
+        if core.queue_limit == 0 {
+            if let Backend::Processes(p) = &self.inner.backend {
+                return p.dispatch_blocking(w, deadline, || self.inner.refusal().is_some());
             }
+        }
+        match deadline {
+            None => core.queue_tx.send(w).map_err(|e| e.0),
+            Some(d) => core.queue_tx.send_deadline(w, d).map_err(|e| e.into_inner()),
         }
     }
 
@@ -1393,14 +1840,18 @@ impl Pool {
                 .collect();
         }
         let tickets: Vec<Ticket<J>> = (0..self.workers())
-            .map(|w| {
-                let (ticket, task) = self.new_ticket(job.clone(), &JobOptions::default());
-                match &self.inner.backend {
-                    Backend::Threads(t) => t.send_to(w, task),
-                    Backend::Processes(p) => p.send_to(w, task),
-                }
-                ticket
-            })
+            .map(
+                |w| match self.prepare(job.clone(), &JobOptions::default(), false) {
+                    Prepared::Settled(ticket) => ticket,
+                    Prepared::Ready(ticket, task, _) => {
+                        match &self.inner.backend {
+                            Backend::Threads(t) => t.send_to(w, task),
+                            Backend::Processes(p) => p.send_to(w, task),
+                        }
+                        ticket
+                    }
+                },
+            )
             .collect();
         tickets.into_iter().map(Ticket::wait).collect()
     }

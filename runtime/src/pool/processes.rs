@@ -20,8 +20,8 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::Receiver;
 
 use super::wire::{FromWorker, ToWorker, WireOutcome};
-use super::{BuildError, Core, Event, Outcome, Task, Work, lock};
-use crate::job::{Failure, TimeoutPhase};
+use super::{BuildError, Core, Event, Outcome, SendFail, Task, Work, lock};
+use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
 use crate::stderr::StderrTail;
 use crate::supervisor::monitor::{Control, Supervised};
@@ -40,6 +40,10 @@ const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// How long `stop` waits for a stopped worker to exit before killing it.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+
+/// How long a worker that failed to start may take to exit on its own
+/// (writing why to its stderr) before it is killed.
+const FAIL_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a new worker has to complete its handshake.
 const START_TIMEOUT: Duration = Duration::from_secs(10);
@@ -178,6 +182,9 @@ impl Worker {
         let core = &*self.core;
         let counters = &core.counters[self.id];
         match msg {
+            FromWorker::Routes { .. } => {
+                log::warn!("worker {} announced its routes again; ignored", self.id);
+            }
             FromWorker::Progress { id, payload } => {
                 if let Some(t) = lock(&self.pending).get(&id) {
                     t.reply.send(Event::Progress(payload));
@@ -211,6 +218,7 @@ impl Worker {
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
                 pump(self, core, self.k, false);
+                core.free.notify();
                 // (With nothing else in flight no answer can follow: skip
                 // the look at the kernel.)
                 let more = self.slots.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
@@ -319,6 +327,11 @@ struct Shared {
     /// Wakes slot threads waiting out a restart backoff when the pool stops.
     stop_gate: (Mutex<()>, Condvar),
     next: AtomicUsize,
+    /// The routes the first worker announced (every later one must match).
+    routes: std::sync::OnceLock<HashMap<String, RouteInfo>>,
+    /// Whether each job type submitted so far matches the workers' route
+    /// (by type: the check builds strings, so it runs once per type).
+    checked: std::sync::RwLock<HashMap<std::any::TypeId, Result<(), Failure>>>,
 }
 
 pub(crate) struct Processes {
@@ -390,6 +403,8 @@ impl Processes {
             template,
             stop_gate: (Mutex::new(()), Condvar::new()),
             next: AtomicUsize::new(0),
+            routes: std::sync::OnceLock::new(),
+            checked: std::sync::RwLock::new(HashMap::new()),
         });
         let procs = Processes {
             shared: shared.clone(),
@@ -455,6 +470,130 @@ impl Processes {
     /// Dispatches queued jobs to workers with free slots (after an enqueue).
     pub(crate) fn kick(&self) {
         self.shared.kick();
+    }
+
+    /// Whether a job submitted now would go to a worker at once (none
+    /// waits in the queue, a live worker has a free slot, no suspend).
+    pub(crate) fn can_take_now(&self) -> bool {
+        let sh = &self.shared;
+        !sh.core.has_queued()
+            && !sh.core.suspended.load(Ordering::Acquire)
+            && sh.slots.iter().any(|s| {
+                s.current()
+                    // SeqCst: as every other access to the slot count.
+                    .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) < sh.k)
+            })
+    }
+
+    /// Sends `work` to a worker with a free slot now, or gives it back
+    /// (a pool with a queue limit of 0).
+    pub(crate) fn dispatch_now(&self, work: Work) -> Result<(), Work> {
+        let sh = &self.shared;
+        let Work::Task(t) = work else { return Err(work) };
+        if sh.core.suspended.load(Ordering::Acquire) {
+            return Err(Work::Task(t));
+        }
+        let n = sh.slots.len();
+        // Relaxed: only spreads the starting point.
+        let start = sh.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let Some(w) = sh.slots[(start + i) % n].current() else {
+                continue;
+            };
+            if !w.alive.load(Ordering::Acquire) {
+                continue;
+            }
+            // SeqCst: as every other access to the slot count (see `pump`).
+            let mut cur = w.slots.load(Ordering::SeqCst);
+            while cur < sh.k {
+                match w
+                    .slots
+                    .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => {
+                        dispatch(&w, &sh.core, t);
+                        if let Err(e) = w.tx.flush() {
+                            log::debug!(
+                                "worker {}: flush failed ({e}); its reader will report the exit",
+                                w.id
+                            );
+                        }
+                        return Ok(());
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        Err(Work::Task(t))
+    }
+
+    /// [`dispatch_now`](Self::dispatch_now), waiting for a free slot until
+    /// `deadline` (or forever) unless `closed()`.
+    pub(crate) fn dispatch_blocking(
+        &self,
+        work: Work,
+        deadline: Option<Instant>,
+        closed: impl Fn() -> bool,
+    ) -> Result<(), Work> {
+        let mut held = Some(work);
+        let sent = self.shared.core.free.wait(
+            || {
+                let w = held.take()?;
+                match self.dispatch_now(w) {
+                    Ok(()) => Some(()),
+                    Err(w) => {
+                        held = Some(w);
+                        None
+                    }
+                }
+            },
+            closed,
+            deadline,
+        );
+        match (sent, held) {
+            (Some(()), _) => Ok(()),
+            (None, Some(w)) => Err(w),
+            (None, None) => unreachable!("the work is held until it is sent"),
+        }
+    }
+
+    /// Whether the workers serve `J`'s route with `J`'s types, from the
+    /// route table the workers announced at start.
+    pub(crate) fn check_route<J: Job>(&self) -> Result<(), Failure> {
+        let key = std::any::TypeId::of::<J>();
+        if let Some(r) = self
+            .shared
+            .checked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return r.clone();
+        }
+        let Some(routes) = self.shared.routes.get() else {
+            return Ok(());
+        };
+        let mine = RouteInfo::of::<J>();
+        let r = match routes.get(J::NAME) {
+            None => Err(Failure::UnknownRoute(J::NAME.to_string())),
+            Some(theirs) if theirs.fingerprint != mine.fingerprint => Err(Failure::Codec(
+                crate::job::Side::Supervisor,
+                format!(
+                    "the workers serve route {:?} as `{}`, but this job is `{}`: two job types share \
+                     one NAME, or supervisor and worker are built from different code",
+                    J::NAME,
+                    theirs.types,
+                    mine.types
+                ),
+            )),
+            Some(_) => Ok(()),
+        };
+        self.shared
+            .checked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r.clone());
+        r
     }
 
     /// Sends `task` to worker `w` whatever its slots (broadcast).
@@ -552,8 +691,9 @@ impl Processes {
             }
         }
         let deadline = Instant::now() + TERM_GRACE;
-        core.idle
-            .wait_until(deadline, || live.iter().all(|w| !w.alive.load(Ordering::Acquire)));
+        core.idle.wait_until(Some(deadline), || {
+            live.iter().all(|w| !w.alive.load(Ordering::Acquire))
+        });
         for w in &live {
             if w.alive.load(Ordering::Acquire) {
                 log::warn!("worker {} (pid {}) ignored SIGTERM; killing it", w.id, w.pid);
@@ -737,7 +877,15 @@ impl Shared {
 
     /// Waits `d` unless the pool stops first; returns whether it may go on.
     fn backoff(&self, d: Duration) -> bool {
-        let deadline = Instant::now() + d;
+        let Some(deadline) = crate::util::deadline(d) else {
+            // A backoff too long to represent: wait until the pool stops.
+            let (m, cv) = &self.stop_gate;
+            let mut g = lock(m);
+            while !self.core.stopping.load(Ordering::Acquire) {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            return false;
+        };
         let (m, cv) = &self.stop_gate;
         let mut g = lock(m);
         loop {
@@ -765,7 +913,7 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
     let mut epoch = 0u64;
     loop {
         epoch += 1;
-        let why = match start_worker(&shared.template, id, epoch, &shared.core, shared.k, shared.links) {
+        let why = match start_worker(shared, id, epoch) {
             Ok(w) => {
                 if core.suspended.load(Ordering::Acquire) {
                     let _ = w.tx.send(&ToWorker::Suspend);
@@ -800,6 +948,7 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
                 }
                 // Work may have queued up while the slot was empty.
                 pump(&w, core, shared.k, true);
+                core.free.notify();
                 let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;
                 if exit.expected || core.stopping.load(Ordering::Acquire) {
@@ -850,14 +999,9 @@ fn slot_loop(shared: &Shared, id: usize, ready: crossbeam_channel::Sender<Result
     }
 }
 
-fn start_worker(
-    template: &Command,
-    id: usize,
-    epoch: u64,
-    core: &Arc<Core>,
-    k: usize,
-    links: bool,
-) -> Result<Arc<Worker>, BuildError> {
+fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
+    let (core, k, links) = (&shared.core, shared.k, shared.links);
+    let template = &shared.template;
     let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
     cmd.env(WORKER_ID_ENV, id.to_string());
@@ -865,6 +1009,11 @@ fn start_worker(
         cmd.env(WORKER_LINK_ENV, "1");
     }
     cmd.stderr(Stdio::piped());
+    // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
+    // go to the foreground group, and the supervisor decides what its
+    // workers do about them (README "signals"). The worker still dies
+    // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = theirs.spawn(cmd).map_err(|e| {
         BuildError::io(
             format!("could not start worker {id} ({:?})", template.get_program()),
@@ -883,52 +1032,73 @@ fn start_worker(
             ));
         }
     };
+    // A worker that fails before it serves: kill and reap it, and say why,
+    // leading with the worker's own explanation if it gave one.
+    // (It may be on its way out, with its reason on its stderr: a moment
+    // to exit on its own before it is killed.)
+    let fail = |mut child: Child, what: String, e: Option<std::io::Error>| {
+        let status = match wait_or_kill(&mut child, FAIL_GRACE) {
+            Ok((st, _)) => describe_status(st),
+            Err(e) => format!("could not be waited for: {e}"),
+        };
+        let tail = stderr.wait_lines();
+        let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
+        if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
+            return BuildError::new(format!("worker {id} (pid {pid}) could not start: {}", at.trim()));
+        }
+        let last = crate::stderr::last_meaningful(&tail)
+            .map(|l| format!("; its stderr ended with: {l}"))
+            .unwrap_or_default();
+        let what = format!("worker {id} (pid {pid}) {what} ({status}{last})");
+        match e {
+            Some(e) => BuildError::io(what, e),
+            None => BuildError::new(what),
+        }
+    };
     let opts = ConnectOptions {
         role: Role::Supervisor,
         timeout: START_TIMEOUT,
         ..ConnectOptions::default()
     };
-    let ipc = match ours.connect_with(opts) {
+    let mut ipc = match ours.connect_with(opts) {
         Ok(ipc) if ipc.peer_role() == Role::Worker => ipc,
         Ok(ipc) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(BuildError::new(format!(
-                "worker {id} (pid {pid}) answered as {:?}, not as a worker",
-                ipc.peer_role()
-            )));
-        }
-        Err(e) => {
-            let _ = child.kill();
-            let status = child.wait().map(describe_status).unwrap_or_default();
-            let tail = stderr.wait_lines();
-            let last = tail
-                .last()
-                .map(|l| format!("; its stderr ended with: {l}"))
-                .unwrap_or_default();
-            return Err(BuildError::io(
-                format!("worker {id} (pid {pid}) did not complete its handshake ({status}{last})"),
-                e,
+            let role = ipc.peer_role();
+            return Err(fail(
+                child,
+                format!("answered as {role:?}, not as a worker"),
+                None,
             ));
         }
+        Err(e) => return Err(fail(child, "did not complete its handshake".into(), Some(e))),
     };
     // The pool's own connections do not keep a runtime alive; the pool does.
     ipc.unref();
     let link = if links {
         match open_link(&ipc) {
             Ok(l) => Some(Arc::new(l)),
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().map(describe_status).unwrap_or_default();
-                return Err(BuildError::io(
-                    format!("worker {id} (pid {pid}) did not open its link ({status})"),
-                    e,
-                ));
-            }
+            Err(e) => return Err(fail(child, "did not open its link".into(), Some(e))),
         }
     } else {
         None
     };
+    // The worker announces its routes before its first job: a worker built
+    // from other code fails here, not at its first decode.
+    match ipc.recv_timeout::<FromWorker>(START_TIMEOUT) {
+        Ok(FromWorker::Routes { routes }) => {
+            if let Err(why) = check_routes(shared, id, routes) {
+                return Err(fail(child, why, None));
+            }
+        }
+        Ok(other) => {
+            let what = format!("sent {other:?} before announcing its routes");
+            return Err(fail(child, what, None));
+        }
+        Err(e) => {
+            let what = format!("did not announce its routes: {e}");
+            return Err(fail(child, what, None));
+        }
+    }
     let (tx, rx) = ipc.split();
     let rx_fd = match rx.dup_fd() {
         Ok(fd) => Some(fd),
@@ -958,6 +1128,47 @@ fn start_worker(
         link,
         broke: Mutex::new(None),
     }))
+}
+
+/// Compares the routes worker `id` announced with the supervisor's own
+/// handlers (if it has any) and with the first worker's.
+fn check_routes(shared: &Shared, id: usize, routes: Vec<RouteInfo>) -> Result<(), String> {
+    let theirs: HashMap<String, RouteInfo> = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+    for mine in shared.core.handlers.route_table() {
+        match theirs.get(&mine.name) {
+            None => {
+                return Err(format!(
+                    "has no handler for route {:?} ({}), which this supervisor registered: is it built \
+                     from the same code?",
+                    mine.name, mine.types
+                ));
+            }
+            Some(t) if t.fingerprint != mine.fingerprint => {
+                return Err(format!(
+                    "serves route {:?} as `{}`, but this supervisor registered it as `{}`: is it built \
+                     from the same code?",
+                    mine.name, t.types, mine.types
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let first = shared.routes.get_or_init(|| theirs.clone());
+    if *first != theirs {
+        let mut names: Vec<&String> = theirs.keys().chain(first.keys()).collect();
+        names.sort();
+        names.dedup();
+        let differs = names
+            .into_iter()
+            .find(|n| first.get(*n).map(|r| r.fingerprint) != theirs.get(*n).map(|r| r.fingerprint))
+            .cloned()
+            .unwrap_or_default();
+        return Err(format!(
+            "announced other routes than the pool's first worker (route {differs:?} differs): worker {id} \
+             runs other code"
+        ));
+    }
+    Ok(())
 }
 
 /// Sends a worker the other end of a new port over its job connection and
@@ -1051,14 +1262,21 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
         // Others are in flight: the reader thread must not nap.
         w.wake_reader();
     }
-    let job = std::mem::replace(&mut t.job, Box::new(()));
+    let job = std::mem::replace(&mut t.job, super::Payload::Lent);
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
     lock(&w.pending).insert(id, t);
     // Encoding runs the job's Serialize impl, which may panic: that fails
     // this job, not the thread that dispatches (it may be a reader).
-    let sent = crate::job::catch(|| send_job(&w.tx, &head, &*job));
+    let sent = match &job {
+        super::Payload::Value(v) => send_job(&w.tx, &head, &**v),
+        super::Payload::Encoded(bytes) => super::send_encoded(&w.tx, &head, bytes),
+        super::Payload::Lent => Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "the job was lost in a crash while it was being sent".into(),
+        ))),
+    };
     let failure = match sent {
-        Ok(Ok(())) => {
+        Ok(()) => {
             // The cancel flag is read after the insert: a cancel from then
             // on finds the task pending; one before is seen here.
             let cancelled = match lock(&w.pending).get_mut(&id) {
@@ -1095,24 +1313,13 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
                 stderr: Vec::new(),
             }
         }
-        Ok(Err(crate::error::SendError::Encode(e))) => {
-            Failure::Codec(crate::job::Side::Supervisor, e.to_string())
-        }
-        Ok(Err(crate::error::SendError::TooLarge { len, limit })) => Failure::Codec(
-            crate::job::Side::Supervisor,
-            format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
-        ),
-        Ok(Err(other)) => Failure::WorkerExited {
+        Err(SendFail::Job(f)) => f,
+        Err(SendFail::Port(why)) => Failure::WorkerExited {
             worker: w.id,
             pid: Some(w.pid),
-            status: Some(format!("its port failed: {other}")),
+            status: Some(format!("its port failed: {why}")),
             stderr: Vec::new(),
         },
-        Err(Failure::Panicked(msg)) => Failure::Codec(
-            crate::job::Side::Supervisor,
-            format!("encoding the job panicked: {msg}"),
-        ),
-        Err(other) => other,
     };
     // Only the side that takes the job out of `pending` answers it, so a
     // job failed here and by the reader still gets exactly one outcome.
@@ -1229,7 +1436,10 @@ fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         };
         // A task whose job value was out for encoding when the worker died
         // cannot be sent again (`dispatch`).
-        let retry = retry && !t.job.is::<()>() && !t.state.is_settled() && core.failure().is_none();
+        let retry = retry
+            && !matches!(t.job, super::Payload::Lent)
+            && !t.state.is_settled()
+            && core.failure().is_none();
         if retry {
             let mut t = t;
             if ended_by.is_none() {

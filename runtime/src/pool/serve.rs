@@ -85,6 +85,9 @@ impl Inbox {
 
 /// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
 ///
+/// It first announces the routes it serves (names and types), and fails at
+/// once if `handlers` registers two job types under one name.
+///
 /// Answers are queued and written together whenever no further job is
 /// already waiting, so pipelined jobs cost one write per batch. A job that
 /// fails to decode, a route without a handler, a panicking handler or a
@@ -95,7 +98,13 @@ impl Inbox {
 /// Returns `Ok(())` when told to stop or when the supervisor closed the
 /// port; an error if the port broke.
 pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> {
+    handlers.check().map_err(io::Error::other)?;
     let tx = ipc.sender().clone();
+    // First the route table, so the supervisor can refuse a worker built
+    // from other code before it sends a job.
+    tx.send(&FromWorker::Routes {
+        routes: handlers.route_table(),
+    })?;
     let inbox = std::sync::Arc::new(Inbox {
         state: Mutex::new(InboxState {
             ipc,

@@ -246,10 +246,15 @@ impl Threads {
             // Relaxed: statistics only.
             counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
             let cancel = CancelSource::Flag(task.state.clone());
+            // A thread pool's tasks always hold their values.
+            let job = match task.job {
+                super::Payload::Value(v) => v,
+                super::Payload::Encoded(_) | super::Payload::Lent => Box::new(()),
+            };
             let (outcome, failed) = match task.batch {
                 None => {
                     let cx = Context::new(id, cancel, ProgressSink::Channel(task.reply.clone()));
-                    let o = match self.handlers.call_value(task.route, task.job, &cx) {
+                    let o = match self.handlers.call_value(task.route, job, &cx) {
                         Ok(v) => Outcome::Value(v),
                         Err(f) => Outcome::Failed(f),
                     };
@@ -258,7 +263,7 @@ impl Threads {
                 }
                 Some(_) => {
                     let cx = Context::new(id, cancel, ProgressSink::Discard);
-                    match self.handlers.call_batch_value(task.route, task.job, &cx) {
+                    match self.handlers.call_batch_value(task.route, job, &cx) {
                         Ok((v, failed)) => (Outcome::Value(v), u64::from(failed)),
                         Err(f) => (Outcome::Failed(f), jobs),
                     }

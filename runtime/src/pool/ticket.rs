@@ -37,6 +37,24 @@ impl<J: Job> fmt::Debug for Ticket<J> {
     }
 }
 
+/// Decodes a process worker's answer for a `J` job; the error says which
+/// type would not decode and why.
+pub(crate) fn decode_result<J: Job>(bytes: &[u8]) -> Result<Result<J::Output, J::Error>, String> {
+    postcard::from_bytes::<Result<J::Output, J::Error>>(bytes).map_err(|e| {
+        // Which half failed: the output or the error type.
+        let ty = match bytes.first() {
+            Some(0) => std::any::type_name::<J::Output>(),
+            Some(1) => std::any::type_name::<J::Error>(),
+            _ => std::any::type_name::<Result<J::Output, J::Error>>(),
+        };
+        format!(
+            "the supervisor could not read the result of a `{}` job: {}",
+            J::NAME,
+            crate::codec::decode_failure_named(ty, &e)
+        )
+    })
+}
+
 /// Turns an untyped outcome into the job's typed result.
 pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
     match outcome {
@@ -50,17 +68,12 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
                 ),
             }),
         },
-        Outcome::Bytes(b) => match postcard::from_bytes::<Result<J::Output, J::Error>>(&b) {
-            Ok(r) => r.map_err(JobError::Handler),
-            Err(e) => Err(JobError::Codec {
+        Outcome::Bytes(b) => decode_result::<J>(&b)
+            .map_err(|reason| JobError::Codec {
                 side: Side::Supervisor,
-                reason: format!(
-                    "could not decode the result of a `{}` job as `{}`: {e}",
-                    J::NAME,
-                    std::any::type_name::<Result<J::Output, J::Error>>()
-                ),
-            }),
-        },
+                reason,
+            })?
+            .map_err(JobError::Handler),
         Outcome::Failed(f) => Err(f.into_job_error()),
     }
 }
@@ -137,7 +150,7 @@ impl<J: Job> Ticket<J> {
     /// Waits at most `timeout`; gives the ticket back if the job is not done.
     #[allow(clippy::result_large_err)] // the Err is this ticket, given back
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<JobResult<J>, Ticket<J>> {
-        self.pump(Some(Instant::now() + timeout));
+        self.pump(crate::util::deadline(timeout));
         match self.done.take() {
             Some(o) => Ok(typed::<J>(o)),
             None => Err(self),

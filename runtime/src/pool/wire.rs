@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::job::Failure;
+use crate::job::{Failure, RouteInfo};
 
 /// Supervisor → worker. A `Job` frame is this head followed, in the same
 /// frame, by the job's own postcard bytes.
@@ -36,6 +36,8 @@ pub(crate) enum FromWorker {
     },
     /// Job `id` finished.
     Done { id: u64, outcome: WireOutcome },
+    /// The routes this worker serves: its first message, before any job.
+    Routes { routes: Vec<RouteInfo> },
 }
 
 /// How a job ended in a worker.

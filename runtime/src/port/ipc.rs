@@ -335,6 +335,29 @@ impl IpcReceiver {
         Ok(true)
     }
 
+    /// [`recv_bytes_wait`](Self::recv_bytes_wait) for a reader that takes
+    /// only messages (a `Link`): a frame of another kind is consumed, with
+    /// any fds it carried closed, and reported as `Unexpected`, so it
+    /// cannot stay at the front and be met again and again.
+    pub(crate) fn recv_message_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
+        match self.recv_bytes_wait(out, wait) {
+            Err(RecvError::Unexpected { expected, found }) => {
+                if found == Kind::Port {
+                    let n = match self.reader.payload().first() {
+                        Some(&crate::transport::frame::PORT_FLAVOR_PIPES) => 2,
+                        _ => 1,
+                    };
+                    // The fds ride on the frame's first byte: they are here
+                    // if the peer sent any. Dropping them closes them.
+                    drop(self.reader.take_fds(n));
+                }
+                self.reader.consume();
+                Err(RecvError::Unexpected { expected, found })
+            }
+            other => other,
+        }
+    }
+
     /// A duplicate of the fd this half reads from, to wait for readability
     /// without holding the receiver.
     pub(crate) fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {

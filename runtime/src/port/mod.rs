@@ -118,6 +118,12 @@ impl Default for ConnectOptions {
 /// own the same fd.
 static ENV_PORT_TAKEN: AtomicBool = AtomicBool::new(false);
 
+/// Whether [`Port::from_env`] has given out this process's port.
+pub(crate) fn env_port_taken() -> bool {
+    // Acquire: pairs with the swap in `from_env`.
+    ENV_PORT_TAKEN.load(Ordering::Acquire)
+}
+
 impl Port {
     /// A port over one end of a connected stream socket.
     pub fn from_socket(fd: OwnedFd) -> Port {

@@ -98,6 +98,14 @@ impl Timers {
         self.heap.peek().map(|Reverse((at, _))| *at)
     }
 
+    /// Sets `timer` to fire `after` from `now`; one too far off to
+    /// represent never fires (a user's `Duration::MAX` means "never").
+    fn push_after(&mut self, now: Instant, after: Duration, timer: Timer) {
+        if let Some(at) = crate::util::deadline_from(now, after) {
+            self.push(at, timer);
+        }
+    }
+
     fn pop_due(&mut self, now: Instant) -> Option<Timer> {
         match self.heap.peek() {
             Some(Reverse((at, _))) if *at <= now => {
@@ -135,7 +143,7 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
             Ok(Control::Stop) | Err(RecvTimeoutError::Disconnected) => return,
             Ok(Control::Cancel { id }) => {
                 if let Some((worker, epoch)) = target.cancel_running(id) {
-                    timers.push(now + graces.cancel, Timer::Grace { id, worker, epoch });
+                    timers.push_after(now, graces.cancel, Timer::Grace { id, worker, epoch });
                 }
             }
             Ok(Control::RunDeadline {
@@ -143,8 +151,9 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 worker,
                 epoch,
                 after,
-            }) => timers.push(
-                now + after,
+            }) => timers.push_after(
+                now,
+                after,
                 Timer::Run {
                     id,
                     worker,
@@ -157,8 +166,9 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 reply,
                 jobs,
                 after,
-            }) => timers.push(
-                now + after,
+            }) => timers.push_after(
+                now,
+                after,
                 Timer::Queue {
                     state,
                     reply,
@@ -178,7 +188,7 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                     after,
                 } => {
                     if target.time_out(id, worker, epoch, after) {
-                        timers.push(now + graces.cancel, Timer::Grace { id, worker, epoch });
+                        timers.push_after(now, graces.cancel, Timer::Grace { id, worker, epoch });
                     }
                 }
                 Timer::Queue {
@@ -201,7 +211,7 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 }
                 Timer::Grace { id, worker, epoch } => {
                     if target.grace_over(id, worker, epoch) {
-                        timers.push(now + graces.term, Timer::Kill { worker, epoch });
+                        timers.push_after(now, graces.term, Timer::Kill { worker, epoch });
                     }
                 }
                 Timer::Kill { worker, epoch } => target.kill(worker, epoch),
