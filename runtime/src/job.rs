@@ -692,6 +692,7 @@ where
 /// assert!(handlers.routes().any(|r| r == "square"));
 /// ```
 #[derive(Clone, Default)]
+#[must_use = "handlers do nothing until given to a pool or a worker"]
 pub struct Handlers {
     map: Arc<HashMap<&'static str, Arc<dyn Erased>>>,
     /// Routes registered for two different job types (refused at build).
@@ -722,7 +723,6 @@ impl Handlers {
     /// registry: a job of one would run the other's handler. Such a
     /// registry is refused when a pool (or a worker) is built with it, with
     /// an error that names both types.
-    #[must_use = "`on` returns the registry with the handler added"]
     pub fn on<J: Job>(
         mut self,
         f: impl Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,

@@ -34,6 +34,7 @@ use crate::stderr::StderrTail;
 type Input = Box<dyn FnOnce(&Link) -> Result<(), LinkError> + Send>;
 
 /// Builds a [`Subprocess`] from a [`Command`].
+#[must_use = "a builder does nothing until `.spawn()` is called"]
 pub struct SubprocessBuilder {
     command: Command,
     input: Vec<Input>,

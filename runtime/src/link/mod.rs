@@ -1161,6 +1161,7 @@ impl<Req> IncomingRequest<Req> {
 }
 
 /// The iterator of [`Link::each_message`].
+#[must_use = "messages are read only while the iterator is iterated"]
 pub struct EachMessage<'l, T> {
     link: &'l Link,
     done: bool,

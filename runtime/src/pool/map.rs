@@ -28,6 +28,32 @@ const MAX_CHUNK: usize = 8192;
 /// It pulls jobs from its input only while fewer than a window of chunks
 /// (a few per worker) are between submission and being yielded, so memory
 /// stays bounded even with an endless input or a slow first job.
+///
+/// No job runs until the iterator is consumed, and the compiler says so
+/// when it is not (`#[must_use]`):
+///
+/// ```
+/// # use portpool_runtime::{job::{Handlers, Job}, pool::Pool};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Square(u64);
+/// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }
+/// #[deny(unused_must_use)]
+/// fn run(pool: &Pool) -> u64 {
+///     pool.map((0..10).map(Square)).map(|r| r.unwrap()).sum()
+/// }
+/// # let pool = Pool::builder().threads(1).handlers(Handlers::new().on::<Square>(|Square(n), _| Ok(n * n))).build().unwrap();
+/// # assert_eq!(run(&pool), 285);
+/// ```
+///
+/// ```compile_fail
+/// # use portpool_runtime::{job::{Handlers, Job}, pool::Pool};
+/// # #[derive(serde::Serialize, serde::Deserialize)] struct Square(u64);
+/// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }
+/// #[deny(unused_must_use)]
+/// fn run(pool: &Pool) {
+///     pool.map((0..10).map(Square)); // error: unused `Map` that must be used
+/// }
+/// ```
+#[must_use = "a map runs no job until it is iterated (a `for` loop, `.collect()`, ...)"]
 pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     pool: &'p Pool,
     input: Fuse<I>,

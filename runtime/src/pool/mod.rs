@@ -737,6 +737,7 @@ impl fmt::Debug for Pool {
 
 /// Builds a [`Pool`]: choose threads or processes, give the handlers.
 #[derive(Default)]
+#[must_use = "a builder does nothing until `.build()` is called"]
 pub struct PoolBuilder {
     kind: Option<Kind>,
     handlers: Option<Handlers>,
@@ -1187,6 +1188,7 @@ impl<J> std::error::Error for SubmitTimeoutError<J> {}
 
 /// Per-job settings for [`Pool::submit_with`], over the pool's.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[must_use = "options do nothing until given to `Pool::submit_with`"]
 pub struct JobOptions {
     /// Run timeout, counted from dispatch.
     pub timeout: Option<Duration>,

@@ -18,6 +18,7 @@ pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
 
 /// A submitted job: wait for its result, read its progress messages,
 /// cancel it.
+#[must_use = "the ticket is the job's only way to report its result; `drop` it to ignore the result"]
 pub struct Ticket<J: Job> {
     rx: Receiver<(u64, Event)>,
     state: Arc<JobState>,

@@ -92,6 +92,7 @@ pub fn open_pipes() -> io::Result<(Port, Port)> {
 
 /// How [`Port::connect_with`] sets up a connection.
 #[derive(Debug, Clone, Copy)]
+#[must_use = "options do nothing until given to `Port::connect_with`"]
 pub struct ConnectOptions {
     /// The role announced in our hello.
     pub role: Role,

@@ -150,6 +150,7 @@ pub enum PoolEvent {
 /// How [`Pool::shutdown`](crate::pool::Pool::shutdown) treats the work
 /// the pool holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[must_use = "a `Shutdown` does nothing until given to `Pool::shutdown`"]
 pub struct Shutdown {
     pub(crate) mode: ShutdownMode,
     pub(crate) deadline: Duration,
