@@ -1517,6 +1517,11 @@ impl Pool {
         }
         let (timeout, retries) = self.inner.core.limits(J::NAME);
         if let Err(f) = self.check_route::<J>() {
+            // Relaxed: statistics only.
+            self.inner
+                .core
+                .failed_elsewhere
+                .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             return Ok(ChunkSent {
                 holes: (0..jobs.len()).map(|i| (i, f.clone())).collect(),
                 sent: 0,
@@ -1539,6 +1544,12 @@ impl Pool {
             Backend::Processes(_) => {
                 let (chunk, used) = encode_chunk(&jobs);
                 let rest = jobs.split_off(used);
+                // Jobs that failed here are on the pool's books too.
+                // Relaxed: statistics only.
+                self.inner
+                    .core
+                    .failed_elsewhere
+                    .fetch_add(chunk.holes.len() as u64, Ordering::Relaxed);
                 if chunk.count == 0 {
                     return Ok(ChunkSent {
                         holes: chunk.holes,
