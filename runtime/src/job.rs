@@ -34,6 +34,17 @@ use serde::de::DeserializeOwned;
 ///     const NAME: &'static str = "count-primes";
 /// }
 /// ```
+///
+/// On a process pool a job and its result cross as postcard bytes, so the
+/// job, output and error types must be ones postcard can encode and
+/// decode: not self-describing types such as `serde_json::Value`, nor
+/// `#[serde(untagged)]` or `#[serde(flatten)]`, nor sequences whose
+/// `Serialize` does not give their length. Such a job fails with
+/// [`JobError::Codec`], whose message names the type and says so. A thread
+/// pool never encodes, so the same code may work there.
+///
+/// Each job type needs a `NAME` of its own: a registry with two types
+/// under one name is refused when a pool or a worker is built with it.
 pub trait Job: Serialize + DeserializeOwned + Send + 'static {
     /// What a successful run returns.
     type Output: Serialize + DeserializeOwned + Send + 'static;
@@ -325,7 +336,11 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
                 TimeoutPhase::Queue => write!(f, "job waited in the queue longer than {after:?}"),
                 TimeoutPhase::Run => write!(f, "job ran longer than {after:?}"),
             },
-            JobError::UnknownRoute { route } => write!(f, "no handler for route {route:?} in the worker"),
+            JobError::UnknownRoute { route } => write!(
+                f,
+                "no handler for route {route:?} in the worker: register its job type with \
+                 Handlers::on in the handlers the worker serves"
+            ),
             JobError::Codec { side, reason } => write!(f, "coding error in the {side}: {reason}"),
             JobError::Cancelled => f.write_str("job was cancelled"),
             JobError::Rejected { reason } => write!(f, "job was rejected: {reason}"),

@@ -124,10 +124,13 @@ impl Service {
 
     /// A service in a child process running `command`, a binary whose
     /// `main` calls `portpool::worker::serve_service(handlers)`. Its stderr
-    /// is passed through.
+    /// is passed through. Like a pool's process worker, it starts in a
+    /// process group of its own, so the terminal's Ctrl-C reaches only this
+    /// process, which decides (it still exits when this process is gone).
     pub fn process(mut command: Command) -> io::Result<Service> {
         let (ours, theirs) = port::open()?;
         command.stderr(Stdio::piped());
+        std::os::unix::process::CommandExt::process_group(&mut command, 0);
         let mut child = theirs.spawn(command)?;
         let stderr = match StderrTail::follow(&mut child, "service") {
             Ok(t) => t,

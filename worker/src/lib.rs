@@ -107,6 +107,15 @@ pub fn run(handlers: Handlers) -> ! {
 /// If this process is a pool's worker, serves and exits; otherwise returns
 /// at once. Call it first thing in `main` of a program that builds a
 /// process pool without `.worker_command(..)`.
+///
+/// A worker is this executable run again with no command-line arguments
+/// (it gets the supervisor's environment, plus its port and its worker
+/// id): anything `main` does before this call, every worker does too. If
+/// the call is missing, the worker would run the whole program and build
+/// pools of its own; portpool stops that: building a pool in such a
+/// process fails at once with "this process was started as a portpool
+/// worker but did not call portpool::worker::serve_if_worker at the top of
+/// main", and the supervisor's `build()` fails with that sentence.
 pub fn serve_if_worker(handlers: &Handlers) {
     if is_worker() {
         run(handlers.clone());

@@ -847,6 +847,11 @@ impl PoolBuilder {
     /// `n` process workers. By default each runs this executable again,
     /// which must call `portpool::worker::serve_if_worker` first thing in
     /// `main`; see [`worker_command`](Self::worker_command) for a separate binary.
+    ///
+    /// Each worker runs in a process group of its own (the terminal's
+    /// Ctrl-C reaches only the supervisor) and has 10 s to start: to
+    /// connect and announce its routes. One that does not fails the build
+    /// (or, for a restart, counts against the restart policy).
     pub fn processes(mut self, n: usize) -> Self {
         self.kind = Some(Kind::Processes(n));
         self
@@ -1187,6 +1192,9 @@ impl<J> std::error::Error for TrySubmitError<J> {}
 impl<J> std::error::Error for SubmitTimeoutError<J> {}
 
 /// Per-job settings for [`Pool::submit_with`], over the pool's.
+///
+/// Every `Duration` in portpool's API takes any value: one too long to
+/// count from now (such as `Duration::MAX`) means "never".
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[must_use = "options do nothing until given to `Pool::submit_with`"]
 pub struct JobOptions {
@@ -1387,6 +1395,7 @@ impl PoolInner {
         }
         self.core.set_suspended(false);
         self.after_enqueue();
+        self.core.free.notify();
     }
 
     /// Makes a shutdown in progress immediate (a second SIGINT).
