@@ -668,19 +668,26 @@ where
     J: Job,
     F: Fn(J, &Context) -> Result<J::Output, J::Error> + Send + Sync + 'static,
 {
+    #[inline]
     fn decode(job: &[u8]) -> Result<J, Failure> {
-        postcard::from_bytes(job).map_err(|e| {
-            Failure::Codec(
-                Side::Worker,
-                format!(
-                    "the worker could not decode a `{}` job: {}",
-                    J::NAME,
-                    crate::codec::decode_failure::<J>(&e)
-                ),
-            )
-        })
+        postcard::from_bytes(job).map_err(Self::decode_failure)
     }
 
+    #[cold]
+    #[inline(never)]
+    fn decode_failure(e: postcard::Error) -> Failure {
+        Failure::Codec(
+            Side::Worker,
+            format!(
+                "the worker could not decode a `{}` job: {}",
+                J::NAME,
+                crate::codec::decode_failure::<J>(&e)
+            ),
+        )
+    }
+
+    #[cold]
+    #[inline(never)]
     fn encode_failure(out: &Result<J::Output, J::Error>, e: &postcard::Error) -> Failure {
         let what = match out {
             Ok(v) => crate::codec::encode_failure(v, e),

@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use super::ticket::JobResult;
-use super::{Event, Outcome, Pool, Reply, recv_spin};
+use super::{CHUNK_BYTES, Event, Outcome, Pool, Reply, recv_spin};
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
 
 /// How long one chunk should take to run on a worker.
@@ -73,9 +73,6 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     early: HashMap<u64, Vec<JobResult<J>>>,
     /// Results ready to yield.
     ready: VecDeque<JobResult<J>>,
-    /// Jobs taken from the input that did not fit in the last chunk's
-    /// bytes: they go first in the next one.
-    leftover: VecDeque<J>,
     /// Set once the pool refused a chunk: the rest fail at once, with this.
     closed: Option<Failure>,
     /// Largest chunk: 1 when each job has its own run timeout.
@@ -92,11 +89,13 @@ impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
     }
 }
 
-/// A chunk on its way: how many of its jobs went to a worker, and those
-/// that failed before (by index in the chunk).
+/// A chunk on its way: how many jobs it has, those that failed before they
+/// could go to a worker (by index in the chunk), and the bytes the others
+/// took (process workers).
 struct InFlight {
-    sent: usize,
+    len: usize,
     holes: Vec<(usize, Failure)>,
+    bytes: usize,
 }
 
 /// Puts the failures of the jobs that never left back in their places
@@ -190,7 +189,6 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             in_flight: HashMap::new(),
             early: HashMap::new(),
             ready: VecDeque::new(),
-            leftover: VecDeque::new(),
             closed: None,
             max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
         }
@@ -199,64 +197,54 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     /// Submits chunks from the input while the window has room.
     fn top_up(&mut self) {
         while self.in_flight.len() + self.early.len() < self.window {
-            let from_leftover = self.leftover.len().min(self.chunk);
-            let mut jobs: Vec<J> = self.leftover.drain(..from_leftover).collect();
-            jobs.extend(self.input.by_ref().take(self.chunk - from_leftover));
+            let jobs: Vec<J> = self.input.by_ref().take(self.chunk).collect();
             if jobs.is_empty() {
                 return;
             }
+            let len = jobs.len();
             let tag = self.next_tag;
             self.next_tag += 1;
             let reply = Reply {
                 tx: self.reply.tx.clone(),
                 tag,
             };
-            if let Some(f) = &self.closed {
-                let holes = (0..jobs.len()).map(|i| (i, f.clone())).collect();
-                self.in_flight.insert(tag, InFlight { sent: 0, holes });
-                reply.send(Event::Done(Outcome::Failed(f.clone())));
-                continue;
-            }
-            match self.pool.submit_chunk(jobs, reply.clone()) {
-                Ok(sent) => {
-                    if !sent.rest.is_empty() {
-                        // The chunk hit its byte budget: smaller ones next.
-                        self.chunk = (self.chunk / 2).max(1);
-                        for j in sent.rest.into_iter().rev() {
-                            self.leftover.push_front(j);
-                        }
-                    }
-                    let nothing_sent = sent.sent == 0;
-                    self.in_flight.insert(
-                        tag,
-                        InFlight {
-                            sent: sent.sent,
-                            holes: sent.holes,
-                        },
-                    );
-                    if nothing_sent {
-                        // Every job failed before it could go: answer here.
-                        reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
+            let all_fail = |f: &Failure| (0..len).map(|i| (i, f.clone())).collect();
+            let holes = if let Some(f) = &self.closed {
+                all_fail(f)
+            } else {
+                match self.pool.submit_chunk(jobs, reply.clone()) {
+                    Ok(sent) => sent.holes,
+                    Err((_, why)) => {
+                        let f = why.failure();
+                        let holes = all_fail(&f);
+                        self.closed = Some(f);
+                        holes
                     }
                 }
-                Err((jobs, why)) => {
-                    let f = why.failure();
-                    let holes = (0..jobs.len()).map(|i| (i, f.clone())).collect();
-                    self.in_flight.insert(tag, InFlight { sent: 0, holes });
-                    reply.send(Event::Done(Outcome::Failed(f.clone())));
-                    self.closed = Some(f);
-                }
+            };
+            let queued = holes.len() < len;
+            self.in_flight.insert(tag, InFlight { len, holes, bytes: 0 });
+            if !queued {
+                // Every job failed before it could go: answer here.
+                reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
             }
         }
     }
 
-    /// Adapts the chunk size to how long the last chunk ran.
-    fn adapt(&mut self, ran: Duration, len: usize) {
+    /// Adapts the chunk size to how long the last chunk ran, and to the
+    /// bytes its jobs took (a chunk of large jobs stays under
+    /// [`CHUNK_BYTES`]).
+    fn adapt(&mut self, ran: Duration, len: usize, bytes_per_job: usize) {
+        if bytes_per_job.saturating_mul(self.chunk) > CHUNK_BYTES {
+            self.chunk = (self.chunk / 2).max(1);
+            return;
+        }
         if len < self.chunk {
             return; // a short final chunk says little
         }
-        if ran < CHUNK_TARGET / 2 {
-            self.chunk = (self.chunk * 2).min(self.max_chunk);
+        let grown = (self.chunk * 2).min(self.max_chunk);
+        if ran < CHUNK_TARGET / 2 && bytes_per_job.saturating_mul(grown) <= CHUNK_BYTES {
+            self.chunk = grown;
         } else if ran > CHUNK_TARGET * 4 {
             self.chunk = (self.chunk / 2).max(1);
         }
@@ -284,17 +272,29 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
             }
             // The map holds a sender itself, so this only ends with an event.
             let (tag, event) = recv_spin(&self.rx, None)?;
-            let Event::Done(outcome) = event else { continue };
-            let Some(InFlight { sent, holes }) = self.in_flight.remove(&tag) else {
+            let outcome = match event {
+                Event::Done(outcome) => outcome,
+                Event::Sent { holes, bytes } => {
+                    // (Again after a retry: the latest dispatch counts.)
+                    if let Some(f) = self.in_flight.get_mut(&tag) {
+                        f.holes = holes;
+                        f.bytes = bytes;
+                    }
+                    continue;
+                }
+                Event::Progress(_) => continue,
+            };
+            let Some(InFlight { len, holes, bytes }) = self.in_flight.remove(&tag) else {
                 continue;
             };
+            let sent = len - holes.len().min(len);
             let results = if sent == 0 {
                 // Nothing went to a worker: every job's outcome is a hole.
                 Vec::new()
             } else {
                 let (ran, results) = typed_chunk::<J>(outcome, sent);
                 if let Some(ran) = ran {
-                    self.adapt(ran, sent + holes.len());
+                    self.adapt(ran, len, bytes / sent);
                 }
                 results
             };

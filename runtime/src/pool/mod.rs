@@ -61,6 +61,14 @@ pub(crate) enum Outcome {
 pub(crate) enum Event {
     /// A progress message (postcard bytes).
     Progress(Vec<u8>),
+    /// A chunk of a `map` was encoded for a process worker: the jobs that
+    /// would not encode (by index; the rest went, in order), and how many
+    /// bytes the others took. Sent before the chunk's `Done`, once per
+    /// dispatch (again if the chunk is retried).
+    Sent {
+        holes: Vec<(usize, Failure)>,
+        bytes: usize,
+    },
     /// The job's one outcome.
     Done(Outcome),
 }
@@ -92,7 +100,10 @@ pub(crate) trait FastRead: Send + Sync {
 
 /// Sends a job (given as `&dyn Any`) to a process worker as one frame:
 /// the head, then the job's own postcard bytes. Monomorphised per job type.
-pub(crate) type SendJobFn = fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send)) -> Result<(), SendFail>;
+/// A chunk's sender also tells the chunk's `reply` which of its jobs could
+/// not be encoded (`Event::Sent`), before the frame can reach the worker.
+pub(crate) type SendJobFn =
+    fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send), Option<&Reply>) -> Result<(), SendFail>;
 
 /// Why a job could not be queued on a worker's port.
 pub(crate) enum SendFail {
@@ -173,31 +184,47 @@ pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
     )
 }
 
-/// Encodes `job` for a process worker, catching a panicking `Serialize`.
+/// Encodes `job` for a process worker, catching a panicking `Serialize`;
+/// on failure `buf` is as it was.
+#[inline]
 fn encode_job<J: Job>(job: &J, buf: &mut Vec<u8>) -> Result<(), Failure> {
     let at = buf.len();
-    let res = match crate::job::catch(|| crate::port::encode_into(job, buf)) {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::port::encode_into(job, buf)
+    })) {
         Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => Err(encode_failure(job, &e)),
-        Err(Failure::Panicked(m)) => Err(Failure::Codec(
+        other => {
+            buf.truncate(at);
+            Err(encode_job_failure(job, other))
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+fn encode_job_failure<J: Job>(
+    job: &J,
+    res: Result<Result<(), postcard::Error>, Box<dyn Any + Send>>,
+) -> Failure {
+    match res {
+        Ok(Err(e)) => encode_failure(job, &e),
+        Ok(Ok(())) => Failure::Codec(crate::job::Side::Supervisor, "no failure".into()),
+        Err(payload) => Failure::Codec(
             crate::job::Side::Supervisor,
             format!(
-                "the supervisor could not send a `{}` job: its Serialize impl panicked: {m}",
-                J::NAME
+                "the supervisor could not send a `{}` job: its Serialize impl panicked: {}",
+                J::NAME,
+                crate::job::panic_message(&*payload)
             ),
-        )),
-        Err(f) => Err(f),
-    };
-    if res.is_err() {
-        buf.truncate(at);
+        ),
     }
-    res
 }
 
 fn send_job<J: Job>(
     tx: &IpcSender,
     head: &wire::ToWorker<'_>,
     job: &(dyn Any + Send),
+    _: Option<&Reply>,
 ) -> Result<(), SendFail> {
     let Some(job) = job.downcast_ref::<J>() else {
         return Err(SendFail::Job(Failure::Codec(
@@ -230,14 +257,6 @@ pub(crate) fn send_encoded(tx: &IpcSender, head: &wire::ToWorker<'_>, bytes: &[u
     .map_err(send_failure)
 }
 
-/// A chunk goes to a process worker as the bytes `submit_chunk` made.
-fn send_chunk_value(_: &IpcSender, _: &wire::ToWorker<'_>, _: &(dyn Any + Send)) -> Result<(), SendFail> {
-    Err(SendFail::Job(Failure::Codec(
-        crate::job::Side::Supervisor,
-        "a chunk for a process worker was not encoded when it was submitted".into(),
-    )))
-}
-
 /// What a failed append to a worker's port means for the job.
 fn send_failure(e: SendError) -> SendFail {
     match e {
@@ -250,63 +269,89 @@ fn send_failure(e: SendError) -> SendFail {
     }
 }
 
-/// A chunk of jobs encoded for a process worker: the bytes of those that
-/// encoded, and the failure of each that did not, by its index.
-pub(crate) struct EncodedChunk {
-    pub(crate) bytes: Vec<u8>,
-    pub(crate) count: u32,
-    pub(crate) holes: Vec<(usize, Failure)>,
-}
-
-/// Largest encoded chunk: past it, the rest of a chunk's jobs wait for the
-/// next one (so a chunk of large jobs never nears the frame limit).
+/// Largest encoded chunk a `map` aims for: it stops growing its chunks
+/// when their jobs would take more bytes than this.
 pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 
-/// Encodes `jobs` as a chunk, each job alone: one that will not encode is
-/// a hole, and the others still go. Stops after the job that takes the
-/// chunk past [`CHUNK_BYTES`]; returns how many jobs it looked at.
-pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
-    let mut c = EncodedChunk {
-        bytes: Vec::new(),
-        count: 0,
-        holes: Vec::new(),
+thread_local! {
+    /// Where a chunk's jobs are encoded before its frame is written (kept,
+    /// so a dispatching thread does not allocate per chunk).
+    static CHUNK_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends a chunk (given as `&Vec<J>`) to a process worker: each job is
+/// encoded alone, length-prefixed, so one that will not encode fails alone
+/// (a *hole*, reported to the map with `Event::Sent` before the frame can
+/// reach the worker) and the rest go, under a head that counts them.
+fn send_chunk<J: Job>(
+    tx: &IpcSender,
+    head: &wire::ToWorker<'_>,
+    jobs: &(dyn Any + Send),
+    reply: Option<&Reply>,
+) -> Result<(), SendFail> {
+    let (Some(jobs), wire::ToWorker::Batch { id, route, .. }) = (jobs.downcast_ref::<Vec<J>>(), head) else {
+        return Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "chunk value does not match its route".into(),
+        )));
     };
-    for (i, job) in jobs.iter().enumerate() {
-        // A u32 length, patched once the job is encoded, so the worker
-        // can fail one undecodable job and still find the next.
-        let at = c.bytes.len();
-        c.bytes.extend_from_slice(&[0; 4]);
-        match encode_job(job, &mut c.bytes) {
-            Ok(()) => {
-                let len = c.bytes.len() - at - 4;
-                match u32::try_from(len) {
-                    Ok(l) => {
-                        c.bytes[at..at + 4].copy_from_slice(&l.to_le_bytes());
-                        c.count += 1;
+    CHUNK_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        let mut holes = Vec::new();
+        let mut count = 0u32;
+        for (i, job) in jobs.iter().enumerate() {
+            // A u32 length, patched once the job is encoded, so the worker
+            // can fail one undecodable job and still find the next.
+            let at = scratch.len();
+            scratch.extend_from_slice(&[0; 4]);
+            match encode_job(job, &mut scratch) {
+                Ok(()) => match u32::try_from(scratch.len() - at - 4) {
+                    Ok(len) => {
+                        scratch[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                        count += 1;
                     }
                     Err(_) => {
-                        c.bytes.truncate(at);
-                        c.holes.push((
+                        scratch.truncate(at);
+                        holes.push((
                             i,
                             Failure::Codec(
                                 crate::job::Side::Supervisor,
-                                format!("the job encodes to {len} bytes, over the frame limit"),
+                                "the job encodes to more than 4 GiB".into(),
                             ),
                         ));
                     }
+                },
+                Err(f) => {
+                    scratch.truncate(at);
+                    holes.push((i, f));
                 }
             }
-            Err(f) => {
-                c.bytes.truncate(at);
-                c.holes.push((i, f));
-            }
         }
-        if c.bytes.len() > CHUNK_BYTES {
-            return (c, i + 1);
+        if let Some(reply) = reply {
+            reply.send(Event::Sent {
+                holes,
+                bytes: scratch.len(),
+            });
         }
-    }
-    let n = jobs.len();
-    (c, n)
+        let head = wire::ToWorker::Batch {
+            id: *id,
+            route,
+            count,
+        };
+        let res = tx
+            .feed_with(std::any::type_name::<J>(), |buf| {
+                crate::port::encode_into(&head, buf)?;
+                buf.extend_from_slice(&scratch);
+                Ok(())
+            })
+            .map_err(send_failure);
+        // A chunk of large jobs must not keep its memory in this thread.
+        if scratch.capacity() > CHUNK_BYTES {
+            *scratch = Vec::new();
+        }
+        res
+    })
 }
 
 /// What the shared queue carries.
@@ -1336,13 +1381,10 @@ impl Refused {
 }
 
 /// What `submit_chunk` did with a chunk.
-pub(crate) struct ChunkSent<J> {
-    /// Jobs that failed before they could be sent, by index in the chunk.
+pub(crate) struct ChunkSent {
+    /// Jobs that failed before they could be queued, by index in the
+    /// chunk (all of them: no task was queued).
     pub(crate) holes: Vec<(usize, Failure)>,
-    /// How many jobs went in the task (0: no task was queued).
-    pub(crate) sent: usize,
-    /// Jobs past the chunk's byte budget: they go in the next chunk.
-    pub(crate) rest: Vec<J>,
 }
 
 /// A job made ready to queue.
@@ -1512,19 +1554,18 @@ impl Pool {
     /// `map`). Blocks while the queue is full. Gives the jobs back if the
     /// pool is closed.
     ///
-    /// On a process pool the jobs are encoded here, each alone: one that
-    /// will not encode becomes a hole (its failure, by index) and the rest
-    /// still run. A chunk stops growing at [`CHUNK_BYTES`]: the jobs past
-    /// that point come back in `ChunkSent::rest`, for the next chunk.
+    /// On a process pool the jobs are encoded when the chunk is dispatched
+    /// (on the thread that frees a worker's slot), each alone: one that
+    /// will not encode becomes a hole, reported with `Event::Sent`, and the
+    /// rest still run.
     pub(crate) fn submit_chunk<J: Job>(
         &self,
-        mut jobs: Vec<J>,
+        jobs: Vec<J>,
         reply: Reply,
-    ) -> Result<ChunkSent<J>, (Vec<J>, Refused)> {
+    ) -> Result<ChunkSent, (Vec<J>, Refused)> {
         if let Some(r) = self.inner.refusal() {
             return Err((jobs, r.into()));
         }
-        let (timeout, retries) = self.inner.core.limits(J::NAME);
         if let Err(f) = self.check_route::<J>() {
             // Relaxed: statistics only.
             self.inner
@@ -1533,55 +1574,16 @@ impl Pool {
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             return Ok(ChunkSent {
                 holes: (0..jobs.len()).map(|i| (i, f.clone())).collect(),
-                sent: 0,
-                rest: Vec::new(),
             });
         }
-        // `kept`: a process pool's jobs, which stay here while their bytes
-        // are queued (to give back if the queue refuses them).
-        let (job, count, holes, kept, rest) = match &self.inner.backend {
-            Backend::Threads(_) => {
-                let n = jobs.len() as u32;
-                (
-                    Payload::Value(Box::new(jobs)),
-                    n,
-                    Vec::new(),
-                    Vec::new(),
-                    Vec::new(),
-                )
-            }
-            Backend::Processes(_) => {
-                let (chunk, used) = encode_chunk(&jobs);
-                let rest = jobs.split_off(used);
-                // Jobs that failed here are on the pool's books too.
-                // Relaxed: statistics only.
-                self.inner
-                    .core
-                    .failed_elsewhere
-                    .fetch_add(chunk.holes.len() as u64, Ordering::Relaxed);
-                if chunk.count == 0 {
-                    return Ok(ChunkSent {
-                        holes: chunk.holes,
-                        sent: 0,
-                        rest,
-                    });
-                }
-                (
-                    Payload::Encoded(chunk.bytes),
-                    chunk.count,
-                    chunk.holes,
-                    jobs,
-                    rest,
-                )
-            }
-        };
+        let (timeout, retries) = self.inner.core.limits(J::NAME);
         let task = Task {
             // Relaxed: ids only need to be unique.
             id: self.inner.core.next_id.fetch_add(1, Ordering::Relaxed),
             route: J::NAME,
-            batch: Some(count),
-            job,
-            send_job: send_chunk_value,
+            batch: Some(jobs.len() as u32),
+            job: Payload::Value(Box::new(jobs)),
+            send_job: send_chunk::<J>,
             reply,
             state: JobState::new(),
             timeout,
@@ -1590,23 +1592,14 @@ impl Pool {
         self.watch_queue(&task);
         match self.send_blocking(Work::Task(task), None) {
             Ok(()) => {
-                drop(kept);
                 self.inner.after_enqueue();
-                Ok(ChunkSent {
-                    holes,
-                    sent: count as usize,
-                    rest,
-                })
+                Ok(ChunkSent { holes: Vec::new() })
             }
             Err(w) => {
-                // A thread pool's chunk holds its jobs; a process pool's
-                // jobs are still here (only their bytes were queued).
-                let mut back = match w {
+                let back = match w {
                     Work::Task(t) => t.into_value::<Vec<J>>().unwrap_or_default(),
                     Work::Stop => Vec::new(),
                 };
-                back.extend(kept);
-                back.extend(rest);
                 let why = match self.inner.refusal() {
                     Some(r) => r.into(),
                     None => Refused::Closed,

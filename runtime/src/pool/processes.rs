@@ -1264,11 +1264,13 @@ fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     }
     let job = std::mem::replace(&mut t.job, super::Payload::Lent);
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
+    // (Only a chunk's sender reports to its reply: no clone per lone job.)
+    let reply = t.batch.map(|_| t.reply.clone());
     lock(&w.pending).insert(id, t);
     // Encoding runs the job's Serialize impl, which may panic: that fails
     // this job, not the thread that dispatches (it may be a reader).
     let sent = match &job {
-        super::Payload::Value(v) => send_job(&w.tx, &head, &**v),
+        super::Payload::Value(v) => send_job(&w.tx, &head, &**v, reply.as_ref()),
         super::Payload::Encoded(bytes) => super::send_encoded(&w.tx, &head, bytes),
         super::Payload::Lent => Err(SendFail::Job(Failure::Codec(
             crate::job::Side::Supervisor,

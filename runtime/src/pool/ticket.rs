@@ -40,20 +40,25 @@ impl<J: Job> fmt::Debug for Ticket<J> {
 
 /// Decodes a process worker's answer for a `J` job; the error says which
 /// type would not decode and why.
+#[inline]
 pub(crate) fn decode_result<J: Job>(bytes: &[u8]) -> Result<Result<J::Output, J::Error>, String> {
-    postcard::from_bytes::<Result<J::Output, J::Error>>(bytes).map_err(|e| {
-        // Which half failed: the output or the error type.
-        let ty = match bytes.first() {
-            Some(0) => std::any::type_name::<J::Output>(),
-            Some(1) => std::any::type_name::<J::Error>(),
-            _ => std::any::type_name::<Result<J::Output, J::Error>>(),
-        };
-        format!(
-            "the supervisor could not read the result of a `{}` job: {}",
-            J::NAME,
-            crate::codec::decode_failure_named(ty, &e)
-        )
-    })
+    postcard::from_bytes::<Result<J::Output, J::Error>>(bytes).map_err(|e| result_failure::<J>(bytes, e))
+}
+
+#[cold]
+#[inline(never)]
+fn result_failure<J: Job>(bytes: &[u8], e: postcard::Error) -> String {
+    // Which half failed: the output or the error type.
+    let ty = match bytes.first() {
+        Some(0) => std::any::type_name::<J::Output>(),
+        Some(1) => std::any::type_name::<J::Error>(),
+        _ => std::any::type_name::<Result<J::Output, J::Error>>(),
+    };
+    format!(
+        "the supervisor could not read the result of a `{}` job: {}",
+        J::NAME,
+        crate::codec::decode_failure_named(ty, &e)
+    )
 }
 
 /// Turns an untyped outcome into the job's typed result.
@@ -107,6 +112,7 @@ impl<J: Job> Ticket<J> {
                         match e {
                             Event::Progress(p) => progress.push_back(p),
                             Event::Done(o) => *done = Some(o),
+                            Event::Sent { .. } => {}
                         }
                     }
                     done.is_some() || state.settled_by_cancel()
@@ -122,6 +128,7 @@ impl<J: Job> Ticket<J> {
             match recv_spin(&self.rx, deadline) {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
+                Some((_, Event::Sent { .. })) => {}
                 None => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return;
@@ -168,6 +175,7 @@ impl<J: Job> Ticket<J> {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
                 Event::Done(o) => self.done = Some(o),
+                Event::Sent { .. } => {}
             }
         }
         match self.done.take() {
@@ -183,6 +191,7 @@ impl<J: Job> Ticket<J> {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
                 Event::Done(o) => self.done = Some(o),
+                Event::Sent { .. } => {}
             }
         }
         self.pop_progress()
@@ -201,6 +210,7 @@ impl<J: Job> Ticket<J> {
             match recv_spin(&self.rx, None) {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
+                Some((_, Event::Sent { .. })) => {}
                 None => self.pump(None),
             }
         }

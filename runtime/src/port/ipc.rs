@@ -93,11 +93,13 @@ struct AppendFlavor<'a>(&'a mut Vec<u8>);
 impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
     type Output = ();
 
+    #[inline]
     fn try_push(&mut self, data: u8) -> postcard::Result<()> {
         self.0.push(data);
         Ok(())
     }
 
+    #[inline]
     fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
         self.0.extend_from_slice(data);
         Ok(())
@@ -108,6 +110,7 @@ impl postcard::ser_flavors::Flavor for AppendFlavor<'_> {
     }
 }
 
+#[inline]
 pub(crate) fn encode_into<T: Serialize + ?Sized>(msg: &T, buf: &mut Vec<u8>) -> Result<(), postcard::Error> {
     postcard::serialize_with_flavor(msg, AppendFlavor(buf))
 }
