@@ -14,7 +14,7 @@ use serde::Serialize;
 pub(crate) fn encode_failure<T: Serialize + ?Sized>(value: &T, e: &postcard::Error) -> String {
     let ty = std::any::type_name::<T>();
     let reason = match e {
-        postcard::Error::SerdeSerCustom => match crate::job::catch(|| serde_json::to_vec(value)) {
+        postcard::Error::SerdeSerCustom => match crate::util::catch_panic(|| serde_json::to_vec(value)) {
             Ok(Err(json)) => format!("its Serialize impl failed: {json}"),
             _ => "its Serialize impl failed (postcard does not keep the message)".to_string(),
         },

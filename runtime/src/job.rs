@@ -11,7 +11,6 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
-use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -519,33 +518,7 @@ struct Typed<J: Job, F> {
 
 /// Runs `f`, turning a panic into [`Failure::Panicked`] with its message.
 pub(crate) fn catch<R>(f: impl FnOnce() -> R) -> Result<R, Failure> {
-    catch_unwind(AssertUnwindSafe(f)).map_err(|payload| Failure::Panicked(panic_message(&*payload)))
-}
-
-/// Calls a user's callback (a hook, an event handler); a panic in it is
-/// logged, naming `what`, instead of unwinding into the pool's thread.
-pub(crate) fn call_logged(what: &str, f: impl FnOnce()) {
-    if let Err(Failure::Panicked(m)) = catch(f) {
-        log::error!("a {what} panicked: {m}");
-    }
-}
-
-/// Runs `hooks` in order; a panicking one is logged and the rest still run.
-pub(crate) fn run_hooks(hooks: &[Hook], what: &str) {
-    for h in hooks {
-        call_logged(&format!("{what} hook"), || h());
-    }
-}
-
-/// The message of a panic payload (`&str` or `String`), or a placeholder.
-pub(crate) fn panic_message(payload: &(dyn Any + Send)) -> String {
-    if let Some(s) = payload.downcast_ref::<&str>() {
-        (*s).to_string()
-    } else if let Some(s) = payload.downcast_ref::<String>() {
-        s.clone()
-    } else {
-        "panic with a non-string payload".to_string()
-    }
+    crate::util::catch_panic(f).map_err(Failure::Panicked)
 }
 
 impl<J, F> Erased for Typed<J, F>
@@ -723,8 +696,7 @@ pub struct Handlers {
     resume: Arc<Vec<Hook>>,
 }
 
-/// A suspend or resume hook.
-pub(crate) type Hook = Arc<dyn Fn() + Send + Sync>;
+use crate::util::Hook;
 
 impl fmt::Debug for Handlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -803,9 +775,9 @@ impl Handlers {
     /// Runs the suspend hooks (`true`) or the resume hooks (`false`).
     pub(crate) fn run_hooks(&self, suspend: bool) {
         if suspend {
-            run_hooks(&self.suspend, "suspend");
+            crate::util::run_hooks(&self.suspend, "suspend");
         } else {
-            run_hooks(&self.resume, "resume");
+            crate::util::run_hooks(&self.resume, "resume");
         }
     }
 

@@ -20,9 +20,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::job::Hook;
 use crate::pool::{PoolInner, lock};
 use crate::supervisor::{Shutdown, ShutdownReport};
+use crate::util::Hook;
 
 /// A hook run on each shutdown signal, with its number.
 type SignalHook = Arc<dyn Fn(i32) + Send + Sync>;
@@ -282,7 +282,7 @@ impl Runtime {
     fn signalled(&self, sig: i32) {
         let hooks: Vec<SignalHook> = lock(&self.inner.signal_hooks).clone();
         for h in hooks {
-            crate::job::call_logged("signal hook", || h(sig));
+            crate::util::call_logged("signal hook", || h(sig));
         }
         let first = {
             let mut exit = lock(&self.inner.exit);
@@ -359,7 +359,7 @@ impl Drop for RtInner {
 fn run_hooks(hooks: &Mutex<Vec<Hook>>, what: &str) {
     // Cloned out of the lock: a hook may register another.
     let hooks: Vec<Hook> = lock(hooks).clone();
-    crate::job::run_hooks(&hooks, what);
+    crate::util::run_hooks(&hooks, what);
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -21,9 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::job::{CancelSource, Context, Failure, Handlers, Job, JobError, Side};
 use crate::link::{Link, LinkError};
-use crate::pool::lock;
 use crate::port::{self, ConnectOptions, Ipc, Port, Role};
 use crate::stderr::StderrTail;
+use crate::util::lock;
 
 /// A call to a service: the job's route and its postcard bytes.
 #[derive(Serialize, Deserialize)]

@@ -7,7 +7,7 @@ use std::process::Child;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::pool::lock;
+use crate::util::lock;
 
 /// How many of a child's last stderr lines a report carries, and how long
 /// each may be.

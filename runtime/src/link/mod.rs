@@ -669,9 +669,9 @@ impl Inner {
                     }
                 }
                 Action::Handle(h, id, p) => {
-                    let reply = match crate::job::catch(|| h(&p)) {
+                    let reply = match crate::util::catch_panic(|| h(&p)) {
                         Ok(r) => r,
-                        Err(f) => Err(format!("the request handler panicked: {f:?}")),
+                        Err(m) => Err(format!("the request handler panicked: {m}")),
                     };
                     if let Err(e) = self.reply(id, reply) {
                         log::debug!("reply to request {id} not sent: {e}");

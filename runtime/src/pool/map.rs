@@ -14,8 +14,9 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use super::ticket::JobResult;
-use super::{CHUNK_BYTES, Event, Outcome, Pool, Reply, recv_spin};
+use super::{CHUNK_BYTES, Event, Outcome, Pool, Reply};
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
+use crate::util::recv_spin;
 
 /// How long one chunk should take to run on a worker.
 const CHUNK_TARGET: Duration = Duration::from_millis(1);

@@ -25,7 +25,7 @@ use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TrySendError as ChanTrySendError};
@@ -43,9 +43,7 @@ pub(crate) use processes::{describe_status, wait_or_kill};
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
+pub(crate) use crate::util::lock;
 
 /// How a finished job's result travels back, without its types.
 pub(crate) enum Outcome {
@@ -214,7 +212,7 @@ fn encode_job_failure<J: Job>(
             format!(
                 "the supervisor could not send a `{}` job: its Serialize impl panicked: {}",
                 J::NAME,
-                crate::job::panic_message(&*payload)
+                crate::util::panic_message(&*payload)
             ),
         ),
     }
@@ -676,7 +674,7 @@ impl Core {
             PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
         }
         if let Some(f) = &self.config.on_event {
-            crate::job::call_logged("pool event callback", || f(&e));
+            crate::util::call_logged("pool event callback", || f(&e));
         }
     }
 
@@ -1309,44 +1307,6 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Jobs it holds now.
     pub running: usize,
-}
-
-/// How long to wait without blocking before a blocking wait on a channel:
-/// a result that arrives within it skips a cross-core wake-up.
-pub(crate) const CHANNEL_SPIN: Duration = Duration::from_micros(50);
-
-/// One pause of a spin-wait: yields every other try, as the port's
-/// receive spin does, so a spinning thread lets its peer run on a shared
-/// core.
-pub(crate) fn spin_pause(tries: &mut u32) {
-    *tries = tries.wrapping_add(1);
-    if *tries % 2 == 0 {
-        std::thread::yield_now();
-    } else {
-        std::hint::spin_loop();
-    }
-}
-
-/// Receives from `rx`, retrying without blocking (and yielding) for
-/// `CHANNEL_SPIN` first, then blocking until `deadline`.
-pub(crate) fn recv_spin<T>(rx: &Receiver<T>, deadline: Option<Instant>) -> Option<T> {
-    let start = Instant::now();
-    let mut tries = 0u32;
-    loop {
-        match rx.try_recv() {
-            Ok(v) => return Some(v),
-            Err(crossbeam_channel::TryRecvError::Disconnected) => return None,
-            Err(crossbeam_channel::TryRecvError::Empty) => {}
-        }
-        if start.elapsed() >= CHANNEL_SPIN {
-            break;
-        }
-        spin_pause(&mut tries);
-    }
-    match deadline {
-        None => rx.recv().ok(),
-        Some(d) => rx.recv_deadline(d).ok(),
-    }
 }
 
 /// Why a job was not enqueued.

@@ -1379,7 +1379,7 @@ fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
                     if start.elapsed() >= crate::transport::DEFAULT_SPIN {
                         break;
                     }
-                    super::spin_pause(&mut tries);
+                    crate::util::spin_pause(&mut tries);
                 }
             }
         }

@@ -9,9 +9,10 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender};
 use serde::de::DeserializeOwned;
 
-use super::{Event, Outcome, Reply, recv_spin};
+use super::{Event, Outcome, Reply};
 use crate::job::{Failure, Job, JobError, JobState, Side};
 use crate::supervisor::monitor::Control;
+use crate::util::recv_spin;
 
 /// The result of a job, typed.
 pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;

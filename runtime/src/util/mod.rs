@@ -1,6 +1,16 @@
-//! Small helpers every layer uses: deadlines from a user's `Duration`.
+//! Small helpers every layer uses, and that use nothing of portpool:
+//! deadlines from a user's `Duration` (here), lock and spin idioms
+//! (`sync`), and catching a user's panics (`unwind`).
+//!
+//! Not for: anything that knows about ports, jobs or pools.
+
+mod sync;
+mod unwind;
 
 use std::time::{Duration, Instant};
+
+pub(crate) use sync::{lock, recv_spin, spin_pause};
+pub(crate) use unwind::{Hook, call_logged, catch_panic, panic_message, run_hooks};
 
 /// The instant `d` from `now`, or `None` if it is too far to represent:
 /// a `Duration` a user gives (even `Duration::MAX`) means "never" then,
