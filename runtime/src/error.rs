@@ -7,7 +7,7 @@ use std::error::Error;
 use std::fmt;
 use std::io;
 
-use crate::transport::frame::{HelloError, Kind};
+use crate::frame::{HelloError, Kind};
 
 /// Whether an OS error means the peer closed its end. The one place where
 /// errno values become "disconnected".

@@ -21,6 +21,8 @@
 
 mod codec;
 pub mod error;
+#[doc(hidden)] // shown as `transport::frame`
+pub mod frame;
 pub mod job;
 pub mod link;
 pub mod pool;

@@ -11,7 +11,7 @@ use super::Port;
 use crate::error::{
     DecodeError, EncodeError, ProtocolError, RecvError, RecvTimeoutError, SendError, TryRecvError,
 };
-use crate::transport::frame::{Hello, Kind, Role};
+use crate::frame::{Hello, Kind, Role};
 use crate::transport::{AppendError, Reader, SendStats, Wait, Writer};
 
 /// A connected port: send and receive typed messages, raw bytes and ports.
@@ -347,7 +347,7 @@ impl IpcReceiver {
             Err(RecvError::Unexpected { expected, found }) => {
                 if found == Kind::Port {
                     let n = match self.reader.payload().first() {
-                        Some(&crate::transport::frame::PORT_FLAVOR_PIPES) => 2,
+                        Some(&crate::frame::PORT_FLAVOR_PIPES) => 2,
                         _ => 1,
                     };
                     // The fds ride on the frame's first byte: they are here
@@ -387,8 +387,8 @@ impl IpcReceiver {
         let flavor = self.reader.payload().first().copied();
         self.reader.consume();
         let n = match flavor {
-            Some(crate::transport::frame::PORT_FLAVOR_SOCKET) => 1,
-            Some(crate::transport::frame::PORT_FLAVOR_PIPES) => 2,
+            Some(crate::frame::PORT_FLAVOR_SOCKET) => 1,
+            Some(crate::frame::PORT_FLAVOR_PIPES) => 2,
             _ => {
                 return Err(RecvError::Protocol(ProtocolError::new(format!(
                     "port frame with unknown flavor {flavor:?}"

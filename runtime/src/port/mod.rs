@@ -34,13 +34,14 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
-pub use crate::transport::frame::Role;
+pub use crate::frame::Role;
 pub(crate) use ipc::encode_into;
 pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};
 
 use crate::error::HandshakeError;
+use crate::frame;
 use crate::sys;
-use crate::transport::{self, Wait, frame};
+use crate::transport::{self, Wait};
 
 /// Environment variable through which a child finds the port its parent
 /// passed it: `socket:<fd>@<parent pid>` or

@@ -18,7 +18,10 @@
 //! Not for: encoding values (the port layer does that) or deciding who
 //! talks to whom.
 
-pub mod frame;
+/// The wire format: a pure module of its own below the transport and its
+/// errors (`crate::frame`), shown here where users look for it.
+#[doc(inline)]
+pub use crate::frame;
 mod pipe;
 mod reader;
 mod socket;
