@@ -34,6 +34,7 @@ pub mod subprocess;
 pub mod supervisor;
 #[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
 mod sys;
+mod task;
 #[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS, read/write
 pub mod transport;
 mod util;

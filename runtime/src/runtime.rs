@@ -20,9 +20,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
-use crate::pool::{PoolInner, lock};
 use crate::supervisor::{Shutdown, ShutdownReport};
 use crate::util::Hook;
+use crate::util::lock;
+
+/// What a runtime does with the pools that belong to it (a pool
+/// implements it; the runtime names no pool type, so it sits below them).
+pub(crate) trait Managed: Send + Sync {
+    /// Stops dispatching; the workers' suspend hooks run.
+    fn suspend(&self);
+    /// Dispatches again after `suspend`.
+    fn resume(&self);
+    /// Makes a shutdown in progress immediate (a second SIGINT).
+    fn hurry(&self);
+    /// Shuts the pool down and reports what it did.
+    fn shutdown(&self, how: Shutdown) -> ShutdownReport;
+}
 
 /// A hook run on each shutdown signal, with its number.
 type SignalHook = Arc<dyn Fn(i32) + Send + Sync>;
@@ -48,7 +61,7 @@ struct RtInner {
     suspend_hooks: Mutex<Vec<Hook>>,
     resume_hooks: Mutex<Vec<Hook>>,
     signal_hooks: Mutex<Vec<SignalHook>>,
-    pools: Mutex<Vec<Weak<PoolInner>>>,
+    pools: Mutex<Vec<Weak<dyn Managed>>>,
     exit: Mutex<ExitState>,
     shutdown_deadline: Mutex<Duration>,
     signals: Mutex<Option<signal_hook::iterator::Handle>>,
@@ -331,7 +344,7 @@ impl Runtime {
         r
     }
 
-    pub(crate) fn attach_pool(&self, pool: Weak<PoolInner>) {
+    pub(crate) fn attach_pool(&self, pool: Weak<dyn Managed>) {
         let mut pools = lock(&self.inner.pools);
         pools.retain(|p| p.strong_count() > 0);
         pools.push(pool);
@@ -343,7 +356,7 @@ impl Runtime {
         }
     }
 
-    fn pools(&self) -> Vec<Arc<PoolInner>> {
+    fn pools(&self) -> Vec<Arc<dyn Managed>> {
         lock(&self.inner.pools).iter().filter_map(Weak::upgrade).collect()
     }
 }

@@ -45,56 +45,7 @@ pub use ticket::{JobResult, Ticket};
 
 pub(crate) use crate::util::lock;
 
-/// How a finished job's result travels back, without its types.
-pub(crate) enum Outcome {
-    /// `Box<Result<J::Output, J::Error>>` from a thread worker.
-    Value(Box<dyn Any + Send>),
-    /// postcard bytes of `Result<J::Output, J::Error>` from a process worker.
-    Bytes(Vec<u8>),
-    /// Anything else.
-    Failed(Failure),
-}
-
-/// What a job's submitter hears.
-pub(crate) enum Event {
-    /// A progress message (postcard bytes).
-    Progress(Vec<u8>),
-    /// A chunk of a `map` was encoded for a process worker: the jobs that
-    /// would not encode (by index; the rest went, in order), and how many
-    /// bytes the others took. Sent before the chunk's `Done`, once per
-    /// dispatch (again if the chunk is retried).
-    Sent {
-        holes: Vec<(usize, Failure)>,
-        bytes: usize,
-    },
-    /// The job's one outcome.
-    Done(Outcome),
-}
-
-/// Where a job's events go: a channel, with a tag telling the jobs that
-/// share it apart (a `map` uses one channel for all its jobs).
-#[derive(Clone)]
-pub(crate) struct Reply {
-    pub(crate) tx: Sender<(u64, Event)>,
-    pub(crate) tag: u64,
-}
-
-impl Reply {
-    pub(crate) fn send(&self, event: Event) {
-        // The submitter may have dropped its ticket: nobody to tell.
-        let _ = self.tx.send((self.tag, event));
-    }
-}
-
-/// A process worker whose port a ticket's own thread may read while it
-/// waits for its job (ARCHITECTURE.md, "a lone job's waiter reads its
-/// answer").
-pub(crate) trait FastRead: Send + Sync {
-    /// Reads the port, handling what comes, until `done()` or `deadline`,
-    /// or until reading here stops making sense (then the caller waits on
-    /// its channel as usual).
-    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>);
-}
+pub(crate) use crate::task::{Event, FastRead, Outcome, Reply};
 
 /// Sends a job (given as `&dyn Any`) to a process worker as one frame:
 /// the head, then the job's own postcard bytes. Monomorphised per job type.
@@ -606,7 +557,7 @@ impl Core {
                 self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
             }
         }
-        monitor::send_failure(reply, f);
+        reply.fail(f);
         true
     }
 
@@ -1139,7 +1090,8 @@ impl PoolBuilder {
             report: Mutex::new(None),
             rt_ref: rt.new_ref(),
         });
-        rt.attach_pool(Arc::downgrade(&inner));
+        let managed: Arc<dyn crate::runtime::Managed> = inner.clone();
+        rt.attach_pool(Arc::downgrade(&managed));
         Ok(Pool { inner })
     }
 }
@@ -1353,6 +1305,37 @@ enum Prepared<J: Job> {
     Settled(Ticket<J>),
     /// Its ticket, its task, and the job value if the task holds bytes.
     Ready(Ticket<J>, Task, Option<J>),
+}
+
+impl crate::runtime::Managed for PoolInner {
+    fn suspend(&self) {
+        PoolInner::suspend(self);
+    }
+
+    fn resume(&self) {
+        PoolInner::resume(self);
+    }
+
+    fn hurry(&self) {
+        PoolInner::hurry(self);
+    }
+
+    fn shutdown(&self, how: Shutdown) -> ShutdownReport {
+        PoolInner::shutdown(self, how)
+    }
+}
+
+impl crate::supervisor::monitor::Books for Core {
+    fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        Core::deliver_failure(self, state, reply, jobs, f, worker)
+    }
 }
 
 impl PoolInner {

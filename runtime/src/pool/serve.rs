@@ -83,6 +83,25 @@ impl Inbox {
     }
 }
 
+/// What a running handler reaches of its worker's port: the inbox for
+/// cancels, the sender for progress.
+struct WorkerSide {
+    inbox: std::sync::Arc<Inbox>,
+    tx: crate::port::IpcSender,
+}
+
+impl crate::job::RemoteJob for WorkerSide {
+    fn is_cancelled(&self, id: u64) -> bool {
+        self.inbox.is_cancelled(id)
+    }
+
+    fn progress(&self, id: u64, payload: Vec<u8>) {
+        if let Err(e) = self.tx.send(&FromWorker::Progress { id, payload }) {
+            log::warn!("could not send a progress message: {e}");
+        }
+    }
+}
+
 /// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
 ///
 /// It first announces the routes it serves (names and types), and fails at
@@ -112,6 +131,10 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             cancelled: HashSet::new(),
             last_poll: None,
         }),
+    });
+    let side: std::sync::Arc<dyn crate::job::RemoteJob> = std::sync::Arc::new(WorkerSide {
+        inbox: inbox.clone(),
+        tx: tx.clone(),
     });
     let mut buf = Vec::new();
     // The job that just ran: its id leaves the cancel set under the next
@@ -171,8 +194,8 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 finished = Some(id);
                 let cx = Context::new(
                     worker_id,
-                    CancelSource::Remote(inbox.clone(), id),
-                    ProgressSink::Port(tx.clone(), id),
+                    CancelSource::Remote(side.clone(), id),
+                    ProgressSink::Remote(side.clone(), id),
                 );
                 match handlers.call_bytes(route, job, &cx) {
                     Ok(bytes) => (id, WireOutcome::Ran(bytes)),
@@ -184,7 +207,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 finished = Some(id);
                 let cx = Context::new(
                     worker_id,
-                    CancelSource::Remote(inbox.clone(), id),
+                    CancelSource::Remote(side.clone(), id),
                     ProgressSink::Discard,
                 );
                 match handlers.call_batch_bytes(route, job, count as usize, &cx) {

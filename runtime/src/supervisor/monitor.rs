@@ -10,8 +10,21 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 
-use crate::job::{Failure, JobState, TimeoutPhase};
-use crate::pool::{Core, Event, Outcome, Reply};
+use crate::task::{Failure, JobState, Reply, TimeoutPhase};
+
+/// What the monitor asks of the pool's books (the pool's core implements
+/// it): deliver `f` as the outcome of a job that leaves without an answer,
+/// unless it was settled already; returns whether it delivered.
+pub(crate) trait Books: Send + Sync {
+    fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool;
+}
 
 /// What the pool tells its monitor.
 pub(crate) enum Control {
@@ -127,7 +140,7 @@ pub(crate) struct Graces {
 }
 
 /// Runs until `Control::Stop` (or every sender is gone).
-pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<Core>, graces: Graces) {
+pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<dyn Books>, graces: Graces) {
     let mut timers = Timers {
         heap: BinaryHeap::new(),
         kinds: std::collections::HashMap::new(),
@@ -218,11 +231,6 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
             }
         }
     }
-}
-
-/// Sends `Done(Failed(f))` to `reply`.
-pub(crate) fn send_failure(reply: &Reply, f: Failure) {
-    reply.send(Event::Done(Outcome::Failed(f)));
 }
 
 /// The monitor's handle: where to send controls, and its thread.

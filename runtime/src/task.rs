@@ -1,0 +1,210 @@
+//! The per-job cell and the untyped outcome: what every party that may
+//! end a job (a worker's answer, its death, a timer, a cancel, the
+//! shutdown) shares, without the job's types.
+//!
+//! - [`JobState`]: a cancel flag, a "dispatched" flag and the one-shot
+//!   settle latch (scenario "one outcome" in `supervisor/README.md`).
+//! - [`Failure`]: an outcome that is not the handler's own result.
+//! - [`Outcome`], [`Event`] and [`Reply`]: how a finished job's result
+//!   travels back to its ticket or map.
+//!
+//! Not for: typed results (the job layer turns these into `JobError<E>`)
+//! or deciding who settles (the pool and the supervisor do).
+
+use std::any::Any;
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::Sender;
+
+/// How a finished job's result travels back, without its types.
+pub(crate) enum Outcome {
+    /// `Box<Result<J::Output, J::Error>>` from a thread worker.
+    Value(Box<dyn Any + Send>),
+    /// postcard bytes of `Result<J::Output, J::Error>` from a process worker.
+    Bytes(Vec<u8>),
+    /// Anything else.
+    Failed(Failure),
+}
+
+/// What a job's submitter hears.
+pub(crate) enum Event {
+    /// A progress message (postcard bytes).
+    Progress(Vec<u8>),
+    /// A chunk of a `map` was encoded for a process worker: the jobs that
+    /// would not encode (by index; the rest went, in order), and how many
+    /// bytes the others took. Sent before the chunk's `Done`, once per
+    /// dispatch (again if the chunk is retried).
+    Sent {
+        holes: Vec<(usize, Failure)>,
+        bytes: usize,
+    },
+    /// The job's one outcome.
+    Done(Outcome),
+}
+
+/// Where a job's events go: a channel, with a tag telling the jobs that
+/// share it apart (a `map` uses one channel for all its jobs).
+#[derive(Clone)]
+pub(crate) struct Reply {
+    pub(crate) tx: Sender<(u64, Event)>,
+    pub(crate) tag: u64,
+}
+
+impl Reply {
+    pub(crate) fn send(&self, event: Event) {
+        // The submitter may have dropped its ticket: nobody to tell.
+        let _ = self.tx.send((self.tag, event));
+    }
+
+    /// Sends `Done(Failed(f))`.
+    pub(crate) fn fail(&self, f: Failure) {
+        self.send(Event::Done(Outcome::Failed(f)));
+    }
+}
+
+/// A process worker whose port a ticket's own thread may read while it
+/// waits for its job (ARCHITECTURE.md, "a lone job's waiter reads its
+/// answer").
+pub(crate) trait FastRead: Send + Sync {
+    /// Reads the port, handling what comes, until `done()` or `deadline`,
+    /// or until reading here stops making sense (then the caller waits on
+    /// its channel as usual).
+    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>);
+}
+
+/// A submitted job's shared state: its cancellation flag, whether it was
+/// taken from the queue, and who settled its one outcome.
+#[derive(Default)]
+pub(crate) struct JobState {
+    cancelled: AtomicBool,
+    dispatched: AtomicBool,
+    settled: AtomicU8,
+    /// The process worker that holds this job as its only one, if so
+    /// (weak: a ticket kept after its worker ended must not keep the
+    /// worker's port open).
+    fast: std::sync::OnceLock<std::sync::Weak<dyn FastRead>>,
+}
+
+impl fmt::Debug for JobState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("JobState")
+            .field("cancelled", &self.is_cancelled())
+            .field("settled", &self.is_settled())
+            .finish_non_exhaustive()
+    }
+}
+
+const OPEN: u8 = 0;
+const SETTLED: u8 = 1;
+const SETTLED_BY_CANCEL: u8 = 2;
+
+impl JobState {
+    pub(crate) fn new() -> Arc<JobState> {
+        Arc::new(JobState::default())
+    }
+
+    /// Records the process worker that holds this job alone.
+    pub(crate) fn set_fast_reader(&self, w: std::sync::Weak<dyn FastRead>) {
+        let _ = self.fast.set(w);
+    }
+
+    /// The process worker that held this job alone when it was dispatched,
+    /// if it is still there.
+    pub(crate) fn fast_reader(&self) -> Option<Arc<dyn FastRead>> {
+        self.fast.get().and_then(std::sync::Weak::upgrade)
+    }
+
+    /// Sets the cancellation flag a running handler polls.
+    pub(crate) fn cancel(&self) {
+        // Release: pairs with the Acquire load in `is_cancelled`.
+        self.cancelled.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_cancelled(&self) -> bool {
+        // Acquire: pairs with the Release store in `cancel`.
+        self.cancelled.load(Ordering::Acquire)
+    }
+
+    /// Marks the job as taken from the queue by a worker.
+    pub(crate) fn mark_dispatched(&self) {
+        // Release/Acquire: only this flag is communicated.
+        self.dispatched.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_dispatched(&self) -> bool {
+        self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Claims the right to deliver the job's outcome. Exactly one caller
+    /// ever gets `true` (scenario "one outcome" in `supervisor/README.md`).
+    pub(crate) fn settle(&self) -> bool {
+        // AcqRel: the winner's outcome is the one the ticket sees.
+        self.settled
+            .compare_exchange(OPEN, SETTLED, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    /// Claims the outcome for the ticket's own `cancel`: the ticket then
+    /// reports `Cancelled` without waiting for the pool.
+    pub(crate) fn settle_by_cancel(&self) -> bool {
+        self.settled
+            .compare_exchange(OPEN, SETTLED_BY_CANCEL, Ordering::AcqRel, Ordering::Acquire)
+            .is_ok()
+    }
+
+    pub(crate) fn is_settled(&self) -> bool {
+        self.settled.load(Ordering::Acquire) != OPEN
+    }
+
+    pub(crate) fn settled_by_cancel(&self) -> bool {
+        self.settled.load(Ordering::Acquire) == SETTLED_BY_CANCEL
+    }
+}
+
+/// Which side of a process boundary a coding failure happened on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Side {
+    /// In the supervisor (encoding a job, decoding a result).
+    Supervisor,
+    /// In the worker (decoding a job, encoding a result).
+    Worker,
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Supervisor => "supervisor",
+            Side::Worker => "worker",
+        })
+    }
+}
+
+/// Which of a job's deadlines passed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum TimeoutPhase {
+    /// It waited in the queue past its queue-wait deadline and never ran.
+    Queue,
+    /// It ran past its run timeout, counted from dispatch to a worker.
+    Run,
+}
+
+/// An outcome that is not the handler's own result, without the job's
+/// types: what the pool's plumbing carries.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) enum Failure {
+    Panicked(String),
+    WorkerExited {
+        worker: usize,
+        pid: Option<u32>,
+        status: Option<String>,
+        stderr: Vec<String>,
+    },
+    TimedOut(TimeoutPhase, Duration),
+    UnknownRoute(String),
+    Codec(Side, String),
+    Cancelled,
+    Rejected(String),
+}
