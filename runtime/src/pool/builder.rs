@@ -1,0 +1,370 @@
+//! `PoolBuilder` and `BuildError`: the settings of a pool, and starting it.
+
+use super::*;
+
+/// Builds a [`Pool`]: choose threads or processes, give the handlers.
+#[derive(Default)]
+#[must_use = "a builder does nothing until `.build()` is called"]
+pub struct PoolBuilder {
+    kind: Option<Kind>,
+    handlers: Option<Handlers>,
+    queue_limit: Option<usize>,
+    inflight: Option<usize>,
+    command: Option<Command>,
+    restart: Option<RestartPolicy>,
+    cancel_grace: Option<Duration>,
+    job_timeout: Option<Duration>,
+    queue_timeout: Option<Duration>,
+    retries: u32,
+    per_route: HashMap<&'static str, RouteConfig>,
+    on_event: Option<EventFn>,
+    runtime: Option<Runtime>,
+    worker_links: bool,
+}
+
+impl fmt::Debug for PoolBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PoolBuilder")
+            .field("kind", &self.kind)
+            .field("handlers", &self.handlers)
+            .field("queue_limit", &self.queue_limit)
+            .field("inflight", &self.inflight)
+            .field("command", &self.command)
+            .field("restart", &self.restart)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Threads(usize),
+    Processes(usize),
+}
+
+/// Why a pool could not be built.
+///
+/// Its `Debug` is its `Display` (what `main() -> Result<_, Box<dyn Error>>`
+/// prints): one sentence that says what failed and why.
+pub struct BuildError {
+    what: String,
+    source: Option<std::io::Error>,
+}
+
+impl BuildError {
+    pub(crate) fn new(what: impl Into<String>) -> BuildError {
+        BuildError {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, e: std::io::Error) -> BuildError {
+        BuildError {
+            what: what.into(),
+            source: Some(e),
+        }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)?;
+        if let Some(e) = &self.source {
+            write!(f, ": {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
+
+/// What a process that was started as a pool's worker, but builds a pool
+/// instead of serving, is told (and tells its supervisor, on its stderr).
+pub(crate) const FORGOT_SERVE_IF_WORKER: &str = "this process was started as a portpool worker but did \
+     not call portpool::worker::serve_if_worker at the top of main";
+
+/// Whether this process was started as a pool's worker and has not begun
+/// serving: building a pool here would run the supervisor's program in
+/// every worker, each starting workers of its own.
+fn unserved_worker() -> bool {
+    std::env::var_os(WORKER_ID_ENV).is_some() && crate::port::Port::in_env() && !crate::port::env_port_taken()
+}
+
+/// The default grace period between a cancel (or a run timeout) and
+/// ending the worker whose handler did not return.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
+
+impl PoolBuilder {
+    /// `n` thread workers in this process.
+    pub fn threads(mut self, n: usize) -> Self {
+        self.kind = Some(Kind::Threads(n));
+        self
+    }
+
+    /// `n` process workers. By default each runs this executable again,
+    /// which must call `portpool::worker::serve_if_worker` first thing in
+    /// `main`; see [`worker_command`](Self::worker_command) for a separate binary.
+    ///
+    /// Each worker runs in a process group of its own (the terminal's
+    /// Ctrl-C reaches only the supervisor) and has 10 s to start: to
+    /// connect and announce its routes. One that does not fails the build
+    /// (or, for a restart, counts against the restart policy).
+    pub fn processes(mut self, n: usize) -> Self {
+        self.kind = Some(Kind::Processes(n));
+        self
+    }
+
+    /// The handlers the workers run (thread workers run these; process
+    /// workers run their own registry, which should match).
+    pub fn handlers(mut self, handlers: Handlers) -> Self {
+        self.handlers = Some(handlers);
+        self
+    }
+
+    /// At most `n` jobs wait in the queue; `submit` blocks past that and
+    /// `try_submit` returns [`TrySubmitError::Full`]. Default: 1024.
+    ///
+    /// `0` is a pool without a queue: a job is taken only when a worker can
+    /// start it (a thread worker that is idle, a process worker with a free
+    /// in-flight slot, see [`inflight_per_worker`](Self::inflight_per_worker));
+    /// otherwise `try_submit` gives [`TrySubmitError::Full`] and `submit`
+    /// waits for one.
+    pub fn queue_limit(mut self, n: usize) -> Self {
+        self.queue_limit = Some(n);
+        self
+    }
+
+    /// Jobs in flight per process worker (pipelining). Default: 4.
+    pub fn inflight_per_worker(mut self, k: usize) -> Self {
+        self.inflight = Some(k.max(1));
+        self
+    }
+
+    /// Runs process workers from this command (a binary that calls
+    /// `portpool::worker::run(handlers)`) instead of this executable.
+    pub fn worker_command(mut self, command: Command) -> Self {
+        self.command = Some(command);
+        self
+    }
+
+    /// How crashed process workers are restarted. Default:
+    /// [`RestartPolicy::default`].
+    pub fn restart(mut self, policy: RestartPolicy) -> Self {
+        self.restart = Some(policy);
+        self
+    }
+
+    /// The time a cancelled or timed-out job's handler has to return
+    /// before its process worker is killed (or its thread abandoned) and
+    /// replaced. Default: [`DEFAULT_CANCEL_GRACE`].
+    pub fn cancel_grace(mut self, grace: Duration) -> Self {
+        self.cancel_grace = Some(grace);
+        self
+    }
+
+    /// Every job must finish within `timeout` of being dispatched to a
+    /// worker, or it fails with [`TimedOut`](crate::job::JobError::TimedOut).
+    /// Time spent queued does not count. Default: none.
+    pub fn job_timeout(mut self, timeout: Duration) -> Self {
+        self.job_timeout = Some(timeout);
+        self
+    }
+
+    /// Every job must be dispatched within `timeout` of its submission, or
+    /// it fails with [`TimedOut`](crate::job::JobError::TimedOut) without
+    /// running. Default: none.
+    pub fn queue_timeout(mut self, timeout: Duration) -> Self {
+        self.queue_timeout = Some(timeout);
+        self
+    }
+
+    /// A job lost to a worker crash is run again, up to `n` times, on
+    /// another worker. Handler errors and panics are never retried.
+    /// Default: 0.
+    pub fn retries(mut self, n: u32) -> Self {
+        self.retries = n;
+        self
+    }
+
+    /// The run timeout of jobs of type `J`, over [`job_timeout`](Self::job_timeout).
+    pub fn timeout_for<J: Job>(mut self, timeout: Duration) -> Self {
+        self.per_route.entry(J::NAME).or_default().timeout = Some(timeout);
+        self
+    }
+
+    /// The retries of jobs of type `J`, over [`retries`](Self::retries).
+    pub fn retries_for<J: Job>(mut self, n: u32) -> Self {
+        self.per_route.entry(J::NAME).or_default().retries = Some(n);
+        self
+    }
+
+    /// Calls `f` for every [`PoolEvent`] (worker started, exited, could not
+    /// start; pool failed), on the thread where it happened. Keep it short.
+    pub fn on_event(mut self, f: impl Fn(&PoolEvent) + Send + Sync + 'static) -> Self {
+        self.on_event = Some(Arc::new(f));
+        self
+    }
+
+    /// Gives each process worker a conversation with the supervisor beside
+    /// its jobs: a [`Link`](crate::link::Link) on a port of its own, reached
+    /// here with [`Pool::worker_link`] and in the worker with
+    /// `portpool::worker::link()`. Default: off (each link costs a port and
+    /// a thread on each side).
+    pub fn worker_links(mut self, on: bool) -> Self {
+        self.worker_links = on;
+        self
+    }
+
+    /// The [`Runtime`] the pool belongs to (default: [`Runtime::global`]).
+    /// The pool holds a ref on it until it shuts down, and follows its
+    /// suspend, resume and signal-driven shutdown.
+    pub fn runtime(mut self, rt: &Runtime) -> Self {
+        self.runtime = Some(rt.clone());
+        self
+    }
+
+    /// Starts the workers.
+    ///
+    /// Fails at once, without starting anything, in a process that was
+    /// started as a pool's worker but did not call
+    /// `portpool::worker::serve_if_worker` first in `main` (the supervisor
+    /// then reports that sentence as the reason its worker failed), and
+    /// when the handlers register two job types under one route name.
+    pub fn build(self) -> Result<Pool, BuildError> {
+        if unserved_worker() {
+            let msg = format!(
+                "{FORGOT_SERVE_IF_WORKER}; call it before anything else, so that a worker serves jobs \
+                 instead of running the program again"
+            );
+            eprintln!("portpool: {msg}");
+            // Closing the port ends the supervisor's handshake at once; it
+            // finds the line above in this process's stderr.
+            drop(crate::port::Port::from_env());
+            return Err(BuildError::new(msg));
+        }
+        let kind = self
+            .kind
+            .ok_or_else(|| BuildError::new("choose .threads(n) or .processes(n)"))?;
+        if let Some(h) = &self.handlers {
+            h.check().map_err(BuildError::new)?;
+        }
+        let n = match kind {
+            Kind::Threads(n) | Kind::Processes(n) => n,
+        };
+        if n == 0 {
+            return Err(BuildError::new("a pool needs at least one worker"));
+        }
+        let handlers = self.handlers.unwrap_or_default();
+        let queue_limit = self.queue_limit.unwrap_or(1024);
+        let (queue_tx, queue_rx) = crossbeam_channel::bounded(queue_limit);
+        let (control_tx, control_rx) = crossbeam_channel::unbounded();
+        let graces = Graces {
+            cancel: self.cancel_grace.unwrap_or(DEFAULT_CANCEL_GRACE),
+            term: TERM_GRACE,
+        };
+        let core = Arc::new(Core {
+            queue_limit,
+            free: FreeGate::default(),
+            queue_tx,
+            queue_rx,
+            requeue: Mutex::new(VecDeque::new()),
+            requeued: AtomicUsize::new(0),
+            closed: AtomicBool::new(false),
+            stopping: AtomicBool::new(false),
+            hurry: AtomicBool::new(false),
+            suspended: AtomicBool::new(false),
+            suspend_gate: (Mutex::new(()), Condvar::new()),
+            failure: Mutex::new(None),
+            next_id: AtomicU64::new(1),
+            counters: (0..n).map(|_| WorkerCounters::default()).collect(),
+            cancelled: AtomicU64::new(0),
+            failed_elsewhere: AtomicU64::new(0),
+            killed_by_shutdown: AtomicUsize::new(0),
+            idle: Idle::default(),
+            control: control_tx.clone(),
+            config: Config {
+                restart: self.restart.unwrap_or_default(),
+                job_timeout: self.job_timeout,
+                queue_timeout: self.queue_timeout,
+                retries: self.retries,
+                per_route: self.per_route,
+                on_event: self.on_event,
+            },
+            handlers: handlers.clone(),
+        });
+        let inflight = self.inflight.unwrap_or(4);
+        let backend = match kind {
+            Kind::Threads(n) => Backend::Threads(threads::Threads::spawn(core.clone(), handlers, n)?),
+            Kind::Processes(n) => {
+                let command = match self.command {
+                    Some(c) => c,
+                    None => {
+                        let exe = std::env::current_exe()
+                            .map_err(|e| BuildError::io("cannot find this executable to re-run", e))?;
+                        Command::new(exe)
+                    }
+                };
+                Backend::Processes(processes::Processes::spawn(
+                    core.clone(),
+                    command,
+                    n,
+                    inflight,
+                    self.worker_links,
+                )?)
+            }
+        };
+        let target = backend.supervised();
+        let core2 = core.clone();
+        let thread = std::thread::Builder::new()
+            .name("portpool-monitor".into())
+            .spawn(move || monitor::run(control_rx, target, core2, graces));
+        let thread = match thread {
+            Ok(h) => h,
+            Err(e) => {
+                let inner = PoolInner {
+                    core,
+                    backend,
+                    window: 1,
+                    monitor: Mutex::new(MonitorHandle {
+                        tx: control_tx,
+                        thread: None,
+                    }),
+                    report: Mutex::new(None),
+                    rt_ref: RefCount::detached(),
+                };
+                inner.shutdown(Shutdown::immediate());
+                return Err(BuildError::io("could not start the pool's monitor thread", e));
+            }
+        };
+        let window = match kind {
+            Kind::Threads(n) => 4 * n,
+            Kind::Processes(n) => 2 * n * inflight,
+        }
+        .max(2);
+        let rt = self.runtime.unwrap_or_else(|| Runtime::global().clone());
+        let inner = Arc::new(PoolInner {
+            core,
+            backend,
+            window,
+            monitor: Mutex::new(MonitorHandle {
+                tx: control_tx,
+                thread: Some(thread),
+            }),
+            report: Mutex::new(None),
+            rt_ref: rt.new_ref(),
+        });
+        let managed: Arc<dyn crate::runtime::Managed> = inner.clone();
+        rt.attach_pool(Arc::downgrade(&managed));
+        Ok(Pool { inner })
+    }
+}

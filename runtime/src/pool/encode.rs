@@ -1,0 +1,261 @@
+//! How a task's job reaches a process worker's port: the payload a task
+//! carries, and the functions that encode a job or a chunk into the frame
+//! (one job that will not encode fails alone).
+
+use super::*;
+
+/// Sends a job (given as `&dyn Any`) to a process worker as one frame:
+/// the head, then the job's own postcard bytes. Monomorphised per job type.
+/// A chunk's sender also tells the chunk's `reply` which of its jobs could
+/// not be encoded (`Event::Sent`), before the frame can reach the worker.
+pub(crate) type SendJobFn =
+    fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send), Option<&Reply>) -> Result<(), SendFail>;
+
+/// Why a job could not be queued on a worker's port.
+pub(crate) enum SendFail {
+    /// The job itself: it fails with this.
+    Job(Failure),
+    /// The port: the worker is going away.
+    Port(String),
+}
+
+/// A job as it travels: its value, or its bytes.
+pub(crate) enum Payload {
+    /// `Box<J>`, or `Box<Vec<J>>` for a thread pool's chunk.
+    Value(Box<dyn Any + Send>),
+    /// The job's postcard bytes (a chunk's: each job a `u32` LE length and
+    /// its bytes), encoded when it was submitted to wait in a process
+    /// pool's queue, so an unencodable job fails at `submit`.
+    Encoded(Vec<u8>),
+    /// Out for encoding into a worker's port (`dispatch`): a crash in that
+    /// moment cannot send it again.
+    Lent,
+}
+
+/// A job on its way to a worker.
+pub(crate) struct Task {
+    pub(crate) id: u64,
+    pub(crate) route: &'static str,
+    pub(crate) job: Payload,
+    pub(crate) send_job: SendJobFn,
+    pub(crate) reply: Reply,
+    pub(crate) state: Arc<JobState>,
+    /// `Some(n)`: `job` is a chunk of `n` jobs run as one.
+    pub(crate) batch: Option<u32>,
+    /// Run timeout, counted from dispatch.
+    pub(crate) timeout: Option<Duration>,
+    /// How many more times a worker crash may send it back to the queue.
+    pub(crate) retries: u32,
+}
+
+impl Task {
+    /// How many jobs this task carries.
+    pub(crate) fn jobs(&self) -> u64 {
+        self.batch.map_or(1, u64::from)
+    }
+
+    /// The frame head that announces this task to a process worker.
+    pub(crate) fn head(&self) -> wire::ToWorker<'static> {
+        match self.batch {
+            None => wire::ToWorker::Job {
+                id: self.id,
+                route: self.route,
+            },
+            Some(count) => wire::ToWorker::Batch {
+                id: self.id,
+                route: self.route,
+                count,
+            },
+        }
+    }
+
+    /// The job value back, if the task still holds it as a value.
+    pub(crate) fn into_value<T: 'static>(self) -> Option<T> {
+        match self.job {
+            Payload::Value(v) => v.downcast::<T>().ok().map(|b| *b),
+            _ => None,
+        }
+    }
+}
+
+/// The failure of a job of type `J` whose encoding failed in the supervisor.
+pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
+    Failure::Codec(
+        crate::job::Side::Supervisor,
+        format!(
+            "the supervisor could not send a `{}` job: {}",
+            J::NAME,
+            crate::codec::encode_failure(job, e)
+        ),
+    )
+}
+
+/// Encodes `job` for a process worker, catching a panicking `Serialize`;
+/// on failure `buf` is as it was.
+#[inline]
+pub(crate) fn encode_job<J: Job>(job: &J, buf: &mut Vec<u8>) -> Result<(), Failure> {
+    let at = buf.len();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::port::encode_into(job, buf)
+    })) {
+        Ok(Ok(())) => Ok(()),
+        other => {
+            buf.truncate(at);
+            Err(encode_job_failure(job, other))
+        }
+    }
+}
+
+#[cold]
+#[inline(never)]
+pub(crate) fn encode_job_failure<J: Job>(
+    job: &J,
+    res: Result<Result<(), postcard::Error>, Box<dyn Any + Send>>,
+) -> Failure {
+    match res {
+        Ok(Err(e)) => encode_failure(job, &e),
+        Ok(Ok(())) => Failure::Codec(crate::job::Side::Supervisor, "no failure".into()),
+        Err(payload) => Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!(
+                "the supervisor could not send a `{}` job: its Serialize impl panicked: {}",
+                J::NAME,
+                crate::util::panic_message(&*payload)
+            ),
+        ),
+    }
+}
+
+pub(crate) fn send_job<J: Job>(
+    tx: &IpcSender,
+    head: &wire::ToWorker<'_>,
+    job: &(dyn Any + Send),
+    _: Option<&Reply>,
+) -> Result<(), SendFail> {
+    let Some(job) = job.downcast_ref::<J>() else {
+        return Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "job value does not match its route".into(),
+        )));
+    };
+    let mut failed = None;
+    let res = tx.feed_with(std::any::type_name::<J>(), |buf| {
+        crate::port::encode_into(head, buf)?;
+        encode_job(job, buf).map_err(|f| {
+            failed = Some(f);
+            postcard::Error::SerdeSerCustom
+        })
+    });
+    match (res, failed) {
+        (_, Some(f)) => Err(SendFail::Job(f)),
+        (Ok(()), None) => Ok(()),
+        (Err(e), None) => Err(send_failure(e)),
+    }
+}
+
+/// Sends a task whose job was encoded at submission: the head, then its bytes.
+pub(crate) fn send_encoded(tx: &IpcSender, head: &wire::ToWorker<'_>, bytes: &[u8]) -> Result<(), SendFail> {
+    tx.feed_with("an encoded job", |buf| {
+        crate::port::encode_into(head, buf)?;
+        buf.extend_from_slice(bytes);
+        Ok(())
+    })
+    .map_err(send_failure)
+}
+
+/// What a failed append to a worker's port means for the job.
+pub(crate) fn send_failure(e: SendError) -> SendFail {
+    match e {
+        SendError::TooLarge { len, limit } => SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
+        )),
+        SendError::Encode(e) => SendFail::Job(Failure::Codec(crate::job::Side::Supervisor, e.to_string())),
+        other => SendFail::Port(other.to_string()),
+    }
+}
+
+/// Largest encoded chunk a `map` aims for: it stops growing its chunks
+/// when their jobs would take more bytes than this.
+pub(crate) const CHUNK_BYTES: usize = 4 << 20;
+
+thread_local! {
+    /// Where a chunk's jobs are encoded before its frame is written (kept,
+    /// so a dispatching thread does not allocate per chunk).
+    static CHUNK_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
+/// Sends a chunk (given as `&Vec<J>`) to a process worker: each job is
+/// encoded alone, length-prefixed, so one that will not encode fails alone
+/// (a *hole*, reported to the map with `Event::Sent` before the frame can
+/// reach the worker) and the rest go, under a head that counts them.
+pub(crate) fn send_chunk<J: Job>(
+    tx: &IpcSender,
+    head: &wire::ToWorker<'_>,
+    jobs: &(dyn Any + Send),
+    reply: Option<&Reply>,
+) -> Result<(), SendFail> {
+    let (Some(jobs), wire::ToWorker::Batch { id, route, .. }) = (jobs.downcast_ref::<Vec<J>>(), head) else {
+        return Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "chunk value does not match its route".into(),
+        )));
+    };
+    CHUNK_SCRATCH.with(|scratch| {
+        let mut scratch = scratch.borrow_mut();
+        scratch.clear();
+        let mut holes = Vec::new();
+        let mut count = 0u32;
+        for (i, job) in jobs.iter().enumerate() {
+            // A u32 length, patched once the job is encoded, so the worker
+            // can fail one undecodable job and still find the next.
+            let at = scratch.len();
+            scratch.extend_from_slice(&[0; 4]);
+            match encode_job(job, &mut scratch) {
+                Ok(()) => match u32::try_from(scratch.len() - at - 4) {
+                    Ok(len) => {
+                        scratch[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                        count += 1;
+                    }
+                    Err(_) => {
+                        scratch.truncate(at);
+                        holes.push((
+                            i,
+                            Failure::Codec(
+                                crate::job::Side::Supervisor,
+                                "the job encodes to more than 4 GiB".into(),
+                            ),
+                        ));
+                    }
+                },
+                Err(f) => {
+                    scratch.truncate(at);
+                    holes.push((i, f));
+                }
+            }
+        }
+        if let Some(reply) = reply {
+            reply.send(Event::Sent {
+                holes,
+                bytes: scratch.len(),
+            });
+        }
+        let head = wire::ToWorker::Batch {
+            id: *id,
+            route,
+            count,
+        };
+        let res = tx
+            .feed_with(std::any::type_name::<J>(), |buf| {
+                crate::port::encode_into(&head, buf)?;
+                buf.extend_from_slice(&scratch);
+                Ok(())
+            })
+            .map_err(send_failure);
+        // A chunk of large jobs must not keep its memory in this thread.
+        if scratch.capacity() > CHUNK_BYTES {
+            *scratch = Vec::new();
+        }
+        res
+    })
+}

@@ -1,0 +1,229 @@
+//! The pool's owner side: the backend, the shutdown sequence, suspend and
+//! resume, and what the runtime and the monitor reach through traits.
+
+use super::*;
+
+pub(crate) enum Backend {
+    Threads(Arc<threads::Threads>),
+    Processes(Arc<processes::Processes>),
+}
+
+impl Backend {
+    pub(crate) fn supervised(&self) -> Arc<dyn Supervised> {
+        match self {
+            Backend::Threads(t) => t.clone(),
+            Backend::Processes(p) => p.clone(),
+        }
+    }
+}
+
+/// The part of a pool that a [`Runtime`] can shut down or suspend from
+/// another thread.
+pub(crate) struct PoolInner {
+    pub(crate) core: Arc<Core>,
+    pub(crate) backend: Backend,
+    pub(crate) window: usize,
+    pub(crate) monitor: Mutex<MonitorHandle>,
+    pub(crate) report: Mutex<Option<ShutdownReport>>,
+    pub(crate) rt_ref: RefCount,
+}
+
+/// Why a job was not enqueued.
+pub(crate) enum Refusal {
+    Closed,
+    Failed(String),
+}
+
+/// Why a chunk of a `map` was not taken.
+pub(crate) enum Refused {
+    Closed,
+    Failed(String),
+}
+
+impl From<Refusal> for Refused {
+    fn from(r: Refusal) -> Refused {
+        match r {
+            Refusal::Closed => Refused::Closed,
+            Refusal::Failed(why) => Refused::Failed(why),
+        }
+    }
+}
+
+impl Refused {
+    /// The failure each of the chunk's jobs gets.
+    pub(crate) fn failure(&self) -> Failure {
+        match self {
+            Refused::Closed => Failure::Rejected("the pool is shutting down".into()),
+            Refused::Failed(why) => Failure::Rejected(format!("the pool failed: {why}")),
+        }
+    }
+}
+
+impl crate::runtime::Managed for PoolInner {
+    fn suspend(&self) {
+        PoolInner::suspend(self);
+    }
+
+    fn resume(&self) {
+        PoolInner::resume(self);
+    }
+
+    fn hurry(&self) {
+        PoolInner::hurry(self);
+    }
+
+    fn shutdown(&self, how: Shutdown) -> ShutdownReport {
+        PoolInner::shutdown(self, how)
+    }
+}
+
+impl crate::supervisor::monitor::Books for Core {
+    fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        Core::deliver_failure(self, state, reply, jobs, f, worker)
+    }
+}
+
+impl PoolInner {
+    pub(crate) fn refusal(&self) -> Option<Refusal> {
+        // Acquire: pairs with the Release store in `shutdown` / `fail_pool`.
+        if !self.core.closed.load(Ordering::Acquire) {
+            return None;
+        }
+        Some(match self.core.failure() {
+            Some(why) => Refusal::Failed(why),
+            None => Refusal::Closed,
+        })
+    }
+
+    pub(crate) fn after_enqueue(&self) {
+        if let Backend::Processes(p) = &self.backend {
+            p.kick();
+        }
+    }
+
+    /// Suspends dispatch (scenario "suspend"): queued jobs wait, running
+    /// ones finish; the workers' suspend hooks run.
+    pub(crate) fn suspend(&self) {
+        if self.core.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        self.core.set_suspended(true);
+        match &self.backend {
+            Backend::Threads(_) => self.core.handlers.run_hooks(true),
+            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Suspend),
+        }
+    }
+
+    /// Resumes dispatch after [`suspend`](Self::suspend).
+    pub(crate) fn resume(&self) {
+        if !self.core.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        match &self.backend {
+            Backend::Threads(_) => self.core.handlers.run_hooks(false),
+            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Resume),
+        }
+        self.core.set_suspended(false);
+        self.after_enqueue();
+        self.core.free.notify();
+    }
+
+    /// Makes a shutdown in progress immediate (a second SIGINT).
+    pub(crate) fn hurry(&self) {
+        self.core.hurry.store(true, Ordering::Release);
+        self.core.idle.notify();
+        // Wake thread workers parked by a suspend, so they can stop.
+        self.core
+            .set_suspended(self.core.suspended.load(Ordering::Acquire));
+    }
+
+    pub(crate) fn busy(&self) -> bool {
+        match &self.backend {
+            Backend::Threads(t) => t.busy(),
+            Backend::Processes(p) => p.busy(),
+        }
+    }
+
+    /// The shutdown (scenario "shutdown" in `supervisor/README.md`).
+    pub(crate) fn shutdown(&self, how: Shutdown) -> ShutdownReport {
+        let mut report = lock(&self.report);
+        if let Some(r) = &*report {
+            return r.clone();
+        }
+        let core = &self.core;
+        let deadline = crate::util::deadline(how.deadline);
+        // Release: pairs with the Acquire load in `refusal`.
+        core.closed.store(true, Ordering::Release);
+        core.free.notify();
+        if how.mode == ShutdownMode::Immediate {
+            core.hurry.store(true, Ordering::Release);
+        }
+        if how.mode != ShutdownMode::Graceful {
+            core.fail_queued(&Failure::Cancelled);
+        }
+        // Work left may not wait for a resume that will not come. (The
+        // workers are not sent a resume: they are about to stop, and a
+        // stuck one must not hold the shutdown up.)
+        if core.suspended.load(Ordering::Acquire) {
+            core.set_suspended(false);
+            self.after_enqueue();
+        }
+        // Phase 1: let the work finish, until the deadline (or a hurry).
+        let finished = how.mode != ShutdownMode::Immediate
+            && core.idle.wait_until(deadline, || {
+                core.hurry.load(Ordering::Acquire)
+                    || core.failure().is_some() && !self.busy()
+                    || !self.busy() && (how.mode != ShutdownMode::Graceful || !core.has_queued())
+            })
+            && !core.hurry.load(Ordering::Acquire);
+        // From here on, exits are expected and nothing restarts.
+        core.stopping.store(true, Ordering::Release);
+        let mut rep = ShutdownReport {
+            deadline_hit: !finished
+                && how.mode != ShutdownMode::Immediate
+                && !core.hurry.load(Ordering::Acquire),
+            ..ShutdownReport::default()
+        };
+        // Phase 2: past the deadline, cancel what is left.
+        if !finished {
+            core.fail_queued(&Failure::Cancelled);
+            match &self.backend {
+                Backend::Threads(t) => t.cancel_running(),
+                Backend::Processes(p) => p.terminate_all(),
+            }
+        }
+        // Phase 3: stop the workers and the monitor.
+        match &self.backend {
+            Backend::Threads(t) => rep.threads_abandoned = t.stop(!finished),
+            Backend::Processes(p) => p.stop(),
+        }
+        lock(&self.monitor).stop();
+        // A job that raced past the closed flag after the workers stopped.
+        core.fail_queued(&Failure::Rejected("the pool shut down before the job ran".into()));
+        // Relaxed: the workers are stopped; these are final.
+        let done: u64 = core.counters.iter().map(|c| c.done.load(Ordering::Relaxed)).sum();
+        let failed: u64 = core
+            .counters
+            .iter()
+            .map(|c| c.failed.load(Ordering::Relaxed))
+            .sum::<u64>()
+            + core.failed_elsewhere.load(Ordering::Relaxed);
+        let cancelled = core.cancelled.load(Ordering::Relaxed);
+        rep.completed = done;
+        rep.cancelled = cancelled;
+        rep.failed = failed.saturating_sub(cancelled);
+        rep.workers_killed = core.killed_by_shutdown.load(Ordering::Relaxed);
+        log::info!("pool shut down: {rep}");
+        *report = Some(rep.clone());
+        drop(report);
+        self.rt_ref.close();
+        rep
+    }
+}

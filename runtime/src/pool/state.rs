@@ -1,0 +1,385 @@
+//! What both backends share: the bounded queue and the re-queue, the
+//! counters, the supervisor's settings and state, and the gates a
+//! shutdown or a submitter waits on.
+
+use super::*;
+
+/// What the shared queue carries.
+pub(crate) enum Work {
+    Task(Task),
+    /// Tells one thread worker to stop (after the tasks queued before it).
+    Stop,
+}
+
+/// Per-worker counters, each on its own cache line so workers never
+/// contend on them.
+#[derive(Default)]
+#[repr(align(128))]
+pub(crate) struct WorkerCounters {
+    pub(crate) done: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) running: AtomicUsize,
+}
+
+impl WorkerCounters {
+    pub(crate) fn finish_n(&self, done: u64, failed: u64) {
+        // Relaxed: statistics only; no other memory is published through them.
+        if done > 0 {
+            self.done.fetch_add(done, Ordering::Relaxed);
+        }
+        if failed > 0 {
+            self.failed.fetch_add(failed, Ordering::Relaxed);
+        }
+    }
+}
+
+/// A callback that hears [`PoolEvent`]s.
+pub(crate) type EventFn = Arc<dyn Fn(&PoolEvent) + Send + Sync>;
+
+/// The pool's settings, as built.
+pub(crate) struct Config {
+    pub(crate) restart: RestartPolicy,
+    pub(crate) job_timeout: Option<Duration>,
+    pub(crate) queue_timeout: Option<Duration>,
+    pub(crate) retries: u32,
+    pub(crate) per_route: HashMap<&'static str, RouteConfig>,
+    pub(crate) on_event: Option<EventFn>,
+}
+
+/// Settings for one job type, over the pool's.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct RouteConfig {
+    pub(crate) timeout: Option<Duration>,
+    pub(crate) retries: Option<u32>,
+}
+
+/// Wakes a shutdown that waits for the pool to go idle. Workers notify it
+/// only while someone waits, so the answer path makes no futex call.
+#[derive(Default)]
+pub(crate) struct Idle {
+    m: Mutex<()>,
+    cv: Condvar,
+    waiting: AtomicBool,
+}
+
+impl Idle {
+    pub(crate) fn notify(&self) {
+        // SeqCst: pairs with the store in `wait_until`, which then re-checks
+        // under the lock.
+        if self.waiting.load(Ordering::SeqCst) {
+            let _g = lock(&self.m);
+            self.cv.notify_all();
+        }
+    }
+
+    /// Waits until `done()` or `deadline`; returns whether `done()`.
+    /// (`None`: no deadline.)
+    pub(crate) fn wait_until(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
+        self.waiting.store(true, Ordering::SeqCst);
+        let mut g = lock(&self.m);
+        let ok = loop {
+            if done() {
+                break true;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break false;
+            }
+            let left = deadline.map_or(Duration::MAX, |d| d - now);
+            // The 20 ms bound only guards against a missed notification.
+            g = self
+                .cv
+                .wait_timeout(g, left.min(Duration::from_millis(20)))
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        };
+        drop(g);
+        self.waiting.store(false, Ordering::SeqCst);
+        ok
+    }
+}
+
+/// Wakes submitters that wait for a process worker's free slot (a pool
+/// with a queue limit of 0 has no queue to wait in). Freeing a slot costs
+/// an atomic load unless someone waits.
+#[derive(Default)]
+pub(crate) struct FreeGate {
+    /// Bumped at every wake-up, so a waiter that looked before it never
+    /// sleeps through it.
+    generation: Mutex<u64>,
+    cv: Condvar,
+    waiters: AtomicUsize,
+}
+
+impl FreeGate {
+    /// A slot was freed (or a worker started, or the pool closed).
+    pub(crate) fn notify(&self) {
+        // SeqCst: pairs with the increment in `wait`; either the waiter's
+        // next look sees the slot, or this sees the waiter.
+        if self.waiters.load(Ordering::SeqCst) > 0 {
+            *lock(&self.generation) += 1;
+            self.cv.notify_all();
+        }
+    }
+
+    /// Calls `attempt` until it succeeds, `give_up()`, or `deadline`;
+    /// sleeps between attempts until a slot is freed.
+    pub(crate) fn wait<T>(
+        &self,
+        mut attempt: impl FnMut() -> Option<T>,
+        give_up: impl Fn() -> bool,
+        deadline: Option<Instant>,
+    ) -> Option<T> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        let out = loop {
+            let seen = *lock(&self.generation);
+            if let Some(v) = attempt() {
+                break Some(v);
+            }
+            if give_up() {
+                break None;
+            }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                break None;
+            }
+            let g = lock(&self.generation);
+            if *g == seen {
+                // The bound only guards against a missed notification.
+                let left = deadline.map_or(Duration::MAX, |d| d - now);
+                let _ = self.cv.wait_timeout(g, left.min(Duration::from_millis(50)));
+            }
+        };
+        self.waiters.fetch_sub(1, Ordering::SeqCst);
+        out
+    }
+}
+
+/// State both backends share: the bounded queue, the counters, the
+/// supervisor's settings and state.
+pub(crate) struct Core {
+    /// At most this many jobs wait; 0: none wait (a job is taken only
+    /// when a worker can start it).
+    pub(crate) queue_limit: usize,
+    /// Submitters waiting for a free worker slot (queue limit 0).
+    pub(crate) free: FreeGate,
+    pub(crate) queue_tx: Sender<Work>,
+    pub(crate) queue_rx: Receiver<Work>,
+    /// Tasks sent back by a crash (retry) or by the kill of a cancelled
+    /// job's worker (innocent neighbours): they go before the queue.
+    pub(crate) requeue: Mutex<VecDeque<Task>>,
+    pub(crate) requeued: AtomicUsize,
+    /// No new jobs are taken (shutdown started, or the pool failed).
+    pub(crate) closed: AtomicBool,
+    /// Shutdown has begun: exits are expected, nothing restarts.
+    pub(crate) stopping: AtomicBool,
+    /// Set by a second SIGINT (or `immediate`) during a graceful shutdown.
+    pub(crate) hurry: AtomicBool,
+    pub(crate) suspended: AtomicBool,
+    pub(crate) suspend_gate: (Mutex<()>, Condvar),
+    /// Why the pool failed (restart limit), once it has.
+    pub(crate) failure: Mutex<Option<String>>,
+    pub(crate) next_id: AtomicU64,
+    pub(crate) counters: Vec<WorkerCounters>,
+    /// Jobs cancelled, and jobs failed without a worker to count them on.
+    pub(crate) cancelled: AtomicU64,
+    pub(crate) failed_elsewhere: AtomicU64,
+    /// Worker processes signalled by the shutdown.
+    pub(crate) killed_by_shutdown: AtomicUsize,
+    pub(crate) idle: Idle,
+    pub(crate) control: Sender<Control>,
+    pub(crate) config: Config,
+    pub(crate) handlers: Handlers,
+}
+
+impl Core {
+    /// The next task: a re-queued one first, then the queue's.
+    pub(crate) fn pop(&self) -> Option<Work> {
+        // Acquire: pairs with the Release increment in `requeue`.
+        if self.requeued.load(Ordering::Acquire) > 0 {
+            let mut q = lock(&self.requeue);
+            if let Some(t) = q.pop_front() {
+                self.requeued.store(q.len(), Ordering::Release);
+                return Some(Work::Task(t));
+            }
+        }
+        self.queue_rx.try_recv().ok()
+    }
+
+    /// Whether any task waits (queued or re-queued).
+    pub(crate) fn has_queued(&self) -> bool {
+        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty()
+    }
+
+    /// Puts `t` back at the head of the line.
+    pub(crate) fn requeue(&self, t: Task) {
+        let mut q = lock(&self.requeue);
+        q.push_back(t);
+        self.requeued.store(q.len(), Ordering::Release);
+    }
+
+    /// Fails every task still queued with `why` (the pool can no longer run them).
+    pub(crate) fn fail_queued(&self, why: &Failure) {
+        let mut tasks: Vec<Task> = lock(&self.requeue).drain(..).collect();
+        self.requeued.store(0, Ordering::Release);
+        while let Ok(w) = self.queue_rx.try_recv() {
+            if let Work::Task(t) = w {
+                tasks.push(t);
+            }
+        }
+        for t in tasks {
+            self.retire_task(&t, why.clone(), None);
+        }
+    }
+
+    /// Delivers `f` as the outcome of a job (of `jobs` jobs) that leaves
+    /// the pool without an answer, unless its outcome was settled already.
+    /// Counts it on `worker`, or on the pool. Returns whether it delivered.
+    /// (A timer or the shutdown, which do not take the task off the books:
+    /// whoever removes it later counts it; see `retire_failure`.)
+    pub(crate) fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        if !state.settle() {
+            return false;
+        }
+        // Relaxed: statistics only.
+        if matches!(f, Failure::Cancelled) {
+            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+        }
+        match worker {
+            Some(w) => self.counters[w].finish_n(0, jobs),
+            None => {
+                self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+            }
+        }
+        reply.fail(f);
+        true
+    }
+
+    /// Like [`deliver_failure`](Self::deliver_failure), for the one place
+    /// that takes the task off the pool's books: a task whose ticket
+    /// cancelled it is counted as cancelled here.
+    pub(crate) fn retire_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        let delivered = self.deliver_failure(state, reply, jobs, f, worker);
+        if !delivered {
+            self.count_settled_elsewhere(state, jobs);
+        }
+        delivered
+    }
+
+    /// [`retire_failure`](Self::retire_failure) for a whole task.
+    pub(crate) fn retire_task(&self, t: &Task, f: Failure, worker: Option<usize>) -> bool {
+        self.retire_failure(&t.state, &t.reply, t.jobs(), f, worker)
+    }
+
+    /// A job whose outcome someone else settled leaves the pool: if its
+    /// ticket cancelled it, count it as cancelled now (once).
+    pub(crate) fn count_settled_elsewhere(&self, state: &JobState, jobs: u64) {
+        if state.settled_by_cancel() {
+            // Relaxed: statistics only.
+            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+            self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+        }
+    }
+
+    /// Reports `e` to the log and to the pool's event callback.
+    pub(crate) fn event(&self, e: PoolEvent) {
+        match &e {
+            PoolEvent::WorkerStarted {
+                worker,
+                pid,
+                restarts,
+            } => match pid {
+                Some(pid) => log::info!("worker {worker} started (pid {pid}, restarts {restarts})"),
+                None => log::info!("worker {worker} started (thread, restarts {restarts})"),
+            },
+            PoolEvent::WorkerExited {
+                worker,
+                pid,
+                status,
+                jobs_held,
+                expected,
+            } => {
+                let pid = pid.map(|p| format!(" (pid {p})")).unwrap_or_default();
+                if *expected {
+                    log::info!("worker {worker}{pid} exited: {status}");
+                } else {
+                    log::warn!("worker {worker}{pid} exited: {status}; it held {jobs_held} job(s)");
+                }
+            }
+            PoolEvent::StartFailed { worker, reason } => {
+                log::error!("worker {worker} could not start: {reason}")
+            }
+            PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
+        }
+        if let Some(f) = &self.config.on_event {
+            crate::util::call_logged("pool event callback", || f(&e));
+        }
+    }
+
+    /// Turns the pool failed (restart limit reached): it takes no more
+    /// jobs, and queued ones fail with `reason`.
+    pub(crate) fn fail_pool(&self, reason: String) {
+        {
+            let mut f = lock(&self.failure);
+            if f.is_some() {
+                return;
+            }
+            *f = Some(reason.clone());
+        }
+        // Release: pairs with the Acquire load in `is_closed`.
+        self.closed.store(true, Ordering::Release);
+        self.event(PoolEvent::PoolFailed {
+            reason: reason.clone(),
+        });
+        self.fail_queued(&Failure::Rejected(format!("the pool failed: {reason}")));
+        self.idle.notify();
+        self.free.notify();
+    }
+
+    pub(crate) fn failure(&self) -> Option<String> {
+        lock(&self.failure).clone()
+    }
+
+    /// Blocks a thread worker while the pool is suspended.
+    pub(crate) fn wait_while_suspended(&self) {
+        // Acquire: pairs with the Release stores in `set_suspended`.
+        if !self.suspended.load(Ordering::Acquire) {
+            return;
+        }
+        let (m, cv) = &self.suspend_gate;
+        let mut g = lock(m);
+        while self.suspended.load(Ordering::Acquire) && !self.hurry.load(Ordering::Acquire) {
+            g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+        }
+    }
+
+    pub(crate) fn set_suspended(&self, on: bool) {
+        let (m, cv) = &self.suspend_gate;
+        let _g = lock(m);
+        self.suspended.store(on, Ordering::Release);
+        cv.notify_all();
+    }
+
+    /// The run timeout and retries of a job of route `route`.
+    pub(crate) fn limits(&self, route: &str) -> (Option<Duration>, u32) {
+        let rc = self.config.per_route.get(route).copied().unwrap_or_default();
+        (
+            rc.timeout.or(self.config.job_timeout),
+            rc.retries.unwrap_or(self.config.retries),
+        )
+    }
+}

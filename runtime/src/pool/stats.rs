@@ -1,0 +1,36 @@
+//! A snapshot of a pool's counters.
+
+/// A snapshot of a pool's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stats {
+    /// Jobs waiting in the queue.
+    pub queued: usize,
+    /// Jobs a worker has taken and not finished.
+    pub running: usize,
+    /// Jobs finished with their output (or the handler's own error).
+    pub done: u64,
+    /// Jobs that failed otherwise (panic, worker exit, coding, timeout,
+    /// cancelled).
+    pub failed: u64,
+    /// Of `failed`, the jobs that were cancelled.
+    pub cancelled: u64,
+    /// The same, per worker.
+    pub workers: Vec<WorkerStats>,
+}
+
+/// One worker's counters.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// The worker's id.
+    pub id: usize,
+    /// Its process id (process workers; `None` while it restarts).
+    pub pid: Option<u32>,
+    /// How many times this worker was replaced.
+    pub restarts: u64,
+    /// Jobs it finished.
+    pub done: u64,
+    /// Jobs that failed on it.
+    pub failed: u64,
+    /// Jobs it holds now.
+    pub running: usize,
+}
