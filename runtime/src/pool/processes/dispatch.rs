@@ -1,0 +1,337 @@
+//! Dispatch: queued jobs to workers with free in-flight slots, on the
+//! thread that frees a slot or enqueues, and the route check per job type.
+
+use super::*;
+
+impl Processes {
+    /// Dispatches queued jobs to workers with free slots (after an enqueue).
+    pub(crate) fn kick(&self) {
+        self.shared.kick();
+    }
+
+    /// Whether a job submitted now would go to a worker at once (none
+    /// waits in the queue, a live worker has a free slot, no suspend).
+    pub(crate) fn can_take_now(&self) -> bool {
+        let sh = &self.shared;
+        !sh.core.has_queued()
+            && !sh.core.suspended.load(Ordering::Acquire)
+            && sh.slots.iter().any(|s| {
+                s.current()
+                    // SeqCst: as every other access to the slot count.
+                    .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) < sh.k)
+            })
+    }
+
+    /// Sends `work` to a worker with a free slot now, or gives it back
+    /// (a pool with a queue limit of 0).
+    pub(crate) fn dispatch_now(&self, work: Work) -> Result<(), Work> {
+        let sh = &self.shared;
+        let Work::Task(t) = work else { return Err(work) };
+        if sh.core.suspended.load(Ordering::Acquire) {
+            return Err(Work::Task(t));
+        }
+        let n = sh.slots.len();
+        // Relaxed: only spreads the starting point.
+        let start = sh.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            let Some(w) = sh.slots[(start + i) % n].current() else {
+                continue;
+            };
+            if !w.alive.load(Ordering::Acquire) {
+                continue;
+            }
+            // SeqCst: as every other access to the slot count (see `pump`).
+            let mut cur = w.slots.load(Ordering::SeqCst);
+            while cur < sh.k {
+                match w
+                    .slots
+                    .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+                {
+                    Ok(_) => {
+                        dispatch(&w, &sh.core, t);
+                        if let Err(e) = w.tx.flush() {
+                            log::debug!(
+                                "worker {}: flush failed ({e}); its reader will report the exit",
+                                w.id
+                            );
+                        }
+                        return Ok(());
+                    }
+                    Err(now) => cur = now,
+                }
+            }
+        }
+        Err(Work::Task(t))
+    }
+
+    /// [`dispatch_now`](Self::dispatch_now), waiting for a free slot until
+    /// `deadline` (or forever) unless `closed()`.
+    pub(crate) fn dispatch_blocking(
+        &self,
+        work: Work,
+        deadline: Option<Instant>,
+        closed: impl Fn() -> bool,
+    ) -> Result<(), Work> {
+        let mut held = Some(work);
+        let sent = self.shared.core.free.wait(
+            || {
+                let w = held.take()?;
+                match self.dispatch_now(w) {
+                    Ok(()) => Some(()),
+                    Err(w) => {
+                        held = Some(w);
+                        None
+                    }
+                }
+            },
+            closed,
+            deadline,
+        );
+        match (sent, held) {
+            (Some(()), _) => Ok(()),
+            (None, Some(w)) => Err(w),
+            (None, None) => unreachable!("the work is held until it is sent"),
+        }
+    }
+
+    /// Whether the workers serve `J`'s route with `J`'s types, from the
+    /// route table the workers announced at start.
+    pub(crate) fn check_route<J: Job>(&self) -> Result<(), Failure> {
+        let key = std::any::TypeId::of::<J>();
+        if let Some(r) = self
+            .shared
+            .checked
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return r.clone();
+        }
+        let Some(routes) = self.shared.routes.get() else {
+            return Ok(());
+        };
+        let mine = RouteInfo::of::<J>();
+        let r = match routes.get(J::NAME) {
+            None => Err(Failure::UnknownRoute(J::NAME.to_string())),
+            Some(theirs) if theirs.fingerprint != mine.fingerprint => Err(Failure::Codec(
+                crate::job::Side::Supervisor,
+                format!(
+                    "the workers serve route {:?} as `{}`, but this job is `{}`: two job types share \
+                     one NAME, or supervisor and worker are built from different code",
+                    J::NAME,
+                    theirs.types,
+                    mine.types
+                ),
+            )),
+            Some(_) => Ok(()),
+        };
+        self.shared
+            .checked
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(key, r.clone());
+        r
+    }
+
+    /// Sends `task` to worker `w` whatever its slots (broadcast).
+    pub(crate) fn send_to(&self, w: usize, task: Task) {
+        let core = &self.shared.core;
+        let slot = &self.shared.slots[w];
+        let worker = {
+            let mut waiting = lock(&slot.waiting);
+            match (
+                slot.current().filter(|w| w.alive.load(Ordering::Acquire)),
+                &mut *waiting,
+            ) {
+                (Some(worker), _) => worker,
+                (None, Some(queue)) => {
+                    // Exited or restarting: the replacement takes it first.
+                    queue.push(task);
+                    return;
+                }
+                (None, None) => {
+                    drop(waiting);
+                    core.retire_task(
+                        &task,
+                        Failure::Rejected(format!("worker {w} has stopped")),
+                        Some(w),
+                    );
+                    return;
+                }
+            }
+        };
+        // SeqCst: as every other access to the slot count (see `pump`).
+        worker.slots.fetch_add(1, Ordering::SeqCst);
+        dispatch(&worker, core, task);
+        if let Err(e) = worker.tx.flush() {
+            log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
+        }
+    }
+}
+
+impl Shared {
+    pub(super) fn kick(&self) {
+        // SeqCst: the enqueue before this must be visible to a reader that
+        // frees a slot and then checks the queue (see `pump`).
+        fence(Ordering::SeqCst);
+        let n = self.slots.len();
+        // Relaxed: only spreads the starting point.
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        for i in 0..n {
+            if let Some(w) = self.slots[(start + i) % n].current() {
+                pump(&w, &self.core, self.k, true);
+            }
+            if !self.core.has_queued() {
+                return;
+            }
+        }
+    }
+}
+
+/// Takes queued jobs for `w` while it has free slots. Flushes what it sent
+/// if `flush` (the reader defers the flush while more results are waiting).
+pub(super) fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
+    let mut sent = false;
+    loop {
+        // Acquire: pairs with the Release store when the worker dies or
+        // the pool is suspended.
+        if !w.alive.load(Ordering::Acquire) || core.suspended.load(Ordering::Acquire) {
+            break;
+        }
+        // SeqCst throughout: "free a slot, then look at the queue" here and
+        // "enqueue, then look at the slots" in `kick` must not both miss.
+        let cur = w.slots.load(Ordering::SeqCst);
+        if cur >= k {
+            break;
+        }
+        if w.slots
+            .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
+            .is_err()
+        {
+            continue;
+        }
+        match core.pop() {
+            Some(Work::Task(t)) => {
+                if t.state.is_settled() {
+                    // Cancelled (or past its queue deadline) while queued:
+                    // dropped without reaching the worker.
+                    w.slots.fetch_sub(1, Ordering::SeqCst);
+                    core.count_settled_elsewhere(&t.state, t.jobs());
+                    continue;
+                }
+                dispatch(w, core, t);
+                sent = true;
+            }
+            Some(Work::Stop) | None => {
+                w.slots.fetch_sub(1, Ordering::SeqCst);
+                fence(Ordering::SeqCst);
+                if !core.has_queued() {
+                    break;
+                }
+            }
+        }
+    }
+    if sent && flush {
+        if let Err(e) = w.tx.flush() {
+            log::debug!(
+                "worker {}: flush failed ({e}); its reader will report the exit",
+                w.id
+            );
+        }
+    }
+}
+
+/// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
+pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
+    let jobs = t.jobs();
+    let id = t.id;
+    t.state.mark_dispatched();
+    // Relaxed: statistics only.
+    core.counters[w.id]
+        .running
+        .fetch_add(jobs as usize, Ordering::Relaxed);
+    // The task is pending before its frame can reach the worker (the
+    // answer may come back at once); the job value is encoded from here
+    // and put back, so a crash can send the task to another worker.
+    // The only job in flight on this worker: its ticket may read the
+    // answer itself (ARCHITECTURE.md, "a lone job's waiter reads its answer").
+    // SeqCst: as every other access to the slot count.
+    if w.slots.load(Ordering::SeqCst) == 1 {
+        let me: std::sync::Weak<dyn crate::pool::FastRead> = w.me.clone();
+        t.state.set_fast_reader(me);
+    } else {
+        // Others are in flight: the reader thread must not nap.
+        w.wake_reader();
+    }
+    let job = std::mem::replace(&mut t.job, crate::pool::Payload::Lent);
+    let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
+    // (Only a chunk's sender reports to its reply: no clone per lone job.)
+    let reply = t.batch.map(|_| t.reply.clone());
+    lock(&w.pending).insert(id, t);
+    // Encoding runs the job's Serialize impl, which may panic: that fails
+    // this job, not the thread that dispatches (it may be a reader).
+    let sent = match &job {
+        crate::pool::Payload::Value(v) => send_job(&w.tx, &head, &**v, reply.as_ref()),
+        crate::pool::Payload::Encoded(bytes) => crate::pool::send_encoded(&w.tx, &head, bytes),
+        crate::pool::Payload::Lent => Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "the job was lost in a crash while it was being sent".into(),
+        ))),
+    };
+    let failure = match sent {
+        Ok(()) => {
+            // The cancel flag is read after the insert: a cancel from then
+            // on finds the task pending; one before is seen here.
+            let cancelled = match lock(&w.pending).get_mut(&id) {
+                Some(t) => {
+                    t.job = job;
+                    t.state.is_cancelled()
+                }
+                None => false,
+            };
+            if let Some(after) = timeout {
+                let _ = core.control.send(Control::RunDeadline {
+                    id,
+                    worker: w.id,
+                    epoch: w.epoch,
+                    after,
+                });
+            }
+            if cancelled {
+                // Its ticket's cancel may have looked before it was pending.
+                let _ = core.control.send(Control::Cancel { id });
+            }
+            // The worker may have died between our `alive` check and the
+            // insert above, after its reader failed what was pending: then
+            // nobody else will answer this job. (Acquire: pairs with the
+            // Release store in `reader_loop`, which precedes its drain of
+            // `pending` under the same lock we took.)
+            if w.alive.load(Ordering::Acquire) {
+                return;
+            }
+            Failure::WorkerExited {
+                worker: w.id,
+                pid: Some(w.pid),
+                status: Some("it exited as the job was sent".into()),
+                stderr: Vec::new(),
+            }
+        }
+        Err(SendFail::Job(f)) => f,
+        Err(SendFail::Port(why)) => Failure::WorkerExited {
+            worker: w.id,
+            pid: Some(w.pid),
+            status: Some(format!("its port failed: {why}")),
+            stderr: Vec::new(),
+        },
+    };
+    // Only the side that takes the job out of `pending` answers it, so a
+    // job failed here and by the reader still gets exactly one outcome.
+    let taken = lock(&w.pending).remove(&id);
+    if let Some(t) = taken {
+        w.slots.fetch_sub(1, Ordering::SeqCst);
+        core.counters[w.id]
+            .running
+            .fetch_sub(jobs as usize, Ordering::Relaxed);
+        core.retire_failure(&t.state, &t.reply, jobs, failure, Some(w.id));
+    }
+}

@@ -1,0 +1,215 @@
+//! The reader loop: a worker's answers until its port closes, then what
+//! it held is settled (scenario "crash"), and the process reaped.
+
+use super::*;
+
+/// How a worker's reader loop ended.
+pub(super) struct Exit {
+    pub(super) status: String,
+    /// The pool ended the worker itself.
+    pub(super) expected: bool,
+}
+
+/// Reads a worker's answers until its port closes, then settles what it
+/// held: retried, re-queued or failed (scenario "crash").
+///
+/// It spins briefly on the port after each answer (the next one often
+/// follows at once), then sleeps on a duplicate of the fd without holding
+/// the receiver, so a ticket waiting for its worker's only job can read its
+/// answer itself; while one does, this thread naps.
+pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
+    use crate::transport::Wait;
+    let core = &*shared.core;
+    let why = 'read: loop {
+        let mut start = Instant::now();
+        let mut tries = 0u32;
+        loop {
+            match w.read_step(Wait::Now) {
+                Step::Frame => start = Instant::now(),
+                Step::End(why) => break 'read why,
+                Step::Busy => {
+                    // A ticket reads; nap until it is done or others need us.
+                    let mut g = lock(&w.rx);
+                    if g.is_none() {
+                        // Release: pairs with the Acquire load in `wake_reader`.
+                        w.reader_napping.store(true, Ordering::Release);
+                        g = w
+                            .rx_cv
+                            .wait_timeout(g, READER_NAP)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
+                        w.reader_napping.store(false, Ordering::Release);
+                    }
+                    drop(g);
+                    start = Instant::now();
+                }
+                Step::Nothing => {
+                    if start.elapsed() >= crate::transport::DEFAULT_SPIN {
+                        break;
+                    }
+                    crate::util::spin_pause(&mut tries);
+                }
+            }
+        }
+        // Idle: sleep until the port is readable, without the receiver.
+        match &w.rx_fd {
+            Some(fd) => {
+                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None) {
+                    log::debug!(
+                        "worker {}: waiting on its port failed ({e}); reading instead",
+                        w.id
+                    );
+                    if let Step::End(why) = w.read_step(Wait::Forever) {
+                        break why;
+                    }
+                }
+            }
+            None => {
+                if let Step::End(why) = w.read_step(Wait::Forever) {
+                    break why;
+                }
+            }
+        }
+    };
+    let counters = &core.counters[w.id];
+    let why = why.or_else(|| lock(&w.broke).take());
+    // The port is closed (or broken): this worker is finished.
+    // Release: pairs with the Acquire loads in `kick` and `pump`.
+    w.alive.store(false, Ordering::Release);
+    let status = reap(w);
+    let stderr = w.stderr.wait_lines();
+    let status = match &why {
+        Some(e) => format!("it broke its protocol ({e}); {status}"),
+        None => status,
+    };
+    let ended_by = lock(&w.ended_by).take();
+    let stopping = core.stopping.load(Ordering::Acquire);
+    let failure = Failure::WorkerExited {
+        worker: w.id,
+        pid: Some(w.pid),
+        status: Some(status.clone()),
+        stderr,
+    };
+    let held: Vec<Task> = lock(&w.pending).drain().map(|(_, t)| t).collect();
+    let jobs_held = held.len();
+    let mut requeued = false;
+    for t in held {
+        let jobs = t.jobs();
+        counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+        let retry = match &ended_by {
+            // Its neighbours did nothing wrong: back to the queue, no
+            // retry spent (scenario "cancel").
+            Some(EndReason::Victims(ids)) => !ids.contains(&t.id),
+            Some(EndReason::Shutdown) => false,
+            // A crash: retried if it has retries left (scenario "retry").
+            None => t.retries > 0 && !stopping,
+        };
+        // A task whose job value was out for encoding when the worker died
+        // cannot be sent again (`dispatch`).
+        let retry = retry
+            && !matches!(t.job, crate::pool::Payload::Lent)
+            && !t.state.is_settled()
+            && core.failure().is_none();
+        if retry {
+            let mut t = t;
+            if ended_by.is_none() {
+                t.retries -= 1;
+                log::info!(
+                    "job {} lost with worker {}: retrying ({} left)",
+                    t.id,
+                    w.id,
+                    t.retries
+                );
+            }
+            core.requeue(t);
+            requeued = true;
+            continue;
+        }
+        let f = match ended_by {
+            Some(EndReason::Shutdown) => Failure::Cancelled,
+            _ => failure.clone(),
+        };
+        core.retire_failure(&t.state, &t.reply, jobs, f, Some(w.id));
+    }
+    w.slots.store(0, Ordering::SeqCst);
+    let expected = ended_by.is_some() || stopping;
+    core.event(PoolEvent::WorkerExited {
+        worker: w.id,
+        pid: Some(w.pid),
+        status: status.clone(),
+        jobs_held,
+        expected,
+    });
+    if requeued {
+        shared.kick();
+    }
+    core.idle.notify();
+    Exit { status, expected }
+}
+
+/// Waits for the worker process to exit (killing it if it lingers after
+/// closing its port) and describes how it ended.
+pub(super) fn reap(w: &Worker) -> String {
+    let Some(mut child) = lock(&w.child).take() else {
+        return "already reaped".into();
+    };
+    match wait_or_kill(&mut child, EXIT_GRACE) {
+        Ok((st, false)) => describe_status(st),
+        Ok((st, true)) => format!(
+            "{} (killed: it closed its port but kept running)",
+            describe_status(st)
+        ),
+        Err(e) => format!("could not be waited for: {e}"),
+    }
+}
+
+/// Waits up to `grace` for `child` to exit, then kills it (SIGKILL) and
+/// reaps it. Returns its status and whether it had to be killed.
+pub(crate) fn wait_or_kill(
+    child: &mut Child,
+    grace: Duration,
+) -> std::io::Result<(std::process::ExitStatus, bool)> {
+    let deadline = Instant::now() + grace;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok((st, false));
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            return child.wait().map(|st| (st, true));
+        }
+        // An exiting child sends no event we can wait on here (no pidfd on
+        // every kernel we support): poll its status, briefly.
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// "exit code 3" or "signal 9 (SIGKILL)".
+pub(crate) fn describe_status(st: std::process::ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = st.code() {
+        return format!("exit code {code}");
+    }
+    match st.signal() {
+        Some(sig) => format!("signal {sig} ({})", signal_name(sig)),
+        None => format!("{st}"),
+    }
+}
+
+pub(super) fn signal_name(sig: i32) -> &'static str {
+    match sig {
+        1 => "SIGHUP",
+        2 => "SIGINT",
+        3 => "SIGQUIT",
+        4 => "SIGILL",
+        6 => "SIGABRT",
+        7 => "SIGBUS",
+        8 => "SIGFPE",
+        9 => "SIGKILL",
+        11 => "SIGSEGV",
+        13 => "SIGPIPE",
+        14 => "SIGALRM",
+        15 => "SIGTERM",
+        _ => "unknown signal",
+    }
+}

@@ -1,0 +1,338 @@
+//! A worker slot's life (scenario "restart"): start a worker (spawn,
+//! handshake, link, route table), serve it, restart it within the policy.
+
+use super::*;
+
+/// A fresh `Command` with the template's program, arguments, environment
+/// and directory (`Command` is not `Clone`).
+pub(super) fn copy_command(t: &Command) -> Command {
+    let mut c = Command::new(t.get_program());
+    c.args(t.get_args());
+    for (k, v) in t.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(d) = t.get_current_dir() {
+        c.current_dir(d);
+    }
+    c
+}
+
+impl Shared {
+    /// Waits `d` unless the pool stops first; returns whether it may go on.
+    pub(super) fn backoff(&self, d: Duration) -> bool {
+        let Some(deadline) = crate::util::deadline(d) else {
+            // A backoff too long to represent: wait until the pool stops.
+            let (m, cv) = &self.stop_gate;
+            let mut g = lock(m);
+            while !self.core.stopping.load(Ordering::Acquire) {
+                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
+            }
+            return false;
+        };
+        let (m, cv) = &self.stop_gate;
+        let mut g = lock(m);
+        loop {
+            if self.core.stopping.load(Ordering::Acquire) {
+                return false;
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return true;
+            }
+            g = cv
+                .wait_timeout(g, deadline - now)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+        }
+    }
+}
+
+/// A slot's life: start a worker, serve it until it exits, settle what it
+/// held, restart it within the policy (scenario "restart").
+pub(super) fn slot_loop(
+    shared: &Shared,
+    id: usize,
+    ready: crossbeam_channel::Sender<Result<(), BuildError>>,
+) {
+    let core = &shared.core;
+    let slot = &shared.slots[id];
+    let mut ready = Some(ready);
+    let mut epoch = 0u64;
+    loop {
+        epoch += 1;
+        let why = match start_worker(shared, id, epoch) {
+            Ok(w) => {
+                if core.suspended.load(Ordering::Acquire) {
+                    let _ = w.tx.send(&ToWorker::Suspend);
+                }
+                {
+                    let mut waiting = lock(&slot.waiting);
+                    *lock(&slot.current) = Some(w.clone());
+                    for t in waiting.iter_mut().flat_map(|q| q.drain(..)) {
+                        // SeqCst: as every other access to the slot count.
+                        w.slots.fetch_add(1, Ordering::SeqCst);
+                        dispatch(&w, core, t);
+                    }
+                }
+                // The pool began to stop while this worker started: `stop`
+                // may have missed it, so it is told here.
+                if core.stopping.load(Ordering::Acquire) {
+                    let _ = w.tx.feed(&ToWorker::Stop);
+                }
+                // Write what was dispatched above (`pump` flushes only what
+                // it sends itself).
+                if let Err(e) = w.tx.flush() {
+                    log::debug!("worker {id}: flush failed ({e}); its reader will report the exit");
+                }
+                core.event(PoolEvent::WorkerStarted {
+                    worker: id,
+                    pid: Some(w.pid),
+                    // Relaxed: statistics only.
+                    restarts: slot.restarts.load(Ordering::Relaxed),
+                });
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Ok(()));
+                }
+                // Work may have queued up while the slot was empty.
+                pump(&w, core, shared.k, true);
+                core.free.notify();
+                let exit = reader_loop(&w, shared);
+                *lock(&slot.current) = None;
+                if exit.expected || core.stopping.load(Ordering::Acquire) {
+                    if core.stopping.load(Ordering::Acquire) {
+                        return;
+                    }
+                    // The pool ended it (a cancelled job's worker): replace
+                    // it at once, without counting a restart.
+                    slot.restarts.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+                format!("worker {id} (pid {}) exited: {}", w.pid, exit.status)
+            }
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e));
+                    return;
+                }
+                let reason = e.to_string();
+                core.event(PoolEvent::StartFailed {
+                    worker: id,
+                    reason: reason.clone(),
+                });
+                reason
+            }
+        };
+        if core.stopping.load(Ordering::Acquire) || core.failure().is_some() {
+            return;
+        }
+        let allowed = lock(&shared.intensity).restart(Instant::now());
+        match allowed {
+            Ok(wait) => {
+                if !shared.backoff(wait) {
+                    return;
+                }
+                // Relaxed: statistics only.
+                slot.restarts.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(n) => {
+                let p = core.config.restart;
+                core.fail_pool(format!(
+                    "{n} restart(s) within {:?} reached the limit of {}; the last: {why}",
+                    p.period, p.max_restarts
+                ));
+                return;
+            }
+        }
+    }
+}
+
+pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
+    let (core, k, links) = (&shared.core, shared.k, shared.links);
+    let template = &shared.template;
+    let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
+    let mut cmd = copy_command(template);
+    cmd.env(WORKER_ID_ENV, id.to_string());
+    if links {
+        cmd.env(WORKER_LINK_ENV, "1");
+    }
+    cmd.stderr(Stdio::piped());
+    // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
+    // go to the foreground group, and the supervisor decides what its
+    // workers do about them (README "signals"). The worker still dies
+    // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = theirs.spawn(cmd).map_err(|e| {
+        BuildError::io(
+            format!("could not start worker {id} ({:?})", template.get_program()),
+            e,
+        )
+    })?;
+    let pid = child.id();
+    let stderr = match StderrTail::follow(&mut child, &format!("worker {id}")) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(BuildError::io(
+                format!("could not start worker {id}'s stderr reader"),
+                e,
+            ));
+        }
+    };
+    // A worker that fails before it serves: kill and reap it, and say why,
+    // leading with the worker's own explanation if it gave one.
+    // (It may be on its way out, with its reason on its stderr: a moment
+    // to exit on its own before it is killed.)
+    let fail = |mut child: Child, what: String, e: Option<std::io::Error>| {
+        let status = match wait_or_kill(&mut child, FAIL_GRACE) {
+            Ok((st, _)) => describe_status(st),
+            Err(e) => format!("could not be waited for: {e}"),
+        };
+        let tail = stderr.wait_lines();
+        let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
+        if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
+            return BuildError::new(format!("worker {id} (pid {pid}) could not start: {}", at.trim()));
+        }
+        let last = crate::stderr::last_meaningful(&tail)
+            .map(|l| format!("; its stderr ended with: {l}"))
+            .unwrap_or_default();
+        let what = format!("worker {id} (pid {pid}) {what} ({status}{last})");
+        match e {
+            Some(e) => BuildError::io(what, e),
+            None => BuildError::new(what),
+        }
+    };
+    let opts = ConnectOptions {
+        role: Role::Supervisor,
+        timeout: START_TIMEOUT,
+        ..ConnectOptions::default()
+    };
+    let mut ipc = match ours.connect_with(opts) {
+        Ok(ipc) if ipc.peer_role() == Role::Worker => ipc,
+        Ok(ipc) => {
+            let role = ipc.peer_role();
+            return Err(fail(
+                child,
+                format!("answered as {role:?}, not as a worker"),
+                None,
+            ));
+        }
+        Err(e) => return Err(fail(child, "did not complete its handshake".into(), Some(e))),
+    };
+    // The pool's own connections do not keep a runtime alive; the pool does.
+    ipc.unref();
+    let link = if links {
+        match open_link(&ipc) {
+            Ok(l) => Some(Arc::new(l)),
+            Err(e) => return Err(fail(child, "did not open its link".into(), Some(e))),
+        }
+    } else {
+        None
+    };
+    // The worker announces its routes before its first job: a worker built
+    // from other code fails here, not at its first decode.
+    match ipc.recv_timeout::<FromWorker>(START_TIMEOUT) {
+        Ok(FromWorker::Routes { routes }) => {
+            if let Err(why) = check_routes(shared, id, routes) {
+                return Err(fail(child, why, None));
+            }
+        }
+        Ok(other) => {
+            let what = format!("sent {other:?} before announcing its routes");
+            return Err(fail(child, what, None));
+        }
+        Err(e) => {
+            let what = format!("did not announce its routes: {e}");
+            return Err(fail(child, what, None));
+        }
+    }
+    let (tx, rx) = ipc.split();
+    let rx_fd = match rx.dup_fd() {
+        Ok(fd) => Some(fd),
+        Err(e) => {
+            log::warn!("worker {id}: could not duplicate its port's fd ({e}); its reader polls");
+            None
+        }
+    };
+    Ok(Arc::new_cyclic(|me| Worker {
+        id,
+        epoch,
+        pid,
+        tx,
+        slots: AtomicUsize::new(0),
+        alive: AtomicBool::new(true),
+        pending: Mutex::new(HashMap::new()),
+        child: Mutex::new(Some(child)),
+        ended_by: Mutex::new(None),
+        stderr,
+        rx: Mutex::new(Some(rx)),
+        rx_cv: Condvar::new(),
+        reader_napping: AtomicBool::new(false),
+        rx_fd,
+        me: me.clone(),
+        core: core.clone(),
+        k,
+        link,
+        broke: Mutex::new(None),
+    }))
+}
+
+/// Compares the routes worker `id` announced with the supervisor's own
+/// handlers (if it has any) and with the first worker's.
+pub(super) fn check_routes(shared: &Shared, id: usize, routes: Vec<RouteInfo>) -> Result<(), String> {
+    let theirs: HashMap<String, RouteInfo> = routes.into_iter().map(|r| (r.name.clone(), r)).collect();
+    for mine in shared.core.handlers.route_table() {
+        match theirs.get(&mine.name) {
+            None => {
+                return Err(format!(
+                    "has no handler for route {:?} ({}), which this supervisor registered: is it built \
+                     from the same code?",
+                    mine.name, mine.types
+                ));
+            }
+            Some(t) if t.fingerprint != mine.fingerprint => {
+                return Err(format!(
+                    "serves route {:?} as `{}`, but this supervisor registered it as `{}`: is it built \
+                     from the same code?",
+                    mine.name, t.types, mine.types
+                ));
+            }
+            Some(_) => {}
+        }
+    }
+    let first = shared.routes.get_or_init(|| theirs.clone());
+    if *first != theirs {
+        let mut names: Vec<&String> = theirs.keys().chain(first.keys()).collect();
+        names.sort();
+        names.dedup();
+        let differs = names
+            .into_iter()
+            .find(|n| first.get(*n).map(|r| r.fingerprint) != theirs.get(*n).map(|r| r.fingerprint))
+            .cloned()
+            .unwrap_or_default();
+        return Err(format!(
+            "announced other routes than the pool's first worker (route {differs:?} differs): worker {id} \
+             runs other code"
+        ));
+    }
+    Ok(())
+}
+
+/// Sends a worker the other end of a new port over its job connection and
+/// starts a conversation on ours (the worker connects its end at start).
+pub(super) fn open_link(ipc: &crate::port::Ipc) -> std::io::Result<crate::link::Link> {
+    let (ours, theirs) = port::open()?;
+    ipc.send_port(theirs)
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::BrokenPipe, e.to_string()))?;
+    let conn = ours.connect_with(ConnectOptions {
+        role: Role::Supervisor,
+        timeout: START_TIMEOUT,
+        ..ConnectOptions::default()
+    })?;
+    let mut link = crate::link::Link::new(conn);
+    link.close_ref();
+    Ok(link)
+}
