@@ -1,0 +1,224 @@
+//! A conversation's frames: their forms on the wire in each codec
+//! (postcard and JSON, `docs/protocol.md` section 4) and the payload a
+//! message carries.
+
+use super::*;
+
+/// A value as it travels, still encoded (postcard bytes or a JSON value).
+#[derive(Debug, Clone)]
+pub struct Payload(Encoded);
+
+#[derive(Debug, Clone)]
+pub(super) enum Encoded {
+    Postcard(Vec<u8>),
+    Json(serde_json::Value),
+}
+
+impl Payload {
+    pub(super) fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Payload, LinkError> {
+        match codec {
+            Codec::Postcard => postcard::to_allocvec(v)
+                .map(|b| Payload(Encoded::Postcard(b)))
+                .map_err(|e| {
+                    LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
+                }),
+            Codec::Json => serde_json::to_value(v)
+                .map(|v| Payload(Encoded::Json(v)))
+                .map_err(|e| {
+                    LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
+                }),
+        }
+    }
+
+    /// Decodes the value as `T`.
+    pub fn decode_value<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
+        self.decode()
+    }
+
+    pub(super) fn decode<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
+        let r = match self {
+            Payload(Encoded::Postcard(b)) => postcard::from_bytes(b).map_err(|e| e.to_string()),
+            Payload(Encoded::Json(v)) => T::deserialize(v).map_err(|e| e.to_string()),
+        };
+        r.map_err(|e| LinkError::Codec(format!("could not decode a {}: {e}", std::any::type_name::<T>())))
+    }
+}
+
+/// What a strict message's receiver answers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum StrictOutcome {
+    Delivered,
+    NotListening,
+    Deadlock,
+}
+
+/// One frame of the conversation protocol.
+#[derive(Debug)]
+pub(super) enum Frame {
+    Message(Payload),
+    Strict { id: u64, data: Payload },
+    StrictAck { id: u64, outcome: StrictOutcome },
+    Request { id: u64, data: Payload },
+    Reply { id: u64, ok: bool, data: Payload },
+}
+
+/// The postcard form of a frame (values as nested postcard bytes).
+#[derive(Serialize, Deserialize)]
+pub(super) enum PostcardFrame<'a> {
+    Message(#[serde(borrow, with = "serde_bytes")] &'a [u8]),
+    Strict {
+        id: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        data: &'a [u8],
+    },
+    StrictAck {
+        id: u64,
+        outcome: StrictOutcome,
+    },
+    Request {
+        id: u64,
+        #[serde(borrow, with = "serde_bytes")]
+        data: &'a [u8],
+    },
+    Reply {
+        id: u64,
+        ok: bool,
+        #[serde(borrow, with = "serde_bytes")]
+        data: &'a [u8],
+    },
+}
+
+/// The JSON form of a frame: `{"type": "...", ...}` (docs/protocol.md).
+#[derive(Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub(super) enum JsonFrame {
+    Message {
+        data: serde_json::Value,
+    },
+    Strict {
+        id: u64,
+        data: serde_json::Value,
+    },
+    StrictAck {
+        id: u64,
+        outcome: StrictOutcome,
+    },
+    Request {
+        id: u64,
+        data: serde_json::Value,
+    },
+    Reply {
+        id: u64,
+        ok: bool,
+        data: serde_json::Value,
+    },
+}
+
+pub(super) fn mismatch() -> LinkError {
+    LinkError::Codec("a payload of the other codec".into())
+}
+
+impl Frame {
+    pub(super) fn encode(&self, codec: Codec) -> Result<Vec<u8>, LinkError> {
+        let enc_err = |e: String| LinkError::Codec(format!("could not encode a frame: {e}"));
+        match codec {
+            Codec::Postcard => {
+                fn bytes(p: &Payload) -> Result<&[u8], LinkError> {
+                    match p {
+                        Payload(Encoded::Postcard(b)) => Ok(b.as_slice()),
+                        Payload(Encoded::Json(_)) => Err(mismatch()),
+                    }
+                }
+                let f = match self {
+                    Frame::Message(p) => PostcardFrame::Message(bytes(p)?),
+                    Frame::Strict { id, data } => PostcardFrame::Strict {
+                        id: *id,
+                        data: bytes(data)?,
+                    },
+                    Frame::StrictAck { id, outcome } => PostcardFrame::StrictAck {
+                        id: *id,
+                        outcome: *outcome,
+                    },
+                    Frame::Request { id, data } => PostcardFrame::Request {
+                        id: *id,
+                        data: bytes(data)?,
+                    },
+                    Frame::Reply { id, ok, data } => PostcardFrame::Reply {
+                        id: *id,
+                        ok: *ok,
+                        data: bytes(data)?,
+                    },
+                };
+                postcard::to_allocvec(&f).map_err(|e| enc_err(e.to_string()))
+            }
+            Codec::Json => {
+                let value = |p: &Payload| match p {
+                    Payload(Encoded::Json(v)) => Ok(v.clone()),
+                    Payload(Encoded::Postcard(_)) => Err(mismatch()),
+                };
+                let f = match self {
+                    Frame::Message(p) => JsonFrame::Message { data: value(p)? },
+                    Frame::Strict { id, data } => JsonFrame::Strict {
+                        id: *id,
+                        data: value(data)?,
+                    },
+                    Frame::StrictAck { id, outcome } => JsonFrame::StrictAck {
+                        id: *id,
+                        outcome: *outcome,
+                    },
+                    Frame::Request { id, data } => JsonFrame::Request {
+                        id: *id,
+                        data: value(data)?,
+                    },
+                    Frame::Reply { id, ok, data } => JsonFrame::Reply {
+                        id: *id,
+                        ok: *ok,
+                        data: value(data)?,
+                    },
+                };
+                serde_json::to_vec(&f).map_err(|e| enc_err(e.to_string()))
+            }
+        }
+    }
+
+    pub(super) fn decode(codec: Codec, bytes: &[u8]) -> Result<Frame, String> {
+        match codec {
+            Codec::Postcard => {
+                let f: PostcardFrame<'_> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
+                let p = |b: &[u8]| Payload(Encoded::Postcard(b.to_vec()));
+                Ok(match f {
+                    PostcardFrame::Message(b) => Frame::Message(p(b)),
+                    PostcardFrame::Strict { id, data } => Frame::Strict { id, data: p(data) },
+                    PostcardFrame::StrictAck { id, outcome } => Frame::StrictAck { id, outcome },
+                    PostcardFrame::Request { id, data } => Frame::Request { id, data: p(data) },
+                    PostcardFrame::Reply { id, ok, data } => Frame::Reply {
+                        id,
+                        ok,
+                        data: p(data),
+                    },
+                })
+            }
+            Codec::Json => {
+                let f: JsonFrame = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+                Ok(match f {
+                    JsonFrame::Message { data } => Frame::Message(Payload(Encoded::Json(data))),
+                    JsonFrame::Strict { id, data } => Frame::Strict {
+                        id,
+                        data: Payload(Encoded::Json(data)),
+                    },
+                    JsonFrame::StrictAck { id, outcome } => Frame::StrictAck { id, outcome },
+                    JsonFrame::Request { id, data } => Frame::Request {
+                        id,
+                        data: Payload(Encoded::Json(data)),
+                    },
+                    JsonFrame::Reply { id, ok, data } => Frame::Reply {
+                        id,
+                        ok,
+                        data: Payload(Encoded::Json(data)),
+                    },
+                })
+            }
+        }
+    }
+}

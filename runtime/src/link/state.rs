@@ -1,0 +1,440 @@
+//! The protocol state machine behind a `Link`: what was received and
+//! filed, who waits for what, and "whoever waits reads": a caller that
+//! waits reads the connection itself while no other thread does; the
+//! background thread reads only when nobody waits.
+
+use super::*;
+
+/// How the connection ended, once it has.
+#[derive(Debug, Clone)]
+pub(super) enum Closed {
+    Clean,
+    Broken(String),
+}
+
+/// A request handler with its types erased.
+pub(super) type Handler = Arc<dyn Fn(&Payload) -> Result<Payload, String> + Send + Sync>;
+
+/// How long the background thread leaves reading to callers before it
+/// looks whether any is left: the longest a strict message or a request
+/// waits for an answer after the last caller left the link.
+pub(super) const BACKGROUND_NAP: Duration = Duration::from_millis(2);
+
+/// How long a thread that wants to read waits, spinning, for the reader in
+/// turn to hand the receiver back before it sleeps on the condvar.
+pub(super) const HANDOFF_SPIN: Duration = Duration::from_micros(20);
+
+#[derive(Default)]
+pub(super) struct State {
+    /// The receiving half, here when no thread is reading (scenario
+    /// "whoever waits reads" in the module docs).
+    pub(super) rx: Option<IpcReceiver>,
+    /// Threads inside a link call that waits for something.
+    pub(super) waiters: usize,
+    /// Of those, the ones asleep on the condvar (the others read or spin).
+    pub(super) sleepers: usize,
+    /// Messages received and not yet taken, in arrival order.
+    pub(super) inbox: VecDeque<Payload>,
+    /// Every message received, when the link keeps a log (`ipc_output`).
+    pub(super) log: Option<Vec<Payload>>,
+    /// Readers waiting for a message.
+    pub(super) listening: usize,
+    pub(super) closed: Option<Closed>,
+    /// Our requests waiting for their reply.
+    pub(super) requests: HashMap<u64, Option<Result<Payload, LinkError>>>,
+    /// Our strict sends waiting for their acknowledgement.
+    pub(super) stricts: HashMap<u64, Option<Result<(), LinkError>>>,
+    /// Requests from the peer not yet taken (no handler registered).
+    pub(super) incoming: VecDeque<(u64, Payload)>,
+    pub(super) handler: Option<Handler>,
+}
+
+pub(super) struct Inner {
+    /// The link's sender, held strongly only by the [`Link`]: dropping the
+    /// link drops it, which tells the peer (EOF) even while the background
+    /// thread still runs.
+    pub(super) tx: std::sync::Weak<IpcSender>,
+    pub(super) codec: Codec,
+    pub(super) state: Mutex<State>,
+    /// Callers waiting for data or for the receiver.
+    pub(super) cv: Condvar,
+    /// The background thread, waiting for its turn to read.
+    pub(super) bg_cv: Condvar,
+    pub(super) next_id: AtomicU64,
+}
+
+/// What a frame asks of the thread that read it, once the lock is released.
+pub(super) enum Action {
+    Ack(u64, StrictOutcome),
+    Handle(Handler, u64, Payload),
+}
+
+impl Inner {
+    pub(super) fn lock(&self) -> MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub(super) fn send(&self, f: &Frame) -> Result<(), LinkError> {
+        let bytes = f.encode(self.codec)?;
+        let Some(tx) = self.tx.upgrade() else {
+            return Err(LinkError::Disconnected);
+        };
+        tx.send_bytes(&bytes).map_err(|e| match e {
+            crate::error::SendError::Disconnected => LinkError::Disconnected,
+            e => LinkError::Broken(e.to_string()),
+        })
+    }
+
+    pub(super) fn closed_error(c: &Closed) -> LinkError {
+        match c {
+            Closed::Clean => LinkError::Disconnected,
+            Closed::Broken(why) => LinkError::Broken(why.clone()),
+        }
+    }
+
+    /// Sends a reply to request `id`.
+    pub(super) fn reply(&self, id: u64, result: Result<Payload, String>) -> Result<(), LinkError> {
+        let (ok, data) = match result {
+            Ok(p) => (true, p),
+            Err(why) => (false, Payload::encode(self.codec, &why)?),
+        };
+        self.send(&Frame::Reply { id, ok, data })
+    }
+
+    /// Waits until `check` yields a result (it is called with the lock held
+    /// and must yield once the link is closed), or until `deadline`
+    /// (`Timeout`). While it waits, the calling thread reads frames itself
+    /// whenever no other thread is reading: the reply a caller waits for
+    /// is read by that caller, without a hand-off between threads.
+    pub(super) fn wait_for<R>(
+        &self,
+        deadline: Option<Instant>,
+        listening: bool,
+        mut check: impl FnMut(&mut State) -> Option<R>,
+    ) -> Result<R, LinkError> {
+        let mut st = self.lock();
+        st.waiters += 1;
+        if listening {
+            st.listening += 1;
+        }
+        let mut buf = Vec::new();
+        let mut spun = false;
+        let out = loop {
+            // (Checked again after every read and after the hand-off spin,
+            // with the lock held up to the sleep: nothing filed for us can
+            // slip between the check and the wait.)
+            if let Some(r) = check(&mut st) {
+                break Ok(r);
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                break Err(LinkError::Timeout);
+            }
+            if let Some(c) = &st.closed {
+                break Err(Inner::closed_error(c));
+            }
+            if let Some(mut rx) = st.rx.take() {
+                drop(st);
+                let res = rx.recv_message_wait(&mut buf, deadline.map_or(Wait::Forever, Wait::Until));
+                st = self.lock();
+                st.rx = Some(rx);
+                let actions = self.absorb(&mut st, res, &buf);
+                self.wake(&st);
+                if !actions.is_empty() {
+                    drop(st);
+                    self.run(actions);
+                    st = self.lock();
+                }
+                spun = false;
+                continue;
+            }
+            if !spun {
+                // Another thread reads: spin briefly for it to hand over
+                // (it often is about to), then check again.
+                drop(st);
+                let spin_until = Instant::now() + HANDOFF_SPIN;
+                loop {
+                    std::thread::yield_now();
+                    st = self.lock();
+                    if st.rx.is_some() || Instant::now() >= spin_until {
+                        break;
+                    }
+                    drop(st);
+                }
+                spun = true;
+                continue;
+            }
+            // Sleep until the reader files something or hands over.
+            st.sleepers += 1;
+            st = match deadline {
+                None => self.cv.wait(st).unwrap_or_else(|p| p.into_inner()),
+                Some(d) => {
+                    let left = d.saturating_duration_since(Instant::now());
+                    self.cv
+                        .wait_timeout(st, left)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0)
+                }
+            };
+            st.sleepers -= 1;
+            spun = false;
+        };
+        if listening {
+            st.listening -= 1;
+        }
+        st.waiters -= 1;
+        // Frames a read pulled in beyond ours wait in the receiver's
+        // buffer, where nobody sleeping on the fd would see them: file them
+        // before leaving (a strict message or a request may be among them).
+        let st = self.drain_buffered(st, &mut buf);
+        if st.waiters == 0 && st.closed.is_some() {
+            self.bg_cv.notify_all();
+        }
+        drop(st);
+        out
+    }
+
+    /// Files every frame already in the receiver's buffer (no waiting).
+    pub(super) fn drain_buffered<'a>(
+        &'a self,
+        mut st: MutexGuard<'a, State>,
+        buf: &mut Vec<u8>,
+    ) -> MutexGuard<'a, State> {
+        loop {
+            if st.closed.is_some() {
+                return st;
+            }
+            let Some(mut rx) = st.rx.take() else {
+                return st;
+            };
+            if !rx.has_buffered_frame() {
+                st.rx = Some(rx);
+                return st;
+            }
+            drop(st);
+            let res = rx.recv_message_wait(buf, Wait::Now);
+            st = self.lock();
+            st.rx = Some(rx);
+            let actions = self.absorb(&mut st, res, buf);
+            self.wake(&st);
+            if !actions.is_empty() {
+                drop(st);
+                self.run(actions);
+                st = self.lock();
+            }
+        }
+    }
+
+    /// After a read: wakes the callers asleep on the condvar (their data,
+    /// or the receiver, may be here now). A read that ended the link wakes
+    /// the background thread too.
+    pub(super) fn wake(&self, st: &State) {
+        if st.sleepers > 0 {
+            self.cv.notify_all();
+        }
+        if st.closed.is_some() {
+            self.bg_cv.notify_all();
+        }
+    }
+
+    /// Files what a read returned (a frame, nothing, or the end).
+    pub(super) fn absorb(
+        &self,
+        st: &mut State,
+        res: Result<bool, crate::error::RecvError>,
+        buf: &[u8],
+    ) -> Vec<Action> {
+        match res {
+            Ok(true) => match Frame::decode(self.codec, buf) {
+                Ok(f) => self.file(st, f).into_iter().collect(),
+                Err(e) => {
+                    Self::close(
+                        st,
+                        Closed::Broken(format!("the peer sent a malformed frame: {e}")),
+                    );
+                    Vec::new()
+                }
+            },
+            Ok(false) => Vec::new(),
+            Err(e) if e.is_disconnected() => {
+                Self::close(st, Closed::Clean);
+                Vec::new()
+            }
+            Err(crate::error::RecvError::Unexpected { found, .. }) => {
+                Self::close(
+                    st,
+                    Closed::Broken(format!(
+                        "the peer sent a port (a frame of kind {}), which a conversation does not take",
+                        found as u8
+                    )),
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                Self::close(st, Closed::Broken(e.to_string()));
+                Vec::new()
+            }
+        }
+    }
+
+    pub(super) fn close(st: &mut State, closed: Closed) {
+        if st.closed.is_some() {
+            return;
+        }
+        for r in st.requests.values_mut() {
+            r.get_or_insert_with(|| Err(Inner::closed_error(&closed)));
+        }
+        for s in st.stricts.values_mut() {
+            s.get_or_insert(Err(match &closed {
+                Closed::Clean => LinkError::PeerExited,
+                c => Inner::closed_error(c),
+            }));
+        }
+        st.closed = Some(closed);
+    }
+
+    /// Files one frame; returns what must be done outside the lock.
+    pub(super) fn file(&self, st: &mut State, frame: Frame) -> Option<Action> {
+        match frame {
+            Frame::Message(p) => {
+                if let Some(log) = &mut st.log {
+                    log.push(p.clone());
+                }
+                st.inbox.push_back(p);
+                None
+            }
+            Frame::Strict { id, data } => {
+                let outcome = if st.listening > 0 {
+                    if let Some(log) = &mut st.log {
+                        log.push(data.clone());
+                    }
+                    st.inbox.push_back(data);
+                    StrictOutcome::Delivered
+                } else if st.stricts.values().any(Option::is_none) {
+                    // We are blocked strict-sending to the peer, which is
+                    // blocked strict-sending to us (scenario "deadlock").
+                    StrictOutcome::Deadlock
+                } else {
+                    StrictOutcome::NotListening
+                };
+                Some(Action::Ack(id, outcome))
+            }
+            Frame::StrictAck { id, outcome } => {
+                if let Some(slot) = st.stricts.get_mut(&id) {
+                    *slot = Some(match outcome {
+                        StrictOutcome::Delivered => Ok(()),
+                        StrictOutcome::NotListening => Err(LinkError::NotListening),
+                        StrictOutcome::Deadlock => Err(LinkError::Deadlock),
+                    });
+                }
+                None
+            }
+            Frame::Request { id, data } => match &st.handler {
+                Some(h) => Some(Action::Handle(h.clone(), id, data)),
+                None => {
+                    st.incoming.push_back((id, data));
+                    None
+                }
+            },
+            Frame::Reply { id, ok, data } => {
+                if let Some(slot) = st.requests.get_mut(&id) {
+                    *slot = Some(if ok {
+                        Ok(data)
+                    } else {
+                        Err(LinkError::Failed(
+                            data.decode::<String>()
+                                .unwrap_or_else(|e| format!("(undecodable failure: {e})")),
+                        ))
+                    });
+                }
+                None
+            }
+        }
+    }
+
+    pub(super) fn run(&self, actions: Vec<Action>) {
+        for a in actions {
+            match a {
+                Action::Ack(id, outcome) => {
+                    if let Err(e) = self.send(&Frame::StrictAck { id, outcome }) {
+                        log::debug!("strict ack {id} not sent: {e}");
+                    }
+                }
+                Action::Handle(h, id, p) => {
+                    let reply = match crate::util::catch_panic(|| h(&p)) {
+                        Ok(r) => r,
+                        Err(m) => Err(format!("the request handler panicked: {m}")),
+                    };
+                    if let Err(e) = self.reply(id, reply) {
+                        log::debug!("reply to request {id} not sent: {e}");
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The background thread: reads whenever no caller does, so that strict
+/// messages are acknowledged, requests answered and the end noticed even
+/// while nobody waits on the link. It never holds the receiver while
+/// sleeping: it waits for readability on a duplicate of the fd.
+pub(super) fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
+    let mut buf = Vec::new();
+    let mut st = inner.lock();
+    loop {
+        if st.closed.is_some() {
+            break;
+        }
+        if st.waiters > 0 {
+            // Callers read for themselves. Waking this thread each time the
+            // last of them leaves would cost every call a wake-up, so it
+            // looks again after `BACKGROUND_NAP` instead.
+            st = inner
+                .bg_cv
+                .wait_timeout(st, BACKGROUND_NAP)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            continue;
+        }
+        if st.rx.is_none() {
+            // Only callers take the receiver, and they are gone: it is on
+            // its way back.
+            st = inner
+                .bg_cv
+                .wait_timeout(st, BACKGROUND_NAP)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|p| p.into_inner().0);
+            continue;
+        }
+        let Some(mut rx) = st.rx.take() else { continue };
+        drop(st);
+        let res = rx.recv_message_wait(&mut buf, Wait::Now);
+        st = inner.lock();
+        st.rx = Some(rx);
+        let got = matches!(res, Ok(true));
+        let actions = inner.absorb(&mut st, res, &buf);
+        inner.wake(&st);
+        if !actions.is_empty() {
+            drop(st);
+            inner.run(actions);
+            st = inner.lock();
+        }
+        if got || st.closed.is_some() {
+            continue;
+        }
+        // Nothing buffered: sleep until the fd is readable, without the
+        // receiver (a caller may take it and read meanwhile).
+        drop(st);
+        match &fd {
+            Some(fd) => {
+                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(&**fd), None) {
+                    log::debug!("link: waiting for data failed ({e}); stopping the background reader");
+                    return;
+                }
+            }
+            None => std::thread::sleep(Duration::from_millis(1)),
+        }
+        st = inner.lock();
+    }
+    inner.cv.notify_all();
+    inner.bg_cv.notify_all();
+}
