@@ -35,8 +35,7 @@ pub mod supervisor;
 #[allow(unsafe_code)] // the OS layer: libc calls, fd ownership, pre_exec
 mod sys;
 mod task;
-#[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS, read/write
 pub mod transport;
 mod util;
 
-pub use sys::set_parent_death_signal;
+pub use sys::{set_parent_death_kill, set_parent_death_signal};

@@ -44,8 +44,8 @@ type SignalHook = Arc<dyn Fn(i32) + Send + Sync>;
 static GLOBAL: OnceLock<Runtime> = OnceLock::new();
 
 /// SIGINT, SIGTERM (the same numbers on every Unix portpool supports).
-const SIGINT: i32 = 2;
-const SIGTERM: i32 = 15;
+const SIGINT: i32 = libc::SIGINT;
+const SIGTERM: i32 = libc::SIGTERM;
 
 /// A lifecycle: ref counts, suspend/resume hooks, signal-driven shutdown.
 /// Cloning gives another handle to the same runtime.
@@ -168,7 +168,7 @@ impl Runtime {
         if self.inner.suspended.swap(true, Ordering::AcqRel) {
             return;
         }
-        run_hooks(&self.inner.suspend_hooks, "suspend");
+        run_locked_hooks(&self.inner.suspend_hooks, "suspend");
         for p in self.pools() {
             p.suspend();
         }
@@ -183,7 +183,7 @@ impl Runtime {
         for p in self.pools() {
             p.resume();
         }
-        run_hooks(&self.inner.resume_hooks, "resume");
+        run_locked_hooks(&self.inner.resume_hooks, "resume");
     }
 
     /// Blocks while any ref'd handle of this runtime is alive; returns when
@@ -369,7 +369,7 @@ impl Drop for RtInner {
     }
 }
 
-fn run_hooks(hooks: &Mutex<Vec<Hook>>, what: &str) {
+fn run_locked_hooks(hooks: &Mutex<Vec<Hook>>, what: &str) {
     // Cloned out of the lock: a hook may register another.
     let hooks: Vec<Hook> = lock(hooks).clone();
     crate::util::run_hooks(&hooks, what);

@@ -14,7 +14,6 @@ use std::io;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
 
 use crossbeam_channel::Sender;
 use serde::{Deserialize, Serialize};
@@ -40,9 +39,6 @@ enum Answer {
     Ran(#[serde(with = "serde_bytes")] Vec<u8>),
     Failed(Failure),
 }
-
-/// How long a stopped service process may take to exit before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
 
 enum Kind {
     Thread {
@@ -222,8 +218,11 @@ impl Service {
             } => {
                 lock(control).take();
                 if let Some(mut c) = lock(child).take() {
-                    if let Ok((_, true)) = crate::pool::wait_or_kill(&mut c, STOP_GRACE) {
-                        log::warn!("the service process did not exit within {STOP_GRACE:?}; killed it");
+                    if let Ok((_, true)) = crate::pool::wait_or_kill(&mut c, crate::supervisor::STOP_GRACE) {
+                        log::warn!(
+                            "the service process did not exit within {:?}; killed it",
+                            crate::supervisor::STOP_GRACE
+                        );
                     }
                     let _ = stderr.wait_lines();
                 }

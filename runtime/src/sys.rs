@@ -259,6 +259,12 @@ pub fn set_parent_death_signal(signal: i32) -> io::Result<bool> {
     }
 }
 
+/// [`set_parent_death_signal`] with SIGKILL: what a worker asks for, since
+/// a worker whose supervisor is gone has nothing to finish.
+pub fn set_parent_death_kill() -> io::Result<bool> {
+    set_parent_death_signal(libc::SIGKILL)
+}
+
 /// Shuts down the write direction of a socket: the peer reads EOF once it
 /// has read what was sent, even while this process keeps the fd open.
 pub(crate) fn shutdown_write(fd: BorrowedFd<'_>) {

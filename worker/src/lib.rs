@@ -32,7 +32,7 @@ pub fn connect() -> io::Result<Ipc> {
     let port = Port::from_env()?;
     // SIGKILL: a worker whose supervisor is gone has nothing to finish; EOF
     // on the port is the primary signal, this is the backstop.
-    if !portpool_runtime::set_parent_death_signal(SIGKILL)? {
+    if !portpool_runtime::set_parent_death_kill()? {
         return Err(io::Error::new(
             io::ErrorKind::BrokenPipe,
             "the supervisor exited before this worker started",
@@ -67,9 +67,6 @@ fn open_link(ipc: &mut Ipc) -> io::Result<()> {
     let _ = LINK.set(Link::new(conn));
     Ok(())
 }
-
-/// SIGKILL's number (9 on every Unix portpool supports).
-const SIGKILL: i32 = 9;
 
 /// Whether this process was started as a pool's worker.
 pub fn is_worker() -> bool {

@@ -377,7 +377,7 @@ impl Handlers {
     }
 
     /// Runs the suspend hooks (`true`) or the resume hooks (`false`).
-    pub(crate) fn run_hooks(&self, suspend: bool) {
+    pub(crate) fn run_suspend_hooks(&self, suspend: bool) {
         if suspend {
             crate::util::run_hooks(&self.suspend, "suspend");
         } else {

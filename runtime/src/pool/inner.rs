@@ -116,7 +116,7 @@ impl PoolInner {
         }
         self.core.set_suspended(true);
         match &self.backend {
-            Backend::Threads(_) => self.core.handlers.run_hooks(true),
+            Backend::Threads(_) => self.core.handlers.run_suspend_hooks(true),
             Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Suspend),
         }
     }
@@ -127,7 +127,7 @@ impl PoolInner {
             return;
         }
         match &self.backend {
-            Backend::Threads(_) => self.core.handlers.run_hooks(false),
+            Backend::Threads(_) => self.core.handlers.run_suspend_hooks(false),
             Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Resume),
         }
         self.core.set_suspended(false);

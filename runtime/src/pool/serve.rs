@@ -183,7 +183,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             }
             ToWorker::Suspend | ToWorker::Resume => {
                 drop(s);
-                handlers.run_hooks(matches!(head, ToWorker::Suspend));
+                handlers.run_suspend_hooks(matches!(head, ToWorker::Suspend));
                 continue;
             }
             ToWorker::Job { id, .. } | ToWorker::Batch { id, .. } if s.cancelled.remove(&id) => {

@@ -106,7 +106,7 @@ impl Idle {
 pub(crate) struct FreeGate {
     /// Bumped at every wake-up, so a waiter that looked before it never
     /// sleeps through it.
-    generation: Mutex<u64>,
+    wakeups: Mutex<u64>,
     cv: Condvar,
     waiters: AtomicUsize,
 }
@@ -117,7 +117,7 @@ impl FreeGate {
         // SeqCst: pairs with the increment in `wait`; either the waiter's
         // next look sees the slot, or this sees the waiter.
         if self.waiters.load(Ordering::SeqCst) > 0 {
-            *lock(&self.generation) += 1;
+            *lock(&self.wakeups) += 1;
             self.cv.notify_all();
         }
     }
@@ -132,7 +132,7 @@ impl FreeGate {
     ) -> Option<T> {
         self.waiters.fetch_add(1, Ordering::SeqCst);
         let out = loop {
-            let seen = *lock(&self.generation);
+            let seen = *lock(&self.wakeups);
             if let Some(v) = attempt() {
                 break Some(v);
             }
@@ -143,7 +143,7 @@ impl FreeGate {
             if deadline.is_some_and(|d| now >= d) {
                 break None;
             }
-            let g = lock(&self.generation);
+            let g = lock(&self.wakeups);
             if *g == seen {
                 // The bound only guards against a missed notification.
                 let left = deadline.map_or(Duration::MAX, |d| d - now);

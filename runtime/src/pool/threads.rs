@@ -17,11 +17,8 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use super::{BuildError, Core, Event, Outcome, Reply, Task, Work, lock};
 use crate::job::{CancelSource, Context, Failure, Handlers, JobState, ProgressSink, TimeoutPhase};
-use crate::supervisor::PoolEvent;
 use crate::supervisor::monitor::{Control, Supervised};
-
-/// How long `stop` waits for a thread to finish before leaving it.
-const STOP_GRACE: Duration = Duration::from_secs(5);
+use crate::supervisor::{PoolEvent, STOP_GRACE};
 
 /// The job a thread runs now (jobs with a ticket or a timeout only; a
 /// `map` chunk without a timeout is not tracked).
@@ -37,7 +34,8 @@ struct TSlot {
     private_tx: Sender<Task>,
     private_rx: Receiver<Task>,
     running: Mutex<Option<Running>>,
-    /// The current thread's generation, and its "you were replaced" flag.
+    /// The current thread's epoch (its incarnation), and its "you were
+    /// replaced" flag.
     current: Mutex<(u64, Arc<AtomicBool>)>,
     restarts: AtomicU64,
 }
@@ -85,7 +83,7 @@ impl Threads {
         Ok(threads)
     }
 
-    /// Starts the thread of slot `id`, generation `epoch`.
+    /// Starts the thread of slot `id`, incarnation `epoch`.
     fn start(self: &Arc<Self>, id: usize, epoch: u64) -> std::io::Result<()> {
         let abandoned = Arc::new(AtomicBool::new(false));
         *lock(&self.slots[id].current) = (epoch, abandoned.clone());
@@ -287,7 +285,7 @@ impl Threads {
             core.idle.notify();
             // Acquire: pairs with the Release store in `grace_over`.
             if abandoned.load(Ordering::Acquire) {
-                log::info!("abandoned worker thread {id} (generation {epoch}) returned; it exits");
+                log::info!("abandoned worker thread {id} (epoch {epoch}) returned; it exits");
                 return;
             }
         }
@@ -371,5 +369,5 @@ impl Supervised for Threads {
         false
     }
 
-    fn kill(&self, _worker: usize, _gen: u64) {}
+    fn kill(&self, _worker: usize, _epoch: u64) {}
 }

@@ -103,7 +103,7 @@ impl<J: Job> Ticket<J> {
     }
 
     /// Takes events until the outcome is in, or `deadline` passes.
-    fn pump(&mut self, deadline: Option<Instant>) {
+    fn wait_for_outcome(&mut self, deadline: Option<Instant>) {
         if let Some(fast) = self.state.fast_reader() {
             // The job's worker holds only this job: read its answer here.
             let (rx, progress, done, state) = (&self.rx, &mut self.progress, &mut self.done, &self.state);
@@ -147,7 +147,7 @@ impl<J: Job> Ticket<J> {
 
     /// Blocks until the job has finished and returns its result.
     pub fn wait(mut self) -> JobResult<J> {
-        self.pump(None);
+        self.wait_for_outcome(None);
         match self.done.take() {
             Some(o) => typed::<J>(o),
             None => Err(JobError::Rejected {
@@ -159,7 +159,7 @@ impl<J: Job> Ticket<J> {
     /// Waits at most `timeout`; gives the ticket back if the job is not done.
     #[allow(clippy::result_large_err)] // the Err is this ticket, given back
     pub fn wait_timeout(mut self, timeout: Duration) -> Result<JobResult<J>, Ticket<J>> {
-        self.pump(crate::util::deadline(timeout));
+        self.wait_for_outcome(crate::util::deadline(timeout));
         match self.done.take() {
             Some(o) => Ok(typed::<J>(o)),
             None => Err(self),
@@ -212,7 +212,7 @@ impl<J: Job> Ticket<J> {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
                 Some((_, Event::Sent { .. })) => {}
-                None => self.pump(None),
+                None => self.wait_for_outcome(None),
             }
         }
     }

@@ -167,6 +167,11 @@ pub(crate) enum ShutdownMode {
 /// thread worker past the deadline has to return before it is abandoned.
 pub(crate) const TERM_GRACE: Duration = Duration::from_millis(500);
 
+/// How long a stop waits for a worker (a thread, a process, a service's
+/// process) to finish what it holds before it is killed, or, for a
+/// thread, left.
+pub(crate) const STOP_GRACE: Duration = Duration::from_secs(5);
+
 impl Shutdown {
     /// Finish running and queued jobs; past `deadline`, cancel what is
     /// left and stop the workers (SIGTERM, then SIGKILL).

@@ -22,8 +22,10 @@
 /// errors (`crate::frame`), shown here where users look for it.
 #[doc(inline)]
 pub use crate::frame;
+#[allow(unsafe_code)] // the OS layer: read/write on pipes into spare capacity
 mod pipe;
 mod reader;
+#[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS
 mod socket;
 mod writer;
 

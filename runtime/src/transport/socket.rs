@@ -17,7 +17,12 @@ type CmsgBuf = [u64; 24];
 /// first byte. Handles partial writes, `EINTR` and `EAGAIN`. Returns the
 /// number of `sendmsg` calls it took.
 pub(super) fn send_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<u64> {
-    debug_assert!(fds.len() <= MAX_FDS_PER_FRAME);
+    if fds.len() > MAX_FDS_PER_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("at most {MAX_FDS_PER_FRAME} fds ride on one frame"),
+        ));
+    }
     let mut iov: [libc::iovec; 3] = [libc::iovec {
         iov_base: ptr::null_mut(),
         iov_len: 0,
@@ -44,15 +49,25 @@ pub(super) fn send_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>
             let payload = (fds.len() * mem::size_of::<RawFd>()) as libc::c_uint;
             // SAFETY: CMSG_SPACE only computes a size.
             let space = unsafe { libc::CMSG_SPACE(payload) } as usize;
-            debug_assert!(space <= mem::size_of::<CmsgBuf>());
+            // (Checked, not assumed: the writes below rely on it.)
+            if space > mem::size_of::<CmsgBuf>() {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    "the fds do not fit in the control buffer",
+                ));
+            }
             msg.msg_control = cmsg.as_mut_ptr().cast();
             msg.msg_controllen = space as _;
             // SAFETY: msg_control points at `cmsg`, which is at least
-            // `space` bytes and aligned for cmsghdr, so the first header is
-            // in bounds.
+            // `space` bytes (checked above) and aligned for cmsghdr;
+            // CMSG_FIRSTHDR only reads msg's control fields.
             let hdr = unsafe { libc::CMSG_FIRSTHDR(&msg) };
-            // SAFETY: `hdr` points into `cmsg` (checked non-null by the
-            // kernel's own macro contract: controllen >= one header).
+            if hdr.is_null() {
+                return Err(io::Error::other("no room for a control message header"));
+            }
+            // SAFETY: `hdr` is non-null (checked above) and points at the
+            // start of `cmsg`, which holds at least one header (`space` is
+            // at least CMSG_SPACE(0)); we own `cmsg` exclusively here.
             unsafe {
                 (*hdr).cmsg_level = libc::SOL_SOCKET;
                 (*hdr).cmsg_type = libc::SCM_RIGHTS;

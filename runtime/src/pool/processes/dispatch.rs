@@ -17,8 +17,11 @@ impl Processes {
             && !sh.core.suspended.load(Ordering::Acquire)
             && sh.slots.iter().any(|s| {
                 s.current()
-                    // SeqCst: as every other access to the slot count.
-                    .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) < sh.k)
+                    // SeqCst: as every other access to the in-flight count.
+                    .is_some_and(|w| {
+                        w.alive.load(Ordering::Acquire)
+                            && w.in_flight.load(Ordering::SeqCst) < sh.max_in_flight
+                    })
             })
     }
 
@@ -40,11 +43,11 @@ impl Processes {
             if !w.alive.load(Ordering::Acquire) {
                 continue;
             }
-            // SeqCst: as every other access to the slot count (see `pump`).
-            let mut cur = w.slots.load(Ordering::SeqCst);
-            while cur < sh.k {
+            // SeqCst: as every other access to the in-flight count (see `fill_slots`).
+            let mut cur = w.in_flight.load(Ordering::SeqCst);
+            while cur < sh.max_in_flight {
                 match w
-                    .slots
+                    .in_flight
                     .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
                 {
                     Ok(_) => {
@@ -160,8 +163,8 @@ impl Processes {
                 }
             }
         };
-        // SeqCst: as every other access to the slot count (see `pump`).
-        worker.slots.fetch_add(1, Ordering::SeqCst);
+        // SeqCst: as every other access to the in-flight count (see `fill_slots`).
+        worker.in_flight.fetch_add(1, Ordering::SeqCst);
         dispatch(&worker, core, task);
         if let Err(e) = worker.tx.flush() {
             log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
@@ -172,14 +175,14 @@ impl Processes {
 impl Shared {
     pub(super) fn kick(&self) {
         // SeqCst: the enqueue before this must be visible to a reader that
-        // frees a slot and then checks the queue (see `pump`).
+        // frees a slot and then checks the queue (see `fill_slots`).
         fence(Ordering::SeqCst);
         let n = self.slots.len();
         // Relaxed: only spreads the starting point.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             if let Some(w) = self.slots[(start + i) % n].current() {
-                pump(&w, &self.core, self.k, true);
+                fill_slots(&w, &self.core, self.max_in_flight, true);
             }
             if !self.core.has_queued() {
                 return;
@@ -190,7 +193,7 @@ impl Shared {
 
 /// Takes queued jobs for `w` while it has free slots. Flushes what it sent
 /// if `flush` (the reader defers the flush while more results are waiting).
-pub(super) fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
+pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) {
     let mut sent = false;
     loop {
         // Acquire: pairs with the Release store when the worker dies or
@@ -200,11 +203,11 @@ pub(super) fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
         }
         // SeqCst throughout: "free a slot, then look at the queue" here and
         // "enqueue, then look at the slots" in `kick` must not both miss.
-        let cur = w.slots.load(Ordering::SeqCst);
-        if cur >= k {
+        let cur = w.in_flight.load(Ordering::SeqCst);
+        if cur >= max_in_flight {
             break;
         }
-        if w.slots
+        if w.in_flight
             .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
             .is_err()
         {
@@ -215,7 +218,7 @@ pub(super) fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
                 if t.state.is_settled() {
                     // Cancelled (or past its queue deadline) while queued:
                     // dropped without reaching the worker.
-                    w.slots.fetch_sub(1, Ordering::SeqCst);
+                    w.in_flight.fetch_sub(1, Ordering::SeqCst);
                     core.count_settled_elsewhere(&t.state, t.jobs());
                     continue;
                 }
@@ -223,7 +226,7 @@ pub(super) fn pump(w: &Worker, core: &Core, k: usize, flush: bool) {
                 sent = true;
             }
             Some(Work::Stop) | None => {
-                w.slots.fetch_sub(1, Ordering::SeqCst);
+                w.in_flight.fetch_sub(1, Ordering::SeqCst);
                 fence(Ordering::SeqCst);
                 if !core.has_queued() {
                     break;
@@ -255,8 +258,8 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // and put back, so a crash can send the task to another worker.
     // The only job in flight on this worker: its ticket may read the
     // answer itself (ARCHITECTURE.md, "a lone job's waiter reads its answer").
-    // SeqCst: as every other access to the slot count.
-    if w.slots.load(Ordering::SeqCst) == 1 {
+    // SeqCst: as every other access to the in-flight count.
+    if w.in_flight.load(Ordering::SeqCst) == 1 {
         let me: std::sync::Weak<dyn crate::pool::FastRead> = w.me.clone();
         t.state.set_fast_reader(me);
     } else {
@@ -328,7 +331,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // job failed here and by the reader still gets exactly one outcome.
     let taken = lock(&w.pending).remove(&id);
     if let Some(t) = taken {
-        w.slots.fetch_sub(1, Ordering::SeqCst);
+        w.in_flight.fetch_sub(1, Ordering::SeqCst);
         core.counters[w.id]
             .running
             .fetch_sub(jobs as usize, Ordering::Relaxed);

@@ -1,4 +1,4 @@
-//! Process workers: each is a child process with a port. Up to `k` jobs are
+//! Process workers: each is a child process with a port. Up to `max_in_flight` jobs are
 //! in flight per worker. Dispatch happens on the thread that frees a slot:
 //! the submitter (right after enqueueing) or the worker's reader thread
 //! (right after a result), so a job goes from `submit` to the worker's
@@ -30,9 +30,9 @@ use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
 use crate::stderr::StderrTail;
 use crate::supervisor::monitor::{Control, Supervised};
-use crate::supervisor::{Intensity, PoolEvent, TERM_GRACE};
+use crate::supervisor::{Intensity, PoolEvent, STOP_GRACE, TERM_GRACE};
 
-use dispatch::{dispatch, pump};
+use dispatch::{dispatch, fill_slots};
 use reader::reader_loop;
 pub(crate) use reader::{describe_status, wait_or_kill};
 use slot::slot_loop;
@@ -49,9 +49,6 @@ pub const WORKER_LINK_ENV: &str = "PORTPOOL_WORKER_LINK";
 /// How long a worker that closed its port may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
 
-/// How long `stop` waits for a stopped worker to exit before killing it.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-
 /// How long a worker that failed to start may take to exit on its own
 /// (writing why to its stderr) before it is killed.
 const FAIL_GRACE: Duration = Duration::from_millis(500);
@@ -60,7 +57,7 @@ const FAIL_GRACE: Duration = Duration::from_millis(500);
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SIGTERM (15 on every Unix portpool supports).
-const SIGTERM: i32 = 15;
+const SIGTERM: i32 = libc::SIGTERM;
 
 /// A worker slot: the current incarnation, if one is up.
 struct Slot {
@@ -92,7 +89,7 @@ impl Slot {
 struct Shared {
     pub(super) core: Arc<Core>,
     pub(super) slots: Vec<Slot>,
-    pub(super) k: usize,
+    pub(super) max_in_flight: usize,
     pub(super) links: bool,
     pub(super) template: Command,
     pub(super) intensity: Mutex<Intensity>,
@@ -116,14 +113,14 @@ impl Processes {
         core: Arc<Core>,
         template: Command,
         n: usize,
-        k: usize,
+        max_in_flight: usize,
         links: bool,
     ) -> Result<Arc<Processes>, BuildError> {
         let shared = Arc::new(Shared {
             intensity: Mutex::new(Intensity::new(core.config.restart)),
             core,
             slots: (0..n).map(|_| Slot::default()).collect(),
-            k,
+            max_in_flight,
             links,
             template,
             stop_gate: (Mutex::new(()), Condvar::new()),
@@ -218,8 +215,8 @@ impl Processes {
     pub(crate) fn busy(&self) -> bool {
         self.shared.slots.iter().any(|s| {
             s.current()
-                // Acquire/SeqCst: see `pump`; a dead worker's slots do not count.
-                .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.slots.load(Ordering::SeqCst) > 0)
+                // Acquire/SeqCst: see `fill_slots`; a dead worker's slots do not count.
+                .is_some_and(|w| w.alive.load(Ordering::Acquire) && w.in_flight.load(Ordering::SeqCst) > 0)
         })
     }
 

@@ -74,7 +74,7 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
     let counters = &core.counters[w.id];
     let why = why.or_else(|| lock(&w.broke).take());
     // The port is closed (or broken): this worker is finished.
-    // Release: pairs with the Acquire loads in `kick` and `pump`.
+    // Release: pairs with the Acquire loads in `kick` and `fill_slots`.
     w.alive.store(false, Ordering::Release);
     let status = reap(w);
     let stderr = w.stderr.wait_lines();
@@ -131,7 +131,7 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         };
         core.retire_failure(&t.state, &t.reply, jobs, f, Some(w.id));
     }
-    w.slots.store(0, Ordering::SeqCst);
+    w.in_flight.store(0, Ordering::SeqCst);
     let expected = ended_by.is_some() || stopping;
     core.event(PoolEvent::WorkerExited {
         worker: w.id,
@@ -198,18 +198,20 @@ pub(crate) fn describe_status(st: std::process::ExitStatus) -> String {
 
 pub(super) fn signal_name(sig: i32) -> &'static str {
     match sig {
-        1 => "SIGHUP",
-        2 => "SIGINT",
-        3 => "SIGQUIT",
-        4 => "SIGILL",
-        6 => "SIGABRT",
-        7 => "SIGBUS",
-        8 => "SIGFPE",
-        9 => "SIGKILL",
-        11 => "SIGSEGV",
-        13 => "SIGPIPE",
-        14 => "SIGALRM",
-        15 => "SIGTERM",
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGALRM => "SIGALRM",
+        libc::SIGTERM => "SIGTERM",
+        libc::SIGXCPU => "SIGXCPU",
+        libc::SIGSYS => "SIGSYS",
         _ => "unknown signal",
     }
 }

@@ -72,8 +72,8 @@ pub(super) fn slot_loop(
                     let mut waiting = lock(&slot.waiting);
                     *lock(&slot.current) = Some(w.clone());
                     for t in waiting.iter_mut().flat_map(|q| q.drain(..)) {
-                        // SeqCst: as every other access to the slot count.
-                        w.slots.fetch_add(1, Ordering::SeqCst);
+                        // SeqCst: as every other access to the in-flight count.
+                        w.in_flight.fetch_add(1, Ordering::SeqCst);
                         dispatch(&w, core, t);
                     }
                 }
@@ -82,7 +82,7 @@ pub(super) fn slot_loop(
                 if core.stopping.load(Ordering::Acquire) {
                     let _ = w.tx.feed(&ToWorker::Stop);
                 }
-                // Write what was dispatched above (`pump` flushes only what
+                // Write what was dispatched above (`fill_slots` flushes only what
                 // it sends itself).
                 if let Err(e) = w.tx.flush() {
                     log::debug!("worker {id}: flush failed ({e}); its reader will report the exit");
@@ -97,7 +97,7 @@ pub(super) fn slot_loop(
                     let _ = r.send(Ok(()));
                 }
                 // Work may have queued up while the slot was empty.
-                pump(&w, core, shared.k, true);
+                fill_slots(&w, core, shared.max_in_flight, true);
                 core.free.notify();
                 let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;
@@ -150,7 +150,7 @@ pub(super) fn slot_loop(
 }
 
 pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
-    let (core, k, links) = (&shared.core, shared.k, shared.links);
+    let (core, max_in_flight, links) = (&shared.core, shared.max_in_flight, shared.links);
     let template = &shared.template;
     let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
@@ -262,7 +262,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         epoch,
         pid,
         tx,
-        slots: AtomicUsize::new(0),
+        in_flight: AtomicUsize::new(0),
         alive: AtomicBool::new(true),
         pending: Mutex::new(HashMap::new()),
         child: Mutex::new(Some(child)),
@@ -274,7 +274,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         rx_fd,
         me: me.clone(),
         core: core.clone(),
-        k,
+        max_in_flight,
         link,
         broke: Mutex::new(None),
     }))

@@ -20,7 +20,7 @@ pub(super) struct Worker {
     pub(super) pid: u32,
     pub(super) tx: IpcSender,
     /// Jobs sent and not answered.
-    pub(super) slots: AtomicUsize,
+    pub(super) in_flight: AtomicUsize,
     pub(super) alive: AtomicBool,
     /// Each task sent and not answered, by id.
     pub(super) pending: Mutex<HashMap<u64, Task>>,
@@ -38,7 +38,7 @@ pub(super) struct Worker {
     pub(super) rx_fd: Option<std::os::fd::OwnedFd>,
     pub(super) me: std::sync::Weak<Worker>,
     pub(super) core: Arc<Core>,
-    pub(super) k: usize,
+    pub(super) max_in_flight: usize,
     /// The conversation beside the jobs, when the pool has worker links.
     pub(super) link: Option<Arc<crate::link::Link>>,
     /// A protocol error met by a ticket reading the port (the worker is
@@ -166,14 +166,14 @@ impl Worker {
                     core.count_settled_elsewhere(&t.state, jobs);
                 }
                 drop(t);
-                self.slots.fetch_sub(1, Ordering::SeqCst);
+                self.in_flight.fetch_sub(1, Ordering::SeqCst);
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
-                pump(self, core, self.k, false);
+                fill_slots(self, core, self.max_in_flight, false);
                 core.free.notify();
                 // (With nothing else in flight no answer can follow: skip
                 // the look at the kernel.)
-                let more = self.slots.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
+                let more = self.in_flight.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
                 if !more {
                     if let Err(e) = self.tx.flush() {
                         log::debug!("worker {}: flush failed ({e}); the port is closing", self.id);
@@ -205,8 +205,8 @@ impl Worker {
             if done() {
                 return;
             }
-            // SeqCst: as every other access to the slot count.
-            if self.slots.load(Ordering::SeqCst) > 1 || !self.alive.load(Ordering::Acquire) {
+            // SeqCst: as every other access to the in-flight count.
+            if self.in_flight.load(Ordering::SeqCst) > 1 || !self.alive.load(Ordering::Acquire) {
                 return;
             }
             let now = Instant::now();
@@ -227,7 +227,7 @@ impl Worker {
             match step {
                 Step::Frame | Step::Nothing => {
                     // Answers for other jobs may wait now: the reader reads them.
-                    if self.slots.load(Ordering::SeqCst) > 0 {
+                    if self.in_flight.load(Ordering::SeqCst) > 0 {
                         self.wake_reader();
                     }
                 }
