@@ -19,6 +19,7 @@
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 
+mod child;
 mod codec;
 pub mod error;
 #[doc(hidden)] // shown as `transport::frame`

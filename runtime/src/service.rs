@@ -11,7 +11,7 @@
 
 use std::fmt;
 use std::io;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
@@ -123,35 +123,28 @@ impl Service {
     /// is passed through. Like a pool's process worker, it starts in a
     /// process group of its own, so the terminal's Ctrl-C reaches only this
     /// process, which decides (it still exits when this process is gone).
-    pub fn process(mut command: Command) -> io::Result<Service> {
-        let (ours, theirs) = port::open()?;
-        command.stderr(Stdio::piped());
-        std::os::unix::process::CommandExt::process_group(&mut command, 0);
-        let mut child = theirs.spawn(command)?;
-        let stderr = match StderrTail::follow(&mut child, "service") {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(e);
-            }
-        };
+    pub fn process(command: Command) -> io::Result<Service> {
         let opts = ConnectOptions {
             role: Role::Supervisor,
             ..ConnectOptions::default()
         };
-        let control = match ours.connect_with(opts) {
-            Ok(c) => c,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().map(crate::pool::describe_status).unwrap_or_default();
-                let last = stderr.wait_lines().pop().unwrap_or_default();
+        let started = match crate::child::start(command, "service", true, opts) {
+            Ok(s) => s,
+            Err(crate::child::StartError::Spawn(e)) => return Err(e),
+            Err(crate::child::StartError::Handshake {
+                error,
+                status,
+                stderr,
+                ..
+            }) => {
+                let last = crate::stderr::last_meaningful(&stderr).unwrap_or_default();
                 return Err(io::Error::new(
-                    e.kind(),
-                    format!("the service did not complete its handshake ({status}; {last}): {e}"),
+                    error.kind(),
+                    format!("the service did not complete its handshake ({status}; {last}): {error}"),
                 ));
             }
         };
+        let (child, stderr, control) = (started.child, started.stderr, started.ipc);
         control.unref();
         Ok(Service {
             kind: Kind::Process {
@@ -218,7 +211,7 @@ impl Service {
             } => {
                 lock(control).take();
                 if let Some(mut c) = lock(child).take() {
-                    if let Ok((_, true)) = crate::pool::wait_or_kill(&mut c, crate::supervisor::STOP_GRACE) {
+                    if let Ok((_, true)) = crate::child::wait_or_kill(&mut c, crate::supervisor::STOP_GRACE) {
                         log::warn!(
                             "the service process did not exit within {:?}; killed it",
                             crate::supervisor::STOP_GRACE

@@ -20,14 +20,13 @@
 
 use std::fmt;
 use std::ops::Deref;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus};
 use std::sync::Arc;
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::link::{Codec, Link, LinkError, Payload};
-use crate::port;
 use crate::runtime::{RefCount, Runtime};
 use crate::stderr::StderrTail;
 
@@ -79,33 +78,26 @@ impl SubprocessBuilder {
     /// Starts the child with a port (its stderr is passed through and its
     /// last lines kept), connects, and sends the `ipc_input` messages.
     pub fn spawn(self) -> Result<Subprocess, SubprocessError> {
-        let (ours, theirs) = port::open().map_err(|e| SubprocessError::Spawn(e.to_string()))?;
-        let mut command = self.command;
-        command.stderr(Stdio::piped());
+        let command = self.command;
         let program = command.get_program().to_string_lossy().into_owned();
-        let mut child = theirs
-            .spawn(command)
-            .map_err(|e| SubprocessError::Spawn(format!("could not start {program:?}: {e}")))?;
-        let stderr = match StderrTail::follow(&mut child, &program) {
-            Ok(t) => t,
-            Err(e) => {
-                let _ = child.kill();
-                let _ = child.wait();
+        // (No process group of its own: like execa's child, a subprocess
+        // belongs to its parent's terminal job.)
+        let started = crate::child::start(command, &program, false, crate::port::ConnectOptions::default());
+        let (child, stderr, ipc) = match started {
+            Ok(s) => (s.child, s.stderr, s.ipc),
+            Err(crate::child::StartError::Spawn(e)) => {
                 return Err(SubprocessError::Spawn(format!(
-                    "could not follow the stderr of {program:?}: {e}"
+                    "could not start {program:?}: {e}"
                 )));
             }
-        };
-        let ipc = match ours.connect() {
-            Ok(ipc) => ipc,
-            Err(e) => {
-                let _ = child.kill();
-                let status = child.wait().ok();
+            Err(crate::child::StartError::Handshake {
+                error, exit, stderr, ..
+            }) => {
                 return Err(SubprocessError::Failed {
-                    status,
-                    reason: format!("{program:?} did not complete its handshake: {e}"),
+                    status: exit,
+                    reason: format!("{program:?} did not complete its handshake: {error}"),
                     ipc_output: Vec::new(),
-                    stderr: stderr.wait_lines(),
+                    stderr,
                 });
             }
         };
@@ -297,7 +289,7 @@ impl Subprocess {
             }),
             Ok(st) => Err(SubprocessError::Failed {
                 status: Some(st),
-                reason: format!("{:?} failed: {}", self.program, crate::pool::describe_status(st)),
+                reason: format!("{:?} failed: {}", self.program, crate::child::describe_status(st)),
                 ipc_output: ipc,
                 stderr,
             }),

@@ -45,7 +45,6 @@ use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, Shutdo
 
 pub use map::Map;
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
-pub(crate) use processes::{describe_status, wait_or_kill};
 pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 

@@ -16,7 +16,7 @@ mod slot;
 mod worker;
 
 use std::collections::HashMap;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering, fence};
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -32,9 +32,9 @@ use crate::stderr::StderrTail;
 use crate::supervisor::monitor::{Control, Supervised};
 use crate::supervisor::{Intensity, PoolEvent, STOP_GRACE, TERM_GRACE};
 
+pub(crate) use crate::child::{describe_status, wait_or_kill};
 use dispatch::{dispatch, fill_slots};
 use reader::reader_loop;
-pub(crate) use reader::{describe_status, wait_or_kill};
 use slot::slot_loop;
 use worker::{EndReason, READER_NAP, Step, Worker, send_soon};
 
@@ -48,10 +48,6 @@ pub const WORKER_LINK_ENV: &str = "PORTPOOL_WORKER_LINK";
 
 /// How long a worker that closed its port may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);
-
-/// How long a worker that failed to start may take to exit on its own
-/// (writing why to its stderr) before it is killed.
-const FAIL_GRACE: Duration = Duration::from_millis(500);
 
 /// How long a new worker has to complete its handshake.
 const START_TIMEOUT: Duration = Duration::from_secs(10);

@@ -152,76 +152,60 @@ pub(super) fn slot_loop(
 pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
     let (core, max_in_flight, links) = (&shared.core, shared.max_in_flight, shared.links);
     let template = &shared.template;
-    let (ours, theirs) = port::open().map_err(|e| BuildError::io("could not open a port", e))?;
     let mut cmd = copy_command(template);
     cmd.env(WORKER_ID_ENV, id.to_string());
     if links {
         cmd.env(WORKER_LINK_ENV, "1");
     }
-    cmd.stderr(Stdio::piped());
-    // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
-    // go to the foreground group, and the supervisor decides what its
-    // workers do about them (README "signals"). The worker still dies
-    // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
-    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = theirs.spawn(cmd).map_err(|e| {
-        BuildError::io(
-            format!("could not start worker {id} ({:?})", template.get_program()),
-            e,
-        )
-    })?;
-    let pid = child.id();
-    let stderr = match StderrTail::follow(&mut child, &format!("worker {id}")) {
-        Ok(t) => t,
-        Err(e) => {
-            let _ = child.kill();
-            let _ = child.wait();
-            return Err(BuildError::io(
-                format!("could not start worker {id}'s stderr reader"),
-                e,
-            ));
-        }
-    };
-    // A worker that fails before it serves: kill and reap it, and say why,
-    // leading with the worker's own explanation if it gave one.
-    // (It may be on its way out, with its reason on its stderr: a moment
-    // to exit on its own before it is killed.)
-    let fail = |mut child: Child, what: String, e: Option<std::io::Error>| {
-        let status = match wait_or_kill(&mut child, FAIL_GRACE) {
-            Ok((st, _)) => describe_status(st),
-            Err(e) => format!("could not be waited for: {e}"),
-        };
-        let tail = stderr.wait_lines();
-        let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
-        if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
-            return BuildError::new(format!("worker {id} (pid {pid}) could not start: {}", at.trim()));
-        }
-        let last = crate::stderr::last_meaningful(&tail)
-            .map(|l| format!("; its stderr ended with: {l}"))
-            .unwrap_or_default();
-        let what = format!("worker {id} (pid {pid}) {what} ({status}{last})");
-        match e {
-            Some(e) => BuildError::io(what, e),
-            None => BuildError::new(what),
-        }
-    };
     let opts = ConnectOptions {
         role: Role::Supervisor,
         timeout: START_TIMEOUT,
         ..ConnectOptions::default()
     };
-    let mut ipc = match ours.connect_with(opts) {
-        Ok(ipc) if ipc.peer_role() == Role::Worker => ipc,
-        Ok(ipc) => {
-            let role = ipc.peer_role();
-            return Err(fail(
-                child,
-                format!("answered as {role:?}, not as a worker"),
-                None,
+    // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
+    // go to the foreground group, and the supervisor decides what its
+    // workers do about them (README "signals"). The worker still dies
+    // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
+    let started = crate::child::start(cmd, &format!("worker {id}"), true, opts);
+    let (child, pid, stderr, mut ipc) = match started {
+        Ok(s) => (s.child, s.pid, s.stderr, s.ipc),
+        Err(crate::child::StartError::Spawn(e)) => {
+            return Err(BuildError::io(
+                format!("could not start worker {id} ({:?})", template.get_program()),
+                e,
             ));
         }
-        Err(e) => return Err(fail(child, "did not complete its handshake".into(), Some(e))),
+        Err(crate::child::StartError::Handshake {
+            pid,
+            error,
+            status,
+            stderr,
+            ..
+        }) => {
+            return Err(start_failure(
+                id,
+                pid,
+                "did not complete its handshake",
+                Some(error),
+                &status,
+                &stderr,
+            ));
+        }
     };
+    // A worker that fails before it serves: a moment to exit, then killed
+    // and reaped, and why, leading with its own explanation if it gave one.
+    let fail = |child: Child, what: String, e: Option<std::io::Error>| {
+        let (status, tail) = crate::child::give_up(child, &stderr);
+        start_failure(id, pid, &what, e, &status, &tail)
+    };
+    if ipc.peer_role() != Role::Worker {
+        let role = ipc.peer_role();
+        return Err(fail(
+            child,
+            format!("answered as {role:?}, not as a worker"),
+            None,
+        ));
+    }
     // The pool's own connections do not keep a runtime alive; the pool does.
     ipc.unref();
     let link = if links {
@@ -278,6 +262,31 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         link,
         broke: Mutex::new(None),
     }))
+}
+
+/// Why worker `id` (process `pid`) failed to start: its own sentence if it
+/// forgot `serve_if_worker`, else `what` with its status and its stderr's
+/// telling line.
+fn start_failure(
+    id: usize,
+    pid: u32,
+    what: &str,
+    e: Option<std::io::Error>,
+    status: &str,
+    tail: &[String],
+) -> BuildError {
+    let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
+    if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
+        return BuildError::new(format!("worker {id} (pid {pid}) could not start: {}", at.trim()));
+    }
+    let last = crate::stderr::last_meaningful(tail)
+        .map(|l| format!("; its stderr ended with: {l}"))
+        .unwrap_or_default();
+    let what = format!("worker {id} (pid {pid}) {what} ({status}{last})");
+    match e {
+        Some(e) => BuildError::io(what, e),
+        None => BuildError::new(what),
+    }
 }
 
 /// Compares the routes worker `id` announced with the supervisor's own
