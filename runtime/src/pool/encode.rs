@@ -9,7 +9,7 @@ use super::*;
 /// A chunk's sender also tells the chunk's `reply` which of its jobs could
 /// not be encoded (`Event::Sent`), before the frame can reach the worker.
 pub(crate) type SendJobFn =
-    fn(&IpcSender, &wire::ToWorker<'_>, &(dyn Any + Send), Option<&Reply>) -> Result<(), SendFail>;
+    fn(&IpcSender, &crate::proto::ToWorker<'_>, &(dyn Any + Send), Option<&Reply>) -> Result<(), SendFail>;
 
 /// Why a job could not be queued on a worker's port.
 pub(crate) enum SendFail {
@@ -55,13 +55,13 @@ impl Task {
     }
 
     /// The frame head that announces this task to a process worker.
-    pub(crate) fn head(&self) -> wire::ToWorker<'static> {
+    pub(crate) fn head(&self) -> crate::proto::ToWorker<'static> {
         match self.batch {
-            None => wire::ToWorker::Job {
+            None => crate::proto::ToWorker::Job {
                 id: self.id,
                 route: self.route,
             },
-            Some(count) => wire::ToWorker::Batch {
+            Some(count) => crate::proto::ToWorker::Batch {
                 id: self.id,
                 route: self.route,
                 count,
@@ -128,7 +128,7 @@ pub(crate) fn encode_job_failure<J: Job>(
 
 pub(crate) fn send_job<J: Job>(
     tx: &IpcSender,
-    head: &wire::ToWorker<'_>,
+    head: &crate::proto::ToWorker<'_>,
     job: &(dyn Any + Send),
     _: Option<&Reply>,
 ) -> Result<(), SendFail> {
@@ -154,7 +154,11 @@ pub(crate) fn send_job<J: Job>(
 }
 
 /// Sends a task whose job was encoded at submission: the head, then its bytes.
-pub(crate) fn send_encoded(tx: &IpcSender, head: &wire::ToWorker<'_>, bytes: &[u8]) -> Result<(), SendFail> {
+pub(crate) fn send_encoded(
+    tx: &IpcSender,
+    head: &crate::proto::ToWorker<'_>,
+    bytes: &[u8],
+) -> Result<(), SendFail> {
     tx.feed_with("an encoded job", |buf| {
         crate::port::encode_into(head, buf)?;
         buf.extend_from_slice(bytes);
@@ -191,11 +195,12 @@ thread_local! {
 /// reach the worker) and the rest go, under a head that counts them.
 pub(crate) fn send_chunk<J: Job>(
     tx: &IpcSender,
-    head: &wire::ToWorker<'_>,
+    head: &crate::proto::ToWorker<'_>,
     jobs: &(dyn Any + Send),
     reply: Option<&Reply>,
 ) -> Result<(), SendFail> {
-    let (Some(jobs), wire::ToWorker::Batch { id, route, .. }) = (jobs.downcast_ref::<Vec<J>>(), head) else {
+    let (Some(jobs), crate::proto::ToWorker::Batch { id, route, .. }) = (jobs.downcast_ref::<Vec<J>>(), head)
+    else {
         return Err(SendFail::Job(Failure::Codec(
             crate::job::Side::Supervisor,
             "chunk value does not match its route".into(),
@@ -240,7 +245,7 @@ pub(crate) fn send_chunk<J: Job>(
                 bytes: scratch.len(),
             });
         }
-        let head = wire::ToWorker::Batch {
+        let head = crate::proto::ToWorker::Batch {
             id: *id,
             route,
             count,

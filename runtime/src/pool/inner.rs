@@ -117,7 +117,7 @@ impl PoolInner {
         self.core.set_suspended(true);
         match &self.backend {
             Backend::Threads(_) => self.core.handlers.run_suspend_hooks(true),
-            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Suspend),
+            Backend::Processes(p) => p.broadcast_control(&crate::proto::ToWorker::Suspend),
         }
     }
 
@@ -128,7 +128,7 @@ impl PoolInner {
         }
         match &self.backend {
             Backend::Threads(_) => self.core.handlers.run_suspend_hooks(false),
-            Backend::Processes(p) => p.broadcast_control(&wire::ToWorker::Resume),
+            Backend::Processes(p) => p.broadcast_control(&crate::proto::ToWorker::Resume),
         }
         self.core.set_suspended(false);
         self.after_enqueue();

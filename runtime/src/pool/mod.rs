@@ -19,12 +19,10 @@ mod errors;
 mod inner;
 mod map;
 mod processes;
-pub(crate) mod serve;
 mod state;
 mod stats;
 mod threads;
 mod ticket;
-pub(crate) mod wire;
 
 use std::any::Any;
 use std::collections::{HashMap, VecDeque};
@@ -43,9 +41,9 @@ use crate::runtime::{RefCount, Runtime};
 use crate::supervisor::monitor::{self, Control, Graces, MonitorHandle, Supervised};
 use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, ShutdownReport, TERM_GRACE};
 
+pub use crate::serve::serve;
 pub use map::Map;
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
-pub use serve::serve;
 pub use ticket::{JobResult, Ticket};
 
 pub(crate) use crate::util::lock;

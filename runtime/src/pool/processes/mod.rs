@@ -24,10 +24,10 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::wire::{FromWorker, ToWorker, WireOutcome};
 use super::{BuildError, Core, Event, Outcome, SendFail, Task, Work, lock};
 use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
+use crate::proto::{FromWorker, ToWorker, WireOutcome};
 use crate::stderr::StderrTail;
 use crate::supervisor::monitor::{Control, Supervised};
 use crate::supervisor::{Intensity, PoolEvent, STOP_GRACE, TERM_GRACE};

@@ -1,5 +1,6 @@
 //! The messages a supervisor and a process worker exchange over the
-//! worker's port (each one postcard frame).
+//! worker's port (each one postcard frame), used by both sides: the
+//! pool's process backend and the worker's serve loop.
 
 use serde::{Deserialize, Serialize};
 

@@ -1,14 +1,15 @@
-//! The loop a process worker runs: take jobs from the port, run them with
-//! the worker's [`Handlers`], send the answers back.
+//! The worker side: the loop a process worker runs. It takes jobs from
+//! the port, runs them with the worker's [`Handlers`], and sends the
+//! answers back. (The pool is the other side; `proto.rs` is what they say.)
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use super::wire::{FromWorker, ToWorker, WireOutcome};
 use crate::job::{CancelSource, Context, Failure, Handlers, ProgressSink};
 use crate::port::Ipc;
+use crate::proto::{FromWorker, ToWorker, WireOutcome};
 
 /// How often a handler's `is_cancelled` looks at the port.
 const CANCEL_POLL: Duration = Duration::from_millis(1);
