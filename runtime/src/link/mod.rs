@@ -114,7 +114,7 @@ pub struct Link {
     /// `None` once this side has stopped sending (`close_sending`).
     tx: Option<Arc<IpcSender>>,
     /// The duplicate fd the background thread sleeps on.
-    wake_fd: Option<Arc<std::os::fd::OwnedFd>>,
+    wake_fd: Arc<crate::port::shared::WakeFd>,
     rt_ref: RefCount,
 }
 
@@ -147,15 +147,7 @@ impl Link {
         // The link's own ref stands for the connection in its runtime.
         ipc.unref();
         let (tx, rx) = ipc.split();
-        let fd = match rx.dup_fd() {
-            Ok(fd) => Some(Arc::new(fd)),
-            Err(e) => {
-                log::warn!(
-                    "link: could not duplicate the connection's fd ({e}); the background reader polls"
-                );
-                None
-            }
-        };
+        let fd = Arc::new(crate::port::shared::WakeFd::of(&rx, "link"));
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
             tx: Arc::downgrade(&tx),
@@ -484,9 +476,7 @@ impl Drop for Link {
         // waiting for a peer that keeps its end open. It is not joined:
         // it may be inside a request handler.
         self.tx.take();
-        if let Some(fd) = &self.wake_fd {
-            crate::sys::shutdown_read(std::os::fd::AsFd::as_fd(&**fd));
-        }
+        self.wake_fd.shutdown_read();
     }
 }
 

@@ -18,11 +18,7 @@ pub(super) type Handler = Arc<dyn Fn(&Payload) -> Result<Payload, String> + Send
 /// How long the background thread leaves reading to callers before it
 /// looks whether any is left: the longest a strict message or a request
 /// waits for an answer after the last caller left the link.
-pub(super) const BACKGROUND_NAP: Duration = Duration::from_millis(2);
-
-/// How long a thread that wants to read waits, spinning, for the reader in
-/// turn to hand the receiver back before it sleeps on the condvar.
-pub(super) const HANDOFF_SPIN: Duration = Duration::from_micros(20);
+use crate::port::shared::READER_NAP as BACKGROUND_NAP;
 
 #[derive(Default)]
 pub(super) struct State {
@@ -151,15 +147,13 @@ impl Inner {
                 // Another thread reads: spin briefly for it to hand over
                 // (it often is about to), then check again.
                 drop(st);
-                let spin_until = Instant::now() + HANDOFF_SPIN;
-                loop {
-                    std::thread::yield_now();
-                    st = self.lock();
-                    if st.rx.is_some() || Instant::now() >= spin_until {
-                        break;
-                    }
-                    drop(st);
-                }
+                st = match crate::port::shared::spin_for_handoff(|| {
+                    let g = self.lock();
+                    if g.rx.is_some() { Some(g) } else { None }
+                }) {
+                    Some(g) => g,
+                    None => self.lock(),
+                };
                 spun = true;
                 continue;
             }
@@ -377,7 +371,7 @@ impl Inner {
 /// messages are acknowledged, requests answered and the end noticed even
 /// while nobody waits on the link. It never holds the receiver while
 /// sleeping: it waits for readability on a duplicate of the fd.
-pub(super) fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
+pub(super) fn background(inner: &Inner, fd: Arc<crate::port::shared::WakeFd>) {
     let mut buf = Vec::new();
     let mut st = inner.lock();
     loop {
@@ -424,14 +418,13 @@ pub(super) fn background(inner: &Inner, fd: Option<Arc<std::os::fd::OwnedFd>>) {
         // Nothing buffered: sleep until the fd is readable, without the
         // receiver (a caller may take it and read meanwhile).
         drop(st);
-        match &fd {
-            Some(fd) => {
-                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(&**fd), None) {
-                    log::debug!("link: waiting for data failed ({e}); stopping the background reader");
-                    return;
-                }
+        match fd.wait() {
+            Ok(true) => {}
+            Ok(false) => std::thread::sleep(Duration::from_millis(1)),
+            Err(e) => {
+                log::debug!("link: waiting for data failed ({e}); stopping the background reader");
+                return;
             }
-            None => std::thread::sleep(Duration::from_millis(1)),
         }
         st = inner.lock();
     }

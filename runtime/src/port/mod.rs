@@ -26,6 +26,7 @@
 //! Not for: request/reply, jobs, or supervising processes (the layers above).
 
 mod ipc;
+pub(crate) mod shared;
 
 use std::fmt;
 use std::io;

@@ -52,22 +52,16 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
             }
         }
         // Idle: sleep until the port is readable, without the receiver.
-        match &w.rx_fd {
-            Some(fd) => {
-                if let Err(e) = crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None) {
-                    log::debug!(
-                        "worker {}: waiting on its port failed ({e}); reading instead",
-                        w.id
-                    );
-                    if let Step::End(why) = w.read_step(Wait::Forever) {
-                        break why;
-                    }
-                }
-            }
-            None => {
-                if let Step::End(why) = w.read_step(Wait::Forever) {
-                    break why;
-                }
+        let slept = w.rx_fd.wait().unwrap_or_else(|e| {
+            log::debug!(
+                "worker {}: waiting on its port failed ({e}); reading instead",
+                w.id
+            );
+            false
+        });
+        if !slept {
+            if let Step::End(why) = w.read_step(Wait::Forever) {
+                break why;
             }
         }
     };

@@ -234,13 +234,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         }
     }
     let (tx, rx) = ipc.split();
-    let rx_fd = match rx.dup_fd() {
-        Ok(fd) => Some(fd),
-        Err(e) => {
-            log::warn!("worker {id}: could not duplicate its port's fd ({e}); its reader polls");
-            None
-        }
-    };
+    let rx_fd = crate::port::shared::WakeFd::of(&rx, &format!("worker {id}"));
     Ok(Arc::new_cyclic(|me| Worker {
         id,
         epoch,

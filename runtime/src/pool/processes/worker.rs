@@ -35,7 +35,7 @@ pub(super) struct Worker {
     /// The reader thread is napping on `rx_cv`.
     pub(super) reader_napping: AtomicBool,
     /// A duplicate of the port's fd, for waiting without holding `rx`.
-    pub(super) rx_fd: Option<std::os::fd::OwnedFd>,
+    pub(super) rx_fd: crate::port::shared::WakeFd,
     pub(super) me: std::sync::Weak<Worker>,
     pub(super) core: Arc<Core>,
     pub(super) max_in_flight: usize,
@@ -60,11 +60,11 @@ pub(super) enum Step {
 
 /// How long the reader thread leaves reading to a ticket before it looks
 /// again (it is also woken when other jobs need it).
-pub(super) const READER_NAP: Duration = Duration::from_millis(2);
+pub(super) use crate::port::shared::READER_NAP;
 
 /// How long a ticket that wants to read its own answer waits for the
 /// reader thread to let go of the receiver.
-pub(super) const HANDOFF_SPIN: Duration = Duration::from_micros(20);
+use crate::port::shared::HANDOFF_SPIN;
 
 impl Worker {
     /// Reads at most one frame from the port (waiting as told) and
