@@ -246,6 +246,19 @@ fn a_worker_that_forgot_serve_if_worker_fails_its_build_instead_of_forking() {
 }
 
 #[test]
+fn a_worker_may_build_a_thread_pool_before_it_serves() {
+    // Found in review: the forgotten-serve check refused this legitimate
+    // worker, whose handlers use a thread pool built before `run`.
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_command(common::fixture("threads-then-serve"))
+        .build()
+        .unwrap();
+    assert_eq!(pool.submit(Square(6)).unwrap().wait().unwrap(), 36);
+    finish(pool);
+}
+
+#[test]
 fn a_program_that_forgot_serve_if_worker_starts_no_grandchildren() {
     // The fixture's `forgetful` mode is the user's whole program: it
     // builds a pool of itself. Only its two workers may ever exist.
@@ -488,6 +501,74 @@ both!(
         finish(std::sync::Arc::into_inner(p).unwrap());
     }
 );
+
+#[test]
+fn with_no_queue_a_job_past_its_queue_deadline_never_runs() {
+    // Found in review: a submitter waiting for a free slot (queue limit 0)
+    // still dispatched its job after the monitor had failed it.
+    let pool = std::sync::Arc::new(
+        builder(Backend::Processes, 1)
+            .queue_limit(0)
+            .inflight_per_worker(1)
+            .build()
+            .unwrap(),
+    );
+    let gate = GatePath::new("queue-zero-deadline");
+    let marker = GatePath::new("queue-zero-deadline-ran");
+    let mut busy = pool.submit(Gate(gate.0.clone())).unwrap();
+    assert_eq!(busy.recv_progress::<String>().as_deref(), Some("started"));
+    let p = pool.clone();
+    let (touch, open) = (marker.0.clone(), gate.0.clone());
+    let waiting = std::thread::spawn(move || {
+        let job = TouchThenWait { touch, gate: open };
+        p.submit_with(job, JobOptions::new().queue_timeout(Duration::from_millis(1)))
+            .unwrap()
+            .wait()
+    });
+    // The deadline has passed once the pool counts the job as failed.
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.stats().failed == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the queue deadline never fired"
+        );
+        std::thread::yield_now();
+    }
+    gate.open();
+    assert!(busy.wait().unwrap());
+    assert!(matches!(waiting.join().unwrap(), Err(JobError::TimedOut { .. })));
+    // The worker runs jobs in order: once this one is done, the timed-out
+    // one would have run before it.
+    assert_eq!(pool.submit(Square(2)).unwrap().wait().unwrap(), 4);
+    assert!(!marker.0.exists(), "a job failed in the queue ran anyway");
+    finish(std::sync::Arc::into_inner(pool).unwrap());
+}
+
+#[test]
+fn a_map_whose_jobs_grow_large_still_gives_every_job_its_result() {
+    // Small jobs first (the chunks grow), then large ones: chunks stop at
+    // their byte budget instead of failing whole at the frame limit.
+    let pool = builder(Backend::Processes, 2).build().unwrap();
+    let jobs = (0..20_000u32)
+        .map(|i| Reverse(vec![(i % 251) as u8]))
+        .chain((0..300u32).map(|i| Reverse(vec![(i % 251) as u8; 256 << 10])));
+    let mut n = 0usize;
+    for (i, r) in pool.map(jobs).enumerate() {
+        let out = r.unwrap_or_else(|e| panic!("job {i}: {e}"));
+        let want = if i < 20_000 {
+            (i % 251) as u8
+        } else {
+            ((i - 20_000) % 251) as u8
+        };
+        assert!(
+            out.0.iter().all(|b| *b == want),
+            "job {i} got another job's bytes"
+        );
+        n += 1;
+    }
+    assert_eq!(n, 20_300);
+    finish(pool);
+}
 
 // ------------------------------------------------ 9: errors one can act on
 

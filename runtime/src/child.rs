@@ -14,6 +14,14 @@ use std::time::{Duration, Instant};
 use crate::port::{self, ConnectOptions, Ipc};
 use crate::stderr::StderrTail;
 
+/// Environment variable that tells a re-run executable it is worker N.
+pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
+
+/// Environment variable that tells a worker its supervisor sends it a
+/// second port, for a conversation beside its jobs
+/// ([`PoolBuilder::worker_links`](crate::pool::PoolBuilder::worker_links)).
+pub const WORKER_LINK_ENV: &str = "PORTPOOL_WORKER_LINK";
+
 /// How long a child that failed before it served may take to exit on its
 /// own (writing why to its stderr) before it is killed.
 const FAIL_GRACE: Duration = Duration::from_millis(500);
@@ -52,6 +60,14 @@ pub(crate) fn start(
     opts: ConnectOptions,
 ) -> Result<Started, StartError> {
     let (ours, theirs) = port::open().map_err(StartError::Spawn)?;
+    // A child is a pool's worker only if its caller says so: this process
+    // may itself be one, and its own worker variables must not make a
+    // Subprocess or a Service of it look like a worker too.
+    for var in [WORKER_ID_ENV, WORKER_LINK_ENV] {
+        if !command.get_envs().any(|(k, _)| k == var) {
+            command.env_remove(var);
+        }
+    }
     command.stderr(Stdio::piped());
     if own_group {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);

@@ -217,6 +217,24 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 }
             }
         };
-        tx.feed(&FromWorker::Done { id, outcome })?;
+        match tx.feed(&FromWorker::Done { id, outcome }) {
+            Ok(()) => {}
+            // A result too large for one frame fails its job (or chunk),
+            // not the worker.
+            Err(crate::error::SendError::TooLarge { len, limit }) => {
+                let f = Failure::Codec(
+                    crate::job::Side::Worker,
+                    format!(
+                        "the result takes {len} bytes, over the connection's frame limit of {limit}: \
+                         return less per job (or, in a map, this chunk's results together)"
+                    ),
+                );
+                tx.feed(&FromWorker::Done {
+                    id,
+                    outcome: WireOutcome::Failed(f),
+                })?;
+            }
+            Err(e) => return Err(e.into()),
+        }
     }
 }

@@ -33,14 +33,6 @@ pub(crate) enum Outcome {
 pub(crate) enum Event {
     /// A progress message (postcard bytes).
     Progress(Vec<u8>),
-    /// A chunk of a `map` was encoded for a process worker: the jobs that
-    /// would not encode (by index; the rest went, in order), and how many
-    /// bytes the others took. Sent before the chunk's `Done`, once per
-    /// dispatch (again if the chunk is retried).
-    Sent {
-        holes: Vec<(usize, Failure)>,
-        bytes: usize,
-    },
     /// The job's one outcome.
     Done(Outcome),
 }

@@ -197,11 +197,14 @@ where
             Vec::with_capacity(count.min(jobs.len() / 4 + 1));
         for _ in 0..count {
             let Some((job, rest)) = next_job(jobs) else {
+                // `count` came off the wire: fewer results than it says
+                // make the supervisor fail the chunk; no loop runs on to
+                // a count the bytes do not back.
                 spans.push(Err(Failure::Codec(
                     Side::Worker,
                     "chunk ended before its last job".into(),
                 )));
-                continue;
+                break;
             };
             jobs = rest;
             let span = Self::decode(job)

@@ -100,6 +100,18 @@ fn unserved_worker() -> bool {
     std::env::var_os(WORKER_ID_ENV).is_some() && crate::port::Port::in_env() && !crate::port::env_port_taken()
 }
 
+/// Whether `command` runs this very executable (the fork bomb's shape: a
+/// worker that builds a pool of itself). A thread pool, or a pool of
+/// another program, built before serving is legitimate.
+fn runs_this_executable(command: Option<&Command>) -> bool {
+    let Some(c) = command else {
+        return true; // the default: this executable, re-run
+    };
+    let here = std::env::current_exe().and_then(std::fs::canonicalize);
+    let there = std::fs::canonicalize(c.get_program());
+    matches!((here, there), (Ok(a), Ok(b)) if a == b)
+}
+
 /// The default grace period between a cancel (or a run timeout) and
 /// ending the worker whose handler did not return.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
@@ -235,13 +247,19 @@ impl PoolBuilder {
 
     /// Starts the workers.
     ///
-    /// Fails at once, without starting anything, in a process that was
-    /// started as a pool's worker but did not call
-    /// `portpool::worker::serve_if_worker` first in `main` (the supervisor
-    /// then reports that sentence as the reason its worker failed), and
-    /// when the handlers register two job types under one route name.
+    /// Fails at once, without starting anything, when a process that was
+    /// started as a pool's worker, and has not called
+    /// `portpool::worker::serve_if_worker`, builds a process pool of its
+    /// own executable: it forgot the call, and would start workers of
+    /// itself (the supervisor then reports that sentence as the reason its
+    /// worker failed). A thread pool, or a pool of another program, built
+    /// before serving is fine. Also fails when the handlers register two
+    /// job types under one route name.
     pub fn build(self) -> Result<Pool, BuildError> {
-        if unserved_worker() {
+        if matches!(self.kind, Some(Kind::Processes(_)))
+            && runs_this_executable(self.command.as_ref())
+            && unserved_worker()
+        {
             let msg = format!(
                 "{FORGOT_SERVE_IF_WORKER}; call it before anything else, so that a worker serves jobs \
                  instead of running the program again"

@@ -6,10 +6,8 @@ use super::*;
 
 /// Sends a job (given as `&dyn Any`) to a process worker as one frame:
 /// the head, then the job's own postcard bytes. Monomorphised per job type.
-/// A chunk's sender also tells the chunk's `reply` which of its jobs could
-/// not be encoded (`Event::Sent`), before the frame can reach the worker.
 pub(crate) type SendJobFn =
-    fn(&IpcSender, &crate::proto::ToWorker<'_>, &(dyn Any + Send), Option<&Reply>) -> Result<(), SendFail>;
+    fn(&IpcSender, &crate::proto::ToWorker<'_>, &(dyn Any + Send)) -> Result<(), SendFail>;
 
 /// Why a job could not be queued on a worker's port.
 pub(crate) enum SendFail {
@@ -130,7 +128,6 @@ pub(crate) fn send_job<J: Job>(
     tx: &IpcSender,
     head: &crate::proto::ToWorker<'_>,
     job: &(dyn Any + Send),
-    _: Option<&Reply>,
 ) -> Result<(), SendFail> {
     let Some(job) = job.downcast_ref::<J>() else {
         return Err(SendFail::Job(Failure::Codec(
@@ -179,88 +176,103 @@ pub(crate) fn send_failure(e: SendError) -> SendFail {
     }
 }
 
-/// Largest encoded chunk a `map` aims for: it stops growing its chunks
-/// when their jobs would take more bytes than this.
+/// Largest encoded chunk: past it, the rest of a chunk's jobs wait for the
+/// next one.
 pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 
-thread_local! {
-    /// Where a chunk's jobs are encoded before its frame is written (kept,
-    /// so a dispatching thread does not allocate per chunk).
-    static CHUNK_SCRATCH: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+/// A chunk of jobs encoded for a process worker: the bytes of those that
+/// encoded (each a `u32` LE length and its postcard bytes), how many they
+/// are, and the failure of each that did not, by its index.
+pub(crate) struct EncodedChunk {
+    pub(crate) bytes: Vec<u8>,
+    pub(crate) count: u32,
+    pub(crate) holes: Vec<(usize, Failure)>,
 }
 
-/// Sends a chunk (given as `&Vec<J>`) to a process worker: each job is
-/// encoded alone, length-prefixed, so one that will not encode fails alone
-/// (a *hole*, reported to the map with `Event::Sent` before the frame can
-/// reach the worker) and the rest go, under a head that counts them.
-pub(crate) fn send_chunk<J: Job>(
-    tx: &IpcSender,
-    head: &crate::proto::ToWorker<'_>,
-    jobs: &(dyn Any + Send),
-    reply: Option<&Reply>,
-) -> Result<(), SendFail> {
-    let (Some(jobs), crate::proto::ToWorker::Batch { id, route, .. }) = (jobs.downcast_ref::<Vec<J>>(), head)
-    else {
-        return Err(SendFail::Job(Failure::Codec(
-            crate::job::Side::Supervisor,
-            "chunk value does not match its route".into(),
-        )));
+/// Encodes `jobs` as a chunk, each job alone: one that will not encode is
+/// a hole, and the others still go. Stops after the job that takes the
+/// chunk past [`CHUNK_BYTES`] (so a chunk of large jobs never nears the
+/// frame limit); returns how many jobs it took.
+pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
+    let mut c = EncodedChunk {
+        bytes: Vec::with_capacity(jobs.len().saturating_mul(8).min(CHUNK_BYTES)),
+        count: 0,
+        holes: Vec::new(),
     };
-    CHUNK_SCRATCH.with(|scratch| {
-        let mut scratch = scratch.borrow_mut();
-        scratch.clear();
-        let mut holes = Vec::new();
-        let mut count = 0u32;
-        for (i, job) in jobs.iter().enumerate() {
-            // A u32 length, patched once the job is encoded, so the worker
-            // can fail one undecodable job and still find the next.
-            let at = scratch.len();
-            scratch.extend_from_slice(&[0; 4]);
-            match encode_job(job, &mut scratch) {
-                Ok(()) => match u32::try_from(scratch.len() - at - 4) {
-                    Ok(len) => {
-                        scratch[at..at + 4].copy_from_slice(&len.to_le_bytes());
-                        count += 1;
-                    }
-                    Err(_) => {
-                        scratch.truncate(at);
-                        holes.push((
-                            i,
-                            Failure::Codec(
-                                crate::job::Side::Supervisor,
-                                "the job encodes to more than 4 GiB".into(),
-                            ),
-                        ));
-                    }
-                },
-                Err(f) => {
-                    scratch.truncate(at);
-                    holes.push((i, f));
+    for (i, job) in jobs.iter().enumerate() {
+        // A u32 length, patched once the job is encoded, so the worker
+        // can fail one undecodable job and still find the next.
+        let at = c.bytes.len();
+        c.bytes.extend_from_slice(&[0; 4]);
+        match encode_job(job, &mut c.bytes) {
+            Ok(()) => match u32::try_from(c.bytes.len() - at - 4) {
+                Ok(len) => {
+                    c.bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                    c.count += 1;
                 }
+                Err(_) => {
+                    c.bytes.truncate(at);
+                    c.holes.push((
+                        i,
+                        Failure::Codec(
+                            crate::job::Side::Supervisor,
+                            "the job encodes to more than 4 GiB".into(),
+                        ),
+                    ));
+                }
+            },
+            Err(f) => {
+                c.bytes.truncate(at);
+                c.holes.push((i, f));
             }
         }
-        if let Some(reply) = reply {
-            reply.send(Event::Sent {
-                holes,
-                bytes: scratch.len(),
-            });
+        if c.bytes.len() > CHUNK_BYTES {
+            return (c, i + 1);
         }
-        let head = crate::proto::ToWorker::Batch {
-            id: *id,
-            route,
-            count,
-        };
-        let res = tx
-            .feed_with(std::any::type_name::<J>(), |buf| {
-                crate::port::encode_into(&head, buf)?;
-                buf.extend_from_slice(&scratch);
-                Ok(())
-            })
-            .map_err(send_failure);
-        // A chunk of large jobs must not keep its memory in this thread.
-        if scratch.capacity() > CHUNK_BYTES {
-            *scratch = Vec::new();
-        }
-        res
-    })
+    }
+    (c, jobs.len())
+}
+
+/// A chunk goes to a process worker as the bytes `encode_chunk` made at
+/// submission; this is never called with a value.
+pub(crate) fn send_chunk_value(
+    _: &IpcSender,
+    _: &crate::proto::ToWorker<'_>,
+    _: &(dyn Any + Send),
+) -> Result<(), SendFail> {
+    Err(SendFail::Job(Failure::Codec(
+        crate::job::Side::Supervisor,
+        "a chunk for a process worker was not encoded when it was submitted".into(),
+    )))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Blob(#[serde(with = "serde_bytes")] Vec<u8>);
+    impl Job for Blob {
+        type Output = ();
+        type Error = String;
+        const NAME: &'static str = "blob";
+    }
+
+    #[test]
+    fn a_chunk_of_large_jobs_stops_at_its_byte_budget() {
+        let jobs: Vec<Blob> = (0..200).map(|_| Blob(vec![7; 100 << 10])).collect();
+        let (c, used) = encode_chunk(&jobs);
+        // Past 4 MiB after the job that crossed it, and not one more.
+        assert!(used < jobs.len());
+        assert_eq!(c.count as usize, used);
+        assert!(c.bytes.len() > CHUNK_BYTES && c.bytes.len() < CHUNK_BYTES + (101 << 10));
+        assert!(c.holes.is_empty());
+    }
+
+    #[test]
+    fn a_chunk_of_small_jobs_takes_them_all() {
+        let jobs: Vec<Blob> = (0..1000).map(|_| Blob(vec![1; 8])).collect();
+        let (c, used) = encode_chunk(&jobs);
+        assert_eq!((used, c.count), (1000, 1000));
+    }
 }

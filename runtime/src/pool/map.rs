@@ -14,7 +14,7 @@ use std::time::Duration;
 use crossbeam_channel::Receiver;
 
 use super::ticket::JobResult;
-use super::{CHUNK_BYTES, Event, Outcome, Pool, Reply};
+use super::{Event, Outcome, Pool, Reply};
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
 use crate::util::recv_spin;
 
@@ -74,6 +74,9 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     early: HashMap<u64, Vec<JobResult<J>>>,
     /// Results ready to yield.
     ready: VecDeque<JobResult<J>>,
+    /// Jobs taken from the input that did not fit in the last chunk's
+    /// bytes: they go first in the next one.
+    leftover: VecDeque<J>,
     /// Set once the pool refused a chunk: the rest fail at once, with this.
     closed: Option<Failure>,
     /// Largest chunk: 1 when each job has its own run timeout.
@@ -90,13 +93,11 @@ impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
     }
 }
 
-/// A chunk on its way: how many jobs it has, those that failed before they
-/// could go to a worker (by index in the chunk), and the bytes the others
-/// took (process workers).
+/// A chunk on its way: how many jobs it has, and those that failed before
+/// they could go to a worker (by index in the chunk).
 struct InFlight {
     len: usize,
     holes: Vec<(usize, Failure)>,
-    bytes: usize,
 }
 
 /// Puts the failures of the jobs that never left back in their places
@@ -190,6 +191,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             in_flight: HashMap::new(),
             early: HashMap::new(),
             ready: VecDeque::new(),
+            leftover: VecDeque::new(),
             closed: None,
             max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
         }
@@ -198,33 +200,45 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     /// Submits chunks from the input while the window has room.
     fn top_up(&mut self) {
         while self.in_flight.len() + self.early.len() < self.window {
-            let jobs: Vec<J> = self.input.by_ref().take(self.chunk).collect();
+            let from_leftover = self.leftover.len().min(self.chunk);
+            let mut jobs: Vec<J> = self.leftover.drain(..from_leftover).collect();
+            jobs.extend(self.input.by_ref().take(self.chunk - from_leftover));
             if jobs.is_empty() {
                 return;
             }
-            let len = jobs.len();
             let tag = self.next_tag;
             self.next_tag += 1;
             let reply = Reply {
                 tx: self.reply.tx.clone(),
                 tag,
             };
-            let all_fail = |f: &Failure| (0..len).map(|i| (i, f.clone())).collect();
+            let mut len = jobs.len();
             let holes = if let Some(f) = &self.closed {
-                all_fail(f)
+                (0..len).map(|i| (i, f.clone())).collect()
             } else {
                 match self.pool.submit_chunk(jobs, reply.clone()) {
-                    Ok(sent) => sent.holes,
-                    Err((_, why)) => {
+                    Ok(sent) => {
+                        if !sent.rest.is_empty() {
+                            // The chunk hit its byte budget: smaller ones next.
+                            len -= sent.rest.len();
+                            self.chunk = len.max(1);
+                            for j in sent.rest.into_iter().rev() {
+                                self.leftover.push_front(j);
+                            }
+                        }
+                        sent.holes
+                    }
+                    Err((jobs, why)) => {
                         let f = why.failure();
-                        let holes = all_fail(&f);
+                        len = jobs.len();
+                        let holes = (0..len).map(|i| (i, f.clone())).collect();
                         self.closed = Some(f);
                         holes
                     }
                 }
             };
             let queued = holes.len() < len;
-            self.in_flight.insert(tag, InFlight { len, holes, bytes: 0 });
+            self.in_flight.insert(tag, InFlight { len, holes });
             if !queued {
                 // Every job failed before it could go: answer here.
                 reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
@@ -232,20 +246,13 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         }
     }
 
-    /// Adapts the chunk size to how long the last chunk ran, and to the
-    /// bytes its jobs took (a chunk of large jobs stays under
-    /// [`CHUNK_BYTES`]).
-    fn adapt(&mut self, ran: Duration, len: usize, bytes_per_job: usize) {
-        if bytes_per_job.saturating_mul(self.chunk) > CHUNK_BYTES {
-            self.chunk = (self.chunk / 2).max(1);
-            return;
-        }
+    /// Adapts the chunk size to how long the last chunk ran.
+    fn adapt(&mut self, ran: Duration, len: usize) {
         if len < self.chunk {
             return; // a short final chunk says little
         }
-        let grown = (self.chunk * 2).min(self.max_chunk);
-        if ran < CHUNK_TARGET / 2 && bytes_per_job.saturating_mul(grown) <= CHUNK_BYTES {
-            self.chunk = grown;
+        if ran < CHUNK_TARGET / 2 {
+            self.chunk = (self.chunk * 2).min(self.max_chunk);
         } else if ran > CHUNK_TARGET * 4 {
             self.chunk = (self.chunk / 2).max(1);
         }
@@ -275,17 +282,9 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
             let (tag, event) = recv_spin(&self.rx, None)?;
             let outcome = match event {
                 Event::Done(outcome) => outcome,
-                Event::Sent { holes, bytes } => {
-                    // (Again after a retry: the latest dispatch counts.)
-                    if let Some(f) = self.in_flight.get_mut(&tag) {
-                        f.holes = holes;
-                        f.bytes = bytes;
-                    }
-                    continue;
-                }
                 Event::Progress(_) => continue,
             };
-            let Some(InFlight { len, holes, bytes }) = self.in_flight.remove(&tag) else {
+            let Some(InFlight { len, holes }) = self.in_flight.remove(&tag) else {
                 continue;
             };
             let sent = len - holes.len().min(len);
@@ -295,7 +294,7 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
             } else {
                 let (ran, results) = typed_chunk::<J>(outcome, sent);
                 if let Some(ran) = ran {
-                    self.adapt(ran, len, bytes / sent);
+                    self.adapt(ran, len);
                 }
                 results
             };

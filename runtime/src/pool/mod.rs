@@ -120,10 +120,11 @@ impl JobOptions {
 }
 
 /// What `submit_chunk` did with a chunk.
-pub(crate) struct ChunkSent {
-    /// Jobs that failed before they could be queued, by index in the
-    /// chunk (all of them: no task was queued).
+pub(crate) struct ChunkSent<J> {
+    /// Jobs that failed before they could be queued, by index in the chunk.
     pub(crate) holes: Vec<(usize, Failure)>,
+    /// Jobs past the chunk's byte budget: they go in the next chunk.
+    pub(crate) rest: Vec<J>,
 }
 
 /// A job made ready to queue.
@@ -155,15 +156,15 @@ impl Pool {
     /// `map`). Blocks while the queue is full. Gives the jobs back if the
     /// pool is closed.
     ///
-    /// On a process pool the jobs are encoded when the chunk is dispatched
-    /// (on the thread that frees a worker's slot), each alone: one that
-    /// will not encode becomes a hole, reported with `Event::Sent`, and the
-    /// rest still run.
+    /// On a process pool the jobs are encoded here, each alone: one that
+    /// will not encode becomes a hole (its failure, by index) and the rest
+    /// still run. A chunk stops at [`CHUNK_BYTES`]: the jobs past that
+    /// point come back in `ChunkSent::rest`, for the next chunk.
     pub(crate) fn submit_chunk<J: Job>(
         &self,
-        jobs: Vec<J>,
+        mut jobs: Vec<J>,
         reply: Reply,
-    ) -> Result<ChunkSent, (Vec<J>, Refused)> {
+    ) -> Result<ChunkSent<J>, (Vec<J>, Refused)> {
         if let Some(r) = self.inner.refusal() {
             return Err((jobs, r.into()));
         }
@@ -175,16 +176,54 @@ impl Pool {
                 .fetch_add(jobs.len() as u64, Ordering::Relaxed);
             return Ok(ChunkSent {
                 holes: (0..jobs.len()).map(|i| (i, f.clone())).collect(),
+                rest: Vec::new(),
             });
         }
+        // `kept`: a process pool's jobs, which stay here while their bytes
+        // are queued (to give back if the queue refuses them).
+        let (job, count, holes, kept, rest) = match &self.inner.backend {
+            Backend::Threads(_) => {
+                let n = jobs.len() as u32;
+                (
+                    Payload::Value(Box::new(jobs)),
+                    n,
+                    Vec::new(),
+                    Vec::new(),
+                    Vec::new(),
+                )
+            }
+            Backend::Processes(_) => {
+                let (chunk, used) = encode_chunk(&jobs);
+                let rest = jobs.split_off(used);
+                // Jobs that failed here are on the pool's books too.
+                // Relaxed: statistics only.
+                self.inner
+                    .core
+                    .failed_elsewhere
+                    .fetch_add(chunk.holes.len() as u64, Ordering::Relaxed);
+                if chunk.count == 0 {
+                    return Ok(ChunkSent {
+                        holes: chunk.holes,
+                        rest,
+                    });
+                }
+                (
+                    Payload::Encoded(chunk.bytes),
+                    chunk.count,
+                    chunk.holes,
+                    jobs,
+                    rest,
+                )
+            }
+        };
         let (timeout, retries) = self.inner.core.limits(J::NAME);
         let task = Task {
             // Relaxed: ids only need to be unique.
             id: self.inner.core.next_id.fetch_add(1, Ordering::Relaxed),
             route: J::NAME,
-            batch: Some(jobs.len() as u32),
-            job: Payload::Value(Box::new(jobs)),
-            send_job: send_chunk::<J>,
+            batch: Some(count),
+            job,
+            send_job: send_chunk_value,
             reply,
             state: JobState::new(),
             timeout,
@@ -193,14 +232,23 @@ impl Pool {
         self.watch_queue(&task);
         match self.send_blocking(Work::Task(task), None) {
             Ok(()) => {
+                drop(kept);
                 self.inner.after_enqueue();
-                Ok(ChunkSent { holes: Vec::new() })
+                Ok(ChunkSent { holes, rest })
             }
             Err(w) => {
-                let back = match w {
-                    Work::Task(t) => t.into_value::<Vec<J>>().unwrap_or_default(),
+                // A thread pool's chunk holds its jobs; a process pool's
+                // jobs are still here (only their bytes were queued).
+                let mut back = match w {
+                    Work::Task(t) => {
+                        // Claimed, so its queue timer cannot count it.
+                        t.state.settle();
+                        t.into_value::<Vec<J>>().unwrap_or_default()
+                    }
                     Work::Stop => Vec::new(),
                 };
+                back.extend(kept);
+                back.extend(rest);
                 let why = match self.inner.refusal() {
                     Some(r) => r.into(),
                     None => Refused::Closed,
@@ -252,6 +300,11 @@ impl Pool {
                 Ok(ticket)
             }
             Err((work, e)) => {
+                // Claimed, so its queue timer neither settles nor counts
+                // a job that is given back.
+                if let Work::Task(t) = &work {
+                    t.state.settle();
+                }
                 let job = match (kept, work) {
                     (Some(j), _) => j,
                     (None, Work::Task(t)) => match t.into_value::<J>() {

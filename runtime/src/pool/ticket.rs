@@ -113,7 +113,6 @@ impl<J: Job> Ticket<J> {
                         match e {
                             Event::Progress(p) => progress.push_back(p),
                             Event::Done(o) => *done = Some(o),
-                            Event::Sent { .. } => {}
                         }
                     }
                     done.is_some() || state.settled_by_cancel()
@@ -129,7 +128,6 @@ impl<J: Job> Ticket<J> {
             match recv_spin(&self.rx, deadline) {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
-                Some((_, Event::Sent { .. })) => {}
                 None => {
                     if deadline.is_some_and(|d| Instant::now() >= d) {
                         return;
@@ -176,7 +174,6 @@ impl<J: Job> Ticket<J> {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
                 Event::Done(o) => self.done = Some(o),
-                Event::Sent { .. } => {}
             }
         }
         match self.done.take() {
@@ -192,7 +189,6 @@ impl<J: Job> Ticket<J> {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
                 Event::Done(o) => self.done = Some(o),
-                Event::Sent { .. } => {}
             }
         }
         self.pop_progress()
@@ -211,7 +207,6 @@ impl<J: Job> Ticket<J> {
             match recv_spin(&self.rx, None) {
                 Some((_, Event::Progress(p))) => self.progress.push_back(p),
                 Some((_, Event::Done(o))) => self.done = Some(o),
-                Some((_, Event::Sent { .. })) => {}
                 None => self.wait_for_outcome(None),
             }
         }

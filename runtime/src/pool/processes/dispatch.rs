@@ -30,6 +30,12 @@ impl Processes {
     pub(crate) fn dispatch_now(&self, work: Work) -> Result<(), Work> {
         let sh = &self.shared;
         let Work::Task(t) = work else { return Err(work) };
+        if t.state.is_settled() {
+            // Its queue-wait deadline passed (or it was cancelled) while
+            // its submitter waited for a slot: it must not run.
+            sh.core.count_settled_elsewhere(&t.state, t.jobs());
+            return Ok(());
+        }
         if sh.core.suspended.load(Ordering::Acquire) {
             return Err(Work::Task(t));
         }
@@ -220,6 +226,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
                     // dropped without reaching the worker.
                     w.in_flight.fetch_sub(1, Ordering::SeqCst);
                     core.count_settled_elsewhere(&t.state, t.jobs());
+                    core.free.notify();
                     continue;
                 }
                 dispatch(w, core, t);
@@ -227,6 +234,8 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
             }
             Some(Work::Stop) | None => {
                 w.in_flight.fetch_sub(1, Ordering::SeqCst);
+                // (A submitter that saw this slot taken must look again.)
+                core.free.notify();
                 fence(Ordering::SeqCst);
                 if !core.has_queued() {
                     break;
@@ -268,13 +277,11 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     }
     let job = std::mem::replace(&mut t.job, crate::pool::Payload::Lent);
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);
-    // (Only a chunk's sender reports to its reply: no clone per lone job.)
-    let reply = t.batch.map(|_| t.reply.clone());
     lock(&w.pending).insert(id, t);
     // Encoding runs the job's Serialize impl, which may panic: that fails
     // this job, not the thread that dispatches (it may be a reader).
     let sent = match &job {
-        crate::pool::Payload::Value(v) => send_job(&w.tx, &head, &**v, reply.as_ref()),
+        crate::pool::Payload::Value(v) => send_job(&w.tx, &head, &**v),
         crate::pool::Payload::Encoded(bytes) => crate::pool::send_encoded(&w.tx, &head, bytes),
         crate::pool::Payload::Lent => Err(SendFail::Job(Failure::Codec(
             crate::job::Side::Supervisor,
@@ -336,5 +343,6 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
             .running
             .fetch_sub(jobs as usize, Ordering::Relaxed);
         core.retire_failure(&t.state, &t.reply, jobs, failure, Some(w.id));
+        core.free.notify();
     }
 }

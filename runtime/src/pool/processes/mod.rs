@@ -38,13 +38,7 @@ use reader::reader_loop;
 use slot::slot_loop;
 use worker::{EndReason, READER_NAP, Step, Worker, send_soon};
 
-/// Environment variable that tells a re-run executable it is worker N.
-pub const WORKER_ID_ENV: &str = "PORTPOOL_WORKER_ID";
-
-/// Environment variable that tells a worker its supervisor sends it a
-/// second port, for a conversation beside its jobs
-/// ([`PoolBuilder::worker_links`](super::PoolBuilder::worker_links)).
-pub const WORKER_LINK_ENV: &str = "PORTPOOL_WORKER_LINK";
+pub use crate::child::{WORKER_ID_ENV, WORKER_LINK_ENV};
 
 /// How long a worker that closed its port may take to exit before it is killed.
 const EXIT_GRACE: Duration = Duration::from_secs(2);

@@ -156,6 +156,9 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     cmd.env(WORKER_ID_ENV, id.to_string());
     if links {
         cmd.env(WORKER_LINK_ENV, "1");
+    } else {
+        // (This process may be a linked pool's worker itself.)
+        cmd.env_remove(WORKER_LINK_ENV);
     }
     let opts = ConnectOptions {
         role: Role::Supervisor,
