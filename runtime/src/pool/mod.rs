@@ -18,6 +18,7 @@ mod encode;
 mod errors;
 mod inner;
 mod map;
+mod options;
 mod processes;
 mod state;
 mod stats;
@@ -55,6 +56,7 @@ pub use builder::{BuildError, DEFAULT_CANCEL_GRACE, PoolBuilder};
 pub(crate) use encode::*;
 pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
 pub(crate) use inner::*;
+pub use options::JobOptions;
 pub(crate) use state::*;
 pub use stats::{Stats, WorkerStats};
 
@@ -76,46 +78,6 @@ impl fmt::Debug for Pool {
                 },
             )
             .finish_non_exhaustive()
-    }
-}
-
-/// Per-job settings for [`Pool::submit_with`], over the pool's.
-///
-/// Every `Duration` in portpool's API takes any value: one too long to
-/// count from now (such as `Duration::MAX`) means "never".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-#[must_use = "options do nothing until given to `Pool::submit_with`"]
-pub struct JobOptions {
-    /// Run timeout, counted from dispatch.
-    pub timeout: Option<Duration>,
-    /// The longest the job may wait in the queue.
-    pub queue_timeout: Option<Duration>,
-    /// Re-runs allowed after a worker crash.
-    pub retries: Option<u32>,
-}
-
-impl JobOptions {
-    /// No overrides: the pool's settings.
-    pub fn new() -> JobOptions {
-        JobOptions::default()
-    }
-
-    /// Sets the run timeout.
-    pub fn timeout(mut self, t: Duration) -> JobOptions {
-        self.timeout = Some(t);
-        self
-    }
-
-    /// Sets the queue-wait deadline.
-    pub fn queue_timeout(mut self, t: Duration) -> JobOptions {
-        self.queue_timeout = Some(t);
-        self
-    }
-
-    /// Sets the retries after a worker crash.
-    pub fn retries(mut self, n: u32) -> JobOptions {
-        self.retries = Some(n);
-        self
     }
 }
 
