@@ -190,9 +190,10 @@ pub(crate) struct EncodedChunk {
 }
 
 /// Encodes `jobs` as a chunk, each job alone: one that will not encode is
-/// a hole, and the others still go. Stops after the job that takes the
-/// chunk past [`CHUNK_BYTES`] (so a chunk of large jobs never nears the
-/// frame limit); returns how many jobs it took.
+/// a hole, and the others still go. Stops before the job that would take
+/// the chunk past [`CHUNK_BYTES`] (or after it, if it is the chunk's first),
+/// so a chunk holds at most one job that is large on its own; returns how
+/// many jobs it took.
 pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
     let mut c = EncodedChunk {
         bytes: Vec::with_capacity(jobs.len().saturating_mul(8).min(CHUNK_BYTES)),
@@ -227,6 +228,15 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
             }
         }
         if c.bytes.len() > CHUNK_BYTES {
+            if c.count > 1 && c.bytes.len() - at > 4 {
+                // This job took the chunk past its budget and others are
+                // in it: it goes first in the next chunk, so no frame holds
+                // it and up to 4 MiB of others (it may be near the limit
+                // alone).
+                c.bytes.truncate(at);
+                c.count -= 1;
+                return (c, i);
+            }
             return (c, i + 1);
         }
     }
@@ -262,11 +272,22 @@ mod tests {
     fn a_chunk_of_large_jobs_stops_at_its_byte_budget() {
         let jobs: Vec<Blob> = (0..200).map(|_| Blob(vec![7; 100 << 10])).collect();
         let (c, used) = encode_chunk(&jobs);
-        // Past 4 MiB after the job that crossed it, and not one more.
+        // Up to 4 MiB: the job that would cross it waits for the next chunk.
         assert!(used < jobs.len());
         assert_eq!(c.count as usize, used);
-        assert!(c.bytes.len() > CHUNK_BYTES && c.bytes.len() < CHUNK_BYTES + (101 << 10));
+        assert!(c.bytes.len() <= CHUNK_BYTES && c.bytes.len() > CHUNK_BYTES - (101 << 10));
         assert!(c.holes.is_empty());
+    }
+
+    #[test]
+    fn a_large_job_after_small_ones_goes_in_the_next_chunk() {
+        let mut jobs: Vec<Blob> = (0..3).map(|_| Blob(vec![1; 1 << 20])).collect();
+        jobs.push(Blob(vec![2; 8 << 20]));
+        let (c, used) = encode_chunk(&jobs);
+        assert_eq!((used, c.count), (3, 3));
+        // Alone, it goes.
+        let (c, used) = encode_chunk(&jobs[3..]);
+        assert_eq!((used, c.count), (1, 1));
     }
 
     #[test]

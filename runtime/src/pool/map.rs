@@ -212,7 +212,8 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                 tx: self.reply.tx.clone(),
                 tag,
             };
-            let mut len = jobs.len();
+            let taken = jobs.len();
+            let mut len = taken;
             let holes = if let Some(f) = &self.closed {
                 (0..len).map(|i| (i, f.clone())).collect()
             } else {
@@ -228,9 +229,10 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                         }
                         sent.holes
                     }
-                    Err((jobs, why)) => {
+                    Err((_, why)) => {
+                        // Every job taken gets its failure, whatever came back.
                         let f = why.failure();
-                        len = jobs.len();
+                        len = taken;
                         let holes = (0..len).map(|i| (i, f.clone())).collect();
                         self.closed = Some(f);
                         holes

@@ -157,13 +157,8 @@ impl Pool {
             Backend::Processes(_) => {
                 let (chunk, used) = encode_chunk(&jobs);
                 let rest = jobs.split_off(used);
-                // Jobs that failed here are on the pool's books too.
-                // Relaxed: statistics only.
-                self.inner
-                    .core
-                    .failed_elsewhere
-                    .fetch_add(chunk.holes.len() as u64, Ordering::Relaxed);
                 if chunk.count == 0 {
+                    self.count_holes(chunk.holes.len());
                     return Ok(ChunkSent {
                         holes: chunk.holes,
                         rest,
@@ -195,6 +190,7 @@ impl Pool {
         match self.send_blocking(Work::Task(task), None) {
             Ok(()) => {
                 drop(kept);
+                self.count_holes(holes.len());
                 self.inner.after_enqueue();
                 Ok(ChunkSent { holes, rest })
             }
@@ -218,6 +214,16 @@ impl Pool {
                 Err((back, why))
             }
         }
+    }
+
+    /// Jobs of a chunk that failed before they were queued are on the
+    /// pool's books too.
+    fn count_holes(&self, n: usize) {
+        // Relaxed: statistics only.
+        self.inner
+            .core
+            .failed_elsewhere
+            .fetch_add(n as u64, Ordering::Relaxed);
     }
 
     /// Starts the queue-wait clock of `t`, if it has one.
