@@ -14,6 +14,11 @@ use crate::proto::{FromWorker, ToWorker, WireOutcome};
 /// How often a handler's `is_cancelled` looks at the port.
 const CANCEL_POLL: Duration = Duration::from_millis(1);
 
+/// A job that ran at least this long has its answer written at once
+/// (README "Writing while the peer writes": answers to quick jobs wait to
+/// be written together).
+const FLUSH_AFTER: Duration = Duration::from_micros(200);
+
 /// More remembered cancels than this means the supervisor cancelled jobs
 /// that had already finished here; forget them.
 const MAX_REMEMBERED_CANCELS: usize = 4096;
@@ -141,10 +146,16 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
     // The job that just ran: its id leaves the cancel set under the next
     // lock, which the loop takes anyway.
     let mut finished = None;
+    // An answer to write now, not with the next batch: its job ran long.
+    let mut flush_due = false;
     loop {
         let mut s = inbox.lock();
         if let Some(id) = finished.take() {
             s.cancelled.remove(&id);
+        }
+        if flush_due {
+            flush_due = false;
+            s.ipc.flush_reading()?;
         }
         match s.backlog.pop_front() {
             Some(frame) => buf = frame,
@@ -173,6 +184,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             )
         })?;
         // Phase 3: run it and queue the answer.
+        let started = Instant::now();
         let (id, outcome) = match head {
             ToWorker::Stop => {
                 s.ipc.flush_reading()?;
@@ -235,6 +247,13 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 })?;
             }
             Err(e) => return Err(e.into()),
+        }
+        // A job that ran long is answered at once: batching its answer
+        // with the next jobs' would hold a finished result back (and lose
+        // it if the worker dies meanwhile) to save a write that costs
+        // little beside the job.
+        if started.elapsed() >= FLUSH_AFTER {
+            flush_due = true;
         }
     }
 }

@@ -48,6 +48,13 @@ impl StderrTail {
     }
 }
 
+/// What a process that was started as a pool's worker, but builds a pool
+/// of itself instead of serving, writes on its stderr: its supervisor
+/// reports it as the reason the worker failed, and does not pass the line
+/// on (one sentence for the user, not one per worker).
+pub(crate) const FORGOT_SERVE_IF_WORKER: &str = "this process was started as a portpool worker but did \
+     not call portpool::worker::serve_if_worker at the top of main";
+
 fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
     let mut r = BufReader::new(pipe);
     let mut line = Vec::new();
@@ -57,8 +64,11 @@ fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
             Ok(0) | Err(_) => break,
             Ok(_) => {
                 // Passed on as written, so the worker's messages still reach
-                // whoever reads this process's stderr.
-                let _ = std::io::stderr().write_all(&line);
+                // whoever reads this process's stderr (but for the one line
+                // the supervisor reports itself).
+                if !String::from_utf8_lossy(&line).contains(FORGOT_SERVE_IF_WORKER) {
+                    let _ = std::io::stderr().write_all(&line);
+                }
                 let text = String::from_utf8_lossy(&line);
                 let text = text.trim_end_matches(['\n', '\r']);
                 let mut cut = text.len().min(STDERR_LINE_MAX);

@@ -88,10 +88,7 @@ impl std::error::Error for BuildError {
     }
 }
 
-/// What a process that was started as a pool's worker, but builds a pool
-/// instead of serving, is told (and tells its supervisor, on its stderr).
-pub(crate) const FORGOT_SERVE_IF_WORKER: &str = "this process was started as a portpool worker but did \
-     not call portpool::worker::serve_if_worker at the top of main";
+pub(crate) use crate::stderr::FORGOT_SERVE_IF_WORKER;
 
 /// Whether this process was started as a pool's worker and has not begun
 /// serving: building a pool here would run the supervisor's program in
@@ -247,13 +244,15 @@ impl PoolBuilder {
 
     /// Starts the workers.
     ///
-    /// Fails at once, without starting anything, when a process that was
-    /// started as a pool's worker, and has not called
-    /// `portpool::worker::serve_if_worker`, builds a process pool of its
-    /// own executable: it forgot the call, and would start workers of
-    /// itself (the supervisor then reports that sentence as the reason its
-    /// worker failed). A thread pool, or a pool of another program, built
-    /// before serving is fine. Also fails when the handlers register two
+    /// In a process that was started as a pool's worker and has not called
+    /// `portpool::worker::serve_if_worker`, building a process pool of its
+    /// own executable means the call was forgotten: the worker would run
+    /// the program and start workers of itself. There the build prints
+    /// "this process was started as a portpool worker but did not call
+    /// portpool::worker::serve_if_worker at the top of main" and ends the
+    /// process (status 1) before starting anything; the supervisor's
+    /// `build()` then fails with that sentence. A thread pool, or a pool of
+    /// another program, built before serving is fine. Also fails when the handlers register two
     /// job types under one route name.
     pub fn build(self) -> Result<Pool, BuildError> {
         if matches!(self.kind, Some(Kind::Processes(_)))
@@ -266,9 +265,13 @@ impl PoolBuilder {
             );
             eprintln!("portpool: {msg}");
             // Closing the port ends the supervisor's handshake at once; it
-            // finds the line above in this process's stderr.
+            // finds the line above in this process's stderr and says it,
+            // once. This process was started to serve, not to run the
+            // program: it ends here, before the program goes on as a
+            // worker that serves nothing (and repeats what main does).
             drop(crate::port::Port::from_env());
-            return Err(BuildError::new(msg));
+            let _ = std::io::Write::flush(&mut std::io::stderr());
+            std::process::exit(1);
         }
         let kind = self
             .kind
