@@ -25,6 +25,7 @@ impl Shared {
     pub(super) fn backoff(&self, d: Duration) -> bool {
         let Some(deadline) = crate::util::deadline(d) else {
             // A backoff too long to represent: wait until the pool stops.
+            log::warn!("a worker's restart backoff of {d:?} means never: its slot stays empty");
             let (m, cv) = &self.stop_gate;
             let mut g = lock(m);
             while !self.core.stopping.load(Ordering::Acquire) {
@@ -188,7 +189,12 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
             return Err(start_failure(
                 id,
                 pid,
-                "did not complete its handshake",
+                if error.kind() == std::io::ErrorKind::TimedOut {
+                    "did not say hello within 10 s (is it a program whose main calls \
+                     portpool::worker::run or serve_if_worker?)"
+                } else {
+                    "did not complete its handshake"
+                },
                 Some(error),
                 &status,
                 &stderr,
