@@ -235,11 +235,7 @@ fn a_worker_that_forgot_serve_if_worker_fails_its_build_instead_of_forking() {
         "{msg}"
     );
     // One sentence, not errors nested inside errors.
-    assert_eq!(
-        msg.matches("worker").count(),
-        msg.matches("worker").count().min(6),
-        "{msg}"
-    );
+    assert!(msg.matches("worker").count() <= 6, "{msg}");
     assert!(msg.len() < 400, "{msg}");
     // Debug reads the same (what `main` returning the error prints).
     assert_eq!(format!("{err:?}"), msg);

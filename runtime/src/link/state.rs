@@ -128,18 +128,9 @@ impl Inner {
             if let Some(c) = &st.closed {
                 break Err(Inner::closed_error(c));
             }
-            if let Some(mut rx) = st.rx.take() {
-                drop(st);
-                let res = rx.recv_message_wait(&mut buf, deadline.map_or(Wait::Forever, Wait::Until));
-                st = self.lock();
-                st.rx = Some(rx);
-                let actions = self.absorb(&mut st, res, &buf);
-                self.wake(&st);
-                if !actions.is_empty() {
-                    drop(st);
-                    self.run(actions);
-                    st = self.lock();
-                }
+            if let Some(rx) = st.rx.take() {
+                let wait = deadline.map_or(Wait::Forever, Wait::Until);
+                st = self.read_turn(st, rx, &mut buf, wait).0;
                 spun = false;
                 continue;
             }
@@ -204,18 +195,35 @@ impl Inner {
                 st.rx = Some(rx);
                 return st;
             }
-            drop(st);
-            let res = rx.recv_message_wait(buf, Wait::Now);
-            st = self.lock();
-            st.rx = Some(rx);
-            let actions = self.absorb(&mut st, res, buf);
-            self.wake(&st);
-            if !actions.is_empty() {
-                drop(st);
-                self.run(actions);
-                st = self.lock();
-            }
+            st = self.read_turn(st, rx, buf, Wait::Now).0;
         }
+    }
+
+    /// One turn of "whoever waits reads": with the receiver taken out of
+    /// `st`, reads one frame (waiting as told) without the lock, puts the
+    /// receiver back, files what came, wakes whom it concerns, and runs
+    /// what the frame asks (acks, request handlers) outside the lock.
+    /// Returns the lock again and whether a frame was read.
+    pub(super) fn read_turn<'a>(
+        &'a self,
+        st: MutexGuard<'a, State>,
+        mut rx: IpcReceiver,
+        buf: &mut Vec<u8>,
+        wait: Wait,
+    ) -> (MutexGuard<'a, State>, bool) {
+        drop(st);
+        let res = rx.recv_message_wait(buf, wait);
+        let mut st = self.lock();
+        st.rx = Some(rx);
+        let got = matches!(res, Ok(true));
+        let actions = self.absorb(&mut st, res, buf);
+        self.wake(&st);
+        if !actions.is_empty() {
+            drop(st);
+            self.run(actions);
+            st = self.lock();
+        }
+        (st, got)
     }
 
     /// After a read: wakes the callers asleep on the condvar (their data,
@@ -399,19 +407,9 @@ pub(super) fn background(inner: &Inner, fd: Arc<crate::port::shared::WakeFd>) {
                 .unwrap_or_else(|p| p.into_inner().0);
             continue;
         }
-        let Some(mut rx) = st.rx.take() else { continue };
-        drop(st);
-        let res = rx.recv_message_wait(&mut buf, Wait::Now);
-        st = inner.lock();
-        st.rx = Some(rx);
-        let got = matches!(res, Ok(true));
-        let actions = inner.absorb(&mut st, res, &buf);
-        inner.wake(&st);
-        if !actions.is_empty() {
-            drop(st);
-            inner.run(actions);
-            st = inner.lock();
-        }
+        let Some(rx) = st.rx.take() else { continue };
+        let got;
+        (st, got) = inner.read_turn(st, rx, &mut buf, Wait::Now);
         if got || st.closed.is_some() {
             continue;
         }

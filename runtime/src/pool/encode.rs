@@ -93,26 +93,23 @@ pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
 #[inline]
 pub(crate) fn encode_job<J: Job>(job: &J, buf: &mut Vec<u8>) -> Result<(), Failure> {
     let at = buf.len();
-    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+    let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
         crate::port::encode_into(job, buf)
     })) {
-        Ok(Ok(())) => Ok(()),
-        other => {
-            buf.truncate(at);
-            Err(encode_job_failure(job, other))
-        }
-    }
+        Ok(Ok(())) => return Ok(()),
+        Ok(Err(e)) => Ok(e),
+        Err(panic) => Err(panic),
+    };
+    buf.truncate(at);
+    Err(encode_job_failure(job, failed))
 }
 
+/// Why `job` did not encode: postcard's error, or its `Serialize`'s panic.
 #[cold]
 #[inline(never)]
-pub(crate) fn encode_job_failure<J: Job>(
-    job: &J,
-    res: Result<Result<(), postcard::Error>, Box<dyn Any + Send>>,
-) -> Failure {
-    match res {
-        Ok(Err(e)) => encode_failure(job, &e),
-        Ok(Ok(())) => Failure::Codec(crate::job::Side::Supervisor, "no failure".into()),
+fn encode_job_failure<J: Job>(job: &J, failed: Result<postcard::Error, Box<dyn Any + Send>>) -> Failure {
+    match failed {
+        Ok(e) => encode_failure(job, &e),
         Err(payload) => Failure::Codec(
             crate::job::Side::Supervisor,
             format!(

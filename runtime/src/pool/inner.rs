@@ -28,33 +28,18 @@ pub(crate) struct PoolInner {
     pub(crate) rt_ref: RefCount,
 }
 
-/// Why a job was not enqueued.
+/// Why the pool takes no job (or chunk).
 pub(crate) enum Refusal {
     Closed,
     Failed(String),
 }
 
-/// Why a chunk of a `map` was not taken.
-pub(crate) enum Refused {
-    Closed,
-    Failed(String),
-}
-
-impl From<Refusal> for Refused {
-    fn from(r: Refusal) -> Refused {
-        match r {
-            Refusal::Closed => Refused::Closed,
-            Refusal::Failed(why) => Refused::Failed(why),
-        }
-    }
-}
-
-impl Refused {
-    /// The failure each of the chunk's jobs gets.
+impl Refusal {
+    /// The failure a job gets when the pool does not take it.
     pub(crate) fn failure(&self) -> Failure {
         match self {
-            Refused::Closed => Failure::Rejected("the pool is shutting down".into()),
-            Refused::Failed(why) => Failure::Rejected(format!("the pool failed: {why}")),
+            Refusal::Closed => Failure::Rejected("the pool is shutting down".into()),
+            Refusal::Failed(why) => Failure::Rejected(format!("the pool failed: {why}")),
         }
     }
 }
@@ -74,19 +59,6 @@ impl crate::runtime::Managed for PoolInner {
 
     fn shutdown(&self, how: Shutdown) -> ShutdownReport {
         PoolInner::shutdown(self, how)
-    }
-}
-
-impl crate::supervisor::monitor::Books for Core {
-    fn deliver_failure(
-        &self,
-        state: &JobState,
-        reply: &Reply,
-        jobs: u64,
-        f: Failure,
-        worker: Option<usize>,
-    ) -> bool {
-        Core::deliver_failure(self, state, reply, jobs, f, worker)
     }
 }
 

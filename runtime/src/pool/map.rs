@@ -239,12 +239,26 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                     }
                 }
             };
-            let queued = holes.len() < len;
-            self.in_flight.insert(tag, InFlight { len, holes });
-            if !queued {
-                // Every job failed before it could go: answer here.
-                reply.send(Event::Done(Outcome::Failed(Failure::Cancelled)));
+            if holes.len() < len {
+                self.in_flight.insert(tag, InFlight { len, holes });
+                continue;
             }
+            // Every job failed before it could go: its results are here.
+            self.file(tag, fill_holes::<J>(Vec::new(), holes));
+            if !self.ready.is_empty() {
+                return; // yielded before more is pulled (an endless input stays bounded)
+            }
+        }
+    }
+
+    /// Puts a chunk's results where `next` yields them: now, or (ordered)
+    /// once the chunks before it have been yielded.
+    fn file(&mut self, tag: u64, results: Vec<JobResult<J>>) {
+        if self.ordered && tag != self.next_yield {
+            self.early.insert(tag, results);
+        } else {
+            self.next_yield += 1;
+            self.ready.extend(results);
         }
     }
 
@@ -270,6 +284,9 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
                 return Some(r);
             }
             self.top_up();
+            if !self.ready.is_empty() {
+                continue; // a chunk whose every job failed before it could go
+            }
             if self.ordered {
                 if let Some(results) = self.early.remove(&self.next_yield) {
                     self.next_yield += 1;
@@ -289,24 +306,11 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
             let Some(InFlight { len, holes }) = self.in_flight.remove(&tag) else {
                 continue;
             };
-            let sent = len - holes.len().min(len);
-            let results = if sent == 0 {
-                // Nothing went to a worker: every job's outcome is a hole.
-                Vec::new()
-            } else {
-                let (ran, results) = typed_chunk::<J>(outcome, sent);
-                if let Some(ran) = ran {
-                    self.adapt(ran, len);
-                }
-                results
-            };
-            let results = fill_holes::<J>(results, holes);
-            if self.ordered && tag != self.next_yield {
-                self.early.insert(tag, results);
-            } else {
-                self.next_yield += 1;
-                self.ready.extend(results);
+            let (ran, results) = typed_chunk::<J>(outcome, len - holes.len());
+            if let Some(ran) = ran {
+                self.adapt(ran, len);
             }
+            self.file(tag, fill_holes::<J>(results, holes));
         }
     }
 }

@@ -126,9 +126,9 @@ impl Pool {
         &self,
         mut jobs: Vec<J>,
         reply: Reply,
-    ) -> Result<ChunkSent<J>, (Vec<J>, Refused)> {
+    ) -> Result<ChunkSent<J>, (Vec<J>, Refusal)> {
         if let Some(r) = self.inner.refusal() {
-            return Err((jobs, r.into()));
+            return Err((jobs, r));
         }
         if let Err(f) = self.check_route::<J>() {
             // Relaxed: statistics only.
@@ -208,8 +208,8 @@ impl Pool {
                 back.extend(kept);
                 back.extend(rest);
                 let why = match self.inner.refusal() {
-                    Some(r) => r.into(),
-                    None => Refused::Closed,
+                    Some(r) => r,
+                    None => Refusal::Closed,
                 };
                 Err((back, why))
             }
@@ -464,16 +464,9 @@ impl Pool {
         job: J,
     ) -> Vec<Result<J::Output, crate::job::JobError<J::Error>>> {
         if let Some(r) = self.inner.refusal() {
-            let reason = match r {
-                Refusal::Closed => "the pool is shutting down".to_string(),
-                Refusal::Failed(why) => format!("the pool failed: {why}"),
-            };
+            let f = r.failure();
             return (0..self.workers())
-                .map(|_| {
-                    Err(crate::job::JobError::Rejected {
-                        reason: reason.clone(),
-                    })
-                })
+                .map(|_| Err(f.clone().into_job_error()))
                 .collect();
         }
         let tickets: Vec<Ticket<J>> = (0..self.workers())

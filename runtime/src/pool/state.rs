@@ -3,6 +3,7 @@
 //! shutdown or a submitter waits on.
 
 use super::*;
+pub(crate) use crate::supervisor::monitor::Books;
 
 /// What the shared queue carries.
 pub(crate) enum Work {
@@ -232,37 +233,7 @@ impl Core {
         }
     }
 
-    /// Delivers `f` as the outcome of a job (of `jobs` jobs) that leaves
-    /// the pool without an answer, unless its outcome was settled already.
-    /// Counts it on `worker`, or on the pool. Returns whether it delivered.
-    /// (A timer or the shutdown, which do not take the task off the books:
-    /// whoever removes it later counts it; see `retire_failure`.)
-    pub(crate) fn deliver_failure(
-        &self,
-        state: &JobState,
-        reply: &Reply,
-        jobs: u64,
-        f: Failure,
-        worker: Option<usize>,
-    ) -> bool {
-        if !state.settle() {
-            return false;
-        }
-        // Relaxed: statistics only.
-        if matches!(f, Failure::Cancelled) {
-            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
-        }
-        match worker {
-            Some(w) => self.counters[w].finish_n(0, jobs),
-            None => {
-                self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
-            }
-        }
-        reply.fail(f);
-        true
-    }
-
-    /// Like [`deliver_failure`](Self::deliver_failure), for the one place
+    /// Like [`Books::deliver_failure`], for the one place
     /// that takes the task off the pool's books: a task whose ticket
     /// cancelled it is counted as cancelled here.
     pub(crate) fn retire_failure(
@@ -381,5 +352,37 @@ impl Core {
             rc.timeout.or(self.config.job_timeout),
             rc.retries.unwrap_or(self.config.retries),
         )
+    }
+}
+
+impl Books for Core {
+    /// Delivers `f` as the outcome of a job (of `jobs` jobs) that leaves
+    /// the pool without an answer, unless its outcome was settled already.
+    /// Counts it on `worker`, or on the pool. Returns whether it delivered.
+    /// (A timer or the shutdown, which do not take the task off the books:
+    /// whoever removes it later counts it; see `retire_failure`.)
+    fn deliver_failure(
+        &self,
+        state: &JobState,
+        reply: &Reply,
+        jobs: u64,
+        f: Failure,
+        worker: Option<usize>,
+    ) -> bool {
+        if !state.settle() {
+            return false;
+        }
+        // Relaxed: statistics only.
+        if matches!(f, Failure::Cancelled) {
+            self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+        }
+        match worker {
+            Some(w) => self.counters[w].finish_n(0, jobs),
+            None => {
+                self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+            }
+        }
+        reply.fail(f);
+        true
     }
 }

@@ -17,7 +17,7 @@ use crossbeam_channel::{Receiver, Sender, select};
 
 use super::{BuildError, Core, Event, Outcome, Reply, Task, Work, lock};
 use crate::job::{CancelSource, Context, Failure, Handlers, JobState, ProgressSink, TimeoutPhase};
-use crate::supervisor::monitor::{Control, Supervised};
+use crate::supervisor::monitor::{Books, Control, Supervised};
 use crate::supervisor::{PoolEvent, STOP_GRACE};
 
 /// The job a thread runs now (jobs with a ticket or a timeout only; a

@@ -13,8 +13,9 @@ use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use crate::task::{Failure, JobState, Reply, TimeoutPhase};
 
 /// What the monitor asks of the pool's books (the pool's core implements
-/// it): deliver `f` as the outcome of a job that leaves without an answer,
-/// unless it was settled already; returns whether it delivered.
+/// it, and the pool uses it too): deliver `f` as the outcome of a job that
+/// leaves without an answer, unless it was settled already; returns
+/// whether it delivered.
 pub(crate) trait Books: Send + Sync {
     fn deliver_failure(
         &self,

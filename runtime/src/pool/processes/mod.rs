@@ -29,7 +29,7 @@ use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
 use crate::proto::{FromWorker, ToWorker, WireOutcome};
 use crate::stderr::StderrTail;
-use crate::supervisor::monitor::{Control, Supervised};
+use crate::supervisor::monitor::{Books, Control, Supervised};
 use crate::supervisor::{Intensity, PoolEvent, STOP_GRACE, TERM_GRACE};
 
 pub(crate) use crate::child::{describe_status, wait_or_kill};
