@@ -93,8 +93,8 @@ pub(crate) struct ChunkSent<J> {
 enum Prepared<J: Job> {
     /// Its ticket already holds its outcome (a failure): nothing to queue.
     Settled(Ticket<J>),
-    /// Its ticket, its task, and the job value if the task holds bytes.
-    Ready(Ticket<J>, Task, Option<J>),
+    /// Its ticket and its task.
+    Ready(Ticket<J>, Task),
 }
 
 impl Pool {
@@ -243,23 +243,21 @@ impl Pool {
     }
 
     /// Makes `job`'s ticket and task and hands the task to `enqueue`. A job
-    /// for a process pool that will wait in the queue is encoded first
-    /// (the bytes wait, not the value): if it will not encode, its ticket
-    /// holds that failure at once and nothing is queued. When `enqueue`
-    /// refuses the task, the job is given back with its reason.
+    /// for a process pool is checked first (it must encode and fit in a
+    /// frame; the check allocates nothing): if it cannot go, its ticket
+    /// holds that failure at once and nothing is queued, whether or not it
+    /// would have waited. When `enqueue` refuses the task, the job is given
+    /// back with its reason.
     fn enqueue<J: Job, E>(
         &self,
         job: J,
         opts: &JobOptions,
         enqueue: impl FnOnce(&Self, Work) -> Result<(), (Work, E)>,
     ) -> Result<Ticket<J>, (J, E)> {
-        let waits = match &self.inner.backend {
-            Backend::Processes(p) => !p.can_take_now(),
-            Backend::Threads(_) => false,
-        };
-        let (ticket, task, kept) = match self.prepare(job, opts, waits) {
+        let check = matches!(self.inner.backend, Backend::Processes(_));
+        let (ticket, task) = match self.prepare(job, opts, check) {
             Prepared::Settled(ticket) => return Ok(ticket),
-            Prepared::Ready(ticket, task, kept) => (ticket, task, kept),
+            Prepared::Ready(ticket, task) => (ticket, task),
         };
         self.watch_queue_for(&task, opts.queue_timeout);
         match enqueue(self, Work::Task(task)) {
@@ -273,24 +271,22 @@ impl Pool {
                 if let Work::Task(t) = &work {
                     t.state.settle();
                 }
-                let job = match (kept, work) {
-                    (Some(j), _) => j,
-                    (None, Work::Task(t)) => match t.into_value::<J>() {
+                let job = match work {
+                    Work::Task(t) => match t.into_value::<J>() {
                         Some(j) => j,
                         None => unreachable!("a task built from a J holds a J"),
                     },
-                    (None, Work::Stop) => unreachable!("only tasks are submitted"),
+                    Work::Stop => unreachable!("only tasks are submitted"),
                 };
                 Err((job, e))
             }
         }
     }
 
-    /// Makes `job`'s ticket and task. With `encode`, the task carries the
-    /// job's bytes and the value is kept aside (to give back if the queue
-    /// refuses it). A job that cannot go (its route is not served, it will
-    /// not encode) gets a ticket that already holds its failure.
-    fn prepare<J: Job>(&self, job: J, opts: &JobOptions, encode: bool) -> Prepared<J> {
+    /// Makes `job`'s ticket and task. A job that cannot go (its route is
+    /// not served; with `check`, it will not encode or fit in a frame) gets
+    /// a ticket that already holds its failure.
+    fn prepare<J: Job>(&self, job: J, opts: &JobOptions, check: bool) -> Prepared<J> {
         let core = &self.inner.core;
         let state = JobState::new();
         // Relaxed: ids only need to be unique.
@@ -300,21 +296,17 @@ impl Pool {
             core.deliver_failure(&state, &reply, 1, f, None);
             return Prepared::Settled(ticket);
         }
-        let (payload, kept) = if encode {
-            let mut bytes = Vec::new();
-            if let Err(f) = encode_job(&job, &mut bytes) {
+        if check {
+            if let Err(f) = check_encodes(&job) {
                 core.deliver_failure(&state, &reply, 1, f, None);
                 return Prepared::Settled(ticket);
             }
-            (Payload::Encoded(bytes), Some(job))
-        } else {
-            (Payload::Value(Box::new(job)), None)
-        };
+        }
         let (timeout, retries) = core.limits(J::NAME);
         let task = Task {
             id,
             route: J::NAME,
-            job: payload,
+            job: Payload::Value(Box::new(job)),
             send_job: send_job::<J>,
             reply,
             state,
@@ -322,7 +314,7 @@ impl Pool {
             timeout: opts.timeout.or(timeout),
             retries: opts.retries.unwrap_or(retries),
         };
-        Prepared::Ready(ticket, task, kept)
+        Prepared::Ready(ticket, task)
     }
 
     /// On a process pool, whether the workers serve `J`'s route with `J`'s
@@ -336,11 +328,11 @@ impl Pool {
 
     /// Submits a job, blocking while the queue is full.
     ///
-    /// On a process pool, a job that has to wait in the queue is encoded
-    /// now, and one dispatched at once is encoded straight into its
-    /// worker's port: either way a job that will not encode gets a ticket
-    /// whose result is that error at once, and nothing is sent. (A thread
-    /// pool never encodes jobs.)
+    /// On a process pool the job is checked now (it must encode and fit in
+    /// a frame) and encoded into its worker's port at dispatch: a job that
+    /// will not encode gets a ticket whose result is that error at once,
+    /// even on a busy pool, and nothing is sent. (A thread pool never
+    /// encodes jobs.)
     pub fn submit<J: Job>(&self, job: J) -> Result<Ticket<J>, SubmitError<J>> {
         self.submit_with(job, JobOptions::default())
     }
@@ -473,7 +465,7 @@ impl Pool {
             .map(
                 |w| match self.prepare(job.clone(), &JobOptions::default(), false) {
                     Prepared::Settled(ticket) => ticket,
-                    Prepared::Ready(ticket, task, _) => {
+                    Prepared::Ready(ticket, task) => {
                         match &self.inner.backend {
                             Backend::Threads(t) => t.send_to(w, task),
                             Backend::Processes(p) => p.send_to(w, task),

@@ -9,22 +9,6 @@ impl Processes {
         self.shared.kick();
     }
 
-    /// Whether a job submitted now would go to a worker at once (none
-    /// waits in the queue, a live worker has a free slot, no suspend).
-    pub(crate) fn can_take_now(&self) -> bool {
-        let sh = &self.shared;
-        !sh.core.has_queued()
-            && !sh.core.suspended.load(Ordering::Acquire)
-            && sh.slots.iter().any(|s| {
-                s.current()
-                    // SeqCst: as every other access to the in-flight count.
-                    .is_some_and(|w| {
-                        w.alive.load(Ordering::Acquire)
-                            && w.in_flight.load(Ordering::SeqCst) < sh.max_in_flight
-                    })
-            })
-    }
-
     /// Sends `work` to a worker with a free slot now, or gives it back
     /// (a pool with a queue limit of 0).
     pub(crate) fn dispatch_now(&self, work: Work) -> Result<(), Work> {
