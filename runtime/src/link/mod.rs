@@ -46,7 +46,7 @@ use std::time::{Duration, Instant};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
-use crate::port::{Ipc, IpcReceiver, IpcSender};
+use crate::port::{Ipc, IpcSender};
 use crate::runtime::{RefCount, Runtime};
 use crate::transport::Wait;
 
@@ -113,8 +113,6 @@ pub struct Link {
     inner: Arc<Inner>,
     /// `None` once this side has stopped sending (`close_sending`).
     tx: Option<Arc<IpcSender>>,
-    /// The duplicate fd the background thread sleeps on.
-    wake_fd: Arc<crate::port::shared::WakeFd>,
     rt_ref: RefCount,
 }
 
@@ -147,26 +145,23 @@ impl Link {
         // The link's own ref stands for the connection in its runtime.
         ipc.unref();
         let (tx, rx) = ipc.split();
-        let fd = Arc::new(crate::port::shared::WakeFd::of(&rx, "link"));
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
             tx: Arc::downgrade(&tx),
             codec,
             state: Mutex::new(State {
-                rx: Some(rx),
                 log: log.then(Vec::new),
                 ..State::default()
             }),
             cv: Condvar::new(),
-            bg_cv: Condvar::new(),
+            shared: crate::port::shared::SharedReceiver::new(rx, "link"),
             next_id: AtomicU64::new(1),
         });
         let inner2 = inner.clone();
         // Not joined: the thread ends with the connection (see `Drop`).
-        let spawned = std::thread::Builder::new().name("portpool-link".into()).spawn({
-            let fd = fd.clone();
-            move || background(&inner2, fd)
-        });
+        let spawned = std::thread::Builder::new()
+            .name("portpool-link".into())
+            .spawn(move || background(&inner2));
         if let Err(e) = spawned {
             Inner::close(
                 &mut inner.lock(),
@@ -176,7 +171,6 @@ impl Link {
         Link {
             inner,
             tx: Some(tx),
-            wake_fd: fd,
             rt_ref: Runtime::global().new_ref(),
         }
     }
@@ -476,7 +470,7 @@ impl Drop for Link {
         // waiting for a peer that keeps its end open. It is not joined:
         // it may be inside a request handler.
         self.tx.take();
-        self.wake_fd.shutdown_read();
+        self.inner.shared.shutdown_read();
     }
 }
 

@@ -1,6 +1,7 @@
 //! The protocol state machine behind a `Link`: what was received and
-//! filed, who waits for what, and "whoever waits reads": a caller that
-//! waits reads the connection itself while no other thread does; the
+//! filed, who waits for what, and how its waiters and its background
+//! thread take turns on the shared receiver (`port::shared`): a caller
+//! that waits reads the connection itself while no other thread does; the
 //! background thread reads only when nobody waits.
 
 use super::*;
@@ -15,16 +16,10 @@ pub(super) enum Closed {
 /// A request handler with its types erased.
 pub(super) type Handler = Arc<dyn Fn(&Payload) -> Result<Payload, String> + Send + Sync>;
 
-/// How long the background thread leaves reading to callers before it
-/// looks whether any is left: the longest a strict message or a request
-/// waits for an answer after the last caller left the link.
-use crate::port::shared::READER_NAP as BACKGROUND_NAP;
+use crate::port::shared::{Reader, SharedReceiver, Step, Turn};
 
 #[derive(Default)]
 pub(super) struct State {
-    /// The receiving half, here when no thread is reading (scenario
-    /// "whoever waits reads" in the module docs).
-    pub(super) rx: Option<IpcReceiver>,
     /// Threads inside a link call that waits for something.
     pub(super) waiters: usize,
     /// Of those, the ones asleep on the condvar (the others read or spin).
@@ -54,8 +49,10 @@ pub(super) struct Inner {
     pub(super) state: Mutex<State>,
     /// Callers waiting for data or for the receiver.
     pub(super) cv: Condvar,
-    /// The background thread, waiting for its turn to read.
-    pub(super) bg_cv: Condvar,
+    /// The receiving half (scenario "whoever waits reads" in the module
+    /// docs). Its turn is given back with `state` locked, so a caller that
+    /// checks, finds it taken and sleeps on `cv` is always woken.
+    pub(super) shared: SharedReceiver,
     pub(super) next_id: AtomicU64,
 }
 
@@ -128,9 +125,9 @@ impl Inner {
             if let Some(c) = &st.closed {
                 break Err(Inner::closed_error(c));
             }
-            if let Some(rx) = st.rx.take() {
+            if let Some(turn) = self.shared.try_turn() {
                 let wait = deadline.map_or(Wait::Forever, Wait::Until);
-                st = self.read_turn(st, rx, &mut buf, wait).0;
+                st = self.read_turn(st, turn, &mut buf, wait).0;
                 spun = false;
                 continue;
             }
@@ -138,13 +135,8 @@ impl Inner {
                 // Another thread reads: spin briefly for it to hand over
                 // (it often is about to), then check again.
                 drop(st);
-                st = match crate::port::shared::spin_for_handoff(|| {
-                    let g = self.lock();
-                    if g.rx.is_some() { Some(g) } else { None }
-                }) {
-                    Some(g) => g,
-                    None => self.lock(),
-                };
+                self.shared.wait_free();
+                st = self.lock();
                 spun = true;
                 continue;
             }
@@ -172,7 +164,7 @@ impl Inner {
         // before leaving (a strict message or a request may be among them).
         let st = self.drain_buffered(st, &mut buf);
         if st.waiters == 0 && st.closed.is_some() {
-            self.bg_cv.notify_all();
+            self.shared.wake_background();
         }
         drop(st);
         out
@@ -184,37 +176,31 @@ impl Inner {
         mut st: MutexGuard<'a, State>,
         buf: &mut Vec<u8>,
     ) -> MutexGuard<'a, State> {
-        loop {
-            if st.closed.is_some() {
-                return st;
-            }
-            let Some(mut rx) = st.rx.take() else {
-                return st;
+        while st.closed.is_none() && self.shared.has_buffered_frame() {
+            let Some(turn) = self.shared.try_turn() else {
+                break;
             };
-            if !rx.has_buffered_frame() {
-                st.rx = Some(rx);
-                return st;
-            }
-            st = self.read_turn(st, rx, buf, Wait::Now).0;
+            st = self.read_turn(st, turn, buf, Wait::Now).0;
         }
+        st
     }
 
-    /// One turn of "whoever waits reads": with the receiver taken out of
-    /// `st`, reads one frame (waiting as told) without the lock, puts the
-    /// receiver back, files what came, wakes whom it concerns, and runs
-    /// what the frame asks (acks, request handlers) outside the lock.
-    /// Returns the lock again and whether a frame was read.
+    /// One turn on the shared receiver: reads one frame (waiting as told)
+    /// without the lock, gives the turn back with the lock held, files
+    /// what came, wakes whom it concerns, and runs what the frame asks
+    /// (acks, request handlers) outside the lock. Returns the lock again
+    /// and whether a frame was read.
     pub(super) fn read_turn<'a>(
         &'a self,
         st: MutexGuard<'a, State>,
-        mut rx: IpcReceiver,
+        mut turn: Turn<'_>,
         buf: &mut Vec<u8>,
         wait: Wait,
     ) -> (MutexGuard<'a, State>, bool) {
         drop(st);
-        let res = rx.recv_message_wait(buf, wait);
+        let res = turn.recv_message_wait(buf, wait);
         let mut st = self.lock();
-        st.rx = Some(rx);
+        drop(turn);
         let got = matches!(res, Ok(true));
         let actions = self.absorb(&mut st, res, buf);
         self.wake(&st);
@@ -234,7 +220,7 @@ impl Inner {
             self.cv.notify_all();
         }
         if st.closed.is_some() {
-            self.bg_cv.notify_all();
+            self.shared.wake_background();
         }
     }
 
@@ -377,55 +363,38 @@ impl Inner {
 
 /// The background thread: reads whenever no caller does, so that strict
 /// messages are acknowledged, requests answered and the end noticed even
-/// while nobody waits on the link. It never holds the receiver while
-/// sleeping: it waits for readability on a duplicate of the fd.
-pub(super) fn background(inner: &Inner, fd: Arc<crate::port::shared::WakeFd>) {
-    let mut buf = Vec::new();
-    let mut st = inner.lock();
-    loop {
-        if st.closed.is_some() {
-            break;
+/// while nobody waits on the link (`SharedReceiver::background`).
+pub(super) fn background(inner: &Inner) {
+    struct Background<'a> {
+        inner: &'a Inner,
+        buf: Vec<u8>,
+    }
+    impl Reader for Background<'_> {
+        fn done(&mut self) -> bool {
+            self.inner.lock().closed.is_some()
         }
-        if st.waiters > 0 {
+        fn waiters_read(&mut self) -> bool {
             // Callers read for themselves. Waking this thread each time the
             // last of them leaves would cost every call a wake-up, so it
-            // looks again after `BACKGROUND_NAP` instead.
-            st = inner
-                .bg_cv
-                .wait_timeout(st, BACKGROUND_NAP)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-            continue;
+            // looks again after a nap instead.
+            self.inner.lock().waiters > 0
         }
-        if st.rx.is_none() {
-            // Only callers take the receiver, and they are gone: it is on
-            // its way back.
-            st = inner
-                .bg_cv
-                .wait_timeout(st, BACKGROUND_NAP)
-                .map(|(g, _)| g)
-                .unwrap_or_else(|p| p.into_inner().0);
-            continue;
-        }
-        let Some(rx) = st.rx.take() else { continue };
-        let got;
-        (st, got) = inner.read_turn(st, rx, &mut buf, Wait::Now);
-        if got || st.closed.is_some() {
-            continue;
-        }
-        // Nothing buffered: sleep until the fd is readable, without the
-        // receiver (a caller may take it and read meanwhile).
-        drop(st);
-        match fd.wait() {
-            Ok(true) => {}
-            Ok(false) => std::thread::sleep(Duration::from_millis(1)),
-            Err(e) => {
-                log::debug!("link: waiting for data failed ({e}); stopping the background reader");
-                return;
+        fn read(&mut self, turn: Turn<'_>, wait: Wait) -> Step {
+            let st = self.inner.lock();
+            let (st, got) = self.inner.read_turn(st, turn, &mut self.buf, wait);
+            match (&st.closed, got) {
+                (Some(_), _) => Step::End(None),
+                (None, true) => Step::Frame,
+                (None, false) => Step::Nothing,
             }
         }
-        st = inner.lock();
     }
+    inner.shared.background(
+        &mut Background {
+            inner,
+            buf: Vec::new(),
+        },
+        Duration::ZERO,
+    );
     inner.cv.notify_all();
-    inner.bg_cv.notify_all();
 }

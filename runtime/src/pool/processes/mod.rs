@@ -36,7 +36,7 @@ pub(crate) use crate::child::{describe_status, wait_or_kill};
 use dispatch::{dispatch, fill_slots};
 use reader::reader_loop;
 use slot::slot_loop;
-use worker::{EndReason, READER_NAP, Step, Worker, send_soon};
+use worker::{EndReason, Worker, send_soon};
 
 pub use crate::child::{WORKER_ID_ENV, WORKER_LINK_ENV};
 

@@ -18,53 +18,8 @@ pub(super) struct Exit {
 /// the receiver, so a ticket waiting for its worker's only job can read its
 /// answer itself; while one does, this thread naps.
 pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
-    use crate::transport::Wait;
     let core = &*shared.core;
-    let why = 'read: loop {
-        let mut start = Instant::now();
-        let mut tries = 0u32;
-        loop {
-            match w.read_step(Wait::Now) {
-                Step::Frame => start = Instant::now(),
-                Step::End(why) => break 'read why,
-                Step::Busy => {
-                    // A ticket reads; nap until it is done or others need us.
-                    let mut g = lock(&w.rx);
-                    if g.is_none() {
-                        // Release: pairs with the Acquire load in `wake_reader`.
-                        w.reader_napping.store(true, Ordering::Release);
-                        g = w
-                            .rx_cv
-                            .wait_timeout(g, READER_NAP)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0);
-                        w.reader_napping.store(false, Ordering::Release);
-                    }
-                    drop(g);
-                    start = Instant::now();
-                }
-                Step::Nothing => {
-                    if start.elapsed() >= crate::transport::DEFAULT_SPIN {
-                        break;
-                    }
-                    crate::util::spin_pause(&mut tries);
-                }
-            }
-        }
-        // Idle: sleep until the port is readable, without the receiver.
-        let slept = w.rx_fd.wait().unwrap_or_else(|e| {
-            log::debug!(
-                "worker {}: waiting on its port failed ({e}); reading instead",
-                w.id
-            );
-            false
-        });
-        if !slept {
-            if let Step::End(why) = w.read_step(Wait::Forever) {
-                break why;
-            }
-        }
-    };
+    let why = w.rx.background(&mut &*w, crate::transport::DEFAULT_SPIN);
     let counters = &core.counters[w.id];
     let why = why.or_else(|| lock(&w.broke).take());
     // The port is closed (or broken): this worker is finished.

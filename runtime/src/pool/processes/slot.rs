@@ -243,7 +243,6 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         }
     }
     let (tx, rx) = ipc.split();
-    let rx_fd = crate::port::shared::WakeFd::of(&rx, &format!("worker {id}"));
     Ok(Arc::new_cyclic(|me| Worker {
         id,
         epoch,
@@ -255,10 +254,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         child: Mutex::new(Some(child)),
         ended_by: Mutex::new(None),
         stderr,
-        rx: Mutex::new(Some(rx)),
-        rx_cv: Condvar::new(),
-        reader_napping: AtomicBool::new(false),
-        rx_fd,
+        rx: crate::port::shared::SharedReceiver::new(rx, &format!("worker {id}")),
         me: me.clone(),
         core: core.clone(),
         max_in_flight,

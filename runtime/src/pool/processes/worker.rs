@@ -2,6 +2,7 @@
 //! how a frame from it is handled, and how a lone job's waiter reads it.
 
 use super::*;
+use crate::port::shared::{self, SharedReceiver, Turn};
 
 /// Why the pool itself ended a worker.
 #[derive(Debug)]
@@ -27,15 +28,10 @@ pub(super) struct Worker {
     pub(super) child: Mutex<Option<Child>>,
     pub(super) ended_by: Mutex<Option<EndReason>>,
     pub(super) stderr: Arc<StderrTail>,
-    /// The receiving half of the worker's port, here while nobody reads
-    /// (ARCHITECTURE.md, "a lone job's waiter reads its answer").
-    pub(super) rx: Mutex<Option<IpcReceiver>>,
-    /// The reader thread naps here while a ticket reads.
-    pub(super) rx_cv: Condvar,
-    /// The reader thread is napping on `rx_cv`.
-    pub(super) reader_napping: AtomicBool,
-    /// A duplicate of the port's fd, for waiting without holding `rx`.
-    pub(super) rx_fd: crate::port::shared::WakeFd,
+    /// The receiving half of the worker's port, shared by its reader
+    /// thread and a lone job's waiter (ARCHITECTURE.md, "a lone job's
+    /// waiter reads its answer").
+    pub(super) rx: SharedReceiver,
     pub(super) me: std::sync::Weak<Worker>,
     pub(super) core: Arc<Core>,
     pub(super) max_in_flight: usize,
@@ -58,32 +54,50 @@ pub(super) enum Step {
     End(Option<String>),
 }
 
-/// How long the reader thread leaves reading to a ticket before it looks
-/// again (it is also woken when other jobs need it).
-pub(super) use crate::port::shared::READER_NAP;
+impl From<shared::Step> for Step {
+    fn from(s: shared::Step) -> Step {
+        match s {
+            shared::Step::Frame => Step::Frame,
+            shared::Step::Nothing => Step::Nothing,
+            shared::Step::End(why) => Step::End(why),
+        }
+    }
+}
 
-/// How long a ticket that wants to read its own answer waits for the
-/// reader thread to let go of the receiver.
-use crate::port::shared::HANDOFF_SPIN;
+impl shared::Reader for &Worker {
+    fn done(&mut self) -> bool {
+        false
+    }
+    fn waiters_read(&mut self) -> bool {
+        // A ticket that reads holds the receiver; none waits without it.
+        false
+    }
+    fn read(&mut self, mut turn: Turn<'_>, wait: crate::transport::Wait) -> shared::Step {
+        match turn.recv_wait::<FromWorker>(wait) {
+            Ok(Some(msg)) => {
+                self.handle(msg, &mut turn);
+                shared::Step::Frame
+            }
+            Ok(None) => shared::Step::Nothing,
+            Err(e) if e.is_disconnected() => shared::Step::End(None),
+            Err(e) => shared::Step::End(Some(e.to_string())),
+        }
+    }
+}
 
 impl Worker {
     /// Reads at most one frame from the port (waiting as told) and
-    /// handles it, unless another thread holds the receiver.
+    /// handles it, unless another thread holds the receiver (`Busy` once
+    /// the hand-off spin is over).
     pub(super) fn read_step(&self, wait: crate::transport::Wait) -> Step {
-        let Some(mut rx) = lock(&self.rx).take() else {
-            return Step::Busy;
-        };
-        let step = match rx.recv_wait::<FromWorker>(wait) {
-            Ok(Some(msg)) => {
-                self.handle(msg, &mut rx);
-                Step::Frame
+        use shared::Reader;
+        match self.rx.turn_soon() {
+            Some(turn) => {
+                let mut me = self;
+                me.read(turn, wait).into()
             }
-            Ok(None) => Step::Nothing,
-            Err(e) if e.is_disconnected() => Step::End(None),
-            Err(e) => Step::End(Some(e.to_string())),
-        };
-        *lock(&self.rx) = Some(rx);
-        step
+            None => Step::Busy,
+        }
     }
 
     /// Handles every frame already in the receiver's buffer (no waiting).
@@ -91,19 +105,13 @@ impl Worker {
     /// read pulled in beyond its own would otherwise wait unseen while the
     /// reader sleeps on the fd, which shows only what the kernel holds.
     pub(super) fn drain_buffered(&self) {
-        loop {
-            let buffered = lock(&self.rx).as_mut().is_some_and(|rx| rx.has_buffered_frame());
-            if !buffered {
-                return;
-            }
-            match self.read_step(crate::transport::Wait::Now) {
-                Step::Frame => {}
-                Step::End(why) => {
-                    self.end_from_ticket(why);
-                    return;
-                }
-                Step::Nothing | Step::Busy => return,
-            }
+        use shared::Reader;
+        let mut me = self;
+        if let shared::Step::End(why) = self
+            .rx
+            .drain_buffered(|turn| me.read(turn, crate::transport::Wait::Now))
+        {
+            self.end_from_ticket(why);
         }
     }
 
@@ -122,11 +130,7 @@ impl Worker {
     /// Wakes the reader thread if it naps (other jobs need reading, or the
     /// port ended).
     pub(super) fn wake_reader(&self) {
-        // Acquire: pairs with the store before the reader's nap.
-        if self.reader_napping.load(Ordering::Acquire) {
-            let _g = lock(&self.rx);
-            self.rx_cv.notify_all();
-        }
+        self.rx.wake_background();
     }
 
     /// Handles one answer or progress message.
@@ -217,14 +221,7 @@ impl Worker {
             // seen within a millisecond.
             let until = now + Duration::from_millis(1);
             let until = deadline.map_or(until, |d| d.min(until));
-            let spin_end = now + HANDOFF_SPIN;
-            let step = loop {
-                match self.read_step(Wait::Until(until)) {
-                    Step::Busy if Instant::now() < spin_end => std::thread::yield_now(),
-                    step => break step,
-                }
-            };
-            match step {
+            match self.read_step(Wait::Until(until)) {
                 Step::Frame | Step::Nothing => {
                     // Answers for other jobs may wait now: the reader reads them.
                     if self.in_flight.load(Ordering::SeqCst) > 0 {
