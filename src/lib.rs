@@ -336,7 +336,7 @@ pub use portpool_runtime::pool::{Pool, Ticket};
 pub use portpool_runtime::runtime::Runtime;
 pub use portpool_runtime::supervisor::{RestartPolicy, Shutdown, ShutdownReport};
 pub use portpool_runtime::{
-    error, job, link, pool, port, runtime, service, subprocess, supervisor, transport,
+    error, job, launch, link, pool, port, runtime, service, subprocess, supervisor, transport,
 };
 
 /// The worker-process side (see the `portpool-worker` crate).

@@ -50,6 +50,15 @@ pub(crate) enum StartError {
     },
 }
 
+/// How the child gets its port.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Via {
+    /// A socket it inherits ([`port::Port::pass_to`]).
+    Inherit,
+    /// Its stdin and stdout (a launcher such as ssh carries them on).
+    Stdio,
+}
+
 /// Spawns `command` with a port (stderr piped and followed under
 /// `label`; a process group of its own with `own_group`), and connects
 /// to it with `opts`.
@@ -57,9 +66,9 @@ pub(crate) fn start(
     mut command: Command,
     label: &str,
     own_group: bool,
+    via: Via,
     opts: ConnectOptions,
 ) -> Result<Started, StartError> {
-    let (ours, theirs) = port::open().map_err(StartError::Spawn)?;
     // A child is a pool's worker only if its caller says so: this process
     // may itself be one, and its own worker variables must not make a
     // Subprocess or a Service of it look like a worker too.
@@ -72,7 +81,26 @@ pub(crate) fn start(
     if own_group {
         std::os::unix::process::CommandExt::process_group(&mut command, 0);
     }
-    let mut child = theirs.spawn(command).map_err(StartError::Spawn)?;
+    let (ours, mut child) = match via {
+        Via::Inherit => {
+            let (ours, theirs) = port::open().map_err(StartError::Spawn)?;
+            (ours, theirs.spawn(command).map_err(StartError::Spawn)?)
+        }
+        Via::Stdio => {
+            command.stdin(Stdio::piped()).stdout(Stdio::piped());
+            let mut child = command.spawn().map_err(StartError::Spawn)?;
+            match (child.stdout.take(), child.stdin.take()) {
+                (Some(out), Some(inp)) => (port::Port::from_fds(out.into(), inp.into()), child),
+                _ => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    return Err(StartError::Spawn(std::io::Error::other(
+                        "the child's stdio was not piped",
+                    )));
+                }
+            }
+        }
+    };
     let pid = child.id();
     let stderr = match StderrTail::follow(&mut child, label) {
         Ok(t) => t,

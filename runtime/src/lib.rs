@@ -25,6 +25,7 @@ pub mod error;
 #[doc(hidden)] // shown as `transport::frame`
 pub mod frame;
 pub mod job;
+pub mod launch;
 pub mod link;
 pub mod pool;
 pub mod port;

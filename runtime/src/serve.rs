@@ -117,6 +117,31 @@ impl crate::job::RemoteJob for WorkerSide {
 /// already waiting, so pipelined jobs cost one write per batch. A job that
 /// fails to decode, a route without a handler, a panicking handler or a
 /// result that fails to encode fails that job only; the loop goes on.
+/// A worker connected through pipes (started by a launcher, perhaps on
+/// another machine) has no parent-death signal to rely on: when its
+/// supervisor, or the ssh between them, goes away, nothing signals it, and
+/// a handler that computes for minutes would not read the end until it
+/// finished. A thread waits for either pipe's hang-up (reading nothing)
+/// and ends the process at once.
+fn exit_when_supervisor_gone(ipc: &Ipc, worker_id: usize) -> io::Result<()> {
+    let (incoming, outgoing) = ipc.dup_fds()?;
+    std::thread::Builder::new()
+        .name("portpool-hangup".into())
+        .spawn(move || {
+            use std::os::fd::AsFd;
+            match crate::sys::wait_hangup(incoming.as_fd(), outgoing.as_fd()) {
+                Ok(()) => {
+                    eprintln!(
+                        "portpool worker {worker_id}: the connection to the supervisor is gone; exiting"
+                    );
+                    std::process::exit(1);
+                }
+                Err(e) => log::warn!("worker {worker_id}: cannot watch the connection ({e})"),
+            }
+        })?;
+    Ok(())
+}
+
 /// A cancel for a job not yet started fails it without running it; a
 /// running handler sees it through [`Context::is_cancelled`]. Suspend and
 /// resume messages run the handlers' hooks.
@@ -124,6 +149,9 @@ impl crate::job::RemoteJob for WorkerSide {
 /// port; an error if the port broke.
 pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> {
     handlers.check().map_err(io::Error::other)?;
+    if !ipc.sender().can_send_ports() {
+        exit_when_supervisor_gone(&ipc, worker_id)?;
+    }
     let tx = ipc.sender().clone();
     // First the route table, so the supervisor can refuse a worker built
     // from other code before it sends a job.

@@ -128,7 +128,7 @@ impl Service {
             role: Role::Supervisor,
             ..ConnectOptions::default()
         };
-        let started = match crate::child::start(command, "service", true, opts) {
+        let started = match crate::child::start(command, "service", true, crate::child::Via::Inherit, opts) {
             Ok(s) => s,
             Err(crate::child::StartError::Spawn(e)) => return Err(e),
             Err(crate::child::StartError::Handshake {

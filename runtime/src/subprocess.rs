@@ -82,7 +82,13 @@ impl SubprocessBuilder {
         let program = command.get_program().to_string_lossy().into_owned();
         // (No process group of its own: like execa's child, a subprocess
         // belongs to its parent's terminal job.)
-        let started = crate::child::start(command, &program, false, crate::port::ConnectOptions::default());
+        let started = crate::child::start(
+            command,
+            &program,
+            false,
+            crate::child::Via::Inherit,
+            crate::port::ConnectOptions::default(),
+        );
         let (child, stderr, ipc) = match started {
             Ok(s) => (s.child, s.stderr, s.ipc),
             Err(crate::child::StartError::Spawn(e)) => {

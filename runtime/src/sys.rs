@@ -5,7 +5,7 @@
 //! Nothing above the transport and port modules calls libc directly.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::time::{Duration, Instant};
 
 /// Calls a libc function and turns a `-1` return into the thread's errno as
@@ -114,25 +114,40 @@ pub(crate) fn poll_writable(fd: BorrowedFd<'_>, timeout: Option<Duration>) -> io
     poll_one(fd, libc::POLLOUT, timeout)
 }
 
-/// Waits until `fd` is readable or writable (or hung up). Returns
-/// `(readable, writable)`.
-pub(crate) fn poll_read_or_write(fd: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+/// Waits until `read` is readable or `write` is writable (or either hung
+/// up); they may be the same fd (a socket). Returns `(readable, writable)`.
+pub(crate) fn poll_read_or_write(read: BorrowedFd<'_>, write: BorrowedFd<'_>) -> io::Result<(bool, bool)> {
+    let same = read.as_raw_fd() == write.as_raw_fd();
     loop {
-        let mut pfd = libc::pollfd {
-            fd: fd.as_raw_fd(),
-            events: libc::POLLIN | libc::POLLOUT,
-            revents: 0,
-        };
-        // `pfd` is one valid pollfd and we pass a count of 1.
-        match syscall!(poll(&mut pfd, 1, -1)) {
+        let mut fds = [
+            libc::pollfd {
+                fd: read.as_raw_fd(),
+                events: if same {
+                    libc::POLLIN | libc::POLLOUT
+                } else {
+                    libc::POLLIN
+                },
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: write.as_raw_fd(),
+                events: libc::POLLOUT,
+                revents: 0,
+            },
+        ];
+        let count: libc::nfds_t = if same { 1 } else { 2 };
+        // `fds` holds two valid pollfds and we pass a count of at most 2.
+        match syscall!(poll(fds.as_mut_ptr(), count, -1)) {
             Ok(_) => {
-                if pfd.revents & libc::POLLNVAL != 0 {
+                let used = &fds[..count as usize];
+                if used.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
                     return Err(io::Error::from_raw_os_error(libc::EBADF));
                 }
-                let hup = pfd.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+                let hup = |p: &libc::pollfd| p.revents & (libc::POLLHUP | libc::POLLERR) != 0;
+                let w = &used[used.len() - 1];
                 return Ok((
-                    pfd.revents & libc::POLLIN != 0 || hup,
-                    pfd.revents & libc::POLLOUT != 0 || hup,
+                    used[0].revents & libc::POLLIN != 0 || hup(&used[0]),
+                    w.revents & libc::POLLOUT != 0 || hup(w),
                 ));
             }
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
@@ -312,4 +327,72 @@ pub(crate) fn signal_child(child: &std::process::Child, signal: i32) -> io::Resu
     // kill(2) with the pid of our own unreaped child (see above).
     syscall!(kill(pid, signal))?;
     Ok(())
+}
+
+/// Takes this process's stdin and stdout as a port's two fds (a worker
+/// started through a launcher): each is moved to a new close-on-exec fd
+/// above 2, stdin becomes `/dev/null`, and stdout becomes a copy of
+/// stderr, so that what a handler prints can no longer reach the stream.
+/// Returns `(incoming, outgoing)`.
+pub(crate) fn take_stdio() -> io::Result<(OwnedFd, OwnedFd)> {
+    let dup_above = |fd: RawFd| -> io::Result<OwnedFd> {
+        // F_DUPFD_CLOEXEC on an fd of ours; no memory is passed.
+        let new = syscall!(fcntl(fd, libc::F_DUPFD_CLOEXEC, 3))?;
+        // SAFETY: fcntl just returned `new`, a fresh fd nobody else owns.
+        Ok(unsafe { OwnedFd::from_raw_fd(new) })
+    };
+    let incoming = dup_above(libc::STDIN_FILENO)?;
+    let outgoing = dup_above(libc::STDOUT_FILENO)?;
+    // Our copy of stdout's pipe is its only user in this process and was
+    // exec'd into (no other process shares the open file): writes may be
+    // non-blocking, so a worker can read jobs while its answers wait for
+    // room (`Ipc::flush_reading`).
+    set_nonblocking(outgoing.as_fd())?;
+    let null = std::fs::File::open("/dev/null")?;
+    // dup2 onto the standard fds: they stay open (now other files), so no
+    // Rust owner of fd 0 or 1 sees a closed fd.
+    syscall!(dup2(null.as_raw_fd(), libc::STDIN_FILENO))?;
+    syscall!(dup2(libc::STDERR_FILENO, libc::STDOUT_FILENO))?;
+    Ok((incoming, outgoing))
+}
+
+/// Sets O_NONBLOCK on `fd`.
+fn set_nonblocking(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // F_GETFL/F_SETFL on an open fd; no memory is passed.
+    let flags = syscall!(fcntl(fd.as_raw_fd(), libc::F_GETFL))?;
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK))?;
+    Ok(())
+}
+
+/// Blocks until the peer of either fd is gone: the read end of a pipe
+/// whose writers all closed (POLLHUP), or the write end of a pipe whose
+/// reader closed (POLLERR). Reads and writes nothing.
+pub(crate) fn wait_hangup(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<()> {
+    loop {
+        // Events 0: poll reports only hang-ups and errors, never data.
+        let mut fds = [
+            libc::pollfd {
+                fd: a.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: b.as_raw_fd(),
+                events: 0,
+                revents: 0,
+            },
+        ];
+        // `fds` is an array of two valid pollfds and we pass a count of 2.
+        match syscall!(poll(fds.as_mut_ptr(), 2, -1)) {
+            Ok(0) => {}
+            Ok(_) => {
+                if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                return Ok(());
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
 }

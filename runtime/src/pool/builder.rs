@@ -1,6 +1,7 @@
 //! `PoolBuilder` and `BuildError`: the settings of a pool, and starting it.
 
 use super::*;
+use crate::launch::Launcher;
 
 /// Builds a [`Pool`]: choose threads or processes, give the handlers.
 #[derive(Default)]
@@ -20,6 +21,8 @@ pub struct PoolBuilder {
     on_event: Option<EventFn>,
     runtime: Option<Runtime>,
     worker_links: bool,
+    /// Workers started through launchers, beside the local ones.
+    launches: Vec<(Launcher, usize)>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -31,6 +34,7 @@ impl fmt::Debug for PoolBuilder {
             .field("inflight", &self.inflight)
             .field("command", &self.command)
             .field("restart", &self.restart)
+            .field("launches", &self.launches)
             .finish_non_exhaustive()
     }
 }
@@ -109,6 +113,11 @@ fn runs_this_executable(command: Option<&Command>) -> bool {
     matches!((here, there), (Ok(a), Ok(b)) if a == b)
 }
 
+/// The fewest jobs a worker started through a launcher may hold at once:
+/// enough to cover a network round trip (about 0.1 ms over ssh here)
+/// with tiny jobs.
+const REMOTE_MIN_IN_FLIGHT: usize = 16;
+
 /// The default grace period between a cancel (or a run timeout) and
 /// ending the worker whose handler did not return.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
@@ -130,6 +139,25 @@ impl PoolBuilder {
     /// (or, for a restart, counts against the restart policy).
     pub fn processes(mut self, n: usize) -> Self {
         self.kind = Some(Kind::Processes(n));
+        self
+    }
+
+    /// `n` more process workers, started through `launcher`: on another
+    /// machine with [`Launcher::ssh`], in Slurm with [`Launcher::srun`],
+    /// or by any command prefix ([`Launcher::prefix`]). Call it once per
+    /// launcher; one pool can mix local workers ([`processes`](Self::processes))
+    /// and workers on many hosts, with the same jobs and supervision (see
+    /// [`crate::launch`]). A remote worker may hold more jobs at once than a
+    /// local one (at least 16, or [`inflight_per_worker`](Self::inflight_per_worker)
+    /// if larger), so a round trip of a tenth of a millisecond or more does
+    /// not leave it idle.
+    ///
+    /// Each remote worker has the same 10 s to connect and announce its
+    /// routes (ssh's own connection set-up included). Not with
+    /// [`worker_links`](Self::worker_links): a launcher's pipes cannot carry
+    /// the link's port.
+    pub fn launch(mut self, launcher: Launcher, n: usize) -> Self {
+        self.launches.push((launcher, n));
         self
     }
 
@@ -254,7 +282,27 @@ impl PoolBuilder {
     /// `build()` then fails with that sentence. A thread pool, or a pool of
     /// another program, built before serving is fine. Also fails when the handlers register two
     /// job types under one route name.
-    pub fn build(self) -> Result<Pool, BuildError> {
+    pub fn build(mut self) -> Result<Pool, BuildError> {
+        if !self.launches.is_empty() {
+            match self.kind {
+                None => self.kind = Some(Kind::Processes(0)),
+                Some(Kind::Threads(_)) => {
+                    return Err(BuildError::new(
+                        "launch(..) starts process workers; it cannot be combined with .threads(n)",
+                    ));
+                }
+                Some(Kind::Processes(_)) => {}
+            }
+            if let Some(m) = self.launches.iter().find_map(|(l, _)| l.misuse()) {
+                return Err(BuildError::new(m));
+            }
+            if self.worker_links && self.launches.iter().any(|(l, n)| !l.is_local() && *n > 0) {
+                return Err(BuildError::new(
+                    "worker_links(true) needs every worker on a local socket: a launcher's pipes cannot \
+                     carry the link's port",
+                ));
+            }
+        }
         if matches!(self.kind, Some(Kind::Processes(_)))
             && runs_this_executable(self.command.as_ref())
             && unserved_worker()
@@ -279,8 +327,10 @@ impl PoolBuilder {
         if let Some(h) = &self.handlers {
             h.check().map_err(BuildError::new)?;
         }
+        let launched: usize = self.launches.iter().map(|(_, n)| n).sum();
         let n = match kind {
-            Kind::Threads(n) | Kind::Processes(n) => n,
+            Kind::Threads(n) => n,
+            Kind::Processes(n) => n + launched,
         };
         if n == 0 {
             return Err(BuildError::new("a pool needs at least one worker"));
@@ -326,7 +376,20 @@ impl PoolBuilder {
         let inflight = self.inflight.unwrap_or(4);
         let backend = match kind {
             Kind::Threads(n) => Backend::Threads(threads::Threads::spawn(core.clone(), handlers, n)?),
-            Kind::Processes(n) => {
+            Kind::Processes(local) => {
+                let spec = |launcher: &Launcher| processes::SlotSpec {
+                    max_in_flight: if launcher.is_local() {
+                        inflight
+                    } else {
+                        inflight.max(REMOTE_MIN_IN_FLIGHT)
+                    },
+                    launcher: launcher.clone(),
+                };
+                let here = Launcher::local();
+                let mut slots: Vec<_> = (0..local).map(|_| spec(&here)).collect();
+                for (l, k) in &self.launches {
+                    slots.extend((0..*k).map(|_| spec(l)));
+                }
                 let command = match self.command {
                     Some(c) => c,
                     None => {
@@ -338,8 +401,7 @@ impl PoolBuilder {
                 Backend::Processes(processes::Processes::spawn(
                     core.clone(),
                     command,
-                    n,
-                    inflight,
+                    slots,
                     self.worker_links,
                 )?)
             }
@@ -369,7 +431,7 @@ impl PoolBuilder {
         };
         let window = match kind {
             Kind::Threads(n) => 4 * n,
-            Kind::Processes(n) => 2 * n * inflight,
+            Kind::Processes(local) => 2 * (local * inflight + launched * inflight.max(REMOTE_MIN_IN_FLIGHT)),
         }
         .max(2);
         let rt = self.runtime.unwrap_or_else(|| Runtime::global().clone());

@@ -480,9 +480,13 @@ impl Pool {
 
     /// A snapshot of the pool's counters.
     pub fn stats(&self) -> Stats {
-        let (pids, restarts) = match &self.inner.backend {
-            Backend::Threads(t) => (vec![None; self.workers()], t.restarts()),
-            Backend::Processes(p) => p.pids_and_restarts(),
+        let slots = match &self.inner.backend {
+            Backend::Threads(t) => t
+                .restarts()
+                .into_iter()
+                .map(|r| (None, r, "thread".to_string()))
+                .collect(),
+            Backend::Processes(p) => p.slot_stats(),
         };
         let core = &self.inner.core;
         // Relaxed: a snapshot of statistics; nothing else is read through them.
@@ -490,13 +494,17 @@ impl Pool {
             .counters
             .iter()
             .enumerate()
-            .map(|(id, c)| WorkerStats {
-                id,
-                pid: pids.get(id).copied().flatten(),
-                restarts: restarts.get(id).copied().unwrap_or(0),
-                done: c.done.load(Ordering::Relaxed),
-                failed: c.failed.load(Ordering::Relaxed),
-                running: c.running.load(Ordering::Relaxed),
+            .map(|(id, c)| {
+                let (pid, restarts, launcher) = slots.get(id).cloned().unwrap_or_default();
+                WorkerStats {
+                    id,
+                    pid,
+                    restarts,
+                    launcher,
+                    done: c.done.load(Ordering::Relaxed),
+                    failed: c.failed.load(Ordering::Relaxed),
+                    running: c.running.load(Ordering::Relaxed),
+                }
             })
             .collect();
         Stats {

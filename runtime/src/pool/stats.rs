@@ -23,8 +23,13 @@ pub struct Stats {
 pub struct WorkerStats {
     /// The worker's id.
     pub id: usize,
-    /// Its process id (process workers; `None` while it restarts).
+    /// Its process id (process workers; `None` while it restarts). For a
+    /// worker started through a launcher, the launcher's (ssh's or srun's)
+    /// process on this machine.
     pub pid: Option<u32>,
+    /// Where it runs: `"thread"`, `"local"`, or its launcher, such as
+    /// `"ssh me@node1"` or `"srun"` ([`Launcher`](crate::launch::Launcher)'s `Display`).
+    pub launcher: String,
     /// How many times this worker was replaced.
     pub restarts: u64,
     /// Jobs it finished.

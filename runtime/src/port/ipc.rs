@@ -255,6 +255,11 @@ impl IpcSender {
         self.writer.can_pass_fds()
     }
 
+    /// A duplicate of the fd this half writes to.
+    pub(crate) fn dup_fd(&self) -> std::io::Result<std::os::fd::OwnedFd> {
+        self.writer.fd().try_clone_to_owned()
+    }
+
     /// The role the peer announced.
     pub fn peer_role(&self) -> Role {
         self.peer.role
@@ -478,6 +483,11 @@ impl Ipc {
         self.rx.attach(rt);
     }
 
+    /// Duplicates of the fds this connection reads from and writes to.
+    pub(crate) fn dup_fds(&self) -> std::io::Result<(std::os::fd::OwnedFd, std::os::fd::OwnedFd)> {
+        Ok((self.rx.dup_fd()?, self.tx.dup_fd()?))
+    }
+
     /// The sender half, borrowed (clone it to send from other threads).
     pub fn sender(&self) -> &IpcSender {
         &self.tx
@@ -509,7 +519,9 @@ impl Ipc {
     /// messages are kept for later `recv` calls, in order.
     pub fn flush_reading(&mut self) -> Result<(), SendError> {
         let Ipc { tx, rx } = self;
-        tx.writer.flush_with(|| rx.reader.buffer_while_waiting_to_write())
+        let write = tx.writer.fd();
+        tx.writer
+            .flush_with(|| rx.reader.buffer_while_waiting_to_write(write))
     }
 
     /// See [`IpcSender::send_batch`].

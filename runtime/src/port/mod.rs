@@ -48,7 +48,10 @@ use crate::transport::{self, Wait};
 /// passed it: `socket:<fd>@<parent pid>` or
 /// `pipes:<incoming fd>,<outgoing fd>@<parent pid>`. The parent's pid stops
 /// a grandchild that merely inherited the environment from taking an fd
-/// number that means something else in it.
+/// number that means something else in it. A worker started through a
+/// [launcher](crate::launch) gets `stdio:<its own pid>`: its port is its
+/// stdin and stdout, and once it takes them, stdin reads `/dev/null` and
+/// stdout writes to stderr.
 pub const PORT_ENV: &str = "PORTPOOL_PORT";
 
 /// Default time [`Port::connect`] waits for the peer's hello.
@@ -170,7 +173,7 @@ impl Port {
         std::env::var(PORT_ENV)
             .ok()
             .and_then(|v| parse_env(&v))
-            .is_some_and(|(_, _, ppid)| ppid == std::os::unix::process::parent_id())
+            .is_some_and(|(kind, _, pid)| pid == expected_pid(&kind))
     }
 
     /// Takes the port this process's parent passed with [`Port::pass_to`].
@@ -188,18 +191,25 @@ impl Port {
         let (kind, fds, ppid) = parse_env(&value).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
-                format!("{PORT_ENV}={value:?} is not `socket:<fd>@<pid>` or `pipes:<fd>,<fd>@<pid>`"),
+                format!(
+                    "{PORT_ENV}={value:?} is not `socket:<fd>@<pid>`, `pipes:<fd>,<fd>@<pid>` or \
+                     `stdio:<pid>`"
+                ),
             )
         })?;
-        let parent = std::os::unix::process::parent_id();
-        if ppid != parent {
-            return Err(io::Error::new(
-                io::ErrorKind::NotFound,
-                format!(
-                    "{PORT_ENV} was set by pid {ppid} for its own child, but this process's parent is \
-                     pid {parent}: the variable was inherited, and no port was passed here"
+        let expected = expected_pid(&kind);
+        if ppid != expected {
+            let what = match kind {
+                EnvKind::Stdio => format!(
+                    "{PORT_ENV} names stdio for pid {ppid}, but this is pid {expected}: the variable \
+                     was inherited, and no port was passed here"
                 ),
-            ));
+                _ => format!(
+                    "{PORT_ENV} was set by pid {ppid} for its own child, but this process's parent is \
+                     pid {expected}: the variable was inherited, and no port was passed here"
+                ),
+            };
+            return Err(io::Error::new(io::ErrorKind::NotFound, what));
         }
         // AcqRel: the swap is the single point that grants ownership of the
         // inherited fds; no other data is published through it.
@@ -231,6 +241,10 @@ impl Port {
             EnvKind::Pipes => {
                 let incoming = adopt(fds[0])?;
                 let outgoing = adopt(fds[1])?;
+                Ok(Port::from_fds(incoming, outgoing))
+            }
+            EnvKind::Stdio => {
+                let (incoming, outgoing) = sys::take_stdio()?;
                 Ok(Port::from_fds(incoming, outgoing))
             }
         }
@@ -341,10 +355,28 @@ impl Port {
 enum EnvKind {
     Socket,
     Pipes,
+    /// Stdin and stdout, given by a launcher (ssh, srun, a command prefix)
+    /// that started this very process: `stdio:<pid>` names its own pid
+    /// (the launcher's shell `exec`s it), so a child that inherits the
+    /// variable is not fooled.
+    Stdio,
 }
 
-/// Parses [`PORT_ENV`]: the kind, the fds, and the pid that set it.
+/// The pid a [`PORT_ENV`] of this kind must name: the parent that passed
+/// the fds, or, for stdio, this process.
+fn expected_pid(kind: &EnvKind) -> u32 {
+    match kind {
+        EnvKind::Stdio => std::process::id(),
+        EnvKind::Socket | EnvKind::Pipes => std::os::unix::process::parent_id(),
+    }
+}
+
+/// Parses [`PORT_ENV`]: the kind, the fds, and the pid it names.
 fn parse_env(value: &str) -> Option<(EnvKind, [RawFd; 2], u32)> {
+    if let Some(pid) = value.strip_prefix("stdio:") {
+        let pid: u32 = pid.parse().ok()?;
+        return Some((EnvKind::Stdio, [0, 1], pid));
+    }
     let (value, ppid) = value.rsplit_once('@')?;
     let ppid: u32 = ppid.parse().ok()?;
     if let Some(fd) = value.strip_prefix("socket:") {
@@ -370,6 +402,10 @@ mod tests {
             parse_env("pipes:5,6@7"),
             Some((EnvKind::Pipes, [5, 6], 7))
         ));
+        assert!(matches!(
+            parse_env("stdio:42"),
+            Some((EnvKind::Stdio, [0, 1], 42))
+        ));
         for bad in [
             "",
             "socket:",
@@ -380,6 +416,9 @@ mod tests {
             "pipes:5,5@1",
             "tcp:1@1",
             "socket:5@",
+            "stdio:",
+            "stdio:x",
+            "stdio:1@2",
         ] {
             assert!(parse_env(bad).is_none(), "{bad}");
         }

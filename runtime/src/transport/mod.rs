@@ -112,12 +112,20 @@ impl WriteIo {
         }
     }
 
-    /// Writes what the fd takes now: `Ok(n)`, 0 when it is full. Pipes
-    /// cannot write part of a buffer without blocking, so they write all.
+    /// Writes what the fd takes now: `Ok(n)`, 0 when it is full. A pipe
+    /// in blocking mode (its mode may be shared with another process, so
+    /// it is left alone) writes all; a non-blocking one writes part.
     fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
         match self {
             WriteIo::Socket(fd) => socket::send_nonblocking(fd.as_fd(), buf),
-            WriteIo::Pipe(fd) => pipe::write_all(fd.as_fd(), &[buf]).map(|_| buf.len()),
+            WriteIo::Pipe(fd) => pipe::write_some(fd.as_fd(), buf),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            WriteIo::Socket(fd) => fd.as_fd(),
+            WriteIo::Pipe(fd) => fd.as_fd(),
         }
     }
 

@@ -49,6 +49,20 @@ pub(super) fn write_all(fd: BorrowedFd<'_>, bufs: &[&[u8]]) -> io::Result<u64> {
     Ok(calls)
 }
 
+/// Writes what `fd` takes now: on a non-blocking pipe part of `buf` (0
+/// when it is full), on a blocking one all of it.
+pub(super) fn write_some(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // `buf` is readable memory of the given length.
+        match syscall!(write(fd.as_raw_fd(), buf.as_ptr().cast(), buf.len())) {
+            Ok(n) => return Ok(n as usize),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(0),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Reads what is available without blocking into the spare capacity of
 /// `buf` (at most `max` bytes). The pipe's own blocking mode is left alone (it may be shared with
 /// another process), so readiness is asked of `poll` first.

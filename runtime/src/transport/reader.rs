@@ -180,8 +180,8 @@ impl Reader {
     /// Waits until this connection's fd is readable or writable; if it is
     /// readable, reads what is there into the buffer (to be received
     /// later). For a writer that must keep reading while it waits to write.
-    pub fn buffer_while_waiting_to_write(&mut self) -> io::Result<()> {
-        let (readable, _) = sys::poll_read_or_write(self.io.fd())?;
+    pub fn buffer_while_waiting_to_write(&mut self, write: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
+        let (readable, _) = sys::poll_read_or_write(self.io.fd(), write)?;
         if readable && matches!(self.state, State::Open) {
             self.reserve(READ_CHUNK);
             if self

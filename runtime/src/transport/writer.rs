@@ -108,6 +108,11 @@ impl Writer {
         self.shared.io.can_pass_fds()
     }
 
+    /// The fd written to (for waiting until it takes more).
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.shared.io.fd()
+    }
+
     /// Frames and write calls so far.
     pub fn stats(&self) -> SendStats {
         // Relaxed: statistics only.

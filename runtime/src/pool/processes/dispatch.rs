@@ -35,7 +35,7 @@ impl Processes {
             }
             // SeqCst: as every other access to the in-flight count (see `fill_slots`).
             let mut cur = w.in_flight.load(Ordering::SeqCst);
-            while cur < sh.max_in_flight {
+            while cur < w.max_in_flight {
                 match w
                     .in_flight
                     .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
@@ -172,7 +172,7 @@ impl Shared {
         let start = self.next.fetch_add(1, Ordering::Relaxed);
         for i in 0..n {
             if let Some(w) = self.slots[(start + i) % n].current() {
-                fill_slots(&w, &self.core, self.max_in_flight, true);
+                fill_slots(&w, &self.core, w.max_in_flight, true);
             }
             if !self.core.has_queued() {
                 return;

@@ -26,6 +26,7 @@ use crossbeam_channel::Receiver;
 
 use super::{BuildError, Core, Event, Outcome, SendFail, Task, Work, lock};
 use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
+use crate::launch::Launcher;
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
 use crate::proto::{FromWorker, ToWorker, WireOutcome};
 use crate::stderr::StderrTail;
@@ -58,16 +59,28 @@ struct Slot {
     /// `current`.)
     pub(super) waiting: Mutex<Option<Vec<Task>>>,
     pub(super) restarts: AtomicU64,
+    /// Where its workers run.
+    pub(super) launcher: Launcher,
+    /// How many jobs its worker may hold at once.
+    pub(super) max_in_flight: usize,
 }
 
-impl Default for Slot {
-    fn default() -> Slot {
+impl Slot {
+    fn new(spec: SlotSpec) -> Slot {
         Slot {
             current: Mutex::new(None),
             waiting: Mutex::new(Some(Vec::new())),
             restarts: AtomicU64::new(0),
+            launcher: spec.launcher,
+            max_in_flight: spec.max_in_flight,
         }
     }
+}
+
+/// What the builder says about one worker slot.
+pub(crate) struct SlotSpec {
+    pub(crate) launcher: Launcher,
+    pub(crate) max_in_flight: usize,
 }
 
 impl Slot {
@@ -79,7 +92,6 @@ impl Slot {
 struct Shared {
     pub(super) core: Arc<Core>,
     pub(super) slots: Vec<Slot>,
-    pub(super) max_in_flight: usize,
     pub(super) links: bool,
     pub(super) template: Command,
     pub(super) intensity: Mutex<Intensity>,
@@ -102,15 +114,14 @@ impl Processes {
     pub(crate) fn spawn(
         core: Arc<Core>,
         template: Command,
-        n: usize,
-        max_in_flight: usize,
+        slots: Vec<SlotSpec>,
         links: bool,
     ) -> Result<Arc<Processes>, BuildError> {
+        let n = slots.len();
         let shared = Arc::new(Shared {
             intensity: Mutex::new(Intensity::new(core.config.restart)),
             core,
-            slots: (0..n).map(|_| Slot::default()).collect(),
-            max_in_flight,
+            slots: slots.into_iter().map(Slot::new).collect(),
             links,
             template,
             stop_gate: (Mutex::new(()), Condvar::new()),
@@ -187,7 +198,8 @@ impl Processes {
         self.shared.slots.get(w)?.current()?.link.clone()
     }
 
-    pub(crate) fn pids_and_restarts(&self) -> (Vec<Option<u32>>, Vec<u64>) {
+    /// Each slot's worker pid (if one is up), restart count and launcher.
+    pub(crate) fn slot_stats(&self) -> Vec<(Option<u32>, u64, String)> {
         self.shared
             .slots
             .iter()
@@ -196,9 +208,10 @@ impl Processes {
                     s.current().map(|w| w.pid),
                     // Relaxed: statistics only.
                     s.restarts.load(Ordering::Relaxed),
+                    s.launcher.to_string(),
                 )
             })
-            .unzip()
+            .collect()
     }
 
     /// Whether any worker holds jobs.

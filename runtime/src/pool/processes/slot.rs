@@ -98,7 +98,7 @@ pub(super) fn slot_loop(
                     let _ = r.send(Ok(()));
                 }
                 // Work may have queued up while the slot was empty.
-                fill_slots(&w, core, shared.max_in_flight, true);
+                fill_slots(&w, core, w.max_in_flight, true);
                 core.free.notify();
                 let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;
@@ -151,9 +151,16 @@ pub(super) fn slot_loop(
 }
 
 pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
-    let (core, max_in_flight, links) = (&shared.core, shared.max_in_flight, shared.links);
+    let (core, links) = (&shared.core, shared.links);
+    let slot = &shared.slots[id];
+    let max_in_flight = slot.max_in_flight;
     let template = &shared.template;
-    let mut cmd = copy_command(template);
+    // A local worker inherits a socket; one started through a launcher
+    // gets its port on the launcher's stdin and stdout.
+    let (mut cmd, via) = match slot.launcher.command(template, id) {
+        Some(c) => (c, crate::child::Via::Stdio),
+        None => (copy_command(template), crate::child::Via::Inherit),
+    };
     cmd.env(WORKER_ID_ENV, id.to_string());
     if links {
         cmd.env(WORKER_LINK_ENV, "1");
@@ -170,14 +177,17 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     // go to the foreground group, and the supervisor decides what its
     // workers do about them (README "signals"). The worker still dies
     // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
-    let started = crate::child::start(cmd, &format!("worker {id}"), true, opts);
+    let started = crate::child::start(cmd, &format!("worker {id}"), true, via, opts);
     let (child, pid, stderr, mut ipc) = match started {
         Ok(s) => (s.child, s.pid, s.stderr, s.ipc),
         Err(crate::child::StartError::Spawn(e)) => {
-            return Err(BuildError::io(
-                format!("could not start worker {id} ({:?})", template.get_program()),
-                e,
-            ));
+            let what = match via {
+                crate::child::Via::Inherit => {
+                    format!("could not start worker {id} ({:?})", template.get_program())
+                }
+                crate::child::Via::Stdio => format!("could not start worker {id} through {}", slot.launcher),
+            };
+            return Err(BuildError::io(what, e));
         }
         Err(crate::child::StartError::Handshake {
             pid,
@@ -189,6 +199,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
             return Err(start_failure(
                 id,
                 pid,
+                &slot.launcher,
                 if error.kind() == std::io::ErrorKind::TimedOut {
                     "did not say hello within 10 s (is it a program whose main calls \
                      portpool::worker::run or serve_if_worker?)"
@@ -205,7 +216,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     // and reaped, and why, leading with its own explanation if it gave one.
     let fail = |child: Child, what: String, e: Option<std::io::Error>| {
         let (status, tail) = crate::child::give_up(child, &stderr);
-        start_failure(id, pid, &what, e, &status, &tail)
+        start_failure(id, pid, &slot.launcher, &what, e, &status, &tail)
     };
     if ipc.peer_role() != Role::Worker {
         let role = ipc.peer_role();
@@ -269,6 +280,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
 fn start_failure(
     id: usize,
     pid: u32,
+    launcher: &Launcher,
     what: &str,
     e: Option<std::io::Error>,
     status: &str,
@@ -281,7 +293,12 @@ fn start_failure(
     let last = crate::stderr::last_meaningful(tail)
         .map(|l| format!("; its stderr ended with: {l}"))
         .unwrap_or_default();
-    let what = format!("worker {id} (pid {pid}) {what} ({status}{last})");
+    let pid = if launcher.is_local() {
+        format!("pid {pid}")
+    } else {
+        format!("pid {pid}, through {launcher}")
+    };
+    let what = format!("worker {id} ({pid}) {what} ({status}{last})");
     match e {
         Some(e) => BuildError::io(what, e),
         None => BuildError::new(what),
