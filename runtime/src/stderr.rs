@@ -111,7 +111,9 @@ impl StderrTail {
 /// The line of a stderr tail that best says why a process ended: a Rust
 /// panic's "panicked at" line with its message (the next line, in the
 /// format Rust uses since 1.73), else the last line that is not Rust's
-/// backtrace note or a blank.
+/// backtrace note or a blank (or a launcher's summary of the exit, such
+/// as srun's "task 0: Exited with exit code 127", when the process said
+/// something itself).
 pub(crate) fn last_meaningful(lines: &[String]) -> Option<String> {
     if let Some(i) = lines.iter().rposition(|l| l.contains("panicked at")) {
         let at = lines[i].trim_end();
@@ -120,11 +122,21 @@ pub(crate) fn last_meaningful(lines: &[String]) -> Option<String> {
             _ => at.to_string(),
         });
     }
-    lines
-        .iter()
-        .rev()
-        .find(|l| !is_noise(l))
-        .map(|l| l.trim_end().to_string())
+    let last = |skip_summaries: bool| {
+        lines
+            .iter()
+            .rev()
+            .find(|l| !(is_noise(l) || skip_summaries && is_launcher_summary(l)))
+            .map(|l| l.trim_end().to_string())
+    };
+    last(true).or_else(|| last(false))
+}
+
+/// A launcher's line about how the process it carried ended (it repeats
+/// the status, not the cause).
+fn is_launcher_summary(line: &str) -> bool {
+    let l = line.trim();
+    l.starts_with("srun: error: ") && l.contains(": task ")
 }
 
 /// Lines that say nothing about the cause.
@@ -142,6 +154,23 @@ mod tests {
 
     fn v(lines: &[&str]) -> Vec<String> {
         lines.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn a_launchers_exit_summary_gives_way_to_the_cause() {
+        let tail = v(&[
+            "env: '/x/worker': No such file or directory",
+            "srun: error: localhost: task 0: Exited with exit code 127",
+        ]);
+        assert_eq!(
+            last_meaningful(&tail).as_deref(),
+            Some("env: '/x/worker': No such file or directory")
+        );
+        let only = v(&["srun: error: localhost: task 0: Killed"]);
+        assert_eq!(
+            last_meaningful(&only).as_deref(),
+            Some("srun: error: localhost: task 0: Killed")
+        );
     }
 
     #[test]

@@ -113,10 +113,10 @@ fn runs_this_executable(command: Option<&Command>) -> bool {
     matches!((here, there), (Ok(a), Ok(b)) if a == b)
 }
 
-/// The fewest jobs a worker started through a launcher may hold at once:
-/// enough to cover a network round trip (about 0.1 ms over ssh here)
-/// with tiny jobs.
-const REMOTE_MIN_IN_FLIGHT: usize = 16;
+/// How many jobs a worker started through a launcher holds at once by
+/// default: enough to cover a network round trip (about 0.1 ms over ssh
+/// here) with tiny jobs.
+const REMOTE_IN_FLIGHT: usize = 16;
 
 /// The default grace period between a cancel (or a run timeout) and
 /// ending the worker whose handler did not return.
@@ -147,10 +147,10 @@ impl PoolBuilder {
     /// or by any command prefix ([`Launcher::prefix`]). Call it once per
     /// launcher; one pool can mix local workers ([`processes`](Self::processes))
     /// and workers on many hosts, with the same jobs and supervision (see
-    /// [`crate::launch`]). A remote worker may hold more jobs at once than a
-    /// local one (at least 16, or [`inflight_per_worker`](Self::inflight_per_worker)
-    /// if larger), so a round trip of a tenth of a millisecond or more does
-    /// not leave it idle.
+    /// [`crate::launch`]). Unless [`inflight_per_worker`](Self::inflight_per_worker)
+    /// is set, a remote worker holds up to 16 jobs at once (a local one 4),
+    /// so a round trip of a tenth of a millisecond or more does not leave
+    /// it idle.
     ///
     /// Each remote worker has the same 10 s to connect and announce its
     /// routes (ssh's own connection set-up included). Not with
@@ -374,6 +374,7 @@ impl PoolBuilder {
             handlers: handlers.clone(),
         });
         let inflight = self.inflight.unwrap_or(4);
+        let inflight_remote = self.inflight.unwrap_or(REMOTE_IN_FLIGHT);
         let backend = match kind {
             Kind::Threads(n) => Backend::Threads(threads::Threads::spawn(core.clone(), handlers, n)?),
             Kind::Processes(local) => {
@@ -381,7 +382,7 @@ impl PoolBuilder {
                     max_in_flight: if launcher.is_local() {
                         inflight
                     } else {
-                        inflight.max(REMOTE_MIN_IN_FLIGHT)
+                        inflight_remote
                     },
                     launcher: launcher.clone(),
                 };
@@ -431,7 +432,7 @@ impl PoolBuilder {
         };
         let window = match kind {
             Kind::Threads(n) => 4 * n,
-            Kind::Processes(local) => 2 * (local * inflight + launched * inflight.max(REMOTE_MIN_IN_FLIGHT)),
+            Kind::Processes(local) => 2 * (local * inflight + launched * inflight_remote),
         }
         .max(2);
         let rt = self.runtime.unwrap_or_else(|| Runtime::global().clone());

@@ -1,0 +1,512 @@
+//! Workers started through launchers, against a real OpenSSH server and a
+//! real one-node Slurm on loopback (`scripts/daemons`; `scripts/test`
+//! starts both, runs every test, and stops them).
+//!
+//! The ssh tests run when `PORTPOOL_TEST_SSH` is set, the srun tests when
+//! `PORTPOOL_TEST_SLURM` is; without them this file says, in one line at
+//! the end, which tests it skipped and how to run them. With a variable
+//! set and its daemon not answering, each of its tests fails saying so.
+//!
+//! Its own harness (`harness = false`): the tests share two daemons and
+//! run one after another; each asserts that no process it started, here or
+//! on the "remote" side, is left alive.
+
+#[path = "common/mod.rs"]
+mod common;
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+
+use std::io::BufRead;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{BOUND, GatePath, assert_pid_gone, fixture, wait_pid_gone};
+use portpool::job::TimeoutPhase;
+use portpool::launch::Launcher;
+use portpool::pool::{JobOptions, PoolBuilder};
+use portpool::{JobError, Pool, Shutdown};
+
+/// One launcher the tests run on.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Kind {
+    Ssh,
+    Srun,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Ssh => "ssh",
+            Kind::Srun => "srun",
+        }
+    }
+
+    fn var(self) -> &'static str {
+        match self {
+            Kind::Ssh => "PORTPOOL_TEST_SSH",
+            Kind::Srun => "PORTPOOL_TEST_SLURM",
+        }
+    }
+
+    fn launcher(self) -> Launcher {
+        launcher_with(self, "client_key", "known_hosts")
+    }
+}
+
+fn launcher_with(kind: Kind, key: &str, known_hosts: &str) -> Launcher {
+    jobs::test_launcher(kind.name(), key, known_hosts).unwrap_or_else(|| {
+        panic!(
+            "{} is set but the launcher cannot be made from the environment (for srun, SLURM_CONF must \
+             be set to the same file)",
+            kind.var()
+        )
+    })
+}
+
+/// A pool of `n` fixture workers through `kind`'s launcher.
+fn builder(kind: Kind, n: usize) -> PoolBuilder {
+    Pool::builder()
+        .worker_command(fixture("pool-worker"))
+        .launch(kind.launcher(), n)
+        .cancel_grace(Duration::from_millis(200))
+}
+
+/// The pids of every worker (their own, on the far side) and of every
+/// launcher process (here): each must be gone when the test ends.
+struct Procs {
+    remote: Vec<u32>,
+    launchers: Vec<u32>,
+}
+
+fn procs(pool: &Pool) -> Procs {
+    let remote = pool
+        .broadcast(jobs::WhoAmI)
+        .into_iter()
+        .map(|r| r.expect("who-am-i").1)
+        .collect();
+    let launchers = pool.stats().workers.iter().filter_map(|w| w.pid).collect();
+    Procs { remote, launchers }
+}
+
+impl Procs {
+    fn assert_gone(&self) {
+        for &p in &self.remote {
+            wait_pid_gone(p);
+        }
+        for &p in &self.launchers {
+            wait_pid_gone(p);
+            assert_pid_gone(p);
+        }
+    }
+}
+
+fn jobs_map_and_progress(kind: Kind) {
+    let pool = builder(kind, 2).build().expect("build");
+    let procs = procs(&pool);
+    assert_eq!(procs.remote.len(), 2);
+    for w in pool.stats().workers {
+        assert_eq!(w.launcher.split(' ').next(), Some(kind.name()), "{w:?}");
+    }
+    assert_eq!(
+        pool.submit(jobs::Square(7))
+            .expect("submit")
+            .wait()
+            .expect("square"),
+        49
+    );
+    let squares: Vec<u64> = pool
+        .map((0..500).map(jobs::Square))
+        .map(|r| r.expect("map"))
+        .collect();
+    assert_eq!(squares, (0..500).map(|n| n * n).collect::<Vec<_>>());
+    let mut t = pool.submit(jobs::Steps(5)).expect("submit");
+    let seen: Vec<u32> = (0..5).filter_map(|_| t.recv_progress::<u32>()).collect();
+    assert_eq!(seen, vec![0, 1, 2, 3, 4]);
+    assert_eq!(t.wait().expect("steps"), 5);
+    let report = pool.shutdown(Shutdown::graceful(BOUND));
+    assert_eq!(report.workers_killed, 0, "{report}");
+    procs.assert_gone();
+}
+
+fn cancel_and_timeout(kind: Kind) {
+    let pool = builder(kind, 1).inflight_per_worker(1).build().expect("build");
+    let procs = procs(&pool);
+    // A cancelled job whose handler sees it.
+    let gate = GatePath::new(&format!("launch-cancel-{}", kind.name()));
+    let mut t = pool.submit(jobs::Gate(gate.0.clone())).expect("submit");
+    assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
+    t.cancel();
+    assert!(matches!(t.wait(), Err(JobError::Cancelled)));
+    // A run timeout on a handler that does not look: the worker is ended
+    // after the grace, the job says TimedOut, and a new worker comes.
+    let never = GatePath::new(&format!("launch-timeout-{}", kind.name()));
+    let t = pool
+        .submit_with(
+            jobs::Stubborn(never.0.clone()),
+            JobOptions::new().timeout(Duration::from_millis(300)),
+        )
+        .expect("submit");
+    match t.wait() {
+        Err(JobError::TimedOut {
+            phase: TimeoutPhase::Run,
+            ..
+        }) => {}
+        other => panic!("expected a run timeout, got {other:?}"),
+    }
+    // The old worker was ended (through its launcher); the new one works.
+    for &p in &procs.remote {
+        wait_pid_gone(p);
+    }
+    assert_eq!(
+        pool.submit(jobs::Square(9))
+            .expect("submit")
+            .wait()
+            .expect("square"),
+        81
+    );
+    let after = procs_of(&pool);
+    pool.shutdown(Shutdown::graceful(BOUND));
+    procs.assert_gone();
+    after.assert_gone();
+}
+
+fn procs_of(pool: &Pool) -> Procs {
+    procs(pool)
+}
+
+fn graceful_shutdown(kind: Kind) {
+    let pool = builder(kind, 2).inflight_per_worker(1).build().expect("build");
+    let procs = procs(&pool);
+    let gate = GatePath::new(&format!("launch-drain-{}", kind.name()));
+    let mut tickets: Vec<_> = (0..2)
+        .map(|_| pool.submit(jobs::Gate(gate.0.clone())).expect("submit"))
+        .collect();
+    for t in &mut tickets {
+        assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
+    }
+    // Both run; the shutdown waits for them, and they finish once the gate
+    // opens (from another thread, after the shutdown began).
+    let opener = std::thread::spawn({
+        let path = gate.0.clone();
+        move || {
+            std::thread::sleep(Duration::from_millis(100));
+            std::fs::write(path, b"open").expect("open the gate");
+        }
+    });
+    let report = pool.shutdown(Shutdown::graceful(BOUND));
+    opener.join().expect("opener");
+    assert_eq!(report.workers_killed, 0, "{report}");
+    assert!(!report.deadline_hit, "{report}");
+    for t in tickets {
+        assert!(t.wait().expect("gate"), "the handler saw its gate open");
+    }
+    procs.assert_gone();
+}
+
+fn killed_worker_is_replaced(kind: Kind) {
+    let pool = builder(kind, 1).inflight_per_worker(1).build().expect("build");
+    let procs = procs(&pool);
+    let never = GatePath::new(&format!("launch-kill-{}", kind.name()));
+    let mut t = pool.submit(jobs::Stubborn(never.0.clone())).expect("submit");
+    assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
+    // SIGKILL the worker itself, on the far side.
+    let rc = Command::new("kill")
+        .args(["-KILL", &procs.remote[0].to_string()])
+        .status()
+        .expect("kill");
+    assert!(rc.success());
+    match t.wait() {
+        Err(JobError::WorkerExited { status, .. }) => {
+            assert!(status.is_some(), "the launcher's exit status is reported");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    // Replaced: a new worker, through the launcher again.
+    let again = procs_of(&pool);
+    assert_ne!(again.remote, procs.remote);
+    assert_eq!(
+        pool.submit(jobs::Square(3))
+            .expect("submit")
+            .wait()
+            .expect("square"),
+        9
+    );
+    assert!(pool.stats().workers[0].restarts >= 1);
+    pool.shutdown(Shutdown::graceful(BOUND));
+    procs.assert_gone();
+    again.assert_gone();
+}
+
+fn stdout_does_not_break_the_port(kind: Kind) {
+    let pool = builder(kind, 1).build().expect("build");
+    let procs = procs(&pool);
+    let text = "a handler printing\nseveral lines\n\0 and bytes that look like frames: \u{5}\u{0}\u{0}";
+    for _ in 0..3 {
+        assert_eq!(
+            pool.submit(jobs::Shout(text.into()))
+                .expect("submit")
+                .wait()
+                .expect("shout"),
+            text.len()
+        );
+    }
+    assert_eq!(
+        pool.submit(jobs::Square(12))
+            .expect("submit")
+            .wait()
+            .expect("square"),
+        144
+    );
+    let report = pool.shutdown(Shutdown::graceful(BOUND));
+    assert_eq!(report.failed, 0, "{report}");
+    procs.assert_gone();
+}
+
+fn supervisor_killed_leaves_no_worker(kind: Kind) {
+    let mut sup = fixture("remote-supervisor");
+    sup.arg(kind.name()).stdout(Stdio::piped());
+    let mut child = sup.spawn().expect("spawn the supervisor");
+    let out = child.stdout.take().expect("stdout");
+    let mut line = String::new();
+    std::io::BufReader::new(out).read_line(&mut line).expect("read");
+    let pids: Vec<u32> = line
+        .strip_prefix("remote ")
+        .unwrap_or_else(|| panic!("expected `remote <pids>`, got {line:?}"))
+        .split_whitespace()
+        .map(|p| p.parse().expect("a pid"))
+        .collect();
+    assert_eq!(pids.len(), 2, "{line:?}");
+    child.kill().expect("SIGKILL the supervisor");
+    child.wait().expect("reap");
+    // Both workers were inside a handler that never returns; they must
+    // notice that their connection went away and end.
+    for p in pids {
+        wait_pid_gone(p);
+    }
+}
+
+fn start_failures_name_the_cause() {
+    let cases = [
+        (
+            launcher_with(Kind::Ssh, "client_key", "wrong_known_hosts"),
+            "Host key verification failed",
+        ),
+        (
+            launcher_with(Kind::Ssh, "stranger_key", "known_hosts"),
+            "Permission denied",
+        ),
+        (
+            Kind::Ssh
+                .launcher()
+                .program("/nonexistent/portpool-worker", ["pool-worker"]),
+            "/nonexistent/portpool-worker",
+        ),
+    ];
+    for (launcher, expected) in cases {
+        let shown = launcher.to_string();
+        let err = Pool::builder()
+            .worker_command(fixture("pool-worker"))
+            .launch(launcher, 1)
+            .build()
+            .expect_err("a launcher that cannot start a worker fails the build");
+        let msg = err.to_string();
+        assert!(msg.contains(expected), "{shown}: {msg}");
+        assert!(msg.contains("through ssh"), "{msg}");
+    }
+}
+
+fn missing_binary_under_srun() {
+    let err = Pool::builder()
+        .worker_command(fixture("pool-worker"))
+        .launch(
+            Kind::Srun
+                .launcher()
+                .program("/nonexistent/portpool-worker", ["x"]),
+            1,
+        )
+        .build()
+        .expect_err("a missing program fails the build");
+    let msg = err.to_string();
+    assert!(msg.contains("/nonexistent/portpool-worker"), "{msg}");
+    assert!(msg.contains("through srun"), "{msg}");
+}
+
+fn mixed_pool() {
+    let pool = Pool::builder()
+        .worker_command(fixture("pool-worker"))
+        .processes(1)
+        .launch(Kind::Ssh.launcher(), 1)
+        .launch(Kind::Srun.launcher(), 1)
+        .build()
+        .expect("build");
+    let procs = procs(&pool);
+    let places: Vec<String> = pool.stats().workers.iter().map(|w| w.launcher.clone()).collect();
+    assert_eq!(places[0], "local");
+    assert!(places[1].starts_with("ssh "), "{places:?}");
+    assert_eq!(places[2], "srun");
+    let mut distinct = procs.remote.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 3);
+    let sum: u64 = pool
+        .map((0..3000).map(jobs::Square))
+        .map(|r| r.expect("map"))
+        .sum();
+    assert_eq!(sum, (0..3000u64).map(|n| n * n).sum::<u64>());
+    let stats = pool.stats();
+    assert_eq!(stats.done, 3000 + 3, "{stats:?}");
+    pool.shutdown(Shutdown::graceful(BOUND));
+    procs.assert_gone();
+}
+
+/// A test: its name, the daemons it needs, its body.
+struct Case {
+    name: String,
+    needs: Vec<Kind>,
+    run: Box<dyn Fn()>,
+}
+
+fn cases() -> Vec<Case> {
+    type Body = fn(Kind);
+    let per_kind: [(&str, Body); 6] = [
+        ("jobs_map_and_progress", jobs_map_and_progress),
+        ("cancel_and_timeout", cancel_and_timeout),
+        ("graceful_shutdown", graceful_shutdown),
+        ("killed_worker_is_replaced", killed_worker_is_replaced),
+        ("stdout_does_not_break_the_port", stdout_does_not_break_the_port),
+        (
+            "supervisor_killed_leaves_no_worker",
+            supervisor_killed_leaves_no_worker,
+        ),
+    ];
+    let mut out = Vec::new();
+    for kind in [Kind::Ssh, Kind::Srun] {
+        for (name, body) in per_kind {
+            out.push(Case {
+                name: format!("{}::{name}", kind.name()),
+                needs: vec![kind],
+                run: Box::new(move || body(kind)),
+            });
+        }
+    }
+    out.push(Case {
+        name: "ssh::start_failures_name_the_cause".into(),
+        needs: vec![Kind::Ssh],
+        run: Box::new(start_failures_name_the_cause),
+    });
+    out.push(Case {
+        name: "srun::missing_binary".into(),
+        needs: vec![Kind::Srun],
+        run: Box::new(missing_binary_under_srun),
+    });
+    out.push(Case {
+        name: "mixed::local_ssh_and_srun".into(),
+        needs: vec![Kind::Ssh, Kind::Srun],
+        run: Box::new(mixed_pool),
+    });
+    out
+}
+
+/// Whether `kind`'s daemon answers; `Err` says what is wrong.
+fn daemon_answers(kind: Kind) -> Result<(), String> {
+    let ok = match kind {
+        Kind::Ssh => {
+            let dir = std::env::var("PORTPOOL_TEST_SSH_DIR").unwrap_or_default();
+            let target = std::env::var("PORTPOOL_TEST_SSH").unwrap_or_default();
+            let (user_host, port) = target.rsplit_once(':').unwrap_or((&target, "22"));
+            Command::new("ssh")
+                .args(["-F", "none", "-o", "BatchMode=yes", "-o", "IdentitiesOnly=yes"])
+                .arg("-o")
+                .arg(format!("UserKnownHostsFile={dir}/known_hosts"))
+                .args(["-i", &format!("{dir}/client_key"), "-p", port, user_host, "true"])
+                .stdin(Stdio::null())
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        }
+        Kind::Srun => Command::new("sinfo")
+            .args(["-h", "-o", "%t"])
+            .output()
+            .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"))
+            .unwrap_or(false),
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{} is set but its daemon does not answer: start it with scripts/daemons/{} start, or run \
+             everything with scripts/test",
+            kind.var(),
+            match kind {
+                Kind::Ssh => "sshd",
+                Kind::Srun => "slurm",
+            }
+        ))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.iter().any(|a| a == "--list") {
+        for c in cases() {
+            println!("{}: test", c.name);
+        }
+        return;
+    }
+    let filters: Vec<&String> = args.iter().filter(|a| !a.starts_with('-')).collect();
+    let selected: Vec<Case> = cases()
+        .into_iter()
+        .filter(|c| filters.is_empty() || filters.iter().any(|f| c.name.contains(f.as_str())))
+        .collect();
+    let mut health: Vec<(Kind, Option<Result<(), String>>)> = Vec::new();
+    for kind in [Kind::Ssh, Kind::Srun] {
+        let set = std::env::var_os(kind.var()).is_some();
+        health.push((kind, set.then(|| daemon_answers(kind))));
+    }
+    let status = |k: Kind| health.iter().find(|(h, _)| *h == k).and_then(|(_, s)| s.clone());
+    // Worker fixture output stays short: one line per panic, not a backtrace.
+    std::panic::set_hook(Box::new(|info| eprintln!("{info}")));
+    let (mut passed, mut failed, mut skipped) = (0, Vec::new(), Vec::new());
+    println!("\nrunning {} tests", selected.len());
+    for c in &selected {
+        let missing: Vec<Kind> = c.needs.iter().copied().filter(|k| status(*k).is_none()).collect();
+        if !missing.is_empty() {
+            skipped.push(c.name.clone());
+            println!("test {} ... skipped", c.name);
+            continue;
+        }
+        if let Some(Err(why)) = c.needs.iter().find_map(|k| status(*k).filter(|s| s.is_err())) {
+            println!("test {} ... FAILED\n  {why}", c.name);
+            failed.push(c.name.clone());
+            continue;
+        }
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (c.run)())) {
+            Ok(()) => {
+                passed += 1;
+                println!("test {} ... ok", c.name);
+            }
+            Err(_) => {
+                println!("test {} ... FAILED", c.name);
+                failed.push(c.name.clone());
+            }
+        }
+    }
+    let result = if failed.is_empty() { "ok" } else { "FAILED" };
+    println!(
+        "\ntest result: {result}. {passed} passed; {} failed; {} ignored; 0 measured; 0 filtered out",
+        failed.len(),
+        skipped.len()
+    );
+    if !skipped.is_empty() {
+        println!(
+            "launchers: skipped {} test(s) needing a daemon ({}): run scripts/test, which starts sshd and \
+             Slurm on loopback, or set PORTPOOL_TEST_SSH / PORTPOOL_TEST_SLURM as scripts/daemons prints",
+            skipped.len(),
+            skipped.join(", ")
+        );
+    }
+    if !failed.is_empty() {
+        println!("failed: {}", failed.join(", "));
+        std::process::exit(101);
+    }
+}
