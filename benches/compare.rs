@@ -130,6 +130,230 @@ fn main() {
     if wanted("shutdown_graceful_idle") {
         shutdown_idle(reps);
     }
+    if wanted("pool_ssh_roundtrip") {
+        launcher_roundtrip(Remote::Ssh, reps, if quick { 1_000 } else { 5_000 });
+    }
+    if wanted("pool_srun_roundtrip") {
+        launcher_roundtrip(Remote::Srun, reps, if quick { 1_000 } else { 5_000 });
+    }
+    if wanted("pool_ssh_map_tiny") {
+        ssh_map_tiny(if quick { 3 } else { 7 }, if quick { 200_000 } else { 1_000_000 });
+    }
+    if wanted("pool_ssh_spawn") {
+        ssh_spawn(reps);
+    }
+}
+
+/// A launcher the test daemons serve (`scripts/daemons`). The ssh metrics
+/// use ssh's defaults; `PORTPOOL_BENCH_SSH_OPT=Name=value` adds one option
+/// to the pool's launcher (not to the raw baseline), to measure a setting
+/// such as `Ciphers=^aes128-gcm@openssh.com`.
+#[derive(Clone, Copy, PartialEq)]
+enum Remote {
+    Ssh,
+    Srun,
+}
+
+/// The ssh client arguments for the test sshd (`PORTPOOL_TEST_SSH` =
+/// `user@host:port`, keys in `PORTPOOL_TEST_SSH_DIR`), up to the host.
+fn test_ssh() -> Option<(Vec<String>, String, String, u16, String)> {
+    let target = std::env::var("PORTPOOL_TEST_SSH").ok()?;
+    let dir = std::env::var("PORTPOOL_TEST_SSH_DIR").ok()?;
+    let (user, hostport) = target.split_once('@')?;
+    let (host, port) = hostport.rsplit_once(':')?;
+    let opts = vec![
+        "IdentitiesOnly=yes".to_string(),
+        "IdentityAgent=none".into(),
+        format!("UserKnownHostsFile={dir}/known_hosts"),
+        "StrictHostKeyChecking=yes".into(),
+        "LogLevel=ERROR".into(),
+    ];
+    Some((
+        opts,
+        user.into(),
+        host.into(),
+        port.parse().ok()?,
+        format!("{dir}/client_key"),
+    ))
+}
+
+fn launcher(r: Remote) -> Option<portpool::launch::Launcher> {
+    use portpool::launch::Launcher;
+    match r {
+        Remote::Ssh => {
+            let (opts, user, host, port, key) = test_ssh()?;
+            let mut l = Launcher::ssh(host)
+                .user(user)
+                .port(port)
+                .identity_file(key)
+                .no_ssh_config();
+            for o in opts {
+                l = l.ssh_option(o);
+            }
+            if let Ok(o) = std::env::var("PORTPOOL_BENCH_SSH_OPT") {
+                l = l.ssh_option(o);
+            }
+            Some(l)
+        }
+        Remote::Srun => {
+            let conf = std::env::var_os("PORTPOOL_TEST_SLURM")?;
+            (std::env::var_os("SLURM_CONF").as_deref() == Some(conf.as_os_str())).then(Launcher::srun)
+        }
+    }
+}
+
+/// The raw baseline's command: `ssh … cat` or `srun -u … cat`, as the
+/// launcher would start it.
+fn raw_cat(r: Remote, cmd: &str) -> Command {
+    match r {
+        Remote::Ssh => {
+            let (opts, user, host, port, key) = test_ssh().expect("checked by the caller");
+            let mut c = Command::new("ssh");
+            for o in opts {
+                c.arg("-o").arg(o);
+            }
+            c.args([
+                "-p",
+                &port.to_string(),
+                "-l",
+                &user,
+                "-i",
+                &key,
+                "-F",
+                "none",
+                "-T",
+                "-e",
+                "none",
+            ]);
+            c.args(["-o", "BatchMode=yes", "--", &host, cmd]);
+            c
+        }
+        Remote::Srun => {
+            let mut c = Command::new("srun");
+            c.args(["-u", "-N1", "-n1", cmd]);
+            c
+        }
+    }
+}
+
+fn skipped(metric: &str, r: Remote) {
+    let var = match r {
+        Remote::Ssh => "PORTPOOL_TEST_SSH",
+        Remote::Srun => "PORTPOOL_TEST_SLURM",
+    };
+    println!(
+        "{metric} skipped: {var} is not set (scripts/daemons/{} start prints it)",
+        match r {
+            Remote::Ssh => "sshd",
+            Remote::Srun => "slurm",
+        }
+    );
+}
+
+/// µs for one tiny job's round trip on one worker started through the
+/// launcher, beside a 64-byte echo through the same launcher's `cat`.
+fn launcher_roundtrip(r: Remote, reps: usize, iters: usize) {
+    let metric = match r {
+        Remote::Ssh => "pool_ssh_roundtrip",
+        Remote::Srun => "pool_srun_roundtrip",
+    };
+    let Some(l) = launcher(r) else {
+        skipped(metric, r);
+        return;
+    };
+    let raw = || {
+        let mut child = raw_cat(r, "cat")
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("raw cat");
+        let mut inp = child.stdin.take().expect("stdin");
+        let mut out = child.stdout.take().expect("stdout");
+        let msg = [7u8; MSG];
+        let mut back = [0u8; MSG];
+        let mut one = |n: usize| {
+            let t = Instant::now();
+            for _ in 0..n {
+                inp.write_all(&msg).expect("write");
+                out.read_exact(&mut back).expect("read");
+            }
+            t.elapsed()
+        };
+        one(100);
+        let us = one(iters).as_secs_f64() * 1e6 / iters as f64;
+        drop(inp);
+        let _ = child.wait();
+        us
+    };
+    let pool = Pool::builder().launch(l, 1).build().expect("pool");
+    let run_pool = || {
+        let time = |n: usize| {
+            let t = Instant::now();
+            for i in 0..n as u64 {
+                std::hint::black_box(pool.submit(Tiny(i)).expect("submit").wait().expect("job"));
+            }
+            t.elapsed()
+        };
+        time(100);
+        time(iters).as_secs_f64() * 1e6 / iters as f64
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(raw());
+        ours.push(run_pool());
+    }
+    report(metric, median(ours), median(base), "us");
+}
+
+/// jobs/s of a map of tiny jobs over 2 ssh workers, beside the same map
+/// over 2 local process workers.
+fn ssh_map_tiny(reps: usize, n: u64) {
+    let Some(l) = launcher(Remote::Ssh) else {
+        skipped("pool_ssh_map_tiny", Remote::Ssh);
+        return;
+    };
+    let remote = Pool::builder().launch(l, 2).build().expect("ssh pool");
+    let local = Pool::builder().processes(2).build().expect("local pool");
+    let run = |pool: &Pool| {
+        for r in pool.map((0..10_000).map(Tiny)) {
+            r.expect("job");
+        }
+        let t = Instant::now();
+        let mut sum = 0u64;
+        for r in pool.map((0..n).map(Tiny)) {
+            sum = sum.wrapping_add(r.expect("job"));
+        }
+        std::hint::black_box(sum);
+        n as f64 / t.elapsed().as_secs_f64()
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        base.push(run(&local));
+        ours.push(run(&remote));
+    }
+    report("pool_ssh_map_tiny", median(ours), median(base), "jobs/s");
+}
+
+/// Seconds from `build()` of a one-worker ssh pool to its first reply,
+/// beside `ssh … true`.
+fn ssh_spawn(reps: usize) {
+    let Some(l) = launcher(Remote::Ssh) else {
+        skipped("pool_ssh_spawn", Remote::Ssh);
+        return;
+    };
+    let (mut base, mut ours) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        let t = Instant::now();
+        let st = raw_cat(Remote::Ssh, "true").status().expect("ssh true");
+        assert!(st.success());
+        base.push(t.elapsed().as_secs_f64());
+        let t = Instant::now();
+        let pool = Pool::builder().launch(l.clone(), 1).build().expect("pool");
+        pool.submit(Tiny(1)).expect("submit").wait().expect("job");
+        ours.push(t.elapsed().as_secs_f64());
+        pool.shutdown(portpool::Shutdown::graceful(Duration::from_secs(10)));
+    }
+    report("pool_ssh_spawn", median(ours), median(base), "s");
 }
 
 /// µs for one 64-byte request and its reply over a `Link` between two

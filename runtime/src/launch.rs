@@ -32,6 +32,14 @@
 //! worker ends itself as soon as its connection goes away, even in the
 //! middle of a long handler.
 //!
+//! Throughput over ssh is bounded by ssh itself (about 65 MiB/s through
+//! one connection here, with its default cipher): a map of tiny jobs over
+//! two ssh workers on this 2-core machine ran at about half the rate of
+//! two local workers, and about 0.6 of it with
+//! `.ssh_option("Ciphers=^aes128-gcm@openssh.com")` (AES first, on CPUs
+//! with AES instructions). Latency is about 0.1 ms a round trip, which is
+//! why a remote worker holds 16 jobs at once by default.
+//!
 //! Not for: starting machines, copying binaries, or forwarding ports: use
 //! your cluster's tools for that; nothing here listens on the network.
 
