@@ -26,11 +26,13 @@ use portpool::launch::Launcher;
 use portpool::pool::{JobOptions, PoolBuilder};
 use portpool::{JobError, Pool, Shutdown};
 
-/// One launcher the tests run on.
+/// Where the tests' workers run: through ssh, through srun, or a pool
+/// that mixes one local, one ssh and one srun worker.
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Ssh,
     Srun,
+    Mixed,
 }
 
 impl Kind {
@@ -38,18 +40,35 @@ impl Kind {
         match self {
             Kind::Ssh => "ssh",
             Kind::Srun => "srun",
+            Kind::Mixed => "mixed",
+        }
+    }
+
+    /// The daemons its tests need.
+    fn needs(self) -> Vec<Kind> {
+        match self {
+            Kind::Mixed => vec![Kind::Ssh, Kind::Srun],
+            k => vec![k],
         }
     }
 
     fn var(self) -> &'static str {
         match self {
             Kind::Ssh => "PORTPOOL_TEST_SSH",
-            Kind::Srun => "PORTPOOL_TEST_SLURM",
+            Kind::Srun | Kind::Mixed => "PORTPOOL_TEST_SLURM",
         }
     }
 
     fn launcher(self) -> Launcher {
         launcher_with(self, "client_key", "known_hosts")
+    }
+
+    /// The launcher names `stats()` shows for its workers.
+    fn places(self, n: usize) -> Vec<String> {
+        match self {
+            Kind::Mixed => vec!["local".into(), Kind::Ssh.launcher().to_string(), "srun".into()],
+            k => vec![k.launcher().to_string(); n],
+        }
     }
 }
 
@@ -63,12 +82,40 @@ fn launcher_with(kind: Kind, key: &str, known_hosts: &str) -> Launcher {
     })
 }
 
-/// A pool of `n` fixture workers through `kind`'s launcher.
+/// A pool of `n` fixture workers through `kind`'s launcher (three, one
+/// of each, for `Mixed`).
 fn builder(kind: Kind, n: usize) -> PoolBuilder {
-    Pool::builder()
+    let b = Pool::builder()
         .worker_command(fixture("pool-worker"))
-        .launch(kind.launcher(), n)
-        .cancel_grace(Duration::from_millis(200))
+        .cancel_grace(Duration::from_millis(200));
+    match kind {
+        Kind::Mixed => b
+            .processes(1)
+            .launch(Kind::Ssh.launcher(), 1)
+            .launch(Kind::Srun.launcher(), 1),
+        k => b.launch(k.launcher(), n),
+    }
+}
+
+/// Waits (bounded) until at least one of `pids` has exited.
+fn wait_any_gone(pids: &[u32]) {
+    let deadline = std::time::Instant::now() + BOUND;
+    loop {
+        let gone = pids.iter().any(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .map(|s| {
+                    s.rsplit(')')
+                        .next()
+                        .is_some_and(|r| r.trim_start().starts_with('Z'))
+                })
+                .unwrap_or(true)
+        });
+        if gone {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "none of {pids:?} exited");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
 
 /// The pids of every worker (their own, on the far side) and of every
@@ -103,10 +150,12 @@ impl Procs {
 fn jobs_map_and_progress(kind: Kind) {
     let pool = builder(kind, 2).build().expect("build");
     let procs = procs(&pool);
-    assert_eq!(procs.remote.len(), 2);
-    for w in pool.stats().workers {
-        assert_eq!(w.launcher.split(' ').next(), Some(kind.name()), "{w:?}");
-    }
+    let places: Vec<String> = pool.stats().workers.into_iter().map(|w| w.launcher).collect();
+    assert_eq!(places, kind.places(2));
+    let mut distinct = procs.remote.clone();
+    distinct.sort_unstable();
+    distinct.dedup();
+    assert_eq!(distinct.len(), places.len(), "one process per worker");
     assert_eq!(
         pool.submit(jobs::Square(7))
             .expect("submit")
@@ -153,10 +202,9 @@ fn cancel_and_timeout(kind: Kind) {
         }) => {}
         other => panic!("expected a run timeout, got {other:?}"),
     }
-    // The old worker was ended (through its launcher); the new one works.
-    for &p in &procs.remote {
-        wait_pid_gone(p);
-    }
+    // The worker that ran it was ended (through its launcher); a new one
+    // takes its place.
+    wait_any_gone(&procs.remote);
     assert_eq!(
         pool.submit(jobs::Square(9))
             .expect("submit")
@@ -178,13 +226,13 @@ fn graceful_shutdown(kind: Kind) {
     let pool = builder(kind, 2).inflight_per_worker(1).build().expect("build");
     let procs = procs(&pool);
     let gate = GatePath::new(&format!("launch-drain-{}", kind.name()));
-    let mut tickets: Vec<_> = (0..2)
+    let mut tickets: Vec<_> = (0..pool.workers())
         .map(|_| pool.submit(jobs::Gate(gate.0.clone())).expect("submit"))
         .collect();
     for t in &mut tickets {
         assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
     }
-    // Both run; the shutdown waits for them, and they finish once the gate
+    // All run; the shutdown waits for them, and they finish once the gate
     // opens (from another thread, after the shutdown began).
     let opener = std::thread::spawn({
         let path = gate.0.clone();
@@ -331,32 +379,91 @@ fn missing_binary_under_srun() {
     assert!(msg.contains("through srun"), "{msg}");
 }
 
-fn mixed_pool() {
+fn prefix_launcher() {
     let pool = Pool::builder()
         .worker_command(fixture("pool-worker"))
-        .processes(1)
-        .launch(Kind::Ssh.launcher(), 1)
-        .launch(Kind::Srun.launcher(), 1)
+        .launch(Launcher::prefix(["nice", "-n", "1"]), 2)
         .build()
         .expect("build");
     let procs = procs(&pool);
-    let places: Vec<String> = pool.stats().workers.iter().map(|w| w.launcher.clone()).collect();
-    assert_eq!(places[0], "local");
-    assert!(places[1].starts_with("ssh "), "{places:?}");
-    assert_eq!(places[2], "srun");
-    let mut distinct = procs.remote.clone();
-    distinct.sort_unstable();
-    distinct.dedup();
-    assert_eq!(distinct.len(), 3);
+    for w in pool.stats().workers {
+        assert_eq!(w.launcher, "prefix nice -n 1");
+    }
     let sum: u64 = pool
-        .map((0..3000).map(jobs::Square))
+        .map((0..1000).map(jobs::Square))
         .map(|r| r.expect("map"))
         .sum();
-    assert_eq!(sum, (0..3000u64).map(|n| n * n).sum::<u64>());
-    let stats = pool.stats();
-    assert_eq!(stats.done, 3000 + 3, "{stats:?}");
+    assert_eq!(sum, (0..1000u64).map(|n| n * n).sum::<u64>());
+    assert_eq!(
+        pool.submit(jobs::Shout("hi".into()))
+            .expect("submit")
+            .wait()
+            .expect("shout"),
+        2
+    );
     pool.shutdown(Shutdown::graceful(BOUND));
     procs.assert_gone();
+}
+
+fn settings_that_cannot_work_fail_the_build() {
+    let cases: [(PoolBuilder, &str); 5] = [
+        (
+            Pool::builder().launch(Launcher::srun().port(22), 1),
+            "ssh launchers only",
+        ),
+        (
+            Pool::builder().threads(1).launch(Launcher::ssh("h"), 1),
+            "cannot be combined with .threads(n)",
+        ),
+        (
+            Pool::builder().worker_links(true).launch(Launcher::ssh("h"), 1),
+            "cannot carry the link's port",
+        ),
+        (
+            Pool::builder().launch(Launcher::prefix(["/nonexistent/launcher"]), 1),
+            "through prefix /nonexistent/launcher",
+        ),
+        (
+            Pool::builder().launch(Launcher::ssh("h").env("A B", "v"), 1),
+            "not a variable name",
+        ),
+    ];
+    for (b, expected) in cases {
+        let msg = b
+            .worker_command(fixture("pool-worker"))
+            .build()
+            .expect_err("refused")
+            .to_string();
+        assert!(msg.contains(expected), "{msg}");
+    }
+}
+
+fn inside_salloc() {
+    // A supervisor started inside an allocation: its srun workers are steps
+    // of that allocation.
+    let out = Command::new("timeout")
+        .args(["120", "salloc", "-N1", "-n2", "--quiet"])
+        .arg(env!("CARGO_BIN_EXE_portpool-fixture"))
+        .args(["remote-jobs", "srun"])
+        .output()
+        .expect("salloc");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let expected: u64 = (0..100u64).map(|n| n * n).sum();
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("sum "))
+        .unwrap_or_else(|| panic!("{stdout}"));
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.get(1), Some(&expected.to_string().as_str()), "{line}");
+    assert!(
+        words.get(3).is_some_and(|j| !j.is_empty() && *j != "-"),
+        "ran in an allocation: {line}"
+    );
 }
 
 /// A test: its name, the daemons it needs, its body.
@@ -368,42 +475,62 @@ struct Case {
 
 fn cases() -> Vec<Case> {
     type Body = fn(Kind);
-    let per_kind: [(&str, Body); 6] = [
-        ("jobs_map_and_progress", jobs_map_and_progress),
-        ("cancel_and_timeout", cancel_and_timeout),
-        ("graceful_shutdown", graceful_shutdown),
-        ("killed_worker_is_replaced", killed_worker_is_replaced),
-        ("stdout_does_not_break_the_port", stdout_does_not_break_the_port),
+    let all = [Kind::Ssh, Kind::Srun, Kind::Mixed];
+    let remote = [Kind::Ssh, Kind::Srun];
+    let per_kind: [(&str, Body, &[Kind]); 6] = [
+        ("jobs_map_and_progress", jobs_map_and_progress, &all),
+        ("cancel_and_timeout", cancel_and_timeout, &all),
+        ("graceful_shutdown", graceful_shutdown, &all),
+        ("killed_worker_is_replaced", killed_worker_is_replaced, &remote),
+        (
+            "stdout_does_not_break_the_port",
+            stdout_does_not_break_the_port,
+            &remote,
+        ),
         (
             "supervisor_killed_leaves_no_worker",
             supervisor_killed_leaves_no_worker,
+            &remote,
         ),
     ];
     let mut out = Vec::new();
-    for kind in [Kind::Ssh, Kind::Srun] {
-        for (name, body) in per_kind {
-            out.push(Case {
-                name: format!("{}::{name}", kind.name()),
-                needs: vec![kind],
-                run: Box::new(move || body(kind)),
-            });
+    for kind in all {
+        for (name, body, kinds) in per_kind {
+            if kinds.contains(&kind) {
+                out.push(Case {
+                    name: format!("{}::{name}", kind.name()),
+                    needs: kind.needs(),
+                    run: Box::new(move || body(kind)),
+                });
+            }
         }
     }
-    out.push(Case {
-        name: "ssh::start_failures_name_the_cause".into(),
-        needs: vec![Kind::Ssh],
-        run: Box::new(start_failures_name_the_cause),
-    });
-    out.push(Case {
-        name: "srun::missing_binary".into(),
-        needs: vec![Kind::Srun],
-        run: Box::new(missing_binary_under_srun),
-    });
-    out.push(Case {
-        name: "mixed::local_ssh_and_srun".into(),
-        needs: vec![Kind::Ssh, Kind::Srun],
-        run: Box::new(mixed_pool),
-    });
+    let fixed: [(&str, Vec<Kind>, fn()); 5] = [
+        (
+            "ssh::start_failures_name_the_cause",
+            vec![Kind::Ssh],
+            start_failures_name_the_cause,
+        ),
+        (
+            "srun::missing_binary",
+            vec![Kind::Srun],
+            missing_binary_under_srun,
+        ),
+        ("srun::inside_salloc", vec![Kind::Srun], inside_salloc),
+        ("prefix::jobs_through_nice", vec![], prefix_launcher),
+        (
+            "config::settings_that_cannot_work_fail_the_build",
+            vec![],
+            settings_that_cannot_work_fail_the_build,
+        ),
+    ];
+    for (name, needs, body) in fixed {
+        out.push(Case {
+            name: name.into(),
+            needs,
+            run: Box::new(body),
+        });
+    }
     out
 }
 
@@ -424,7 +551,7 @@ fn daemon_answers(kind: Kind) -> Result<(), String> {
                 .map(|o| o.status.success())
                 .unwrap_or(false)
         }
-        Kind::Srun => Command::new("sinfo")
+        Kind::Srun | Kind::Mixed => Command::new("sinfo")
             .args(["-h", "-o", "%t"])
             .output()
             .map(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).contains("idle"))
@@ -439,7 +566,7 @@ fn daemon_answers(kind: Kind) -> Result<(), String> {
             kind.var(),
             match kind {
                 Kind::Ssh => "sshd",
-                Kind::Srun => "slurm",
+                Kind::Srun | Kind::Mixed => "slurm",
             }
         ))
     }

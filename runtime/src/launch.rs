@@ -111,8 +111,9 @@ impl Launcher {
         }))
     }
 
-    /// Workers started with `srun -u -N1 -n1` (one Slurm task per worker;
-    /// inside an `salloc` allocation it runs there). `SLURM_CONF` and the
+    /// Workers started with `srun -u -N1 -n1 --exact` (one Slurm task per
+    /// worker; inside an `salloc` allocation each is a step of it, and an
+    /// allocation of N tasks holds N workers at once). `SLURM_CONF` and the
     /// rest of this process's environment reach srun as usual.
     pub fn srun() -> Launcher {
         Launcher::new(How::Srun)
@@ -311,8 +312,11 @@ impl Launcher {
             How::Srun => {
                 let mut c = Command::new("srun");
                 // -u: unbuffered, or srun forwards output only up to the
-                // last newline and binary frames stall.
-                c.args(["-u", "-N1", "-n1"]);
+                // last newline and binary frames stall. --exact: inside an
+                // allocation a step takes only its own task's share, so
+                // several workers run as concurrent steps (without it the
+                // second waits for the first to end).
+                c.args(["-u", "-N1", "-n1", "--exact"]);
                 c.args(&self.args);
                 c.arg("sh").arg("-c").arg(&script);
                 c
