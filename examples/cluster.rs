@@ -15,7 +15,7 @@
 //! machine), which serves jobs when it finds it is a worker.
 //!
 //! Over ssh to this machine (README, "Workers on other machines"):
-//! `cargo run --release --example cluster -- local:1 ssh:2:root@127.0.0.1:2222 --ssh-key KEY --known-hosts FILE`
+//! `cargo run --release --example cluster -- local:1 ssh:2:root@127.0.0.1:2222 --ssh-key KEY --known-hosts FILE --ssh-option IdentitiesOnly=yes`
 
 use std::collections::BTreeMap;
 use std::time::Instant;

@@ -265,7 +265,8 @@ fn killed_worker_is_replaced(kind: Kind) {
     assert!(rc.success());
     match t.wait() {
         Err(JobError::WorkerExited { status, .. }) => {
-            assert!(status.is_some(), "the launcher's exit status is reported");
+            let status = status.expect("the launcher's exit status is reported");
+            assert!(status.contains(&format!("through {}", kind.name())), "{status}");
         }
         other => panic!("expected WorkerExited, got {other:?}"),
     }
@@ -505,7 +506,8 @@ fn cases() -> Vec<Case> {
             }
         }
     }
-    let fixed: [(&str, Vec<Kind>, fn()); 5] = [
+    type Fixed = (&'static str, Vec<Kind>, fn());
+    let fixed: [Fixed; 5] = [
         (
             "ssh::start_failures_name_the_cause",
             vec![Kind::Ssh],

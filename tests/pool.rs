@@ -443,3 +443,32 @@ fn processes_build_fails_clearly_when_the_worker_binary_does_not_exist() {
     let text = err.to_string();
     assert!(text.contains("could not start worker 0"), "{text}");
 }
+
+/// Jobs that wait in the queue are spread over the workers when they are
+/// dispatched together, not packed into the first worker's in-flight
+/// slots: with long jobs, a worker holding four would keep three from
+/// workers that sit idle.
+#[test]
+fn a_burst_of_queued_jobs_spreads_over_the_workers() {
+    let pool = builder(Backend::Processes, 3).build().unwrap();
+    let gate = GatePath::new("spread");
+    pool.suspend();
+    let tickets: Vec<_> = (0..6)
+        .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
+        .collect();
+    assert_eq!(pool.stats().queued, 6);
+    // One kick dispatches all six at once.
+    pool.resume();
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.stats().running < 6 {
+        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    let held: Vec<usize> = pool.stats().workers.iter().map(|w| w.running).collect();
+    assert_eq!(held, vec![2, 2, 2]);
+    gate.open();
+    for t in tickets {
+        assert!(t.wait().unwrap());
+    }
+    finish(pool);
+}

@@ -767,6 +767,46 @@ fn sigint_drains_the_supervisor_which_exits_130_with_its_report() {
     }
 }
 
+/// A program that took over the signals without a hook of its own says,
+/// on the first Ctrl-C, that it is finishing its jobs, while they run.
+#[test]
+fn sigint_without_a_hook_says_what_it_does() {
+    use std::io::BufRead;
+    let gate = GatePath::new("sigint-quiet");
+    let mut cmd = common::fixture("drain");
+    cmd.arg(&gate.0)
+        .arg("quiet")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = cmd.spawn().unwrap();
+    let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+    let err = std::io::BufReader::new(child.stderr.take().unwrap());
+    let mut line = String::new();
+    out.read_line(&mut line).unwrap();
+    assert!(line.starts_with("ready "), "{line:?}");
+    let sup = common::Fixture { child };
+    sup.signal(libc::SIGINT);
+    // The line comes while the jobs are still held by the closed gate.
+    // (Stderr is read to its end on a thread of its own, so the
+    // supervisor never writes into a closed pipe.)
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let reader = std::thread::spawn(move || {
+        for l in err.lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let said = rx
+        .iter()
+        .find(|l| l.contains("portpool: signal 2"))
+        .expect("a line about the signal on stderr");
+    assert!(said.contains("interrupt again to stop at once"), "{said}");
+    gate.open();
+    let status = sup.assert_gone();
+    reader.join().unwrap();
+    assert_eq!(status.code(), Some(130));
+    assert!(rest(out).contains("report 4 completed"));
+}
+
 #[test]
 fn a_second_sigint_stops_at_once() {
     let gate = GatePath::new("sigint-twice");

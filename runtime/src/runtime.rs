@@ -244,8 +244,11 @@ impl Runtime {
     /// a graceful shutdown of every pool of this runtime (see
     /// [`set_shutdown_deadline`](Self::set_shutdown_deadline)), after which
     /// [`run`](Self::run) returns with the signal and the reports; a second
-    /// SIGINT makes the shutdown immediate. Signal handlers are
-    /// process-wide: call this from a program's `main`, once.
+    /// SIGINT makes the shutdown immediate. Without a hook of your own
+    /// ([`on_signal`](Self::on_signal)) each of these prints one line to
+    /// stderr saying what happens, so a program that finishes its jobs does
+    /// not look hung. Signal handlers are process-wide: call this from a
+    /// program's `main`, once.
     pub fn handle_signals(&self) -> io::Result<()> {
         let mut slot = lock(&self.inner.signals);
         if slot.is_some() {
@@ -294,6 +297,7 @@ impl Runtime {
     /// What a shutdown signal does (also callable without a real signal).
     fn signalled(&self, sig: i32) {
         let hooks: Vec<SignalHook> = lock(&self.inner.signal_hooks).clone();
+        let hooks_empty = hooks.is_empty();
         for h in hooks {
             crate::util::call_logged("signal hook", || h(sig));
         }
@@ -303,10 +307,21 @@ impl Runtime {
             exit.signal.get_or_insert(sig);
             first
         };
+        // A program that took over the signals without hooks of its own
+        // would otherwise look hung while its jobs finish: one line says
+        // what happens (a program with hooks says what it wants).
+        let quiet = !hooks_empty;
         if first {
-            log::warn!("signal {sig}: shutting down gracefully (send SIGINT again to stop at once)");
-            let rt = self.clone();
             let deadline = *lock(&self.inner.shutdown_deadline);
+            if quiet {
+                log::warn!("signal {sig}: shutting down gracefully (send SIGINT again to stop at once)");
+            } else {
+                eprintln!(
+                    "portpool: signal {sig}: finishing the jobs taken (for up to {deadline:?}); interrupt \
+                     again to stop at once"
+                );
+            }
+            let rt = self.clone();
             let spawned = std::thread::Builder::new()
                 .name("portpool-shutdown".into())
                 .spawn(move || {
@@ -319,7 +334,11 @@ impl Runtime {
                 self.finish_exit(reports);
             }
         } else if sig == SIGINT {
-            log::warn!("second SIGINT: stopping at once");
+            if quiet {
+                log::warn!("second SIGINT: stopping at once");
+            } else {
+                eprintln!("portpool: second SIGINT: stopping at once");
+            }
             for p in self.pools() {
                 p.hurry();
             }

@@ -150,7 +150,12 @@ impl PoolBuilder {
     /// [`crate::launch`]). Unless [`inflight_per_worker`](Self::inflight_per_worker)
     /// is set, a remote worker holds up to 16 jobs at once (a local one 4),
     /// so a round trip of a tenth of a millisecond or more does not leave
-    /// it idle.
+    /// it idle. Jobs a worker holds wait for it even when another worker
+    /// is idle: for long jobs, set `inflight_per_worker(1)`.
+    ///
+    /// A remote worker's stdout is its port: what its handlers print goes
+    /// to its stderr, which comes back through the launcher (a local
+    /// worker's stdout is this process's).
     ///
     /// Each remote worker has the same 10 s to connect and announce its
     /// routes (ssh's own connection set-up included). Not with

@@ -163,27 +163,52 @@ impl Processes {
 }
 
 impl Shared {
+    /// Dispatches what is queued to the workers with free slots, the least
+    /// loaded first: each round fills every worker up to one more job in
+    /// flight, so a burst spreads over the workers instead of filling the
+    /// first one's slots (with long jobs, one worker would hold jobs that
+    /// others could run now).
     pub(super) fn kick(&self) {
         // SeqCst: the enqueue before this must be visible to a reader that
         // frees a slot and then checks the queue (see `fill_slots`).
         fence(Ordering::SeqCst);
         let n = self.slots.len();
-        // Relaxed: only spreads the starting point.
+        // Relaxed: only spreads the starting point among equals.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        for i in 0..n {
-            if let Some(w) = self.slots[(start + i) % n].current() {
-                fill_slots(&w, &self.core, w.max_in_flight, true);
+        let workers: Vec<Arc<Worker>> = (0..n)
+            .filter_map(|i| self.slots[(start + i) % n].current())
+            .collect();
+        // SeqCst: as every other access to the in-flight count.
+        let Some(low) = workers.iter().map(|w| w.in_flight.load(Ordering::SeqCst)).min() else {
+            return;
+        };
+        let top = workers.iter().map(|w| w.max_in_flight).max().unwrap_or(0);
+        let mut sent = vec![false; workers.len()];
+        'rounds: for level in low + 1..=top {
+            for (w, sent) in workers.iter().zip(sent.iter_mut()) {
+                *sent |= fill_slots(w, &self.core, level.min(w.max_in_flight), false);
+                if !self.core.has_queued() {
+                    break 'rounds;
+                }
             }
-            if !self.core.has_queued() {
-                return;
+        }
+        for (w, sent) in workers.iter().zip(sent) {
+            if sent {
+                if let Err(e) = w.tx.flush() {
+                    log::debug!(
+                        "worker {}: flush failed ({e}); its reader will report the exit",
+                        w.id
+                    );
+                }
             }
         }
     }
 }
 
-/// Takes queued jobs for `w` while it has free slots. Flushes what it sent
-/// if `flush` (the reader defers the flush while more results are waiting).
-pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) {
+/// Takes queued jobs for `w` while it has fewer than `max_in_flight` in
+/// flight. Flushes what it sent if `flush` (the reader defers the flush
+/// while more results are waiting). Returns whether it sent anything.
+pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) -> bool {
     let mut sent = false;
     loop {
         // Acquire: pairs with the Release store when the worker dies or
@@ -235,6 +260,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
             );
         }
     }
+    sent
 }
 
 /// Records `t` as pending on `w` and queues its frame. The caller holds a slot.

@@ -26,6 +26,14 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
     // Release: pairs with the Acquire loads in `kick` and `fill_slots`.
     w.alive.store(false, Ordering::Release);
     let status = reap(w);
+    // A launcher's status is the launcher's (ssh says 255 for a remote
+    // command killed by a signal): say so.
+    let launcher = &shared.slots[w.id].launcher;
+    let status = if launcher.is_local() {
+        status
+    } else {
+        format!("{status}, through {launcher}")
+    };
     let stderr = w.stderr.wait_lines();
     let status = match &why {
         Some(e) => format!("it broke its protocol ({e}); {status}"),

@@ -286,18 +286,18 @@ fn start_failure(
     status: &str,
     tail: &[String],
 ) -> BuildError {
-    let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
-    if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
-        return BuildError::new(format!("worker {id} (pid {pid}) could not start: {}", at.trim()));
-    }
-    let last = crate::stderr::last_meaningful(tail)
-        .map(|l| format!("; its stderr ended with: {l}"))
-        .unwrap_or_default();
     let pid = if launcher.is_local() {
         format!("pid {pid}")
     } else {
         format!("pid {pid}, through {launcher}")
     };
+    let forgot = crate::pool::FORGOT_SERVE_IF_WORKER;
+    if let Some(at) = tail.iter().find_map(|l| l.find(forgot).map(|i| &l[i..])) {
+        return BuildError::new(format!("worker {id} ({pid}) could not start: {}", at.trim()));
+    }
+    let last = crate::stderr::last_meaningful(tail)
+        .map(|l| format!("; its stderr ended with: {l}"))
+        .unwrap_or_default();
     let what = format!("worker {id} ({pid}) {what} ({status}{last})");
     match e {
         Some(e) => BuildError::io(what, e),
