@@ -472,3 +472,120 @@ fn a_burst_of_queued_jobs_spreads_over_the_workers() {
     }
     finish(pool);
 }
+
+both!(a_cancel_token_cancels_queued_and_running_jobs, |backend| {
+    use portpool::pool::{CancelToken, JobOptions, SubmitError};
+    let pool = builder(backend, 1).inflight_per_worker(1).build().unwrap();
+    let gate = GatePath::new(&format!("token-{backend:?}"));
+    let token = CancelToken::new();
+    let opts = JobOptions::new().cancel_token(&token);
+    let mut first = pool.submit_with(Gate(gate.0.clone()), opts.clone()).unwrap();
+    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    let queued: Vec<_> = (0..2)
+        .map(|_| pool.submit_with(Gate(gate.0.clone()), opts.clone()).unwrap())
+        .collect();
+    // A job without the token, behind them, is not touched.
+    let other = pool.submit(Square(3)).unwrap();
+    token.cancel();
+    assert!(matches!(first.wait(), Err(JobError::Cancelled)));
+    for t in queued {
+        assert!(matches!(t.wait(), Err(JobError::Cancelled)));
+    }
+    assert_eq!(other.wait().unwrap(), 9);
+    // An already-cancelled token: refused at once, the job handed back.
+    match pool.submit_with(Square(4), JobOptions::new().cancel_token(&token)) {
+        Err(SubmitError::Cancelled(Square(4))) => {}
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert!(pool.wait_idle(BOUND));
+    let stats = pool.stats();
+    assert_eq!((stats.cancelled, stats.done), (3, 1), "{stats:?}");
+    finish(pool);
+});
+
+both!(a_cancel_token_cancels_a_map, |backend| {
+    use portpool::pool::CancelToken;
+    let pool = builder(backend, 2).build().unwrap();
+    let gate = GatePath::new(&format!("token-map-{backend:?}"));
+    let token = CancelToken::new();
+    let results: Vec<_> = std::thread::scope(|s| {
+        s.spawn(|| {
+            let deadline = std::time::Instant::now() + BOUND;
+            while pool.stats().running == 0 {
+                assert!(std::time::Instant::now() < deadline);
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            token.cancel();
+        });
+        pool.map((0..50).map(|_| Gate(gate.0.clone())))
+            .cancel_token(&token)
+            .collect()
+    });
+    assert_eq!(results.len(), 50);
+    assert!(
+        results.iter().all(|r| matches!(r, Err(JobError::Cancelled))),
+        "{results:?}"
+    );
+    assert!(pool.wait_idle(BOUND));
+    assert_eq!(pool.submit(Square(5)).unwrap().wait().unwrap(), 25);
+    finish(pool);
+});
+
+both!(dropping_a_map_cancels_what_it_has_not_yielded, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let gate = GatePath::new(&format!("map-drop-{backend:?}"));
+    // Five jobs: all submitted at once (the window is larger); all but the
+    // first wait on a gate that never opens.
+    let jobs = (0..5).map(|n| MaybeGated {
+        gate: (n > 0).then(|| gate.0.clone()),
+        n,
+    });
+    let mut m = pool.map(jobs);
+    assert_eq!(m.next().unwrap().unwrap(), 0);
+    drop(m);
+    assert!(pool.wait_idle(BOUND), "the dropped map's jobs were cancelled");
+    assert_eq!(pool.stats().cancelled, 4, "{:?}", pool.stats());
+    assert_eq!(pool.submit(Square(2)).unwrap().wait().unwrap(), 4);
+    finish(pool);
+});
+
+both!(a_full_queue_says_saturated_then_drained, |backend| {
+    use portpool::supervisor::PoolEvent;
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let pool = builder(backend, 1)
+        .queue_limit(2)
+        .inflight_per_worker(1)
+        .on_event(move |e| {
+            if matches!(e, PoolEvent::Saturated { .. } | PoolEvent::Drained) {
+                let _ = tx.send(e.clone());
+            }
+        })
+        .build()
+        .unwrap();
+    let gate = GatePath::new(&format!("saturated-{backend:?}"));
+    let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
+    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    assert!(!pool.is_saturated());
+    let queued: Vec<_> = (0..2)
+        .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
+        .collect();
+    assert_eq!(
+        rx.recv_timeout(BOUND).unwrap(),
+        PoolEvent::Saturated { queued: 2 }
+    );
+    assert!(pool.is_saturated());
+    assert!(matches!(pool.try_submit(Square(1)), Err(TrySubmitError::Full(_))));
+    assert!(
+        !pool.wait_idle(std::time::Duration::from_millis(20)),
+        "three jobs hold the pool"
+    );
+    gate.open();
+    assert_eq!(rx.recv_timeout(BOUND).unwrap(), PoolEvent::Drained);
+    assert!(pool.wait_idle(BOUND));
+    assert!(!pool.is_saturated());
+    for t in std::iter::once(first).chain(queued) {
+        assert!(t.wait().unwrap());
+    }
+    assert!(rx.try_recv().is_err(), "one event each");
+    finish(pool);
+});

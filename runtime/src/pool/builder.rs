@@ -353,6 +353,7 @@ impl PoolBuilder {
             free: FreeGate::default(),
             queue_tx,
             queue_rx,
+            saturated: AtomicBool::new(false),
             requeue: Mutex::new(VecDeque::new()),
             requeued: AtomicUsize::new(0),
             closed: AtomicBool::new(false),

@@ -9,6 +9,9 @@ pub enum SubmitError<J> {
     Closed(J),
     /// The pool failed (its restart limit was reached); the reason says why.
     Failed(J, String),
+    /// Its [`CancelToken`](super::CancelToken) was already cancelled
+    /// ([`Pool::submit_with`]).
+    Cancelled(J),
 }
 
 /// Why [`Pool::try_submit`] did not take a job; the job is given back.
@@ -35,7 +38,7 @@ impl<J> SubmitError<J> {
     /// The job that was not taken.
     pub fn into_job(self) -> J {
         match self {
-            SubmitError::Closed(j) | SubmitError::Failed(j, _) => j,
+            SubmitError::Closed(j) | SubmitError::Failed(j, _) | SubmitError::Cancelled(j) => j,
         }
     }
 }
@@ -45,6 +48,7 @@ impl<J> fmt::Display for SubmitError<J> {
         match self {
             SubmitError::Closed(_) => f.write_str("the pool is shutting down"),
             SubmitError::Failed(_, why) => write!(f, "the pool failed: {why}"),
+            SubmitError::Cancelled(_) => f.write_str("the job's cancel token was already cancelled"),
         }
     }
 }

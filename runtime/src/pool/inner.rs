@@ -116,6 +116,14 @@ impl PoolInner {
             .set_suspended(self.core.suspended.load(Ordering::Acquire));
     }
 
+    /// Whether no worker can take a job now.
+    pub(crate) fn full(&self) -> bool {
+        match &self.backend {
+            Backend::Threads(t) => t.full(),
+            Backend::Processes(p) => p.full(),
+        }
+    }
+
     pub(crate) fn busy(&self) -> bool {
         match &self.backend {
             Backend::Threads(t) => t.busy(),

@@ -13,9 +13,13 @@ use std::time::Duration;
 
 use crossbeam_channel::Receiver;
 
+use std::sync::Arc;
+
 use super::ticket::JobResult;
-use super::{Event, Outcome, Pool, Reply};
+use super::{CancelToken, Event, Outcome, Pool, Reply};
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
+use crate::supervisor::monitor::Control;
+use crate::task::JobState;
 use crate::util::recv_spin;
 
 /// How long one chunk should take to run on a worker.
@@ -81,6 +85,8 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     closed: Option<Failure>,
     /// Largest chunk: 1 when each job has its own run timeout.
     max_chunk: usize,
+    /// Cancels every job of this map when cancelled.
+    token: Option<CancelToken>,
 }
 
 impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
@@ -98,6 +104,8 @@ impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
 struct InFlight {
     len: usize,
     holes: Vec<(usize, Failure)>,
+    /// The queued chunk's id and state, to cancel it if the map is dropped.
+    task: Option<(u64, Arc<JobState>)>,
 }
 
 /// Puts the failures of the jobs that never left back in their places
@@ -194,7 +202,17 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             leftover: VecDeque::new(),
             closed: None,
             max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
+            token: None,
         }
+    }
+
+    /// Cancels every job of this map when `token` is cancelled: the jobs
+    /// queued or running end with `Cancelled` (yielded in their places),
+    /// and the jobs not yet taken from the input are yielded as
+    /// `Cancelled` without running. Set it before the first `next`.
+    pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        self.token = Some(token.clone());
+        self
     }
 
     /// Submits chunks from the input while the window has room.
@@ -214,11 +232,16 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             };
             let taken = jobs.len();
             let mut len = taken;
+            if self.closed.is_none() && self.token.as_ref().is_some_and(CancelToken::is_cancelled) {
+                self.closed = Some(Failure::Cancelled);
+            }
+            let mut task = None;
             let holes = if let Some(f) = &self.closed {
                 (0..len).map(|i| (i, f.clone())).collect()
             } else {
-                match self.pool.submit_chunk(jobs, reply.clone()) {
+                match self.pool.submit_chunk(jobs, reply.clone(), self.token.as_ref()) {
                     Ok(sent) => {
+                        task = sent.task;
                         if !sent.rest.is_empty() {
                             // The chunk hit its byte budget: smaller ones next.
                             len -= sent.rest.len();
@@ -240,7 +263,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                 }
             };
             if holes.len() < len {
-                self.in_flight.insert(tag, InFlight { len, holes });
+                self.in_flight.insert(tag, InFlight { len, holes, task });
                 continue;
             }
             // Every job failed before it could go: its results are here.
@@ -303,7 +326,7 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
                 Event::Done(outcome) => outcome,
                 Event::Progress(_) => continue,
             };
-            let Some(InFlight { len, holes }) = self.in_flight.remove(&tag) else {
+            let Some(InFlight { len, holes, .. }) = self.in_flight.remove(&tag) else {
                 continue;
             };
             let (ran, results) = typed_chunk::<J>(outcome, len - holes.len());
@@ -311,6 +334,23 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
                 self.adapt(ran, len);
             }
             self.file(tag, fill_holes::<J>(results, holes));
+        }
+    }
+}
+
+impl<J: Job, I: Iterator<Item = J>> Drop for Map<'_, J, I> {
+    /// A map dropped before its end cancels the jobs it has not yielded
+    /// (queued ones are dropped, running ones get the graded cancel), so
+    /// `take(n)` or a `break` leaves no work behind.
+    fn drop(&mut self) {
+        let control = &self.pool.inner.core.control;
+        for f in self.in_flight.values() {
+            if let Some((id, state)) = &f.task {
+                state.cancel();
+                if state.settle_by_cancel() {
+                    let _ = control.send(Control::Cancel { id: *id });
+                }
+            }
         }
     }
 }

@@ -14,6 +14,7 @@
 //! part: see [`crate::supervisor`] and its `README.md`.
 
 mod builder;
+mod cancel;
 mod encode;
 mod errors;
 mod inner;
@@ -53,6 +54,7 @@ pub(crate) use crate::task::{Event, FastRead, Outcome, Reply};
 
 pub(crate) use builder::FORGOT_SERVE_IF_WORKER;
 pub use builder::{BuildError, DEFAULT_CANCEL_GRACE, PoolBuilder};
+pub use cancel::CancelToken;
 pub(crate) use encode::*;
 pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
 pub(crate) use inner::*;
@@ -87,6 +89,8 @@ pub(crate) struct ChunkSent<J> {
     pub(crate) holes: Vec<(usize, Failure)>,
     /// Jobs past the chunk's byte budget: they go in the next chunk.
     pub(crate) rest: Vec<J>,
+    /// The queued chunk's id and state (to cancel it), if one was queued.
+    pub(crate) task: Option<(u64, Arc<JobState>)>,
 }
 
 /// A job made ready to queue.
@@ -126,6 +130,7 @@ impl Pool {
         &self,
         mut jobs: Vec<J>,
         reply: Reply,
+        token: Option<&CancelToken>,
     ) -> Result<ChunkSent<J>, (Vec<J>, Refusal)> {
         if let Some(r) = self.inner.refusal() {
             return Err((jobs, r));
@@ -139,6 +144,7 @@ impl Pool {
             return Ok(ChunkSent {
                 holes: (0..jobs.len()).map(|i| (i, f.clone())).collect(),
                 rest: Vec::new(),
+                task: None,
             });
         }
         // `kept`: a process pool's jobs, which stay here while their bytes
@@ -162,6 +168,7 @@ impl Pool {
                     return Ok(ChunkSent {
                         holes: chunk.holes,
                         rest,
+                        task: None,
                     });
                 }
                 (
@@ -174,15 +181,46 @@ impl Pool {
             }
         };
         let (timeout, retries) = self.inner.core.limits(J::NAME);
+        let core = &self.inner.core;
+        // Relaxed: ids only need to be unique.
+        let id = core.next_id.fetch_add(1, Ordering::Relaxed);
+        let state = JobState::new();
+        if let Some(token) = token {
+            let carrier = cancel::Carrier {
+                id,
+                state: state.clone(),
+                reply: reply.clone(),
+                control: core.control.clone(),
+            };
+            if token.register(carrier).is_err() {
+                // Cancelled meanwhile: none of these jobs goes.
+                let n = count as usize + holes.len();
+                // Relaxed: statistics only.
+                core.cancelled.fetch_add(count as u64, Ordering::Relaxed);
+                self.count_holes(n);
+                let mut holes = holes;
+                let have: std::collections::HashSet<usize> = holes.iter().map(|(i, _)| *i).collect();
+                holes.extend(
+                    (0..n)
+                        .filter(|i| !have.contains(i))
+                        .map(|i| (i, Failure::Cancelled)),
+                );
+                holes.sort_by_key(|(i, _)| *i);
+                return Ok(ChunkSent {
+                    holes,
+                    rest,
+                    task: None,
+                });
+            }
+        }
         let task = Task {
-            // Relaxed: ids only need to be unique.
-            id: self.inner.core.next_id.fetch_add(1, Ordering::Relaxed),
+            id,
             route: J::NAME,
             batch: Some(count),
             job,
             send_job: send_chunk_value,
             reply,
-            state: JobState::new(),
+            state: state.clone(),
             timeout,
             retries,
         };
@@ -191,8 +229,13 @@ impl Pool {
             Ok(()) => {
                 drop(kept);
                 self.count_holes(holes.len());
+                self.inner.core.note_enqueued();
                 self.inner.after_enqueue();
-                Ok(ChunkSent { holes, rest })
+                Ok(ChunkSent {
+                    holes,
+                    rest,
+                    task: Some((id, state)),
+                })
             }
             Err(w) => {
                 // A thread pool's chunk holds its jobs; a process pool's
@@ -262,6 +305,7 @@ impl Pool {
         self.watch_queue_for(&task, opts.queue_timeout);
         match enqueue(self, Work::Task(task)) {
             Ok(()) => {
+                self.inner.core.note_enqueued();
                 self.inner.after_enqueue();
                 Ok(ticket)
             }
@@ -292,6 +336,19 @@ impl Pool {
         // Relaxed: ids only need to be unique.
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let (ticket, reply) = Ticket::new(id, state.clone(), core.control.clone());
+        if let Some(token) = &opts.cancel {
+            let carrier = cancel::Carrier {
+                id,
+                state: state.clone(),
+                reply: reply.clone(),
+                control: core.control.clone(),
+            };
+            if token.register(carrier).is_err() {
+                // Cancelled since `submit_with` looked: the job never goes.
+                core.deliver_failure(&state, &reply, 1, Failure::Cancelled, None);
+                return Prepared::Settled(ticket);
+            }
+        }
         if let Err(f) = self.check_route::<J>() {
             core.deliver_failure(&state, &reply, 1, f, None);
             return Prepared::Settled(ticket);
@@ -339,11 +396,17 @@ impl Pool {
 
     /// Submits a job with its own timeout, queue-wait deadline or retries
     /// (see [`submit`](Self::submit)).
+    ///
+    /// A job whose [`CancelToken`] is already cancelled is refused
+    /// ([`SubmitError::Cancelled`]).
     pub fn submit_with<J: Job>(&self, job: J, opts: JobOptions) -> Result<Ticket<J>, SubmitError<J>> {
         match self.inner.refusal() {
             Some(Refusal::Closed) => return Err(SubmitError::Closed(job)),
             Some(Refusal::Failed(why)) => return Err(SubmitError::Failed(job, why)),
             None => {}
+        }
+        if opts.cancel.as_ref().is_some_and(CancelToken::is_cancelled) {
+            return Err(SubmitError::Cancelled(job));
         }
         self.enqueue(job, &opts, |me, w| me.send_blocking(w, None).map_err(|w| (w, ())))
             .map_err(|(job, ())| self.closed_error(job))
@@ -371,9 +434,9 @@ impl Pool {
                 if full {
                     TrySubmitError::Full(job)
                 } else {
-                    match self.closed_error(job) {
-                        SubmitError::Closed(j) => TrySubmitError::Closed(j),
-                        SubmitError::Failed(j, why) => TrySubmitError::Failed(j, why),
+                    match self.inner.core.failure() {
+                        Some(why) => TrySubmitError::Failed(job, why),
+                        None => TrySubmitError::Closed(job),
                     }
                 }
             })
@@ -396,9 +459,9 @@ impl Pool {
         })
         .map_err(|(job, ())| {
             if self.inner.refusal().is_some() {
-                match self.closed_error(job) {
-                    SubmitError::Closed(j) => SubmitTimeoutError::Closed(j),
-                    SubmitError::Failed(j, why) => SubmitTimeoutError::Failed(j, why),
+                match self.inner.core.failure() {
+                    Some(why) => SubmitTimeoutError::Failed(job, why),
+                    None => SubmitTimeoutError::Closed(job),
                 }
             } else {
                 SubmitTimeoutError::Timeout(job)
@@ -476,6 +539,26 @@ impl Pool {
             )
             .collect();
         tickets.into_iter().map(Ticket::wait).collect()
+    }
+
+    /// Whether the queue is at its limit ([`PoolEvent::Saturated`](crate::supervisor::PoolEvent::Saturated)
+    /// says when it becomes so): `submit` would wait and `try_submit` give
+    /// the job back. With a queue limit of 0, whether no worker is free.
+    pub fn is_saturated(&self) -> bool {
+        let core = &self.inner.core;
+        if core.queue_limit == 0 {
+            return self.inner.full();
+        }
+        core.queue_rx.len() >= core.queue_limit
+    }
+
+    /// Waits until no job is queued or running, at most `timeout`; returns
+    /// whether the pool went idle. Jobs submitted meanwhile count too.
+    pub fn wait_idle(&self, timeout: Duration) -> bool {
+        let deadline = crate::util::deadline(timeout);
+        let core = &self.inner.core;
+        core.idle
+            .wait_until(deadline, || !core.has_queued() && !self.inner.busy())
     }
 
     /// A snapshot of the pool's counters.

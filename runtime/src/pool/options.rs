@@ -2,11 +2,13 @@
 
 use std::time::Duration;
 
+use super::CancelToken;
+
 /// Per-job settings for [`Pool::submit_with`](super::Pool::submit_with), over the pool's.
 ///
 /// Every `Duration` in portpool's API takes any value: one too long to
 /// count from now (such as `Duration::MAX`) means "never".
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use = "options do nothing until given to `Pool::submit_with`"]
 pub struct JobOptions {
     /// Run timeout, counted from dispatch.
@@ -15,6 +17,8 @@ pub struct JobOptions {
     pub queue_timeout: Option<Duration>,
     /// Re-runs allowed after a worker crash.
     pub retries: Option<u32>,
+    /// Cancels the job when it is cancelled ([`CancelToken`]).
+    pub cancel: Option<CancelToken>,
 }
 
 impl JobOptions {
@@ -38,6 +42,12 @@ impl JobOptions {
     /// Sets the retries after a worker crash.
     pub fn retries(mut self, n: u32) -> JobOptions {
         self.retries = Some(n);
+        self
+    }
+
+    /// Cancels the job when `token` is cancelled (a clone of it is kept).
+    pub fn cancel_token(mut self, token: &CancelToken) -> JobOptions {
+        self.cancel = Some(token.clone());
         self
     }
 }

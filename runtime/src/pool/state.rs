@@ -166,6 +166,8 @@ pub(crate) struct Core {
     pub(crate) free: FreeGate,
     pub(crate) queue_tx: Sender<Work>,
     pub(crate) queue_rx: Receiver<Work>,
+    /// The queue was full and has not drained since (`PoolEvent::Saturated`).
+    pub(crate) saturated: AtomicBool,
     /// Tasks sent back by a crash (retry) or by the kill of a cancelled
     /// job's worker (innocent neighbours): they go before the queue.
     pub(crate) requeue: Mutex<VecDeque<Task>>,
@@ -205,6 +207,31 @@ impl Core {
             }
         }
         self.queue_rx.try_recv().ok()
+    }
+
+    /// After an enqueue: the first time the queue is at its limit, says
+    /// `Saturated` (once, until it drains).
+    pub(crate) fn note_enqueued(&self) {
+        if self.queue_limit == 0 {
+            return;
+        }
+        let queued = self.queue_rx.len();
+        // AcqRel: one `Saturated` per full queue, paired with `note_taken`.
+        if queued >= self.queue_limit && !self.saturated.swap(true, Ordering::AcqRel) {
+            self.event(PoolEvent::Saturated { queued });
+        }
+    }
+
+    /// After a worker took a task: once a full queue is empty again, says
+    /// `Drained`. (One relaxed load unless the queue was full.)
+    pub(crate) fn note_taken(&self) {
+        // Relaxed: a hint; the swap decides.
+        if self.saturated.load(Ordering::Relaxed)
+            && !self.has_queued()
+            && self.saturated.swap(false, Ordering::AcqRel)
+        {
+            self.event(PoolEvent::Drained);
+        }
     }
 
     /// Whether any task waits (queued or re-queued).
@@ -295,6 +322,8 @@ impl Core {
                 log::error!("worker {worker} could not start: {reason}")
             }
             PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
+            PoolEvent::Saturated { queued } => log::debug!("the queue is full ({queued} jobs)"),
+            PoolEvent::Drained => log::debug!("the queue drained"),
         }
         if let Some(f) = &self.config.on_event {
             crate::util::call_logged("pool event callback", || f(&e));

@@ -123,6 +123,15 @@ impl Threads {
     }
 
     /// Whether any worker runs a job.
+    /// Whether every thread runs a job.
+    pub(crate) fn full(&self) -> bool {
+        // Relaxed: a snapshot.
+        self.core
+            .counters
+            .iter()
+            .all(|c| c.running.load(Ordering::Relaxed) > 0)
+    }
+
     pub(crate) fn busy(&self) -> bool {
         // Relaxed: a hint re-checked under the idle lock; a thread that took
         // a task but has not counted it yet finishes it before its Stop.
@@ -206,7 +215,10 @@ impl Threads {
                         Err(_) => continue,
                     },
                     recv(core.queue_rx) -> w => match w {
-                        Ok(Work::Task(t)) => t,
+                        Ok(Work::Task(t)) => {
+                            core.note_taken();
+                            t
+                        }
                         Ok(Work::Stop) | Err(_) => return,
                     },
                 },

@@ -145,6 +145,17 @@ pub enum PoolEvent {
         /// Why, with the last start failure or exit.
         reason: String,
     },
+    /// The queue reached its limit: `submit` now waits and `try_submit`
+    /// gives jobs back, until it drains (piscina's `needsDrain`). Not sent
+    /// by a pool with a queue limit of 0, which has no queue.
+    Saturated {
+        /// Jobs waiting in the queue.
+        queued: usize,
+    },
+    /// After [`Saturated`](Self::Saturated): the workers have taken every
+    /// queued job (piscina's `drain`); the next full queue says
+    /// `Saturated` again.
+    Drained,
 }
 
 /// How [`Pool::shutdown`](crate::pool::Pool::shutdown) treats the work

@@ -230,6 +230,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
         }
         match core.pop() {
             Some(Work::Task(t)) => {
+                core.note_taken();
                 if t.state.is_settled() {
                     // Cancelled (or past its queue deadline) while queued:
                     // dropped without reaching the worker.

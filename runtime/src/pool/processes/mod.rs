@@ -214,6 +214,16 @@ impl Processes {
             .collect()
     }
 
+    /// Whether every worker's in-flight slots are taken (or it is down).
+    pub(crate) fn full(&self) -> bool {
+        self.shared.slots.iter().all(|s| {
+            s.current().is_none_or(|w| {
+                // SeqCst: as every other access to the in-flight count.
+                !w.alive.load(Ordering::Acquire) || w.in_flight.load(Ordering::SeqCst) >= w.max_in_flight
+            })
+        })
+    }
+
     /// Whether any worker holds jobs.
     pub(crate) fn busy(&self) -> bool {
         self.shared.slots.iter().any(|s| {
