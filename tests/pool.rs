@@ -589,3 +589,148 @@ both!(a_full_queue_says_saturated_then_drained, |backend| {
     assert!(rx.try_recv().is_err(), "one event each");
     finish(pool);
 });
+
+/// A pool that fails at its first unexpected exit: recycling must not count.
+fn no_restarts() -> portpool::RestartPolicy {
+    portpool::RestartPolicy {
+        max_restarts: 0,
+        ..portpool::RestartPolicy::default()
+    }
+}
+
+/// Collects the pool's `WorkerExited` events.
+fn exits() -> (
+    impl Fn(&portpool::supervisor::PoolEvent) + Send + Sync + 'static,
+    crossbeam_channel::Receiver<(String, bool)>,
+) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let f = move |e: &portpool::supervisor::PoolEvent| {
+        if let portpool::supervisor::PoolEvent::WorkerExited { status, expected, .. } = e {
+            let _ = tx.send((status.clone(), *expected));
+        }
+    };
+    (f, rx)
+}
+
+both!(a_worker_is_recycled_after_n_jobs, |backend| {
+    let (on_exit, exited) = exits();
+    let pool = builder(backend, 1)
+        .inflight_per_worker(1)
+        .recycle_after_jobs(3)
+        .restart(no_restarts())
+        .on_event(on_exit)
+        .build()
+        .unwrap();
+    let pids: Vec<u32> = (0..7)
+        .map(|_| pool.submit(WhoAmI).unwrap().wait().unwrap().1)
+        .collect();
+    for _ in 0..2 {
+        let (status, expected) = exited.recv_timeout(BOUND).unwrap();
+        assert!(expected, "{status}");
+        assert!(status.contains("recycled after 3 job(s)"), "{status}");
+    }
+    if matches!(backend, Backend::Processes) {
+        // Three jobs per process: a new process each time.
+        assert_eq!(pids[0..3], [pids[0]; 3], "{pids:?}");
+        assert_eq!(pids[3..6], [pids[3]; 3], "{pids:?}");
+        assert!(pids[0] != pids[3] && pids[3] != pids[6], "{pids:?}");
+        common::wait_pid_gone(pids[0]);
+        common::wait_pid_gone(pids[3]);
+    }
+    assert_eq!(pool.stats().workers[0].restarts, 2);
+    assert!(pool.failure().is_none(), "recycling is not a restart");
+    finish(pool);
+});
+
+both!(a_worker_is_recycled_after_its_age, |backend| {
+    let (on_exit, exited) = exits();
+    let pool = builder(backend, 1)
+        .recycle_after(std::time::Duration::ZERO)
+        .restart(no_restarts())
+        .on_event(on_exit)
+        .build()
+        .unwrap();
+    for n in 0..3 {
+        assert_eq!(pool.submit(Square(n)).unwrap().wait().unwrap(), n * n);
+    }
+    for _ in 0..3 {
+        let (status, expected) = exited.recv_timeout(BOUND).unwrap();
+        assert!(expected && status.contains("recycled at the age of"), "{status}");
+    }
+    assert!(pool.failure().is_none());
+    finish(pool);
+});
+
+// Jobs a retiring worker held (it takes no more once due) are not lost:
+// a burst with several in flight per worker all complete.
+both!(recycling_under_load_loses_no_job, |backend| {
+    let pool = builder(backend, 2)
+        .recycle_after_jobs(5)
+        .restart(no_restarts())
+        .build()
+        .unwrap();
+    let tickets: Vec<_> = (0..200).map(|n| pool.submit(Square(n)).unwrap()).collect();
+    for (n, t) in tickets.into_iter().enumerate() {
+        assert_eq!(t.wait().unwrap(), (n * n) as u64);
+    }
+    let sum: u64 = pool.map((0..2000).map(Square)).map(|r| r.unwrap()).sum();
+    assert_eq!(sum, (0..2000u64).map(|n| n * n).sum::<u64>());
+    assert!(pool.failure().is_none());
+    finish(pool);
+});
+
+#[test]
+fn a_process_worker_is_recycled_when_its_memory_grows() {
+    let (on_exit, exited) = exits();
+    let pool = builder(Backend::Processes, 1)
+        .recycle_above_memory(64 << 20)
+        .restart(no_restarts())
+        .on_event(on_exit)
+        .build()
+        .unwrap();
+    let small = pool.submit(Grow(1)).unwrap().wait().unwrap();
+    let big = pool.submit(Grow(100)).unwrap().wait().unwrap();
+    assert_eq!(small, big, "1 MiB more stays under the limit");
+    let (status, expected) = exited.recv_timeout(BOUND).unwrap();
+    assert!(expected && status.contains("resident memory"), "{status}");
+    let next = pool.submit(WhoAmI).unwrap().wait().unwrap().1;
+    assert_ne!(next, big, "a fresh process");
+    common::wait_pid_gone(big);
+    finish(pool);
+}
+
+#[test]
+fn a_hard_memory_limit_fails_the_job_that_hits_it() {
+    let pool = builder(Backend::Processes, 1)
+        .memory_limit(512 << 20)
+        .build()
+        .unwrap();
+    let before = pool.submit(WhoAmI).unwrap().wait().unwrap().1;
+    match pool.submit(Grow(1024)).unwrap().wait() {
+        Err(JobError::WorkerExited { status, .. }) => {
+            let status = status.unwrap_or_default();
+            assert!(status.contains("memory limit of 512.0 MiB"), "{status}");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    // Replaced (a restart); the next job runs in a fresh process.
+    let after = pool.submit(WhoAmI).unwrap().wait().unwrap().1;
+    assert_ne!(before, after);
+    assert_eq!(
+        pool.submit(Grow(16)).unwrap().wait().unwrap(),
+        after,
+        "room below the limit"
+    );
+    finish(pool);
+}
+
+#[test]
+fn memory_settings_are_refused_for_threads() {
+    for b in [
+        Pool::builder().threads(1).recycle_above_memory(1 << 30),
+        Pool::builder().threads(1).memory_limit(1 << 30),
+    ] {
+        let msg = b.build().expect_err("refused").to_string();
+        assert!(msg.contains("process workers"), "{msg}");
+    }
+}

@@ -682,3 +682,32 @@ fn after_a_pool_failure_later_jobs_say_why_it_failed() {
     }
     finish(pool);
 }
+
+/// A fast job's answer is not held behind a slow job that its worker
+/// took next: the worker batches answers while more jobs wait, and the
+/// next one may take a minute. (Both jobs reach the worker in one write.)
+#[test]
+fn a_finished_answer_is_not_held_behind_a_slow_next_job() {
+    let gate = common::GatePath::new("held-answer");
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_command(common::fixture("pool-worker"))
+        .build()
+        .unwrap();
+    pool.suspend();
+    let fast = pool.submit(jobs::Square(3)).unwrap();
+    let slow = pool
+        .submit(jobs::MaybeGated {
+            gate: Some(gate.0.clone()),
+            n: 1,
+        })
+        .unwrap();
+    pool.resume();
+    match fast.wait_timeout(common::BOUND) {
+        Ok(r) => assert_eq!(r.unwrap(), 9),
+        Err(_) => panic!("the fast job's answer waited for the slow job"),
+    }
+    gate.open();
+    assert_eq!(slow.wait().unwrap(), 1);
+    pool.shutdown(portpool::Shutdown::default());
+}

@@ -251,7 +251,8 @@ impl Launcher {
     /// on the command's stdin and stdout; `None` for a local worker.
     /// `worker` is the local worker command (program, arguments and
     /// environment, which the launcher process inherits).
-    pub(crate) fn command(&self, worker: &Command, id: usize) -> Option<Command> {
+    /// `memory_limit` (bytes) becomes `ulimit -v` on the far side.
+    pub(crate) fn command(&self, worker: &Command, id: usize, memory_limit: Option<u64>) -> Option<Command> {
         let (program, args): (OsString, Vec<OsString>) = match &self.program {
             Some((p, a)) => (p.clone(), a.clone()),
             None => (
@@ -259,8 +260,11 @@ impl Launcher {
                 worker.get_args().map(OsStr::to_owned).collect(),
             ),
         };
+        let ulimit = memory_limit
+            .map(|b| format!("ulimit -v {} && ", (b / 1024).max(1)))
+            .unwrap_or_default();
         let mut script = format!(
-            "exec env {}=stdio:$$ {}={id}",
+            "{ulimit}exec env {}=stdio:$$ {}={id}",
             crate::port::PORT_ENV,
             crate::child::WORKER_ID_ENV
         )
@@ -446,7 +450,7 @@ mod tests {
         let c = Launcher::ssh("h")
             .ssh_option("BatchMode=no")
             .port(2222)
-            .command(&worker, 3)
+            .command(&worker, 3, None)
             .expect("a remote command");
         let args: Vec<_> = c.get_args().map(|a| a.to_string_lossy().into_owned()).collect();
         let user = args.iter().position(|a| a == "BatchMode=no");

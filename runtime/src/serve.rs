@@ -19,6 +19,11 @@ const CANCEL_POLL: Duration = Duration::from_millis(1);
 /// be written together).
 const FLUSH_AFTER: Duration = Duration::from_micros(200);
 
+/// The longest a finished answer waits unwritten while the worker runs
+/// further jobs (see `Flusher`): long enough that a stream of tiny jobs
+/// still shares writes, short beside any job worth a process.
+const HOLD_AT_MOST: Duration = Duration::from_millis(1);
+
 /// More remembered cancels than this means the supervisor cancelled jobs
 /// that had already finished here; forget them.
 const MAX_REMEMBERED_CANCELS: usize = 4096;
@@ -117,6 +122,147 @@ impl crate::job::RemoteJob for WorkerSide {
 /// already waiting, so pipelined jobs cost one write per batch. A job that
 /// fails to decode, a route without a handler, a panicking handler or a
 /// result that fails to encode fails that job only; the loop goes on.
+/// Writes answers that wait while a handler runs. The serve loop holds an
+/// answer back while more jobs are waiting, so one write carries many;
+/// but the next job may be slow, and a finished result must not wait for
+/// it. Once armed (an answer is held and a job starts), this thread
+/// writes what is held when [`HOLD_AT_MOST`] has passed since, unless the
+/// serve loop wrote it first. It writes through the inbox like the serve
+/// loop does (reading incoming frames while the supervisor's side is
+/// full), so it cannot deadlock with a supervisor that is writing to us.
+struct Flusher {
+    /// When the held answers must be out (`None`: nothing held).
+    due: Mutex<Option<Instant>>,
+    cv: std::sync::Condvar,
+    /// Armed (a cheap look for the serve loop, which arms once per batch).
+    armed: std::sync::atomic::AtomicBool,
+    /// The thread waits without a deadline (idle): arming must wake it.
+    /// While jobs keep coming it naps in steps of `HOLD_AT_MOST` instead, so
+    /// arming costs no wake-up.
+    sleeping: std::sync::atomic::AtomicBool,
+    stop: std::sync::atomic::AtomicBool,
+    /// When this thread last wrote held answers (taken by the serve loop).
+    fired: Mutex<Option<Instant>>,
+    fired_flag: std::sync::atomic::AtomicBool,
+}
+
+impl Flusher {
+    fn start(inbox: std::sync::Arc<Inbox>) -> io::Result<std::sync::Arc<Flusher>> {
+        let f = std::sync::Arc::new(Flusher {
+            due: Mutex::new(None),
+            cv: std::sync::Condvar::new(),
+            armed: std::sync::atomic::AtomicBool::new(false),
+            sleeping: std::sync::atomic::AtomicBool::new(false),
+            stop: std::sync::atomic::AtomicBool::new(false),
+            fired: Mutex::new(None),
+            fired_flag: std::sync::atomic::AtomicBool::new(false),
+        });
+        let me = f.clone();
+        std::thread::Builder::new()
+            .name("portpool-flush".into())
+            .spawn(move || me.run(&inbox))?;
+        Ok(f)
+    }
+
+    /// A job is about to run: if answers are held (since `held_since`; the
+    /// last queued at `last_fed`), they must be out within
+    /// [`HOLD_AT_MOST`] of the first. Forgets what this thread has written.
+    fn hold(&self, held_since: &mut Option<Instant>, last_fed: Instant) {
+        use std::sync::atomic::Ordering;
+        // Relaxed: the flag is a hint for the lock.
+        if self.fired_flag.swap(false, Ordering::Relaxed) {
+            if let Some(at) = crate::util::lock(&self.fired).take() {
+                // What was queued before it wrote is out; anything after is
+                // younger than `at`, so a deadline from `at` covers it.
+                *held_since = if last_fed <= at { None } else { Some(at) };
+            }
+        }
+        if let Some(since) = *held_since {
+            self.arm(since);
+        }
+    }
+
+    /// Answers are held from `since` on, and a job is about to run.
+    fn arm(&self, since: Instant) {
+        use std::sync::atomic::Ordering;
+        // Relaxed: a hint; the lock below decides.
+        if self.armed.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut due = crate::util::lock(&self.due);
+        *due = Some(since + HOLD_AT_MOST);
+        self.armed.store(true, Ordering::Relaxed);
+        // (Read under the lock the thread sets it under.)
+        if self.sleeping.load(Ordering::Relaxed) {
+            self.cv.notify_one();
+        }
+    }
+
+    /// The serve loop wrote what was held.
+    fn disarm(&self) {
+        use std::sync::atomic::Ordering;
+        if self.armed.swap(false, Ordering::Relaxed) {
+            *crate::util::lock(&self.due) = None;
+        }
+    }
+
+    fn finish(&self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Release);
+        let _g = crate::util::lock(&self.due);
+        self.cv.notify_one();
+    }
+
+    fn run(&self, inbox: &Inbox) {
+        use std::sync::atomic::Ordering;
+        // How long without an armed answer before it sleeps for good.
+        const IDLE: Duration = Duration::from_millis(10);
+        let mut due = crate::util::lock(&self.due);
+        let mut last_armed = Instant::now();
+        loop {
+            if self.stop.load(Ordering::Acquire) {
+                return;
+            }
+            match *due {
+                None if last_armed.elapsed() >= IDLE => {
+                    self.sleeping.store(true, Ordering::Relaxed);
+                    due = self.cv.wait(due).unwrap_or_else(|p| p.into_inner());
+                    self.sleeping.store(false, Ordering::Relaxed);
+                    last_armed = Instant::now();
+                }
+                None => {
+                    due = self
+                        .cv
+                        .wait_timeout(due, HOLD_AT_MOST)
+                        .map(|(g, _)| g)
+                        .unwrap_or_else(|p| p.into_inner().0);
+                }
+                Some(at) => {
+                    last_armed = Instant::now();
+                    let now = Instant::now();
+                    if now < at {
+                        due = self
+                            .cv
+                            .wait_timeout(due, at - now)
+                            .map(|(g, _)| g)
+                            .unwrap_or_else(|p| p.into_inner().0);
+                        continue;
+                    }
+                    *due = None;
+                    self.armed.store(false, Ordering::Relaxed);
+                    drop(due);
+                    *crate::util::lock(&self.fired) = Some(Instant::now());
+                    self.fired_flag.store(true, Ordering::Relaxed);
+                    if let Err(e) = inbox.lock().ipc.flush_reading() {
+                        // The serve loop meets the same error on its next write.
+                        log::debug!("writing held answers: {e}");
+                    }
+                    due = crate::util::lock(&self.due);
+                }
+            }
+        }
+    }
+}
+
 /// A worker connected through pipes (started by a launcher, perhaps on
 /// another machine) has no parent-death signal to rely on: when its
 /// supervisor, or the ssh between them, goes away, nothing signals it, and
@@ -170,12 +316,31 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
         inbox: inbox.clone(),
         tx: tx.clone(),
     });
+    let flusher = Flusher::start(inbox.clone())?;
+    let res = serve_loop(&inbox, &side, handlers, worker_id, &tx, &flusher);
+    flusher.finish();
+    res
+}
+
+/// The body of [`serve`]: reads, runs and answers until told to stop.
+fn serve_loop(
+    inbox: &std::sync::Arc<Inbox>,
+    side: &std::sync::Arc<dyn crate::job::RemoteJob>,
+    handlers: &Handlers,
+    worker_id: usize,
+    tx: &crate::port::IpcSender,
+    flusher: &Flusher,
+) -> io::Result<()> {
     let mut buf = Vec::new();
     // The job that just ran: its id leaves the cancel set under the next
     // lock, which the loop takes anyway.
     let mut finished = None;
     // An answer to write now, not with the next batch: its job ran long.
     let mut flush_due = false;
+    // Since when answers are held unwritten, and when the last was queued
+    // (see `Flusher`).
+    let mut held_since: Option<Instant> = None;
+    let mut last_fed = Instant::now();
     loop {
         let mut s = inbox.lock();
         if let Some(id) = finished.take() {
@@ -183,6 +348,8 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
         }
         if flush_due {
             flush_due = false;
+            held_since = None;
+            flusher.disarm();
             s.ipc.flush_reading()?;
         }
         match s.backlog.pop_front() {
@@ -195,6 +362,8 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 // (Only what is already buffered counts: looking at the
                 // kernel too would cost a system call per job.)
                 if !s.ipc.has_buffered_frame() {
+                    held_since = None;
+                    flusher.disarm();
                     s.ipc.flush_reading()?;
                 }
                 // Phase 2: take the next frame.
@@ -215,6 +384,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
         let started = Instant::now();
         let (id, outcome) = match head {
             ToWorker::Stop => {
+                flusher.disarm();
                 s.ipc.flush_reading()?;
                 return Ok(());
             }
@@ -233,6 +403,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             ToWorker::Job { id, route } => {
                 drop(s);
                 finished = Some(id);
+                flusher.hold(&mut held_since, last_fed);
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(side.clone(), id),
@@ -246,6 +417,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
             ToWorker::Batch { id, route, count } => {
                 drop(s);
                 finished = Some(id);
+                flusher.hold(&mut held_since, last_fed);
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(side.clone(), id),
@@ -257,6 +429,8 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
                 }
             }
         };
+        last_fed = Instant::now();
+        held_since.get_or_insert(last_fed);
         match tx.feed(&FromWorker::Done { id, outcome }) {
             Ok(()) => {}
             // A result too large for one frame fails its job (or chunk),

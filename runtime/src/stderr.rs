@@ -75,6 +75,11 @@ fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
                 while !text.is_char_boundary(cut) {
                     cut -= 1;
                 }
+                // A backtrace's frames would push the lines that say what
+                // happened out of the tail: they are passed on, not kept.
+                if is_backtrace_frame(text) {
+                    continue;
+                }
                 let mut lines = lock(&tail.lines);
                 if lines.len() == STDERR_LINES {
                     lines.pop_front();
@@ -139,6 +144,21 @@ fn is_launcher_summary(line: &str) -> bool {
     l.starts_with("srun: error: ") && l.contains(": task ")
 }
 
+/// A frame of a Rust backtrace: `  12: name` or `        at file:line`.
+fn is_backtrace_frame(line: &str) -> bool {
+    if !line.starts_with(' ') {
+        return false;
+    }
+    let t = line.trim_start();
+    if t.starts_with("at ") {
+        return true;
+    }
+    match t.split_once(':') {
+        Some((n, _)) => !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()),
+        None => false,
+    }
+}
+
 /// Lines that say nothing about the cause.
 fn is_noise(line: &str) -> bool {
     let l = line.trim();
@@ -154,6 +174,22 @@ mod tests {
 
     fn v(lines: &[&str]) -> Vec<String> {
         lines.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn backtrace_frames_are_recognised() {
+        use super::is_backtrace_frame;
+        assert!(is_backtrace_frame("   0: std::alloc::rust_oom"));
+        assert!(is_backtrace_frame("  12: main"));
+        assert!(is_backtrace_frame(
+            "             at /rustc/x/library/std/src/alloc.rs:424:5"
+        ));
+        assert!(!is_backtrace_frame(
+            "memory allocation of 1073741824 bytes failed"
+        ));
+        assert!(!is_backtrace_frame("stack backtrace:"));
+        assert!(!is_backtrace_frame("  note: a: b"));
+        assert!(!is_backtrace_frame("thread 'main' panicked at src/main.rs:4:5:"));
     }
 
     #[test]

@@ -396,3 +396,41 @@ pub(crate) fn wait_hangup(a: BorrowedFd<'_>, b: BorrowedFd<'_>) -> io::Result<()
         }
     }
 }
+
+/// The resident memory of process `pid`, in bytes (`/proc/<pid>/statm`).
+pub(crate) fn resident_bytes(pid: u32) -> io::Result<u64> {
+    let statm = std::fs::read_to_string(format!("/proc/{pid}/statm"))?;
+    let pages: u64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|p| p.parse().ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "unexpected /proc statm"))?;
+    Ok(pages.saturating_mul(page_size()))
+}
+
+/// The size of a memory page.
+fn page_size() -> u64 {
+    // SAFETY: sysconf reads a constant of the system; no memory is passed.
+    let n = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    u64::try_from(n).ok().filter(|&n| n > 0).unwrap_or(4096)
+}
+
+/// Makes the child that `command` spawns start with an address-space
+/// limit of `bytes` (`RLIMIT_AS`): an allocation past it fails (a Rust
+/// program then aborts, saying "memory allocation of N bytes failed").
+pub(crate) fn limit_address_space(command: &mut std::process::Command, bytes: u64) {
+    use std::os::unix::process::CommandExt;
+    let lim = libc::rlimit {
+        rlim_cur: bytes as libc::rlim_t,
+        rlim_max: bytes as libc::rlim_t,
+    };
+    let hook = move || {
+        // `lim` is a valid rlimit on this closure's stack.
+        syscall!(setrlimit(libc::RLIMIT_AS, &lim))?;
+        Ok(())
+    };
+    // SAFETY: the hook runs in the forked child before exec and makes one
+    // async-signal-safe call (setrlimit); it takes no locks and does not
+    // allocate.
+    unsafe { command.pre_exec(hook) };
+}

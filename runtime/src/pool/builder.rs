@@ -23,6 +23,7 @@ pub struct PoolBuilder {
     worker_links: bool,
     /// Workers started through launchers, beside the local ones.
     launches: Vec<(Launcher, usize)>,
+    recycle: Recycle,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -163,6 +164,46 @@ impl PoolBuilder {
     /// the link's port.
     pub fn launch(mut self, launcher: Launcher, n: usize) -> Self {
         self.launches.push((launcher, n));
+        self
+    }
+
+    /// Replaces a worker, between jobs and gracefully, once it has run `n`
+    /// jobs (each job of a `map` counts). Its replacement starts at once;
+    /// the jobs it held go back to the queue. Not a restart: the restart
+    /// policy does not count it (`PoolEvent::WorkerExited` says
+    /// `expected` and why). For handlers that leak, or state that grows.
+    pub fn recycle_after_jobs(mut self, n: u64) -> Self {
+        self.recycle.jobs = Some(n.max(1));
+        self
+    }
+
+    /// Replaces a worker, as [`recycle_after_jobs`](Self::recycle_after_jobs)
+    /// does, after the first job it finishes once it is `age` old.
+    pub fn recycle_after(mut self, age: Duration) -> Self {
+        self.recycle.age = Some(age);
+        self
+    }
+
+    /// Replaces a process worker, as [`recycle_after_jobs`](Self::recycle_after_jobs)
+    /// does, when its resident memory is above `bytes` after a job (read
+    /// from the OS after each job; workers on this machine only, not those
+    /// started through a launcher). Not for thread workers, which share
+    /// this process's memory: `build()` refuses it.
+    pub fn recycle_above_memory(mut self, bytes: u64) -> Self {
+        self.recycle.memory = Some(bytes);
+        self
+    }
+
+    /// Starts every process worker with an address space of at most
+    /// `bytes` (`RLIMIT_AS`; through a launcher, `ulimit -v` on the far
+    /// side). An allocation past it fails: a Rust handler aborts, its job
+    /// fails with `WorkerExited` whose status says the worker hit this
+    /// limit, and the worker is replaced; that counts against the restart
+    /// policy, so a worker that hits it at once cannot loop. Leave room
+    /// for the program itself (its code, stacks and allocator: tens of
+    /// MiB). Not for thread workers: `build()` refuses it.
+    pub fn memory_limit(mut self, bytes: u64) -> Self {
+        self.recycle.limit = Some(bytes);
         self
     }
 
@@ -329,6 +370,18 @@ impl PoolBuilder {
         let kind = self
             .kind
             .ok_or_else(|| BuildError::new("choose .threads(n) or .processes(n)"))?;
+        if matches!(kind, Kind::Threads(_)) {
+            if self.recycle.memory.is_some() {
+                return Err(BuildError::new(
+                    "recycle_above_memory applies to process workers: threads share this process's memory",
+                ));
+            }
+            if self.recycle.limit.is_some() {
+                return Err(BuildError::new(
+                    "memory_limit applies to process workers: threads share this process's memory",
+                ));
+            }
+        }
         if let Some(h) = &self.handlers {
             h.check().map_err(BuildError::new)?;
         }
@@ -376,6 +429,7 @@ impl PoolBuilder {
                 retries: self.retries,
                 per_route: self.per_route,
                 on_event: self.on_event,
+                recycle: self.recycle,
             },
             handlers: handlers.clone(),
         });

@@ -541,7 +541,7 @@ impl Pool {
         tickets.into_iter().map(Ticket::wait).collect()
     }
 
-    /// Whether the queue is at its limit ([`PoolEvent::Saturated`](crate::supervisor::PoolEvent::Saturated)
+    /// Whether the queue is at its limit ([`PoolEvent::Saturated`]
     /// says when it becomes so): `submit` would wait and `try_submit` give
     /// the job back. With a queue limit of 0, whether no worker is free.
     pub fn is_saturated(&self) -> bool {

@@ -45,6 +45,58 @@ pub(crate) struct Config {
     pub(crate) retries: u32,
     pub(crate) per_route: HashMap<&'static str, RouteConfig>,
     pub(crate) on_event: Option<EventFn>,
+    pub(crate) recycle: Recycle,
+}
+
+/// When a worker is replaced between jobs (scenario "recycle").
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct Recycle {
+    /// After this many jobs.
+    pub(crate) jobs: Option<u64>,
+    /// After it has lived this long (checked after each job).
+    pub(crate) age: Option<Duration>,
+    /// When its resident memory exceeds this (local process workers).
+    pub(crate) memory: Option<u64>,
+    /// The hard address-space limit process workers start with.
+    pub(crate) limit: Option<u64>,
+}
+
+impl Recycle {
+    /// Why a worker that has run `jobs` jobs since `started` is due for
+    /// replacement (`None`: it is not). `rss` gives its resident memory,
+    /// asked only when a memory limit is set.
+    pub(crate) fn due(
+        &self,
+        jobs: u64,
+        started: Instant,
+        rss: impl FnOnce() -> Option<u64>,
+    ) -> Option<String> {
+        if let Some(n) = self.jobs {
+            if jobs >= n {
+                return Some(format!("recycled after {jobs} job(s)"));
+            }
+        }
+        if let Some(age) = self.age {
+            if started.elapsed() >= age {
+                return Some(format!("recycled at the age of {age:?}"));
+            }
+        }
+        if let Some(limit) = self.memory {
+            if let Some(rss) = rss().filter(|&r| r > limit) {
+                return Some(format!(
+                    "recycled: its resident memory ({}) passed {}",
+                    mib(rss),
+                    mib(limit)
+                ));
+            }
+        }
+        None
+    }
+}
+
+/// `bytes` as "12.5 MiB".
+pub(crate) fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
 }
 
 /// Settings for one job type, over the pool's.

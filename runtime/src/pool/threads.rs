@@ -205,6 +205,8 @@ impl Threads {
         let core = &*self.core;
         let slot = &self.slots[id];
         let counters = &core.counters[id];
+        let started = Instant::now();
+        let mut jobs_here = 0u64;
         loop {
             // Phase 1: take a task (a broadcast copy first, if any).
             let task = match slot.private_rx.try_recv() {
@@ -300,7 +302,40 @@ impl Threads {
                 log::info!("abandoned worker thread {id} (epoch {epoch}) returned; it exits");
                 return;
             }
+            // Scenario "recycle": replaced between jobs, by a new thread.
+            jobs_here += jobs;
+            if let Some(why) = core.config.recycle.due(jobs_here, started, || None) {
+                if self.recycle(id, epoch, why) {
+                    return;
+                }
+            }
         }
+    }
+
+    /// Starts a fresh thread for slot `id` in place of the calling one
+    /// (incarnation `epoch`), which then returns. `false`: the pool is
+    /// stopping, or no thread could start; the caller goes on serving.
+    fn recycle(self: &Arc<Self>, id: usize, epoch: u64, why: String) -> bool {
+        if self.core.stopping.load(Ordering::Acquire) {
+            return false;
+        }
+        let s = &self.slots[id];
+        self.core.event(PoolEvent::WorkerExited {
+            worker: id,
+            pid: None,
+            status: why.clone(),
+            jobs_held: 0,
+            expected: true,
+        });
+        // Relaxed: statistics only.
+        s.restarts.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = self.start(id, epoch + 1) {
+            log::warn!(
+                "worker thread {id} is due for recycling ({why}), but no thread could start: {e}; it serves on"
+            );
+            return false;
+        }
+        true
     }
 }
 

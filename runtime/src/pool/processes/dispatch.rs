@@ -41,6 +41,12 @@ impl Processes {
                     .compare_exchange(cur, cur + 1, Ordering::SeqCst, Ordering::SeqCst)
                 {
                     Ok(_) => {
+                        // SeqCst, after the reservation: see `Worker::retire_if_idle`.
+                        if w.retiring.load(Ordering::SeqCst) {
+                            w.in_flight.fetch_sub(1, Ordering::SeqCst);
+                            w.retire_if_idle();
+                            break;
+                        }
                         dispatch(&w, &sh.core, t);
                         if let Err(e) = w.tx.flush() {
                             log::debug!(
@@ -227,6 +233,12 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
             .is_err()
         {
             continue;
+        }
+        // SeqCst, after the reservation: see `Worker::retire_if_idle`.
+        if w.retiring.load(Ordering::SeqCst) {
+            w.in_flight.fetch_sub(1, Ordering::SeqCst);
+            w.retire_if_idle();
+            break;
         }
         match core.pop() {
             Some(Work::Task(t)) => {

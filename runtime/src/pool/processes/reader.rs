@@ -39,7 +39,24 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         Some(e) => format!("it broke its protocol ({e}); {status}"),
         None => status,
     };
+    // An allocation that failed under the pool's memory limit (a Rust
+    // program says so on stderr, then aborts): say which limit it hit.
+    let status = match core.config.recycle.limit {
+        Some(limit) => match stderr.iter().rev().find(|l| l.contains("memory allocation of")) {
+            Some(line) => format!(
+                "it hit its memory limit of {} ({}); {status}",
+                crate::pool::mib(limit),
+                line.trim()
+            ),
+            None => status,
+        },
+        None => status,
+    };
     let ended_by = lock(&w.ended_by).take();
+    let status = match &ended_by {
+        Some(EndReason::Recycle(why)) => format!("{why}; {status}"),
+        _ => status,
+    };
     let stopping = core.stopping.load(Ordering::Acquire);
     let failure = Failure::WorkerExited {
         worker: w.id,
@@ -58,6 +75,8 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
             // retry spent (scenario "cancel").
             Some(EndReason::Victims(ids)) => !ids.contains(&t.id),
             Some(EndReason::Shutdown) => false,
+            // Replaced between jobs: what it had not run goes again.
+            Some(EndReason::Recycle(_)) => true,
             // A crash: retried if it has retries left (scenario "retry").
             None => t.retries > 0 && !stopping,
         };

@@ -157,9 +157,16 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     let template = &shared.template;
     // A local worker inherits a socket; one started through a launcher
     // gets its port on the launcher's stdin and stdout.
-    let (mut cmd, via) = match slot.launcher.command(template, id) {
+    let limit = core.config.recycle.limit;
+    let (mut cmd, via) = match slot.launcher.command(template, id, limit) {
         Some(c) => (c, crate::child::Via::Stdio),
-        None => (copy_command(template), crate::child::Via::Inherit),
+        None => {
+            let mut c = copy_command(template);
+            if let Some(bytes) = limit {
+                crate::sys::limit_address_space(&mut c, bytes);
+            }
+            (c, crate::child::Via::Inherit)
+        }
     };
     cmd.env(WORKER_ID_ENV, id.to_string());
     if links {
@@ -271,6 +278,11 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         max_in_flight,
         link,
         broke: Mutex::new(None),
+        started: Instant::now(),
+        jobs_done: AtomicU64::new(0),
+        retiring: AtomicBool::new(false),
+        stop_sent: AtomicBool::new(false),
+        local: slot.launcher.is_local(),
     }))
 }
 

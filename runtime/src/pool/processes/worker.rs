@@ -12,6 +12,9 @@ pub(super) enum EndReason {
     Victims(Vec<u64>),
     /// The shutdown's deadline passed.
     Shutdown,
+    /// Replaced between jobs (scenario "recycle"), for this reason; what it
+    /// held goes back to the queue.
+    Recycle(String),
 }
 
 /// One worker process: one incarnation of a slot.
@@ -40,6 +43,15 @@ pub(super) struct Worker {
     /// A protocol error met by a ticket reading the port (the worker is
     /// killed; its reader reports this as the cause).
     pub(super) broke: Mutex<Option<String>>,
+    /// When it started, and the jobs it finished (scenario "recycle").
+    pub(super) started: Instant,
+    pub(super) jobs_done: AtomicU64,
+    /// Due for replacement: it takes no more jobs, and is told to stop
+    /// once it holds none.
+    pub(super) retiring: AtomicBool,
+    pub(super) stop_sent: AtomicBool,
+    /// It runs on this machine (its pid is its own, not a launcher's).
+    pub(super) local: bool,
 }
 
 /// What one read of a worker's port did.
@@ -161,6 +173,9 @@ impl Worker {
                 };
                 // Relaxed: statistics only.
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                // Decided before the answer goes out: whoever it wakes and
+                // submits again finds this worker retiring, if it is due.
+                self.note_recycle(jobs);
                 if t.state.settle() {
                     counters.finish_n(jobs - failed, failed);
                     log::trace!("worker {}: job {id} done", self.id);
@@ -171,6 +186,7 @@ impl Worker {
                 }
                 drop(t);
                 self.in_flight.fetch_sub(1, Ordering::SeqCst);
+                self.retire_if_idle();
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
                 fill_slots(self, core, self.max_in_flight, false);
@@ -234,6 +250,47 @@ impl Worker {
                     self.end_from_ticket(why);
                     return;
                 }
+            }
+        }
+    }
+}
+
+impl Worker {
+    /// On an answer for `jobs` jobs: whether the worker is due for
+    /// replacement (scenario "recycle"); it then takes no more jobs, and is
+    /// told to stop once it holds none (`retire_if_idle`).
+    fn note_recycle(&self, jobs: u64) {
+        let policy = &self.core.config.recycle;
+        // Relaxed: a count only this thread's answers add to.
+        let done = self.jobs_done.fetch_add(jobs, Ordering::Relaxed) + jobs;
+        if policy.jobs.is_none() && policy.age.is_none() && policy.memory.is_none() {
+            return;
+        }
+        // SeqCst: against `fill_slots`' reservation (see `retire_if_idle`).
+        if !self.retiring.load(Ordering::SeqCst) {
+            let local = self.core.config.recycle.memory.is_some() && self.local;
+            let rss = || local.then(|| crate::sys::resident_bytes(self.pid).ok()).flatten();
+            let Some(why) = policy.due(done, self.started, rss) else {
+                return;
+            };
+            log::info!("worker {} (pid {}): {why}", self.id, self.pid);
+            *lock(&self.ended_by) = Some(EndReason::Recycle(why));
+            self.retiring.store(true, Ordering::SeqCst);
+        }
+    }
+
+    /// A retiring worker that holds no job is told to stop (once). Called
+    /// after an answer and by a dispatcher that backed off a retiring
+    /// worker: with SeqCst on both sides, either the dispatcher sees
+    /// `retiring` and gives its reservation back, or this sees the job
+    /// in flight and waits for its answer.
+    pub(super) fn retire_if_idle(&self) {
+        if self.retiring.load(Ordering::SeqCst)
+            && self.in_flight.load(Ordering::SeqCst) == 0
+            && !self.stop_sent.swap(true, Ordering::SeqCst)
+        {
+            if let Err(e) = self.tx.send(&ToWorker::Stop) {
+                log::debug!("worker {}: stop not sent ({e}); it is exiting", self.id);
             }
         }
     }
