@@ -521,7 +521,9 @@ both!(a_cancel_token_cancels_a_map, |backend| {
             .cancel_token(&token)
             .collect()
     });
-    assert_eq!(results.len(), 50);
+    // What the map had taken is cancelled; the rest of the input is not
+    // taken at all.
+    assert!(!results.is_empty() && results.len() <= 50, "{}", results.len());
     assert!(
         results.iter().all(|r| matches!(r, Err(JobError::Cancelled))),
         "{results:?}"
@@ -675,9 +677,63 @@ both!(recycling_under_load_loses_no_job, |backend| {
     }
     let sum: u64 = pool.map((0..2000).map(Square)).map(|r| r.unwrap()).sum();
     assert_eq!(sum, (0..2000u64).map(|n| n * n).sum::<u64>());
+    // Jobs in flight do not carry a worker past its budget: no process
+    // runs more than five of a burst of single jobs.
+    if matches!(backend, Backend::Processes) {
+        let tickets: Vec<_> = (0..200).map(|_| pool.submit(WhoAmI).unwrap()).collect();
+        let mut per_pid = std::collections::HashMap::<u32, usize>::new();
+        for t in tickets {
+            *per_pid.entry(t.wait().unwrap().1).or_default() += 1;
+        }
+        assert!(per_pid.values().all(|&n| n <= 5), "{per_pid:?}");
+    }
     assert!(pool.failure().is_none());
     finish(pool);
 });
+
+#[test]
+fn recycle_after_zero_jobs_is_refused() {
+    let msg = Pool::builder()
+        .threads(1)
+        .recycle_after_jobs(0)
+        .build()
+        .expect_err("refused")
+        .to_string();
+    assert!(msg.contains("at least 1"), "{msg}");
+}
+
+both!(
+    a_cancel_token_given_to_a_running_map_reaches_its_chunks,
+    |backend| {
+        use portpool::pool::CancelToken;
+        let pool = builder(backend, 2).build().unwrap();
+        let gate = GatePath::new(&format!("token-late-{backend:?}"));
+        let jobs = (0..5).map(|n| MaybeGated {
+            gate: (n > 0).then(|| gate.0.clone()),
+            n,
+        });
+        let mut m = pool.map(jobs);
+        assert_eq!(m.next().unwrap().unwrap(), 0);
+        let token = CancelToken::new();
+        let mut m = m.cancel_token(&token);
+        token.cancel();
+        let rest: Vec<_> = m.by_ref().collect();
+        assert_eq!(rest.len(), 4);
+        assert!(
+            rest.iter().all(|r| matches!(r, Err(JobError::Cancelled))),
+            "{rest:?}"
+        );
+        // A map whose token is cancelled before it starts takes nothing
+        // from its input, even an endless one.
+        assert!(pool.wait_idle(BOUND));
+        let before = pool.stats().cancelled;
+        assert_eq!(pool.map((0..).map(Square)).cancel_token(&token).count(), 0);
+        assert!(pool.wait_idle(BOUND));
+        assert_eq!(pool.stats().cancelled, before);
+        drop(m);
+        finish(pool);
+    }
+);
 
 #[test]
 fn a_process_worker_is_recycled_when_its_memory_grows() {
@@ -733,4 +789,45 @@ fn memory_settings_are_refused_for_threads() {
         let msg = b.build().expect_err("refused").to_string();
         assert!(msg.contains("process workers"), "{msg}");
     }
+}
+
+/// A worker due for recycling that crashes on a job it still held is a
+/// crash, not a recycle: the job fails (it is not run again), and the
+/// restart policy counts the exit.
+#[test]
+fn a_retiring_worker_that_crashes_is_a_crash() {
+    let gate = GatePath::new("retiring-crash");
+    let pool = builder(Backend::Processes, 1)
+        .inflight_per_worker(2)
+        .recycle_after(std::time::Duration::ZERO)
+        .restart(no_restarts())
+        .build()
+        .unwrap();
+    pool.suspend();
+    let first = pool.submit(Square(2)).unwrap();
+    let mut held = pool.submit(Stubborn(gate.0.clone())).unwrap();
+    pool.resume(); // both reach the worker before either answers
+    assert_eq!(first.wait().unwrap(), 4); // now due, but it holds a job
+    assert_eq!(held.recv_progress::<String>().as_deref(), Some("started"));
+    let pid = pool.stats().workers[0].pid.unwrap();
+    let rc = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(rc.success());
+    match held.wait() {
+        Err(JobError::WorkerExited { status, .. }) => {
+            let status = status.unwrap_or_default();
+            assert!(status.contains("SIGKILL"), "{status}");
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    // Counted: with no restarts allowed, the pool has failed.
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.failure().is_none() {
+        assert!(std::time::Instant::now() < deadline, "the crash was not counted");
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    pool.shutdown(Shutdown::default());
+    common::wait_pid_gone(pid);
 }

@@ -172,8 +172,13 @@ impl PoolBuilder {
     /// the jobs it held go back to the queue. Not a restart: the restart
     /// policy does not count it (`PoolEvent::WorkerExited` says
     /// `expected` and why). For handlers that leak, or state that grows.
+    ///
+    /// On a process worker the budget is spent as jobs are sent to it, so
+    /// the jobs it holds in flight do not carry it past `n`; only a `map`
+    /// chunk (several jobs sent as one) can cross it, and then the worker
+    /// is replaced right after that chunk. `n` must be at least 1.
     pub fn recycle_after_jobs(mut self, n: u64) -> Self {
-        self.recycle.jobs = Some(n.max(1));
+        self.recycle.jobs = Some(n);
         self
     }
 
@@ -370,6 +375,11 @@ impl PoolBuilder {
         let kind = self
             .kind
             .ok_or_else(|| BuildError::new("choose .threads(n) or .processes(n)"))?;
+        if self.recycle.jobs == Some(0) {
+            return Err(BuildError::new(
+                "recycle_after_jobs(0) would replace a worker before its first job: give at least 1",
+            ));
+        }
         if matches!(kind, Kind::Threads(_)) {
             if self.recycle.memory.is_some() {
                 return Err(BuildError::new(

@@ -25,6 +25,11 @@ use crate::util::lock;
 /// submitted with a token already cancelled is refused at once and handed
 /// back ([`SubmitError::Cancelled`](super::SubmitError::Cancelled)).
 ///
+/// A cancelled job that was still queued keeps its place in the queue
+/// (and counts towards the queue limit) until a worker reaches it; it is
+/// then dropped without running, and `stats()` counts it as cancelled from
+/// that moment. Its ticket answers `Cancelled` at once.
+///
 /// ```
 /// # use portpool_runtime::{job::{Handlers, Job, JobError}, pool::{CancelToken, JobOptions, Pool}};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Wait;
@@ -78,7 +83,7 @@ pub(crate) struct Carrier {
 impl Carrier {
     /// What `Ticket::cancel` does, plus telling the waiter (a ticket or a
     /// map blocked on its channel) that the outcome is in.
-    fn cancel(&self) {
+    pub(crate) fn cancel(&self) {
         self.state.cancel();
         if self.state.settle_by_cancel() {
             // One outcome per task: a ticket's, or a map's whole chunk.

@@ -214,9 +214,29 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
 
     /// Cancels every job of this map when `token` is cancelled: the jobs
     /// queued or running end with `Cancelled` (yielded in their places),
-    /// and the jobs not yet taken from the input are yielded as
-    /// `Cancelled` without running. Set it before the first `next`.
+    /// and nothing more is taken from the input (which may be endless):
+    /// the map ends after the jobs it had taken. It may be given at any point: the
+    /// chunks already on their way carry it from then on (replacing an
+    /// earlier token for the chunks still to come).
     pub fn cancel_token(mut self, token: &CancelToken) -> Self {
+        let control = &self.pool.inner.core.control;
+        for (&tag, f) in &self.in_flight {
+            if let Some((id, state)) = &f.task {
+                let carrier = cancel::Carrier {
+                    id: *id,
+                    state: state.clone(),
+                    reply: Reply {
+                        tx: self.reply.tx.clone(),
+                        tag,
+                    },
+                    control: control.clone(),
+                };
+                if let Err(c) = token.register(carrier) {
+                    // Already cancelled: as if it had been given before.
+                    c.cancel();
+                }
+            }
+        }
         self.token = Some(token.clone());
         self
     }
@@ -224,6 +244,11 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     /// Submits chunks from the input while the window has room.
     fn top_up(&mut self) {
         while self.in_flight.len() + self.early.len() < self.window {
+            // A cancelled map takes nothing more from its input (which may
+            // be endless): it ends once what it took is accounted for.
+            if self.token.as_ref().is_some_and(CancelToken::is_cancelled) && self.leftover.is_empty() {
+                return;
+            }
             let from_leftover = self.leftover.len().min(self.chunk);
             let mut jobs: Vec<J> = self.leftover.drain(..from_leftover).collect();
             jobs.extend(self.input.by_ref().take(self.chunk - from_leftover));
@@ -240,6 +265,14 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             let mut len = taken;
             if self.closed.is_none() && self.token.as_ref().is_some_and(CancelToken::is_cancelled) {
                 self.closed = Some(Failure::Cancelled);
+            }
+            if matches!(self.closed, Some(Failure::Cancelled)) {
+                // Taken before the token was seen cancelled (the leftover of
+                // a chunk): never queued, but counted like any cancelled job.
+                let core = &self.pool.inner.core;
+                // Relaxed: statistics only.
+                core.cancelled.fetch_add(taken as u64, Ordering::Relaxed);
+                core.failed_elsewhere.fetch_add(taken as u64, Ordering::Relaxed);
             }
             let mut task = None;
             let holes = if let Some(f) = &self.closed {

@@ -112,14 +112,15 @@ pub(crate) struct RouteConfig {
 pub(crate) struct Idle {
     m: Mutex<()>,
     cv: Condvar,
-    waiting: AtomicBool,
+    /// How many wait (a shutdown and `wait_idle` calls may overlap).
+    waiting: AtomicUsize,
 }
 
 impl Idle {
     pub(crate) fn notify(&self) {
         // SeqCst: pairs with the store in `wait_until`, which then re-checks
         // under the lock.
-        if self.waiting.load(Ordering::SeqCst) {
+        if self.waiting.load(Ordering::SeqCst) > 0 {
             let _g = lock(&self.m);
             self.cv.notify_all();
         }
@@ -128,7 +129,7 @@ impl Idle {
     /// Waits until `done()` or `deadline`; returns whether `done()`.
     /// (`None`: no deadline.)
     pub(crate) fn wait_until(&self, deadline: Option<Instant>, done: impl Fn() -> bool) -> bool {
-        self.waiting.store(true, Ordering::SeqCst);
+        self.waiting.fetch_add(1, Ordering::SeqCst);
         let mut g = lock(&self.m);
         let ok = loop {
             if done() {
@@ -147,7 +148,7 @@ impl Idle {
                 .unwrap_or_else(|p| p.into_inner().0);
         };
         drop(g);
-        self.waiting.store(false, Ordering::SeqCst);
+        self.waiting.fetch_sub(1, Ordering::SeqCst);
         ok
     }
 }
@@ -271,6 +272,9 @@ impl Core {
         // AcqRel: one `Saturated` per full queue, paired with `note_taken`.
         if queued >= self.queue_limit && !self.saturated.swap(true, Ordering::AcqRel) {
             self.event(PoolEvent::Saturated { queued });
+            // The workers may have emptied the queue before the flag was
+            // up (their `note_taken` saw nothing to drain): look again.
+            self.note_taken();
         }
     }
 

@@ -30,7 +30,9 @@ pub struct WorkerStats {
     /// Where it runs: `"thread"`, `"local"`, or its launcher, such as
     /// `"ssh me@node1"` or `"srun"` ([`Launcher`](crate::launch::Launcher)'s `Display`).
     pub launcher: String,
-    /// How many times this worker was replaced.
+    /// How many times this worker was replaced: restarts after a crash,
+    /// and replacements the pool chose (a recycle, a worker ended for a
+    /// stubborn cancelled job).
     pub restarts: u64,
     /// Jobs it finished.
     pub done: u64,

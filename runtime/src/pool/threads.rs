@@ -85,6 +85,20 @@ impl Threads {
 
     /// Starts the thread of slot `id`, incarnation `epoch`.
     fn start(self: &Arc<Self>, id: usize, epoch: u64) -> std::io::Result<()> {
+        // Under the handles' lock: `stop` drains them under it, so a
+        // replacement is either joined by it or not started at all.
+        let mut handles = lock(&self.handles);
+        if epoch > 0 && self.core.stopping.load(Ordering::Acquire) {
+            return Err(std::io::Error::other("the pool is stopping"));
+        }
+        // Threads that ended (recycled, abandoned and returned) are let go,
+        // so a pool that recycles often does not keep their handles.
+        handles.retain(|(_, _, done)| {
+            !matches!(
+                done.try_recv(),
+                Err(crossbeam_channel::TryRecvError::Disconnected)
+            )
+        });
         let abandoned = Arc::new(AtomicBool::new(false));
         *lock(&self.slots[id].current) = (epoch, abandoned.clone());
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
@@ -95,7 +109,8 @@ impl Threads {
                 let _done = done_tx; // dropped when the thread ends
                 me.worker_loop(id, epoch, &abandoned);
             })?;
-        lock(&self.handles).push((id, h, done_rx));
+        handles.push((id, h, done_rx));
+        drop(handles);
         self.core.event(PoolEvent::WorkerStarted {
             worker: id,
             pid: None,
@@ -281,7 +296,6 @@ impl Threads {
                     }
                 }
             };
-            counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             if tracked {
                 let mut r = lock(&slot.running);
                 if r.as_ref().is_some_and(|r| r.id == task.id && r.epoch == epoch) {
@@ -296,6 +310,9 @@ impl Threads {
             } else {
                 core.count_settled_elsewhere(&task.state, jobs);
             }
+            // Counted as running until its outcome is on the books, so an
+            // idle pool's stats are final (`wait_idle`).
+            counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             core.idle.notify();
             // Acquire: pairs with the Release store in `grace_over`.
             if abandoned.load(Ordering::Acquire) {
@@ -320,21 +337,22 @@ impl Threads {
             return false;
         }
         let s = &self.slots[id];
-        self.core.event(PoolEvent::WorkerExited {
-            worker: id,
-            pid: None,
-            status: why.clone(),
-            jobs_held: 0,
-            expected: true,
-        });
         // Relaxed: statistics only.
         s.restarts.fetch_add(1, Ordering::Relaxed);
         if let Err(e) = self.start(id, epoch + 1) {
+            s.restarts.fetch_sub(1, Ordering::Relaxed);
             log::warn!(
                 "worker thread {id} is due for recycling ({why}), but no thread could start: {e}; it serves on"
             );
             return false;
         }
+        self.core.event(PoolEvent::WorkerExited {
+            worker: id,
+            pid: None,
+            status: why,
+            jobs_held: 0,
+            expected: true,
+        });
         true
     }
 }

@@ -42,7 +42,7 @@ impl Processes {
                 {
                     Ok(_) => {
                         // SeqCst, after the reservation: see `Worker::retire_if_idle`.
-                        if w.retiring.load(Ordering::SeqCst) {
+                        if w.closed_to_jobs() {
                             w.in_flight.fetch_sub(1, Ordering::SeqCst);
                             w.retire_if_idle();
                             break;
@@ -235,7 +235,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
             continue;
         }
         // SeqCst, after the reservation: see `Worker::retire_if_idle`.
-        if w.retiring.load(Ordering::SeqCst) {
+        if w.closed_to_jobs() {
             w.in_flight.fetch_sub(1, Ordering::SeqCst);
             w.retire_if_idle();
             break;
@@ -273,6 +273,9 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
             );
         }
     }
+    // A reservation given back above may have been the last thing a
+    // retiring worker held.
+    w.retire_if_idle();
     sent
 }
 
@@ -281,6 +284,8 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     let jobs = t.jobs();
     let id = t.id;
     t.state.mark_dispatched();
+    // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.
+    w.jobs_sent.fetch_add(jobs, Ordering::Relaxed);
     // Relaxed: statistics only.
     core.counters[w.id]
         .running

@@ -379,8 +379,6 @@ impl Supervised for Processes {
             match &mut *ended {
                 Some(EndReason::Victims(ids)) => ids.push(id),
                 Some(EndReason::Shutdown) => {}
-                // A retiring worker's stubborn job is a victim like any
-                // other (the rest it held goes back to the queue either way).
                 Some(EndReason::Recycle(_)) | None => *ended = Some(EndReason::Victims(vec![id])),
             }
         }

@@ -52,7 +52,13 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         },
         None => status,
     };
-    let ended_by = lock(&w.ended_by).take();
+    // A retiring worker that was told to stop exits as a recycle; one that
+    // crashed before (a job of its own killed it) is a crash.
+    let ended_by = lock(&w.ended_by).take().or_else(|| {
+        w.stop_sent
+            .load(Ordering::SeqCst)
+            .then(|| EndReason::Recycle(lock(&w.recycle_why).take().unwrap_or_else(|| "recycled".into())))
+    });
     let status = match &ended_by {
         Some(EndReason::Recycle(why)) => format!("{why}; {status}"),
         _ => status,

@@ -280,8 +280,10 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         broke: Mutex::new(None),
         started: Instant::now(),
         jobs_done: AtomicU64::new(0),
+        jobs_sent: AtomicU64::new(0),
         retiring: AtomicBool::new(false),
         stop_sent: AtomicBool::new(false),
+        recycle_why: Mutex::new(None),
         local: slot.launcher.is_local(),
     }))
 }

@@ -46,10 +46,16 @@ pub(super) struct Worker {
     /// When it started, and the jobs it finished (scenario "recycle").
     pub(super) started: Instant,
     pub(super) jobs_done: AtomicU64,
+    /// Jobs sent to it (a `recycle_after_jobs` budget is spent at dispatch,
+    /// so jobs in flight do not carry it past the limit).
+    pub(super) jobs_sent: AtomicU64,
     /// Due for replacement: it takes no more jobs, and is told to stop
     /// once it holds none.
     pub(super) retiring: AtomicBool,
     pub(super) stop_sent: AtomicBool,
+    /// Why it is retiring. Its exit counts as a recycle only once it was
+    /// told to stop: a crash before that is a crash.
+    pub(super) recycle_why: Mutex<Option<String>>,
     /// It runs on this machine (its pid is its own, not a launcher's).
     pub(super) local: bool,
 }
@@ -274,9 +280,37 @@ impl Worker {
                 return;
             };
             log::info!("worker {} (pid {}): {why}", self.id, self.pid);
-            *lock(&self.ended_by) = Some(EndReason::Recycle(why));
+            lock(&self.recycle_why).get_or_insert(why);
             self.retiring.store(true, Ordering::SeqCst);
         }
+    }
+
+    /// Whether it takes no more jobs: it is retiring, or it has been sent
+    /// its `recycle_after_jobs` budget (then it starts retiring). Called
+    /// by a dispatcher after reserving a slot (SeqCst: see
+    /// `retire_if_idle`).
+    pub(super) fn closed_to_jobs(&self) -> bool {
+        if self.retiring.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Some(n) = self.core.config.recycle.jobs else {
+            return false;
+        };
+        // Relaxed: see `jobs_sent`.
+        let sent = self.jobs_sent.load(Ordering::Relaxed);
+        if sent < n {
+            return false;
+        }
+        let why = format!("recycled after {sent} job(s)");
+        {
+            let mut slot = lock(&self.recycle_why);
+            if slot.is_none() {
+                log::info!("worker {} (pid {}): {why}", self.id, self.pid);
+                *slot = Some(why);
+            }
+        }
+        self.retiring.store(true, Ordering::SeqCst);
+        true
     }
 
     /// A retiring worker that holds no job is told to stop (once). Called
