@@ -188,6 +188,8 @@ fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String) {
     let queue = rng.pick(&[0usize, 1, 2, 8, 1024]);
     let inflight = 1 + rng.below(4) as usize;
     let retries = rng.pick(&[0u32, 0, 1]);
+    // Workers replaced between jobs now and then (0: never).
+    let recycle = rng.pick(&[0u64, 0, 0, 1, 3, 17]);
     let b = match backend {
         Backend::Threads => Pool::builder().threads(workers).handlers(jobs::handlers()),
         Backend::Processes => {
@@ -205,8 +207,14 @@ fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String) {
         backoff: Duration::from_millis(1),
         max_backoff: Duration::from_millis(1),
     });
-    let desc =
-        format!("{backend:?}, {workers} workers, queue {queue}, inflight {inflight}, retries {retries}");
+    let b = if recycle > 0 {
+        b.recycle_after_jobs(recycle)
+    } else {
+        b
+    };
+    let desc = format!(
+        "{backend:?}, {workers} workers, queue {queue}, inflight {inflight}, retries {retries}, recycle {recycle}"
+    );
     (b, desc)
 }
 
