@@ -831,3 +831,19 @@ fn a_retiring_worker_that_crashes_is_a_crash() {
     pool.shutdown(Shutdown::default());
     common::wait_pid_gone(pid);
 }
+
+// A broadcast reaches every slot once, also while its workers are being
+// recycled after every job.
+both!(a_broadcast_reaches_each_slot_while_workers_recycle, |backend| {
+    let pool = builder(backend, 2)
+        .recycle_after_jobs(1)
+        .restart(no_restarts())
+        .build()
+        .unwrap();
+    for _ in 0..20 {
+        let ids: BTreeSet<usize> = pool.broadcast(WhoAmI).into_iter().map(|r| r.unwrap().0).collect();
+        assert_eq!(ids, BTreeSet::from([0, 1]));
+    }
+    assert!(pool.failure().is_none());
+    finish(pool);
+});

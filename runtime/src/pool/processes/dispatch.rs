@@ -138,10 +138,12 @@ impl Processes {
         let slot = &self.shared.slots[w];
         let worker = {
             let mut waiting = lock(&slot.waiting);
-            match (
-                slot.current().filter(|w| w.alive.load(Ordering::Acquire)),
-                &mut *waiting,
-            ) {
+            // A worker told to stop (recycled) will not read it: its
+            // replacement takes it, as for one that exited.
+            let live = slot
+                .current()
+                .filter(|w| w.alive.load(Ordering::Acquire) && !w.stop_sent.load(Ordering::SeqCst));
+            match (live, &mut *waiting) {
                 (Some(worker), _) => worker,
                 (None, Some(queue)) => {
                     // Exited or restarting: the replacement takes it first.
@@ -161,6 +163,14 @@ impl Processes {
         };
         // SeqCst: as every other access to the in-flight count (see `fill_slots`).
         worker.in_flight.fetch_add(1, Ordering::SeqCst);
+        // (Against `retire_if_idle`: either it sees this job in flight, or
+        // this sees its Stop and leaves the copy to the replacement.)
+        if worker.stop_sent.load(Ordering::SeqCst) {
+            worker.in_flight.fetch_sub(1, Ordering::SeqCst);
+            // Again, now that this worker no longer counts: its
+            // replacement's queue, or the replacement itself.
+            return self.send_to(w, task);
+        }
         dispatch(&worker, core, task);
         if let Err(e) = worker.tx.flush() {
             log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
