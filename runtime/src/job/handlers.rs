@@ -110,9 +110,21 @@ pub(crate) type BatchValue<J> = (
 
 /// Splits the next length-prefixed job off a chunk's bytes.
 fn next_job(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
-    let len = u32::from_le_bytes(bytes.get(..4)?.try_into().ok()?) as usize;
-    let job = bytes.get(4..4 + len)?;
-    Some((job, &bytes[4 + len..]))
+    // The length: LEB128, at most 5 bytes, no more than 32 bits.
+    let mut len: u32 = 0;
+    for (i, &b) in bytes.iter().take(5).enumerate() {
+        if i == 4 && b > 0x0f {
+            return None;
+        }
+        len |= u32::from(b & 0x7f) << (7 * i);
+        if b & 0x80 == 0 {
+            let start = i + 1;
+            let end = start.checked_add(len as usize)?;
+            let job = bytes.get(start..end)?;
+            return Some((job, &bytes[end..]));
+        }
+    }
+    None
 }
 
 struct Typed<J: Job, F> {
@@ -192,9 +204,9 @@ where
         // Every result's bytes go into one buffer; items point into it.
         let mut scratch = Vec::new();
         // `count` comes off the wire: trust it only as far as the bytes go
-        // (every job takes at least its 4-byte length).
+        // (every job takes at least its 1-byte length).
         let mut spans: Vec<Result<std::ops::Range<usize>, Failure>> =
-            Vec::with_capacity(count.min(jobs.len() / 4 + 1));
+            Vec::with_capacity(count.min(jobs.len() + 1));
         for _ in 0..count {
             let Some((job, rest)) = next_job(jobs) else {
                 // `count` came off the wire: fewer results than it says
@@ -439,5 +451,58 @@ impl Handlers {
             Some(h) => h.call_bytes(job, cx),
             None => Err(Failure::UnknownRoute(route.to_string())),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::next_job;
+    use crate::job::Job;
+
+    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
+    struct Blob(Vec<u8>);
+    impl Job for Blob {
+        type Output = ();
+        type Error = String;
+        const NAME: &'static str = "blob";
+    }
+
+    /// Jobs of every length class (one to four length bytes) come back
+    /// out of a chunk whole and in order.
+    #[test]
+    fn chunk_lengths_round_trip_across_varint_sizes() {
+        let sizes = [
+            0usize, 1, 120, 125, 126, 127, 128, 200, 16_000, 16_381, 16_382, 16_383, 16_384, 70_000,
+            2_100_000,
+        ];
+        let jobs: Vec<Blob> = sizes.iter().map(|&n| Blob(vec![(n % 251) as u8; n])).collect();
+        let (chunk, used) = crate::pool::encode_chunk(&jobs);
+        assert_eq!(used, jobs.len());
+        assert_eq!(chunk.count as usize, jobs.len());
+        let mut rest = &chunk.bytes[..];
+        for want in &jobs {
+            let (job, more) = next_job(rest).expect("a job");
+            assert_eq!(&postcard::from_bytes::<Blob>(job).expect("decodes"), want);
+            rest = more;
+        }
+        assert!(rest.is_empty());
+    }
+
+    /// A peer's bytes: whatever they are, splitting ends with a job or
+    /// `None`, never a panic, and never reads past the input.
+    #[test]
+    fn malformed_lengths_are_refused() {
+        for bad in [
+            &[][..],
+            &[0x80][..],
+            &[0xff, 0xff, 0xff, 0xff, 0x1f][..],    // past 32 bits
+            &[0xff, 0xff, 0xff, 0xff, 0x8f, 0][..], // a sixth length byte
+            &[5, 1, 2][..],                         // shorter than it says
+            &[0x80, 0x01][..],                      // 128, with no bytes
+        ] {
+            assert!(next_job(bad).is_none(), "{bad:?}");
+        }
+        assert_eq!(next_job(&[0]), Some((&[][..], &[][..])));
+        assert_eq!(next_job(&[2, 7, 8, 9]), Some((&[7, 8][..], &[9][..])));
     }
 }

@@ -227,8 +227,9 @@ pub(crate) fn send_failure(e: SendError) -> SendFail {
 pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 
 /// A chunk of jobs encoded for a process worker: the bytes of those that
-/// encoded (each a `u32` LE length and its postcard bytes), how many they
-/// are, and the failure of each that did not, by its index.
+/// encoded (each its length as a LEB128 varint, one byte for a job under
+/// 128 bytes, then its postcard bytes), how many they are, and the failure
+/// of each that did not, by its index.
 pub(crate) struct EncodedChunk {
     pub(crate) bytes: Vec<u8>,
     pub(crate) count: u32,
@@ -247,14 +248,16 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
         holes: Vec::new(),
     };
     for (i, job) in jobs.iter().enumerate() {
-        // A u32 length, patched once the job is encoded, so the worker
-        // can fail one undecodable job and still find the next.
+        // A length, patched once the job is encoded, so the worker can
+        // fail one undecodable job and still find the next. One byte is
+        // kept for it (tiny jobs, where bytes count most, fit); a longer
+        // length moves the job's bytes up.
         let at = c.bytes.len();
-        c.bytes.extend_from_slice(&[0; 4]);
+        c.bytes.push(0);
         match encode_job(job, &mut c.bytes) {
-            Ok(()) => match u32::try_from(c.bytes.len() - at - 4) {
+            Ok(()) => match u32::try_from(c.bytes.len() - at - 1) {
                 Ok(len) => {
-                    c.bytes[at..at + 4].copy_from_slice(&len.to_le_bytes());
+                    put_length(&mut c.bytes, at, len);
                     c.count += 1;
                 }
                 Err(_) => {
@@ -274,7 +277,7 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
             }
         }
         if c.bytes.len() > CHUNK_BYTES {
-            if c.count > 1 && c.bytes.len() - at > 4 {
+            if c.count > 1 && c.bytes.len() > at {
                 // This job took the chunk past its budget and others are
                 // in it: it goes first in the next chunk, so no frame holds
                 // it and up to 4 MiB of others (it may be near the limit
@@ -287,6 +290,28 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
         }
     }
     (c, jobs.len())
+}
+
+/// Writes `len` as LEB128 at `at`, where one byte was kept for it,
+/// moving what follows up when it needs more.
+fn put_length(bytes: &mut Vec<u8>, at: usize, mut len: u32) {
+    let mut v = [0u8; 5];
+    let mut k = 0;
+    loop {
+        let b = (len & 0x7f) as u8;
+        len >>= 7;
+        if len == 0 {
+            v[k] = b;
+            k += 1;
+            break;
+        }
+        v[k] = b | 0x80;
+        k += 1;
+    }
+    bytes[at] = v[0];
+    if k > 1 {
+        bytes.splice(at + 1..at + 1, v[1..k].iter().copied());
+    }
 }
 
 /// A chunk goes to a process worker as the bytes `encode_chunk` made at
