@@ -357,6 +357,8 @@ fn a_worker_that_cannot_start_fails_the_build_with_its_cause() {
     exits_early.args(["-c", "echo 'config missing' >&2; exit 5"]);
     let mut wrong_version = common::fixture("raw");
     wrong_version.arg("version");
+    let mut old_jobs = common::fixture("raw");
+    old_jobs.arg("old-jobs");
     let cases = [
         (
             Command::new("/nonexistent/portpool-worker"),
@@ -367,6 +369,10 @@ fn a_worker_that_cannot_start_fails_the_build_with_its_cause() {
             "did not complete its handshake (exit code 5; its stderr ended with: config missing)",
         ),
         (wrong_version, "version 99"),
+        (
+            old_jobs,
+            "speaks version 1 of the job messages, this supervisor 2",
+        ),
     ];
     for (cmd, want) in cases {
         let err = Pool::builder()

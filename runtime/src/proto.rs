@@ -12,7 +12,7 @@ use crate::job::{Failure, RouteInfo};
 pub(crate) enum ToWorker<'a> {
     /// Run the job that follows with the handler of `route`.
     Job { id: u64, route: &'a str },
-    /// Run the `count` jobs that follow (each a `u32` LE length and its
+    /// Run the `count` jobs that follow (each a LEB128 length and its
     /// postcard bytes) and answer once for all of them.
     Batch { id: u64, route: &'a str, count: u32 },
     /// Finish what is in flight and exit.
@@ -26,6 +26,11 @@ pub(crate) enum ToWorker<'a> {
     Resume,
 }
 
+/// The version of the job messages here (the hello's protocol version
+/// covers the frames): a worker that speaks another is refused at start.
+/// 2: a chunk's job lengths are LEB128 varints.
+pub(crate) const JOBS_VERSION: u16 = 2;
+
 /// Worker → supervisor.
 #[derive(Debug, Serialize, Deserialize)]
 pub(crate) enum FromWorker {
@@ -37,8 +42,12 @@ pub(crate) enum FromWorker {
     },
     /// Job `id` finished.
     Done { id: u64, outcome: WireOutcome },
-    /// The routes this worker serves: its first message, before any job.
-    Routes { routes: Vec<RouteInfo> },
+    /// The routes this worker serves, and the version of these messages it
+    /// speaks: its first message, before any job.
+    Routes {
+        routes: Vec<RouteInfo>,
+        jobs_version: u16,
+    },
 }
 
 /// How a job ended in a worker.

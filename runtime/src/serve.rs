@@ -302,6 +302,7 @@ pub fn serve(ipc: Ipc, handlers: &Handlers, worker_id: usize) -> io::Result<()> 
     // First the route table, so the supervisor can refuse a worker built
     // from other code before it sends a job.
     tx.send(&FromWorker::Routes {
+        jobs_version: crate::proto::JOBS_VERSION,
         routes: handlers.route_table(),
     })?;
     let inbox = std::sync::Arc::new(Inbox {

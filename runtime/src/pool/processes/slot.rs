@@ -246,7 +246,15 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     // The worker announces its routes before its first job: a worker built
     // from other code fails here, not at its first decode.
     match ipc.recv_timeout::<FromWorker>(START_TIMEOUT) {
-        Ok(FromWorker::Routes { routes }) => {
+        Ok(FromWorker::Routes { jobs_version, .. }) if jobs_version != crate::proto::JOBS_VERSION => {
+            let what = format!(
+                "speaks version {jobs_version} of the job messages, this supervisor {}: is it built with \
+                 the same portpool?",
+                crate::proto::JOBS_VERSION
+            );
+            return Err(fail(child, what, None));
+        }
+        Ok(FromWorker::Routes { routes, .. }) => {
             if let Err(why) = check_routes(shared, id, routes) {
                 return Err(fail(child, why, None));
             }
