@@ -318,13 +318,7 @@ fn ssh_map_tiny(reps: usize, n: u64) {
         for r in pool.map((0..10_000).map(Tiny)) {
             r.expect("job");
         }
-        let t = Instant::now();
-        let mut sum = 0u64;
-        for r in pool.map((0..n).map(Tiny)) {
-            sum = sum.wrapping_add(r.expect("job"));
-        }
-        std::hint::black_box(sum);
-        n as f64 / t.elapsed().as_secs_f64()
+        map_rate(pool, n)
     };
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..reps {
@@ -709,6 +703,17 @@ fn process_tiny(reps: usize, n: u64) {
     report("pool_process_tiny_jobs", median(ours), median(base), "jobs/s");
 }
 
+/// jobs/s of one `map` of `n` tiny jobs over `pool`.
+fn map_rate(pool: &Pool, n: u64) -> f64 {
+    let t = Instant::now();
+    let mut sum = 0u64;
+    for r in pool.map((0..n).map(Tiny)) {
+        sum = sum.wrapping_add(r.expect("job"));
+    }
+    std::hint::black_box(sum);
+    n as f64 / t.elapsed().as_secs_f64()
+}
+
 fn report(metric: &str, ours: f64, base: f64, unit: &str) {
     // Enough digits that a small figure (idle CPU seconds) is not shown as 0.
     let digits = if ours.abs() < 0.01 || base.abs() < 0.01 {
@@ -1068,15 +1073,7 @@ fn process_map_tiny(reps: usize, n: u64) {
     for r in pool.map((0..10_000).map(Tiny)) {
         r.expect("job");
     }
-    let run_pool = || {
-        let t = Instant::now();
-        let mut sum = 0u64;
-        for r in pool.map((0..n).map(Tiny)) {
-            sum = sum.wrapping_add(r.expect("job"));
-        }
-        std::hint::black_box(sum);
-        n as f64 / t.elapsed().as_secs_f64()
-    };
+    let run_pool = || map_rate(&pool, n);
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..reps {
         match run_python() {

@@ -74,10 +74,10 @@ struct Registry {
 
 /// A job that carries the token: how to cancel it.
 pub(crate) struct Carrier {
-    pub(crate) id: u64,
-    pub(crate) state: Arc<JobState>,
-    pub(crate) reply: Reply,
-    pub(crate) control: Sender<Control>,
+    id: u64,
+    state: Arc<JobState>,
+    reply: Reply,
+    control: Sender<Control>,
 }
 
 impl Carrier {
@@ -122,9 +122,25 @@ impl CancelToken {
         self.0.cancelled.load(Ordering::Acquire)
     }
 
-    /// Records a job that carries this token; `Err` gives the carrier back
-    /// if the token is already cancelled (the job must not go).
-    pub(crate) fn register(&self, c: Carrier) -> Result<(), Carrier> {
+    /// Records task `id` (its state and where its outcome goes) as
+    /// carrying this token; `Err` gives it back, ready to cancel, if the
+    /// token is already cancelled (the task must not go).
+    pub(crate) fn carry(
+        &self,
+        id: u64,
+        state: &Arc<JobState>,
+        reply: &Reply,
+        control: &Sender<Control>,
+    ) -> Result<(), Carrier> {
+        self.register(Carrier {
+            id,
+            state: state.clone(),
+            reply: reply.clone(),
+            control: control.clone(),
+        })
+    }
+
+    fn register(&self, c: Carrier) -> Result<(), Carrier> {
         let mut reg = lock(&self.0.jobs);
         if self.0.cancelled.load(Ordering::Acquire) {
             return Err(c);

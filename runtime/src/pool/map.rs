@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 
 use super::ticket::JobResult;
 use super::{
-    Backend, CancelToken, Event, Outcome, Payload, Pool, Refusal, Reply, Task, Work, cancel, encode_chunk,
+    Backend, CancelToken, Event, Outcome, Payload, Pool, Refusal, Reply, Task, Work, encode_chunk,
     send_chunk_value,
 };
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
@@ -222,16 +222,11 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         let control = &self.pool.inner.core.control;
         for (&tag, f) in &self.in_flight {
             if let Some((id, state)) = &f.task {
-                let carrier = cancel::Carrier {
-                    id: *id,
-                    state: state.clone(),
-                    reply: Reply {
-                        tx: self.reply.tx.clone(),
-                        tag,
-                    },
-                    control: control.clone(),
+                let reply = Reply {
+                    tx: self.reply.tx.clone(),
+                    tag,
                 };
-                if let Err(c) = token.register(carrier) {
+                if let Err(c) = token.carry(*id, state, &reply, control) {
                     // Already cancelled: as if it had been given before.
                     c.cancel();
                 }
@@ -473,13 +468,7 @@ impl Pool {
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let state = JobState::new();
         if let Some(token) = token {
-            let carrier = cancel::Carrier {
-                id,
-                state: state.clone(),
-                reply: reply.clone(),
-                control: core.control.clone(),
-            };
-            if token.register(carrier).is_err() {
+            if token.carry(id, &state, &reply, &core.control).is_err() {
                 // Cancelled meanwhile: none of these jobs goes.
                 let n = count as usize + holes.len();
                 // Relaxed: statistics only.

@@ -186,13 +186,7 @@ impl Pool {
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let (ticket, reply) = Ticket::new(id, state.clone(), core.control.clone());
         if let Some(token) = &opts.cancel {
-            let carrier = cancel::Carrier {
-                id,
-                state: state.clone(),
-                reply: reply.clone(),
-                control: core.control.clone(),
-            };
-            if token.register(carrier).is_err() {
+            if token.carry(id, &state, &reply, &core.control).is_err() {
                 // Cancelled since `submit_with` looked: the job never goes.
                 core.deliver_failure(&state, &reply, 1, Failure::Cancelled, None);
                 return Prepared::Settled(ticket);
