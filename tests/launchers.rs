@@ -1,6 +1,7 @@
 //! Workers started through launchers, against a real OpenSSH server and a
-//! real one-node Slurm on loopback (`scripts/daemons`; `scripts/test`
-//! starts both, runs every test, and stops them).
+//! real one-node Slurm on loopback (`scripts/daemons`; README's test
+//! command, `scripts/with-daemons cargo test --workspace`, starts both,
+//! runs every test, and stops them).
 //!
 //! The ssh tests run when `PORTPOOL_TEST_SSH` is set, the srun tests when
 //! `PORTPOOL_TEST_SLURM` is; without them this file says, in one line at
@@ -564,7 +565,7 @@ fn daemon_answers(kind: Kind) -> Result<(), String> {
     } else {
         Err(format!(
             "{} is set but its daemon does not answer: start it with scripts/daemons/{} start, or run \
-             everything with scripts/test",
+             everything with scripts/with-daemons cargo test --workspace",
             kind.var(),
             match kind {
                 Kind::Ssh => "sshd",
@@ -628,7 +629,7 @@ fn main() {
     );
     if !skipped.is_empty() {
         println!(
-            "launchers: skipped {} test(s) needing a daemon ({}): run scripts/test, which starts sshd and \
+            "launchers: skipped {} test(s) needing a daemon ({}): run scripts/with-daemons cargo test --workspace, which starts sshd and \
              Slurm on loopback, or set PORTPOOL_TEST_SSH / PORTPOOL_TEST_SLURM as scripts/daemons prints",
             skipped.len(),
             skipped.join(", ")

@@ -108,8 +108,9 @@ pub(crate) type BatchValue<J> = (
     Vec<Result<Result<<J as Job>::Output, <J as Job>::Error>, Failure>>,
 );
 
-/// Splits the next length-prefixed job off a chunk's bytes.
-fn next_job(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
+/// Splits the next length-prefixed job off a chunk's bytes (the layout
+/// `pool::encode_chunk` writes).
+pub(crate) fn next_job(bytes: &[u8]) -> Option<(&[u8], &[u8])> {
     // The length: LEB128, at most 5 bytes, no more than 32 bits.
     let mut len: u32 = 0;
     for (i, &b) in bytes.iter().take(5).enumerate() {
@@ -457,36 +458,6 @@ impl Handlers {
 #[cfg(test)]
 mod tests {
     use super::next_job;
-    use crate::job::Job;
-
-    #[derive(serde::Serialize, serde::Deserialize, Debug, PartialEq)]
-    struct Blob(Vec<u8>);
-    impl Job for Blob {
-        type Output = ();
-        type Error = String;
-        const NAME: &'static str = "blob";
-    }
-
-    /// Jobs of every length class (one to four length bytes) come back
-    /// out of a chunk whole and in order.
-    #[test]
-    fn chunk_lengths_round_trip_across_varint_sizes() {
-        let sizes = [
-            0usize, 1, 120, 125, 126, 127, 128, 200, 16_000, 16_381, 16_382, 16_383, 16_384, 70_000,
-            2_100_000,
-        ];
-        let jobs: Vec<Blob> = sizes.iter().map(|&n| Blob(vec![(n % 251) as u8; n])).collect();
-        let (chunk, used) = crate::pool::encode_chunk(&jobs);
-        assert_eq!(used, jobs.len());
-        assert_eq!(chunk.count as usize, jobs.len());
-        let mut rest = &chunk.bytes[..];
-        for want in &jobs {
-            let (job, more) = next_job(rest).expect("a job");
-            assert_eq!(&postcard::from_bytes::<Blob>(job).expect("decodes"), want);
-            rest = more;
-        }
-        assert!(rest.is_empty());
-    }
 
     /// A peer's bytes: whatever they are, splitting ends with a job or
     /// `None`, never a panic, and never reads past the input.

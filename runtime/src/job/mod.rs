@@ -23,6 +23,8 @@ pub use context::Context;
 pub(crate) use context::{CancelSource, ProgressSink, RemoteJob};
 pub use error::JobError;
 pub use handlers::Handlers;
+#[cfg(test)] // the chunk layout's round trip is tested beside `encode_chunk`
+pub(crate) use handlers::next_job;
 pub(crate) use handlers::{BatchItem, BatchValue, RouteInfo};
 
 /// A unit of work: the job's data is the type itself.

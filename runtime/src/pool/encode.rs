@@ -339,6 +339,27 @@ mod tests {
         const NAME: &'static str = "blob";
     }
 
+    /// Jobs of every length class (one to four length bytes) come back
+    /// out of a chunk whole and in order.
+    #[test]
+    fn chunk_lengths_round_trip_across_varint_sizes() {
+        let sizes = [
+            0usize, 1, 120, 125, 126, 127, 128, 200, 16_000, 16_381, 16_382, 16_383, 16_384, 70_000,
+            2_100_000,
+        ];
+        let jobs: Vec<Blob> = sizes.iter().map(|&n| Blob(vec![(n % 251) as u8; n])).collect();
+        let (chunk, used) = encode_chunk(&jobs);
+        assert_eq!(used, jobs.len());
+        assert_eq!(chunk.count as usize, jobs.len());
+        let mut rest = &chunk.bytes[..];
+        for want in &jobs {
+            let (job, more) = crate::job::next_job(rest).expect("a job");
+            assert_eq!(postcard::from_bytes::<Blob>(job).expect("decodes").0, want.0);
+            rest = more;
+        }
+        assert!(rest.is_empty());
+    }
+
     #[test]
     fn a_chunk_of_large_jobs_stops_at_its_byte_budget() {
         let jobs: Vec<Blob> = (0..200).map(|_| Blob(vec![7; 100 << 10])).collect();
