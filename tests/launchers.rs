@@ -24,7 +24,7 @@ use std::time::Duration;
 use common::{BOUND, GatePath, assert_pid_gone, fixture, wait_pid_gone};
 use portpool::job::TimeoutPhase;
 use portpool::launch::Launcher;
-use portpool::pool::{JobOptions, PoolBuilder};
+use portpool::pool::{JobOptions, PoolBuilder, TrySubmitError};
 use portpool::{JobError, Pool, Shutdown};
 
 /// Where the tests' workers run: through ssh, through srun, or a pool
@@ -234,16 +234,19 @@ fn graceful_shutdown(kind: Kind) {
         assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
     }
     // All run; the shutdown waits for them, and they finish once the gate
-    // opens (from another thread, after the shutdown began).
-    let opener = std::thread::spawn({
-        let path = gate.0.clone();
-        move || {
-            std::thread::sleep(Duration::from_millis(100));
-            std::fs::write(path, b"open").expect("open the gate");
-        }
+    // opens: from another thread, once the pool refuses new jobs (the
+    // shutdown has begun).
+    let report = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            let deadline = std::time::Instant::now() + BOUND;
+            while !matches!(pool.try_submit(jobs::Square(0)), Err(TrySubmitError::Closed(_))) {
+                assert!(std::time::Instant::now() < deadline, "the shutdown never began");
+                std::thread::yield_now();
+            }
+            gate.open();
+        });
+        pool.shutdown(Shutdown::graceful(BOUND))
     });
-    let report = pool.shutdown(Shutdown::graceful(BOUND));
-    opener.join().expect("opener");
     assert_eq!(report.workers_killed, 0, "{report}");
     assert!(!report.deadline_hit, "{report}");
     for t in tickets {

@@ -50,6 +50,20 @@ pub(crate) enum StartError {
     },
 }
 
+/// Gives `to` the variables set or removed on `from`, and its directory
+/// (`Command` is not `Clone`).
+pub(crate) fn copy_env_and_dir(from: &Command, to: &mut Command) {
+    for (k, v) in from.get_envs() {
+        match v {
+            Some(v) => to.env(k, v),
+            None => to.env_remove(k),
+        };
+    }
+    if let Some(d) = from.get_current_dir() {
+        to.current_dir(d);
+    }
+}
+
 /// How the child gets its port.
 #[derive(Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Via {

@@ -333,15 +333,7 @@ impl Launcher {
                 c
             }
         };
-        for (k, v) in worker.get_envs() {
-            match v {
-                Some(v) => c.env(k, v),
-                None => c.env_remove(k),
-            };
-        }
-        if let Some(d) = worker.get_current_dir() {
-            c.current_dir(d);
-        }
+        crate::child::copy_env_and_dir(worker, &mut c);
         Some(c)
     }
 }

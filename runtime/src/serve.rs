@@ -113,37 +113,23 @@ impl crate::job::RemoteJob for WorkerSide {
     }
 }
 
-/// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
-///
-/// It first announces the routes it serves (names and types), and fails at
-/// once if `handlers` registers two job types under one name.
-///
-/// Answers are queued and written together whenever no further job is
-/// already waiting, so pipelined jobs cost one write per batch. A job that
-/// fails to decode, a route without a handler, a panicking handler or a
-/// result that fails to encode fails that job only; the loop goes on.
-/// Writes answers that wait while a handler runs. The serve loop holds an
-/// answer back while more jobs are waiting, so one write carries many;
+/// Writes answers that wait while a handler runs. The serve loop holds
+/// answers back while more jobs are waiting, so one write carries many;
 /// but the next job may be slow, and a finished result must not wait for
-/// it. Once armed (an answer is held and a job starts), this thread
-/// writes what is held when [`HOLD_AT_MOST`] has passed since, unless the
-/// serve loop wrote it first. It writes through the inbox like the serve
+/// it. The serve loop arms this thread when it starts a job with answers
+/// held; [`HOLD_AT_MOST`] later the thread writes whatever is still held
+/// (nothing, if the loop wrote first). It writes through the inbox as the
 /// loop does (reading incoming frames while the supervisor's side is
 /// full), so it cannot deadlock with a supervisor that is writing to us.
 struct Flusher {
-    /// When the held answers must be out (`None`: nothing held).
+    /// When to write (`None`: not armed).
     due: Mutex<Option<Instant>>,
     cv: std::sync::Condvar,
-    /// Armed (a cheap look for the serve loop, which arms once per batch).
-    armed: std::sync::atomic::AtomicBool,
     /// The thread waits without a deadline (idle): arming must wake it.
     /// While jobs keep coming it naps in steps of `HOLD_AT_MOST` instead, so
     /// arming costs no wake-up.
     sleeping: std::sync::atomic::AtomicBool,
     stop: std::sync::atomic::AtomicBool,
-    /// When this thread last wrote held answers (taken by the serve loop).
-    fired: Mutex<Option<Instant>>,
-    fired_flag: std::sync::atomic::AtomicBool,
 }
 
 impl Flusher {
@@ -151,11 +137,8 @@ impl Flusher {
         let f = std::sync::Arc::new(Flusher {
             due: Mutex::new(None),
             cv: std::sync::Condvar::new(),
-            armed: std::sync::atomic::AtomicBool::new(false),
             sleeping: std::sync::atomic::AtomicBool::new(false),
             stop: std::sync::atomic::AtomicBool::new(false),
-            fired: Mutex::new(None),
-            fired_flag: std::sync::atomic::AtomicBool::new(false),
         });
         let me = f.clone();
         std::thread::Builder::new()
@@ -164,45 +147,16 @@ impl Flusher {
         Ok(f)
     }
 
-    /// A job is about to run: if answers are held (since `held_since`; the
-    /// last queued at `last_fed`), they must be out within
-    /// [`HOLD_AT_MOST`] of the first. Forgets what this thread has written.
-    fn hold(&self, held_since: &mut Option<Instant>, last_fed: Instant) {
-        use std::sync::atomic::Ordering;
-        // Relaxed: the flag is a hint for the lock.
-        if self.fired_flag.swap(false, Ordering::Relaxed) {
-            if let Some(at) = crate::util::lock(&self.fired).take() {
-                // What was queued before it wrote is out; anything after is
-                // younger than `at`, so a deadline from `at` covers it.
-                *held_since = if last_fed <= at { None } else { Some(at) };
-            }
-        }
-        if let Some(since) = *held_since {
-            self.arm(since);
-        }
-    }
-
-    /// Answers are held from `since` on, and a job is about to run.
-    fn arm(&self, since: Instant) {
-        use std::sync::atomic::Ordering;
-        // Relaxed: a hint; the lock below decides.
-        if self.armed.load(Ordering::Relaxed) {
-            return;
-        }
+    /// A job is about to run while answers are held: they go out within
+    /// [`HOLD_AT_MOST`] (an earlier arming stands).
+    fn arm(&self) {
         let mut due = crate::util::lock(&self.due);
-        *due = Some(since + HOLD_AT_MOST);
-        self.armed.store(true, Ordering::Relaxed);
-        // (Read under the lock the thread sets it under.)
-        if self.sleeping.load(Ordering::Relaxed) {
-            self.cv.notify_one();
-        }
-    }
-
-    /// The serve loop wrote what was held.
-    fn disarm(&self) {
-        use std::sync::atomic::Ordering;
-        if self.armed.swap(false, Ordering::Relaxed) {
-            *crate::util::lock(&self.due) = None;
+        if due.is_none() {
+            *due = Some(Instant::now() + HOLD_AT_MOST);
+            // (Read under the lock the thread sets it under.)
+            if self.sleeping.load(std::sync::atomic::Ordering::Relaxed) {
+                self.cv.notify_one();
+            }
         }
     }
 
@@ -214,7 +168,7 @@ impl Flusher {
 
     fn run(&self, inbox: &Inbox) {
         use std::sync::atomic::Ordering;
-        // How long without an armed answer before it sleeps for good.
+        // How long without an arming before it sleeps for good.
         const IDLE: Duration = Duration::from_millis(10);
         let mut due = crate::util::lock(&self.due);
         let mut last_armed = Instant::now();
@@ -222,43 +176,40 @@ impl Flusher {
             if self.stop.load(Ordering::Acquire) {
                 return;
             }
-            match *due {
-                None if last_armed.elapsed() >= IDLE => {
-                    self.sleeping.store(true, Ordering::Relaxed);
-                    due = self.cv.wait(due).unwrap_or_else(|p| p.into_inner());
-                    self.sleeping.store(false, Ordering::Relaxed);
-                    last_armed = Instant::now();
-                }
-                None => {
-                    due = self
-                        .cv
-                        .wait_timeout(due, HOLD_AT_MOST)
-                        .map(|(g, _)| g)
-                        .unwrap_or_else(|p| p.into_inner().0);
-                }
+            let wait = match *due {
+                None if last_armed.elapsed() >= IDLE => None,
+                None => Some(HOLD_AT_MOST),
                 Some(at) => {
                     last_armed = Instant::now();
-                    let now = Instant::now();
-                    if now < at {
-                        due = self
-                            .cv
-                            .wait_timeout(due, at - now)
-                            .map(|(g, _)| g)
-                            .unwrap_or_else(|p| p.into_inner().0);
-                        continue;
+                    match at.checked_duration_since(last_armed) {
+                        Some(left) if !left.is_zero() => Some(left),
+                        _ => {
+                            *due = None;
+                            drop(due);
+                            if let Err(e) = inbox.lock().ipc.flush_reading() {
+                                // The serve loop meets the same error on its next write.
+                                log::debug!("writing held answers: {e}");
+                            }
+                            due = crate::util::lock(&self.due);
+                            continue;
+                        }
                     }
-                    *due = None;
-                    self.armed.store(false, Ordering::Relaxed);
-                    drop(due);
-                    *crate::util::lock(&self.fired) = Some(Instant::now());
-                    self.fired_flag.store(true, Ordering::Relaxed);
-                    if let Err(e) = inbox.lock().ipc.flush_reading() {
-                        // The serve loop meets the same error on its next write.
-                        log::debug!("writing held answers: {e}");
-                    }
-                    due = crate::util::lock(&self.due);
                 }
-            }
+            };
+            due = match wait {
+                None => {
+                    self.sleeping.store(true, Ordering::Relaxed);
+                    let g = self.cv.wait(due).unwrap_or_else(|p| p.into_inner());
+                    self.sleeping.store(false, Ordering::Relaxed);
+                    last_armed = Instant::now();
+                    g
+                }
+                Some(d) => self
+                    .cv
+                    .wait_timeout(due, d)
+                    .map(|(g, _)| g)
+                    .unwrap_or_else(|p| p.into_inner().0),
+            };
         }
     }
 }
@@ -288,6 +239,19 @@ fn exit_when_supervisor_gone(ipc: &Ipc, worker_id: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Serves jobs from a supervisor over `ipc` until it says stop or goes away.
+///
+/// It first announces the routes it serves (names and types), and fails at
+/// once if `handlers` registers two job types under one name.
+///
+/// Answers are queued and written together whenever no further job is
+/// already waiting, so pipelined jobs cost one write per batch; one held
+/// while a later job runs is written within 1 ms by a thread of its own.
+/// Over pipes (a launcher), the worker ends itself when the connection
+/// goes away, even in the middle of a handler. A job that
+/// fails to decode, a route without a handler, a panicking handler or a
+/// result that fails to encode fails that job only; the loop goes on.
+///
 /// A cancel for a job not yet started fails it without running it; a
 /// running handler sees it through [`Context::is_cancelled`]. Suspend and
 /// resume messages run the handlers' hooks.
@@ -338,10 +302,8 @@ fn serve_loop(
     let mut finished = None;
     // An answer to write now, not with the next batch: its job ran long.
     let mut flush_due = false;
-    // Since when answers are held unwritten, and when the last was queued
-    // (see `Flusher`).
-    let mut held_since: Option<Instant> = None;
-    let mut last_fed = Instant::now();
+    // Answers are queued and not yet written by this loop (see `Flusher`).
+    let mut held = false;
     loop {
         let mut s = inbox.lock();
         if let Some(id) = finished.take() {
@@ -349,8 +311,7 @@ fn serve_loop(
         }
         if flush_due {
             flush_due = false;
-            held_since = None;
-            flusher.disarm();
+            held = false;
             s.ipc.flush_reading()?;
         }
         match s.backlog.pop_front() {
@@ -363,8 +324,7 @@ fn serve_loop(
                 // (Only what is already buffered counts: looking at the
                 // kernel too would cost a system call per job.)
                 if !s.ipc.has_buffered_frame() {
-                    held_since = None;
-                    flusher.disarm();
+                    held = false;
                     s.ipc.flush_reading()?;
                 }
                 // Phase 2: take the next frame.
@@ -385,7 +345,6 @@ fn serve_loop(
         let started = Instant::now();
         let (id, outcome) = match head {
             ToWorker::Stop => {
-                flusher.disarm();
                 s.ipc.flush_reading()?;
                 return Ok(());
             }
@@ -404,7 +363,9 @@ fn serve_loop(
             ToWorker::Job { id, route } => {
                 drop(s);
                 finished = Some(id);
-                flusher.hold(&mut held_since, last_fed);
+                if held {
+                    flusher.arm();
+                }
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(side.clone(), id),
@@ -418,7 +379,9 @@ fn serve_loop(
             ToWorker::Batch { id, route, count } => {
                 drop(s);
                 finished = Some(id);
-                flusher.hold(&mut held_since, last_fed);
+                if held {
+                    flusher.arm();
+                }
                 let cx = Context::new(
                     worker_id,
                     CancelSource::Remote(side.clone(), id),
@@ -430,8 +393,7 @@ fn serve_loop(
                 }
             }
         };
-        last_fed = Instant::now();
-        held_since.get_or_insert(last_fed);
+        held = true;
         match tx.feed(&FromWorker::Done { id, outcome }) {
             Ok(()) => {}
             // A result too large for one frame fails its job (or chunk),

@@ -265,7 +265,8 @@ impl Core {
     /// After an enqueue: the first time the queue is at its limit, says
     /// `Saturated` (once, until it drains).
     pub(crate) fn note_enqueued(&self) {
-        if self.queue_limit == 0 {
+        // Events are the only thing it makes: without a callback, no work.
+        if self.queue_limit == 0 || self.config.on_event.is_none() {
             return;
         }
         let queued = self.queue_rx.len();

@@ -191,40 +191,30 @@ impl Shared {
         let n = self.slots.len();
         // Relaxed: only spreads the starting point among equals.
         let start = self.next.fetch_add(1, Ordering::Relaxed);
-        let workers: Vec<Arc<Worker>> = (0..n)
-            .filter_map(|i| self.slots[(start + i) % n].current())
-            .collect();
-        // SeqCst: as every other access to the in-flight count.
-        let Some(low) = workers.iter().map(|w| w.in_flight.load(Ordering::SeqCst)).min() else {
-            return;
-        };
-        let top = workers.iter().map(|w| w.max_in_flight).max().unwrap_or(0);
-        let mut sent = vec![false; workers.len()];
-        'rounds: for level in low + 1..=top {
-            for (w, sent) in workers.iter().zip(sent.iter_mut()) {
-                *sent |= fill_slots(w, &self.core, level.min(w.max_in_flight), false);
-                if !self.core.has_queued() {
-                    break 'rounds;
-                }
-            }
-        }
-        for (w, sent) in workers.iter().zip(sent) {
-            if sent {
-                if let Err(e) = w.tx.flush() {
-                    log::debug!(
-                        "worker {}: flush failed ({e}); its reader will report the exit",
-                        w.id
-                    );
-                }
-            }
+        // One job at a time to the least loaded worker with a free slot:
+        // a submit (one job queued) looks once; a burst spreads.
+        while self.core.has_queued() && !self.core.suspended.load(Ordering::Acquire) {
+            let least = (0..n)
+                .filter_map(|i| self.slots[(start + i) % n].current())
+                .filter(|w| w.alive.load(Ordering::Acquire) && !w.retiring.load(Ordering::SeqCst))
+                // SeqCst: as every other access to the in-flight count.
+                .map(|w| (w.in_flight.load(Ordering::SeqCst), w))
+                .filter(|(load, w)| *load < w.max_in_flight)
+                .min_by_key(|(load, _)| *load);
+            let Some((load, w)) = least else {
+                return;
+            };
+            // (Sending nothing means another thread took that slot, the
+            // queue emptied, or the worker closed: the next look sees it.)
+            fill_slots(&w, &self.core, load + 1, true);
         }
     }
 }
 
 /// Takes queued jobs for `w` while it has fewer than `max_in_flight` in
 /// flight. Flushes what it sent if `flush` (the reader defers the flush
-/// while more results are waiting). Returns whether it sent anything.
-pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) -> bool {
+/// while more results are waiting).
+pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) {
     let mut sent = false;
     loop {
         // Acquire: pairs with the Release store when the worker dies or
@@ -286,7 +276,6 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
     // A reservation given back above may have been the last thing a
     // retiring worker held.
     w.retire_if_idle();
-    sent
 }
 
 /// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
@@ -294,8 +283,10 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     let jobs = t.jobs();
     let id = t.id;
     t.state.mark_dispatched();
-    // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.
-    w.jobs_sent.fetch_add(jobs, Ordering::Relaxed);
+    if core.config.recycle.jobs.is_some() {
+        // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.
+        w.jobs_sent.fetch_add(jobs, Ordering::Relaxed);
+    }
     // Relaxed: statistics only.
     core.counters[w.id]
         .running

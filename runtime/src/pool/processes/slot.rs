@@ -8,15 +8,7 @@ use super::*;
 pub(super) fn copy_command(t: &Command) -> Command {
     let mut c = Command::new(t.get_program());
     c.args(t.get_args());
-    for (k, v) in t.get_envs() {
-        match v {
-            Some(v) => c.env(k, v),
-            None => c.env_remove(k),
-        };
-    }
-    if let Some(d) = t.get_current_dir() {
-        c.current_dir(d);
-    }
+    crate::child::copy_env_and_dir(t, &mut c);
     c
 }
 

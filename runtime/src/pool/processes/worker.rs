@@ -60,28 +60,6 @@ pub(super) struct Worker {
     pub(super) local: bool,
 }
 
-/// What one read of a worker's port did.
-pub(super) enum Step {
-    /// A frame was read and handled.
-    Frame,
-    /// Nothing was there (within the wait).
-    Nothing,
-    /// Another thread holds the receiver.
-    Busy,
-    /// The port closed (`None`) or broke.
-    End(Option<String>),
-}
-
-impl From<shared::Step> for Step {
-    fn from(s: shared::Step) -> Step {
-        match s {
-            shared::Step::Frame => Step::Frame,
-            shared::Step::Nothing => Step::Nothing,
-            shared::Step::End(why) => Step::End(why),
-        }
-    }
-}
-
 impl shared::Reader for &Worker {
     fn done(&mut self) -> bool {
         false
@@ -105,17 +83,13 @@ impl shared::Reader for &Worker {
 
 impl Worker {
     /// Reads at most one frame from the port (waiting as told) and
-    /// handles it, unless another thread holds the receiver (`Busy` once
-    /// the hand-off spin is over).
-    pub(super) fn read_step(&self, wait: crate::transport::Wait) -> Step {
+    /// handles it; `None` if another thread still holds the receiver once
+    /// the hand-off spin is over.
+    pub(super) fn read_step(&self, wait: crate::transport::Wait) -> Option<shared::Step> {
         use shared::Reader;
-        match self.rx.turn_soon() {
-            Some(turn) => {
-                let mut me = self;
-                me.read(turn, wait).into()
-            }
-            None => Step::Busy,
-        }
+        let turn = self.rx.turn_soon()?;
+        let mut me = self;
+        Some(me.read(turn, wait))
     }
 
     /// Handles every frame already in the receiver's buffer (no waiting).
@@ -244,14 +218,14 @@ impl Worker {
             let until = now + Duration::from_millis(1);
             let until = deadline.map_or(until, |d| d.min(until));
             match self.read_step(Wait::Until(until)) {
-                Step::Frame | Step::Nothing => {
+                Some(shared::Step::Frame | shared::Step::Nothing) => {
                     // Answers for other jobs may wait now: the reader reads them.
                     if self.in_flight.load(Ordering::SeqCst) > 0 {
                         self.wake_reader();
                     }
                 }
-                Step::Busy => return,
-                Step::End(why) => {
+                None => return,
+                Some(shared::Step::End(why)) => {
                     // The reader thread meets the end too and reports it.
                     self.end_from_ticket(why);
                     return;
@@ -267,11 +241,11 @@ impl Worker {
     /// told to stop once it holds none (`retire_if_idle`).
     fn note_recycle(&self, jobs: u64) {
         let policy = &self.core.config.recycle;
-        // Relaxed: a count only this thread's answers add to.
-        let done = self.jobs_done.fetch_add(jobs, Ordering::Relaxed) + jobs;
         if policy.jobs.is_none() && policy.age.is_none() && policy.memory.is_none() {
             return;
         }
+        // Relaxed: a count only this thread's answers add to.
+        let done = self.jobs_done.fetch_add(jobs, Ordering::Relaxed) + jobs;
         // SeqCst: against `fill_slots`' reservation (see `retire_if_idle`).
         if !self.retiring.load(Ordering::SeqCst) {
             let local = self.core.config.recycle.memory.is_some() && self.local;
