@@ -183,13 +183,21 @@ fn random_fault(rng: &mut Rng, backend: Backend, allow_kill: bool, allow_hang: b
     }
 }
 
-fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String) {
+/// The pool's builder, its description, and the fewest workers it keeps up.
+fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String, usize) {
     let workers = 1 + rng.below(3) as usize;
     let queue = rng.pick(&[0usize, 1, 2, 8, 1024]);
     let inflight = 1 + rng.below(4) as usize;
     let retries = rng.pick(&[0u32, 0, 1]);
     // Workers replaced between jobs now and then (0: never).
     let recycle = rng.pick(&[0u64, 0, 0, 1, 3, 17]);
+    // Sometimes a scaling pool whose workers leave after 1 ms idle, so
+    // they come and go between the rounds' jobs (0: a fixed pool).
+    let min = if workers > 1 && rng.chance(30) {
+        1 + rng.below(workers as u64 - 1) as usize
+    } else {
+        0
+    };
     let b = match backend {
         Backend::Threads => Pool::builder().threads(workers).handlers(jobs::handlers()),
         Backend::Processes => {
@@ -212,10 +220,16 @@ fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String) {
     } else {
         b
     };
+    let b = if min > 0 {
+        b.min_workers(min).idle_timeout(Duration::from_millis(1))
+    } else {
+        b
+    };
     let desc = format!(
-        "{backend:?}, {workers} workers, queue {queue}, inflight {inflight}, retries {retries}, recycle {recycle}"
+        "{backend:?}, {workers} workers, queue {queue}, inflight {inflight}, retries {retries}, recycle {recycle}, \
+         min {min}"
     );
-    (b, desc)
+    (b, desc, if min > 0 { min } else { workers })
 }
 
 /// One seed: a pool, then rounds of random operations.
@@ -226,7 +240,7 @@ fn run_seed(seed: u64, tally: &mut Tally) {
     } else {
         Backend::Processes
     };
-    let (b, desc) = builder(backend, &mut rng);
+    let (b, desc, min) = builder(backend, &mut rng);
     println!("seed {seed}: {desc}");
     let pool = b
         .build()
@@ -353,7 +367,9 @@ fn run_seed(seed: u64, tally: &mut Tally) {
                     may_exit: false,
                 };
                 let results = pool.broadcast(Chaos { n, fault });
-                assert_eq!(results.len(), pool.workers());
+                // A scaling pool's broadcast reaches the workers up at the time.
+                let up = (min..=pool.workers()).contains(&results.len());
+                assert!(up, "{}: {} results", ctx("broadcast"), results.len());
                 submitted += results.len() as u64;
                 for r in &results {
                     let got = key(r);

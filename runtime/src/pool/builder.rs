@@ -24,6 +24,8 @@ pub struct PoolBuilder {
     /// Workers started through launchers, beside the local ones.
     launches: Vec<(Launcher, usize)>,
     recycle: Recycle,
+    min_workers: Option<usize>,
+    idle_timeout: Option<Duration>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -119,6 +121,10 @@ fn runs_this_executable(command: Option<&Command>) -> bool {
 /// here) with tiny jobs.
 const REMOTE_IN_FLIGHT: usize = 16;
 
+/// How long a worker of a scaling pool waits for a job before it leaves,
+/// unless [`PoolBuilder::idle_timeout`] says otherwise.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
 /// The default grace period between a cancel (or a run timeout) and
 /// ending the worker whose handler did not return.
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
@@ -164,6 +170,38 @@ impl PoolBuilder {
     /// the link's port.
     pub fn launch(mut self, launcher: Launcher, n: usize) -> Self {
         self.launches.push((launcher, n));
+        self
+    }
+
+    /// Makes the pool scale (scenario "scale"): it starts `n` workers,
+    /// wakes more (up to the number given to [`threads`](Self::threads),
+    /// [`processes`](Self::processes) and [`launch`](Self::launch)) while
+    /// jobs wait, and lets a worker that was idle for
+    /// [`idle_timeout`](Self::idle_timeout) go until `n` remain.
+    ///
+    /// "Jobs wait" means: a job is queued and no worker is free, or (on a
+    /// process pool) a worker holds a job behind the one it runs. A pool
+    /// suspended, shutting down or failed neither grows nor shrinks. The
+    /// slots are woken in order, local workers first; a worker that left
+    /// shows `up: false` in [`Pool::stats`] and says why in its
+    /// [`PoolEvent::WorkerExited`] (`expected: true`), and a woken one
+    /// says [`PoolEvent::WorkerStarted`]. A [`Pool::broadcast`] runs on the
+    /// workers up at the time.
+    ///
+    /// `n` must be at least 1 (the pool checks its workers at build) and at
+    /// most the pool's size. Without this, every worker starts at build and
+    /// stays.
+    pub fn min_workers(mut self, n: usize) -> Self {
+        self.min_workers = Some(n);
+        self
+    }
+
+    /// How long a worker of a scaling pool ([`min_workers`](Self::min_workers))
+    /// may wait for a job before it leaves; 10 s if not set. A worker
+    /// leaves between 1 and 1.25 times this after its last job (never while
+    /// one is in flight). Without `min_workers` it has no effect.
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout);
         self
     }
 
@@ -403,6 +441,25 @@ impl PoolBuilder {
         if n == 0 {
             return Err(BuildError::new("a pool needs at least one worker"));
         }
+        let scale = match self.min_workers {
+            Some(0) => {
+                return Err(BuildError::new(
+                    "min_workers(0): a pool keeps at least one worker up (it checks its workers at build)",
+                ));
+            }
+            Some(min) if min > n => {
+                return Err(BuildError::new(format!(
+                    "min_workers({min}) is more than the {n} worker(s) the pool may have: min must not \
+                     exceed max"
+                )));
+            }
+            Some(min) if min < n => Some(scale::Scale::new(
+                min,
+                n,
+                self.idle_timeout.unwrap_or(DEFAULT_IDLE_TIMEOUT),
+            )),
+            _ => None,
+        };
         let handlers = self.handlers.unwrap_or_default();
         let queue_limit = self.queue_limit.unwrap_or(1024);
         let (queue_tx, queue_rx) = crossbeam_channel::bounded(queue_limit);
@@ -442,6 +499,7 @@ impl PoolBuilder {
                 recycle: self.recycle,
             },
             handlers: handlers.clone(),
+            scale,
         });
         let inflight = self.inflight.unwrap_or(4);
         let inflight_remote = self.inflight.unwrap_or(REMOTE_IN_FLIGHT);

@@ -75,8 +75,13 @@ impl PoolInner {
     }
 
     pub(crate) fn after_enqueue(&self) {
-        if let Backend::Processes(p) = &self.backend {
-            p.kick();
+        match &self.backend {
+            Backend::Processes(p) => p.kick(),
+            Backend::Threads(t) => {
+                if self.core.scale.is_some() {
+                    t.grow();
+                }
+            }
         }
     }
 

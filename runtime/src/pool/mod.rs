@@ -21,6 +21,7 @@ mod inner;
 mod map;
 mod options;
 mod processes;
+mod scale;
 mod state;
 mod stats;
 mod threads;
@@ -53,7 +54,7 @@ pub(crate) use crate::util::lock;
 pub(crate) use crate::task::{Event, FastRead, Outcome, Reply};
 
 pub(crate) use builder::FORGOT_SERVE_IF_WORKER;
-pub use builder::{BuildError, DEFAULT_CANCEL_GRACE, PoolBuilder};
+pub use builder::{BuildError, DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, PoolBuilder};
 pub use cancel::CancelToken;
 pub(crate) use encode::*;
 pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
@@ -356,7 +357,8 @@ impl Pool {
     }
 
     /// Runs `job` once on every worker and returns the results in worker
-    /// order.
+    /// order. On a scaling pool ([`PoolBuilder::min_workers`]), once on
+    /// every worker up at the time.
     pub fn broadcast<J: Job + Clone>(
         &self,
         job: J,
@@ -367,7 +369,14 @@ impl Pool {
                 .map(|_| Err(f.clone().into_job_error()))
                 .collect();
         }
-        let tickets: Vec<Ticket<J>> = (0..self.workers())
+        // On a scaling pool, the workers up now; none leaves meanwhile.
+        let states = self.inner.core.scale.as_ref().map(|s| s.lock());
+        let targets = (0..self.workers()).filter(|w| {
+            states
+                .as_ref()
+                .is_none_or(|s| s.get(*w) == Some(&scale::SlotState::Up))
+        });
+        let tickets: Vec<Ticket<J>> = targets
             .map(
                 |w| match self.prepare(job.clone(), &JobOptions::default(), false) {
                     Prepared::Settled(ticket) => ticket,
@@ -381,6 +390,7 @@ impl Pool {
                 },
             )
             .collect();
+        drop(states);
         tickets.into_iter().map(Ticket::wait).collect()
     }
 
@@ -415,6 +425,7 @@ impl Pool {
             Backend::Processes(p) => p.slot_stats(),
         };
         let core = &self.inner.core;
+        let states = core.scale.as_ref().map(|s| s.lock().clone());
         // Relaxed: a snapshot of statistics; nothing else is read through them.
         let workers: Vec<WorkerStats> = core
             .counters
@@ -430,6 +441,9 @@ impl Pool {
                     done: c.done.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     running: c.running.load(Ordering::Relaxed),
+                    up: states
+                        .as_ref()
+                        .is_none_or(|s| s.get(id) != Some(&scale::SlotState::Dormant)),
                 }
             })
             .collect();

@@ -246,6 +246,8 @@ pub(crate) struct Core {
     pub(crate) control: Sender<Control>,
     pub(crate) config: Config,
     pub(crate) handlers: Handlers,
+    /// Bounds and slot states of a pool with `min_workers` below its size.
+    pub(crate) scale: Option<super::scale::Scale>,
 }
 
 impl Core {
@@ -422,6 +424,21 @@ impl Core {
         while self.suspended.load(Ordering::Acquire) && !self.hurry.load(Ordering::Acquire) {
             g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
         }
+    }
+
+    /// Whether a scaling pool may let a worker go now: not while it is
+    /// suspended, closed or stopping.
+    pub(crate) fn may_shrink(&self) -> bool {
+        !self.suspended.load(Ordering::Acquire)
+            && !self.closed.load(Ordering::Acquire)
+            && !self.stopping.load(Ordering::Acquire)
+    }
+
+    /// Whether a scaling pool may wake a dormant slot now.
+    pub(crate) fn may_grow(&self) -> bool {
+        self.scale.as_ref().is_some_and(|s| s.can_grow())
+            && !self.suspended.load(Ordering::Acquire)
+            && !self.closed.load(Ordering::Acquire)
     }
 
     pub(crate) fn set_suspended(&self, on: bool) {

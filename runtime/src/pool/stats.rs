@@ -40,4 +40,7 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Jobs it holds now.
     pub running: usize,
+    /// Whether the slot has a worker (up, starting or restarting): `false`
+    /// only for a scaling pool's dormant slot ([`PoolBuilder::min_workers`](super::PoolBuilder::min_workers)).
+    pub up: bool,
 }

@@ -40,6 +40,15 @@ struct TSlot {
     restarts: AtomicU64,
 }
 
+/// What a wait for a task gave.
+enum Taken {
+    Task(Task),
+    /// The wait ended without a task (its deadline).
+    Nothing,
+    /// A `Stop`, or the queue is gone: the thread ends.
+    Stop,
+}
+
 /// A thread's slot id, its handle, and a channel that disconnects when it ends.
 type ThreadHandle = (usize, JoinHandle<()>, Receiver<()>);
 
@@ -73,7 +82,9 @@ impl Threads {
             slots,
             handles: Mutex::new(Vec::with_capacity(n)),
         });
-        for id in 0..n {
+        // A scaling pool starts its first `min` slots; the others wait.
+        let first = threads.core.scale.as_ref().map_or(n, |s| s.min);
+        for id in 0..first {
             if let Err(e) = threads.start(id, 0) {
                 // Stop the workers already running before giving up.
                 threads.stop(true);
@@ -180,9 +191,19 @@ impl Threads {
             STOP_GRACE
         };
         let deadline = Instant::now() + grace;
-        // Bounded: threads stuck in a handler take no Stop, and the queue
-        // may be too small to hold one for each.
-        for _ in 0..self.slots.len() {
+        // One for each thread that has not ended (a scaling pool's dormant
+        // slots have none). Bounded: threads stuck in a handler take no
+        // Stop, and the queue may be too small to hold one for each.
+        let live = lock(&self.handles)
+            .iter()
+            .filter(|(_, _, done)| {
+                !matches!(
+                    done.try_recv(),
+                    Err(crossbeam_channel::TryRecvError::Disconnected)
+                )
+            })
+            .count();
+        for _ in 0..live.min(self.slots.len()) {
             if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
                 break;
             }
@@ -226,17 +247,15 @@ impl Threads {
             // Phase 1: take a task (a broadcast copy first, if any).
             let task = match slot.private_rx.try_recv() {
                 Ok(t) => t,
-                Err(_) => select! {
-                    recv(slot.private_rx) -> t => match t {
-                        Ok(t) => t,
-                        Err(_) => continue,
+                Err(_) => match &core.scale {
+                    None => match Self::next_task(slot, core, None) {
+                        Taken::Task(t) => t,
+                        Taken::Nothing => continue,
+                        Taken::Stop => return,
                     },
-                    recv(core.queue_rx) -> w => match w {
-                        Ok(Work::Task(t)) => {
-                            core.note_taken();
-                            t
-                        }
-                        Ok(Work::Stop) | Err(_) => return,
+                    Some(_) => match self.next_task_or_leave(id, epoch) {
+                        Some(t) => t,
+                        None => return,
                     },
                 },
             };
@@ -326,6 +345,99 @@ impl Threads {
                     return;
                 }
             }
+        }
+    }
+
+    /// Blocks until a task comes for `slot` (a broadcast copy or one from
+    /// the queue), or until `deadline`.
+    fn next_task(slot: &TSlot, core: &Core, deadline: Option<Instant>) -> Taken {
+        let got = match deadline {
+            None => select! {
+                recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
+                recv(core.queue_rx) -> w => w.map_err(|_| true),
+            },
+            Some(d) => select! {
+                recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
+                recv(core.queue_rx) -> w => w.map_err(|_| true),
+                default(d.saturating_duration_since(Instant::now())) => return Taken::Nothing,
+            },
+        };
+        match got {
+            Ok(Work::Task(t)) => {
+                core.note_taken();
+                Taken::Task(t)
+            }
+            Ok(Work::Stop) | Err(true) => Taken::Stop,
+            // (The private channel lives as long as the slot.)
+            Err(false) => Taken::Nothing,
+        }
+    }
+
+    /// [`next_task`](Self::next_task) for a scaling pool: a worker that
+    /// waits `idle_timeout` for a job leaves if more than `min` are up
+    /// (`None`: it leaves, or the pool stops).
+    fn next_task_or_leave(self: &Arc<Self>, id: usize, epoch: u64) -> Option<Task> {
+        let core = &*self.core;
+        let scale = core.scale.as_ref()?;
+        let slot = &self.slots[id];
+        loop {
+            // SeqCst: against `grow`'s read after an enqueue (module `scale`).
+            scale.waiting.fetch_add(1, Ordering::SeqCst);
+            let got = Self::next_task(slot, core, crate::util::deadline(scale.idle_timeout));
+            scale.waiting.fetch_sub(1, Ordering::SeqCst);
+            match got {
+                Taken::Task(t) => return Some(t),
+                Taken::Stop => return None,
+                Taken::Nothing => {}
+            }
+            if !core.may_shrink() {
+                continue;
+            }
+            let mut states = scale.lock();
+            if !scale.may_leave(&states) {
+                continue;
+            }
+            // After lowering `waiting` above: a job queued before a
+            // submitter saw this worker gone is seen here.
+            std::sync::atomic::fence(Ordering::SeqCst);
+            if core.has_queued() || !slot.private_rx.is_empty() {
+                continue;
+            }
+            scale.set(&mut states, id, super::scale::SlotState::Dormant);
+            drop(states);
+            log::info!("worker thread {id} (epoch {epoch}) leaves: {}", scale.why());
+            self.core.event(PoolEvent::WorkerExited {
+                worker: id,
+                pid: None,
+                status: scale.why(),
+                jobs_held: 0,
+                expected: true,
+            });
+            return None;
+        }
+    }
+
+    /// After an enqueue on a scaling pool: if more jobs are queued than
+    /// threads wait for work, wakes a dormant slot.
+    pub(crate) fn grow(self: &Arc<Self>) {
+        let core = &*self.core;
+        let Some(scale) = &core.scale else { return };
+        // SeqCst: the enqueue before, then this read (module `scale`).
+        std::sync::atomic::fence(Ordering::SeqCst);
+        let queued = core.queue_rx.len() + core.requeued.load(Ordering::SeqCst);
+        if queued <= scale.waiting.load(Ordering::SeqCst) || !core.may_grow() {
+            return;
+        }
+        let Some(id) = scale.grow() else { return };
+        let epoch = lock(&self.slots[id].current).0 + 1;
+        if let Err(e) = self.start(id, epoch) {
+            let mut states = scale.lock();
+            scale.set(&mut states, id, super::scale::SlotState::Dormant);
+            drop(states);
+            self.core.event(PoolEvent::StartFailed {
+                worker: id,
+                reason: format!("could not start a worker thread: {e}"),
+            });
         }
     }
 

@@ -68,6 +68,11 @@ pub(crate) trait Supervised: Send + Sync {
     fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool;
     /// SIGKILL worker `(worker, epoch)` if it is still alive.
     fn kill(&self, worker: usize, epoch: u64);
+    /// A scaling pool's look for workers idle too long (scenario "scale");
+    /// returns when to look again (`None`: never).
+    fn scale_check(&self) -> Option<Duration> {
+        None
+    }
 }
 
 enum Timer {
@@ -147,8 +152,15 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
         kinds: std::collections::HashMap::new(),
         seq: 0,
     };
+    let mut next_scale = target
+        .scale_check()
+        .and_then(|d| crate::util::deadline_from(Instant::now(), d));
     loop {
-        let msg = match timers.next_due() {
+        let due = match (timers.next_due(), next_scale) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        let msg = match due {
             Some(at) => rx.recv_deadline(at),
             None => rx.recv().map_err(|_| RecvTimeoutError::Disconnected),
         };
@@ -230,6 +242,11 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 }
                 Timer::Kill { worker, epoch } => target.kill(worker, epoch),
             }
+        }
+        if next_scale.is_some_and(|at| at <= now) {
+            next_scale = target
+                .scale_check()
+                .and_then(|d| crate::util::deadline_from(now, d));
         }
     }
 }

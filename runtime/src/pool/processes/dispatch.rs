@@ -202,6 +202,12 @@ impl Shared {
                 .filter(|(load, w)| *load < w.max_in_flight)
                 .min_by_key(|(load, _)| *load);
             let Some((load, w)) = least else {
+                // Jobs wait and no worker is free: a scaling pool grows.
+                if self.core.may_grow() {
+                    if let Some(scale) = &self.core.scale {
+                        scale.grow();
+                    }
+                }
                 return;
             };
             // (Sending nothing means another thread took that slot, the
@@ -303,6 +309,12 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     } else {
         // Others are in flight: the reader thread must not nap.
         w.wake_reader();
+        // And this job waits behind them: a scaling pool grows.
+        if core.may_grow() {
+            if let Some(scale) = &core.scale {
+                scale.grow();
+            }
+        }
     }
     let job = std::mem::replace(&mut t.job, crate::pool::Payload::Lent);
     let (head, send_job, timeout) = (t.head(), t.send_job, t.timeout);

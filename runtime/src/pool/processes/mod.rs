@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::Receiver;
 
-use super::{BuildError, Core, Event, Outcome, SendFail, Task, Work, lock};
+use super::{BuildError, Core, Event, Outcome, SendFail, Task, Work, lock, scale};
 use crate::job::{Failure, Job, RouteInfo, TimeoutPhase};
 use crate::launch::Launcher;
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
@@ -281,6 +281,9 @@ impl Processes {
     pub(crate) fn stop(&self) {
         let core = &self.shared.core;
         core.stopping.store(true, Ordering::Release);
+        if let Some(scale) = &core.scale {
+            scale.wake_all();
+        }
         {
             let (m, cv) = &self.shared.stop_gate;
             let _g = lock(m);
@@ -383,6 +386,45 @@ impl Supervised for Processes {
             }
         }
         w.signal(SIGTERM)
+    }
+
+    fn scale_check(&self) -> Option<Duration> {
+        let core = &self.shared.core;
+        let scale = core.scale.as_ref()?;
+        if !core.may_shrink() {
+            return Some(scale.check_every());
+        }
+        let now = scale.now();
+        for (i, slot) in self.shared.slots.iter().enumerate() {
+            let Some(w) = slot.current() else { continue };
+            // SeqCst: as every other access to the in-flight count.
+            if !w.alive.load(Ordering::Acquire)
+                || w.retiring.load(Ordering::SeqCst)
+                || w.in_flight.load(Ordering::SeqCst) > 0
+            {
+                continue;
+            }
+            // Relaxed: see `idle_since`.
+            let idle = now.saturating_sub(w.idle_since.load(Ordering::Relaxed));
+            if u128::from(idle) < scale.idle_timeout.as_nanos() {
+                continue;
+            }
+            {
+                let mut states = scale.lock();
+                if states[i] != scale::SlotState::Up || !scale.may_leave(&states) {
+                    continue;
+                }
+                scale.set(&mut states, i, scale::SlotState::Leaving);
+            }
+            log::info!("worker {i} (pid {}) leaves: {}", w.pid, scale.why());
+            // Retired as a recycled worker is: a job dispatched meanwhile
+            // is answered first, one reserved after goes back to the queue.
+            w.leaving.store(true, Ordering::Release);
+            lock(&w.recycle_why).get_or_insert_with(|| scale.why());
+            w.retiring.store(true, Ordering::SeqCst);
+            w.retire_if_idle();
+        }
+        Some(scale.check_every())
     }
 
     fn kill(&self, worker: usize, epoch: u64) {

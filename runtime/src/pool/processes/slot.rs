@@ -54,6 +54,17 @@ pub(super) fn slot_loop(
     let slot = &shared.slots[id];
     let mut ready = Some(ready);
     let mut epoch = 0u64;
+    // A scaling pool's slot beyond `min` starts dormant.
+    if let Some(scale) = &core.scale {
+        if !scale.is_up(id) {
+            if let Some(r) = ready.take() {
+                let _ = r.send(Ok(()));
+            }
+            if !scale.wait_woken(id, || core.stopping.load(Ordering::Acquire)) {
+                return;
+            }
+        }
+    }
     loop {
         epoch += 1;
         let why = match start_worker(shared, id, epoch) {
@@ -94,6 +105,14 @@ pub(super) fn slot_loop(
                 core.free.notify();
                 let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;
+                if w.leaving.load(Ordering::Acquire) && !core.stopping.load(Ordering::Acquire) {
+                    // Scenario "scale": it left for being idle; the slot
+                    // sleeps until jobs wait again.
+                    if !go_dormant(shared, id) {
+                        return;
+                    }
+                    continue;
+                }
                 if exit.expected || core.stopping.load(Ordering::Acquire) {
                     if core.stopping.load(Ordering::Acquire) {
                         return;
@@ -140,6 +159,28 @@ pub(super) fn slot_loop(
             }
         }
     }
+}
+
+/// After slot `id`'s worker left for being idle: the slot goes dormant
+/// and waits to be woken, unless work came for it meanwhile (a broadcast
+/// copy, or jobs queued with no worker free). `false`: the pool stops.
+fn go_dormant(shared: &Shared, id: usize) -> bool {
+    let core = &shared.core;
+    let Some(scale) = &core.scale else { return true };
+    {
+        let mut states = scale.lock();
+        let waiting = lock(&shared.slots[id].waiting)
+            .as_ref()
+            .is_some_and(|q| !q.is_empty());
+        let wanted = waiting || (core.has_queued() && core.may_grow());
+        let to = if wanted {
+            super::super::scale::SlotState::Up
+        } else {
+            super::super::scale::SlotState::Dormant
+        };
+        scale.set(&mut states, id, to);
+    }
+    scale.wait_woken(id, || core.stopping.load(Ordering::Acquire))
 }
 
 pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc<Worker>, BuildError> {
@@ -285,6 +326,8 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         stop_sent: AtomicBool::new(false),
         recycle_why: Mutex::new(None),
         local: slot.launcher.is_local(),
+        idle_since: AtomicU64::new(core.scale.as_ref().map_or(0, |s| s.now())),
+        leaving: AtomicBool::new(false),
     }))
 }
 

@@ -1,0 +1,255 @@
+//! Pools that breathe: scaling between `min_workers` and the pool's size,
+//! and job priorities. Every body in `both!` runs on thread workers and on
+//! process workers (the fixture binary's `pool-worker` mode). The scaling
+//! tests wait on `PoolEvent`s, never on sleeps.
+
+mod common;
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BOUND, GatePath, assert_pid_gone, both};
+use crossbeam_channel::Receiver;
+use jobs::*;
+use portpool::pool::PoolBuilder;
+use portpool::supervisor::PoolEvent;
+use portpool::{Pool, Shutdown};
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Threads,
+    Processes,
+}
+
+fn builder(backend: Backend, n: usize) -> PoolBuilder {
+    match backend {
+        Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
+        Backend::Processes => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
+            cmd.arg("pool-worker");
+            Pool::builder().processes(n).worker_command(cmd)
+        }
+    }
+}
+
+/// Shuts `pool` down and asserts that no worker process it ever had is left.
+fn finish(pool: Pool, pids: &[u32]) {
+    let mut pids = pids.to_vec();
+    pids.extend(pool.stats().workers.iter().filter_map(|w| w.pid));
+    pool.shutdown(Shutdown::default());
+    for pid in pids {
+        assert_pid_gone(pid);
+    }
+}
+
+/// What a scaling test hears: `(worker, started)`, `started` false for an
+/// exit, with the exit's status and whether it was expected.
+type Heard = (usize, bool, String, bool);
+
+fn events() -> (impl Fn(&PoolEvent) + Send + Sync + 'static, Receiver<Heard>) {
+    let (tx, rx) = crossbeam_channel::unbounded();
+    let f = move |e: &PoolEvent| {
+        let heard = match e {
+            PoolEvent::WorkerStarted { worker, .. } => (*worker, true, String::new(), true),
+            PoolEvent::WorkerExited {
+                worker,
+                status,
+                expected,
+                ..
+            } => (*worker, false, status.clone(), *expected),
+            _ => return,
+        };
+        let _ = tx.send(heard);
+    };
+    (f, rx)
+}
+
+/// The next event, within the bound.
+fn next(rx: &Receiver<Heard>) -> Heard {
+    rx.recv_timeout(BOUND).expect("an event within the bound")
+}
+
+fn up(pool: &Pool) -> Vec<usize> {
+    pool.stats()
+        .workers
+        .iter()
+        .filter(|w| w.up)
+        .map(|w| w.id)
+        .collect()
+}
+
+both!(
+    a_pool_grows_while_jobs_wait_and_shrinks_back_when_idle,
+    |backend| {
+        let (on_event, heard) = events();
+        let pool = builder(backend, 3)
+            .min_workers(1)
+            .idle_timeout(Duration::from_millis(50))
+            .inflight_per_worker(1)
+            .on_event(on_event)
+            .build()
+            .unwrap();
+        assert_eq!(next(&heard).0, 0, "the first worker starts at build");
+        assert_eq!(up(&pool), [0], "one worker up at first");
+        let gate = GatePath::new(&format!("scale-grow-{backend:?}"));
+        let tickets: Vec<_> = (0..3)
+            .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
+            .collect();
+        // Two more workers start for the two jobs that wait.
+        let mut started: Vec<usize> = (0..2)
+            .map(|_| {
+                let (w, s, status, _) = next(&heard);
+                assert!(s, "a start, not an exit: {status}");
+                w
+            })
+            .collect();
+        started.sort();
+        assert_eq!(started, [1, 2]);
+        assert_eq!(up(&pool), [0, 1, 2]);
+        let pids: Vec<u32> = pool.stats().workers.iter().filter_map(|w| w.pid).collect();
+        gate.open();
+        for t in tickets {
+            assert!(t.wait().unwrap());
+        }
+        // Idle, they leave until one remains; each says why.
+        for _ in 0..2 {
+            let (_, s, status, expected) = next(&heard);
+            assert!(!s && expected, "{status}");
+            assert!(status.contains("idle for 50ms"), "{status}");
+        }
+        assert_eq!(up(&pool).len(), 1, "{:?}", pool.stats());
+        // And the pool still serves, growing again when it must.
+        assert_eq!(pool.submit(Square(7)).unwrap().wait().unwrap(), 49);
+        assert!(pool.failure().is_none(), "leaving is not a crash");
+        let stats = pool.stats();
+        assert_eq!(stats.done, 4, "{stats:?}");
+        assert!(stats.workers.iter().all(|w| w.restarts == 0), "{stats:?}");
+        finish(pool, &pids);
+    }
+);
+
+// The idle-timeout race (loky's): jobs come in bursts whose gaps straddle
+// a 1 ms idle timeout, so workers keep leaving as jobs arrive. No job may
+// be lost or answered twice, and every answer is its own job's.
+both!(
+    jobs_arriving_as_workers_time_out_are_neither_lost_nor_run_twice,
+    |backend| {
+        let pool = builder(backend, 3)
+            .min_workers(1)
+            .idle_timeout(Duration::from_millis(1))
+            .build()
+            .unwrap();
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rand = move |n: u64| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed % n
+        };
+        let mut sent = 0u64;
+        for round in 0..300u64 {
+            let burst = 1 + rand(4);
+            let tickets: Vec<_> = (0..burst)
+                .map(|i| {
+                    let n = round * 10 + i;
+                    (n, pool.submit(Square(n)).unwrap())
+                })
+                .collect();
+            sent += burst;
+            for (n, t) in tickets {
+                assert_eq!(t.wait().unwrap(), n * n);
+            }
+            // A pause around the idle timeout (pacing only; nothing is timed).
+            std::thread::sleep(Duration::from_micros(rand(2500)));
+        }
+        assert!(pool.wait_idle(BOUND));
+        let stats = pool.stats();
+        assert_eq!((stats.done, stats.failed), (sent, 0), "{stats:?}");
+        assert!(pool.failure().is_none());
+        finish(pool, &[]);
+    }
+);
+
+both!(a_suspended_pool_does_not_shrink, |backend| {
+    let (on_event, heard) = events();
+    let pool = builder(backend, 2)
+        .min_workers(1)
+        .idle_timeout(Duration::from_millis(5))
+        .inflight_per_worker(1)
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    next(&heard);
+    let gate = GatePath::new(&format!("scale-suspend-{backend:?}"));
+    let tickets: Vec<_> = (0..2)
+        .map(|_| pool.submit(Gate(gate.0.clone())).unwrap())
+        .collect();
+    let (w, s, status, _) = next(&heard);
+    assert!(s && w == 1, "{status}");
+    // Both run before the suspend (a suspended thread worker holds a job
+    // it has not started).
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.stats().running < 2 {
+        assert!(std::time::Instant::now() < deadline, "both jobs run");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    pool.suspend();
+    gate.open();
+    for t in tickets {
+        assert!(t.wait().unwrap());
+    }
+    // Many idle timeouts pass: nobody leaves while suspended.
+    std::thread::sleep(Duration::from_millis(100));
+    assert!(heard.try_recv().is_err(), "no worker left while suspended");
+    assert_eq!(up(&pool), [0, 1]);
+    pool.resume();
+    let (_, s, status, expected) = next(&heard);
+    assert!(!s && expected && status.contains("idle"), "{status}");
+    finish(pool, &[]);
+});
+
+both!(a_broadcast_reaches_the_workers_up, |backend| {
+    let (on_event, heard) = events();
+    let pool = builder(backend, 3)
+        .min_workers(1)
+        .idle_timeout(Duration::from_secs(3600))
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    next(&heard);
+    let out = pool.broadcast(Square(3));
+    assert_eq!(out.len(), 1, "only the worker up runs it");
+    assert_eq!(out[0].as_ref().unwrap(), &9);
+    finish(pool, &[]);
+});
+
+#[test]
+fn scaling_bounds_are_checked_at_build() {
+    let err = Pool::builder()
+        .threads(2)
+        .min_workers(3)
+        .build()
+        .expect_err("min > max");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("min_workers(3)") && msg.contains("2 worker(s)"),
+        "{msg}"
+    );
+    let err = Pool::builder()
+        .threads(2)
+        .min_workers(0)
+        .build()
+        .expect_err("min 0");
+    assert!(err.to_string().contains("at least one worker"), "{err}");
+    // min == max: a fixed pool.
+    let pool = Pool::builder()
+        .threads(2)
+        .min_workers(2)
+        .handlers(jobs::handlers())
+        .build()
+        .unwrap();
+    assert_eq!(up(&pool), [0, 1]);
+    pool.shutdown(Shutdown::default());
+}
