@@ -285,6 +285,8 @@ fn run_seed(seed: u64, tally: &mut Tally) {
                         (Fault::Hang, Hang::Timeout) => JobOptions::new().timeout(Duration::from_millis(5)),
                         _ => JobOptions::new(),
                     };
+                    // Now and then ranked (the order changes, no outcome may).
+                    let opts = opts.priority(rng.pick(&[0u32, 0, 0, 1, 7]));
                     let t = pool.submit_with(Chaos { n, fault }, opts).unwrap();
                     if let (Fault::Hang, Hang::Cancel) = (fault, how) {
                         t.cancel();

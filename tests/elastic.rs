@@ -253,3 +253,106 @@ fn scaling_bounds_are_checked_at_build() {
     assert_eq!(up(&pool), [0, 1]);
     pool.shutdown(Shutdown::default());
 }
+
+/// A one-worker pool whose worker is held by a gate job while `submit`
+/// queues jobs; then the gate opens. Returns the order the jobs ran in
+/// (their numbers).
+fn run_order(
+    backend: Backend,
+    aging: Option<u64>,
+    submit: impl FnOnce(&Pool) -> Vec<portpool::Ticket<Turn>>,
+) -> Vec<u64> {
+    let mut b = builder(backend, 1).inflight_per_worker(1);
+    if let Some(n) = aging {
+        b = b.priority_aging(n);
+    }
+    let pool = b.build().unwrap();
+    let gate = GatePath::new(&format!("order-{backend:?}-{aging:?}"));
+    let held = pool.submit(Gate(gate.0.clone())).unwrap();
+    // The gate job is on the worker before the others queue.
+    let deadline = std::time::Instant::now() + BOUND;
+    while pool.stats().running < 1 {
+        assert!(std::time::Instant::now() < deadline, "the gate job runs");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let tickets = submit(&pool);
+    gate.open();
+    assert!(held.wait().unwrap());
+    let mut ran: Vec<(u64, u64)> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+    ran.sort_by_key(|&(_, turn)| turn);
+    finish(pool, &[]);
+    ran.into_iter().map(|(n, _)| n).collect()
+}
+
+fn with_priority(pool: &Pool, n: u64, p: u32) -> portpool::Ticket<Turn> {
+    pool.submit_with(Turn(n), portpool::pool::JobOptions::new().priority(p))
+        .unwrap()
+}
+
+both!(
+    higher_priorities_run_first_and_equal_ones_in_submission_order,
+    |backend| {
+        let order = run_order(backend, None, |pool| {
+            [(1, 0), (2, 5), (3, 1), (4, 5), (5, 0), (6, 1)]
+                .into_iter()
+                .map(|(n, p)| with_priority(pool, n, p))
+                .collect()
+        });
+        assert_eq!(order, [2, 4, 3, 6, 1, 5]);
+    }
+);
+
+// With an aging of 2, a job of priority 1 goes two jobs ahead: a stream
+// of them overtakes a job of priority 0 only by the one submitted next.
+both!(priorities_age_so_a_low_priority_job_still_runs, |backend| {
+    let order = run_order(backend, Some(2), |pool| {
+        let mut t = vec![with_priority(pool, 0, 0)];
+        t.extend((1..=10).map(|n| with_priority(pool, n, 1)));
+        t
+    });
+    assert_eq!(order, [1, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+});
+
+// Ranked jobs and a full queue: every job still ends once, its own.
+both!(ranked_jobs_under_a_small_queue_all_complete, |backend| {
+    let pool = builder(backend, 2).queue_limit(3).build().unwrap();
+    let tickets: Vec<_> = (0..300u64)
+        .map(|n| (n, with_priority(&pool, n, (n % 4) as u32)))
+        .collect();
+    for (n, t) in tickets {
+        assert_eq!(t.wait().unwrap().0, n);
+    }
+    let refused = (0..50u64).filter(|&n| pool.try_submit(Turn(n)).is_err()).count();
+    assert!(pool.wait_idle(BOUND));
+    let stats = pool.stats();
+    assert_eq!(stats.done, 300 + 50 - refused as u64, "{stats:?}");
+    finish(pool, &[]);
+});
+
+// A ranked job is cancelled by its ticket like any other, whatever the
+// queue limit (0: a submitter hands each job to a worker).
+both!(a_ranked_job_cancelled_by_its_ticket_is_cancelled, |backend| {
+    for queue in [0, 4] {
+        let pool = builder(backend, 1).queue_limit(queue).build().unwrap();
+        for round in 0..20u64 {
+            let opts = portpool::pool::JobOptions::new().priority(7);
+            let t = pool
+                .submit_with(
+                    Chaos {
+                        n: round,
+                        fault: Fault::Hang,
+                    },
+                    opts,
+                )
+                .unwrap();
+            t.cancel();
+            let got = t.wait();
+            assert!(
+                matches!(got, Err(portpool::JobError::Cancelled)),
+                "queue {queue}, round {round}: {got:?}"
+            );
+        }
+        assert!(pool.wait_idle(BOUND));
+        finish(pool, &[]);
+    }
+});

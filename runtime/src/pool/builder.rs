@@ -26,6 +26,7 @@ pub struct PoolBuilder {
     recycle: Recycle,
     min_workers: Option<usize>,
     idle_timeout: Option<Duration>,
+    priority_aging: Option<u64>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -121,6 +122,10 @@ fn runs_this_executable(command: Option<&Command>) -> bool {
 /// here) with tiny jobs.
 const REMOTE_IN_FLIGHT: usize = 16;
 
+/// How many jobs a priority of 1 moves a job ahead, unless
+/// [`PoolBuilder::priority_aging`] says otherwise.
+pub const DEFAULT_PRIORITY_AGING: u64 = 1000;
+
 /// How long a worker of a scaling pool waits for a job before it leaves,
 /// unless [`PoolBuilder::idle_timeout`] says otherwise.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,6 +207,17 @@ impl PoolBuilder {
     /// one is in flight). Without `min_workers` it has no effect.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
+        self
+    }
+
+    /// How far a job's priority moves it ahead: a job of priority `p`
+    /// ([`JobOptions::priority`]) is queued as if it had been submitted
+    /// `p × n` jobs earlier; 1000 if not set. A larger `n` makes priorities
+    /// stricter, a smaller one lets jobs of lower priority through sooner
+    /// under a steady stream of higher ones (0: priorities have no effect;
+    /// jobs run in submission order).
+    pub fn priority_aging(mut self, n: u64) -> Self {
+        self.priority_aging = Some(n);
         self
     }
 
@@ -499,6 +515,7 @@ impl PoolBuilder {
                 recycle: self.recycle,
             },
             handlers: handlers.clone(),
+            ranked: ranked::Ranked::new(self.priority_aging.unwrap_or(DEFAULT_PRIORITY_AGING)),
             scale,
         });
         let inflight = self.inflight.unwrap_or(4);

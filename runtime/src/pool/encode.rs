@@ -44,6 +44,8 @@ pub(crate) struct Task {
     pub(crate) timeout: Option<Duration>,
     /// How many more times a worker crash may send it back to the queue.
     pub(crate) retries: u32,
+    /// Its priority (0 for a `map`'s chunks and broadcasts).
+    pub(crate) priority: u32,
 }
 
 impl Task {

@@ -499,6 +499,7 @@ impl Pool {
             state: state.clone(),
             timeout,
             retries,
+            priority: 0,
         };
         self.watch_queue(&task);
         match self.send_blocking(Work::Task(task), None) {
@@ -522,7 +523,7 @@ impl Pool {
                         t.state.settle();
                         t.into_value::<Vec<J>>().unwrap_or_default()
                     }
-                    Work::Stop => Vec::new(),
+                    Work::Stop | Work::Wake => Vec::new(),
                 };
                 back.extend(kept);
                 back.extend(rest);

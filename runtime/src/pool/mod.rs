@@ -21,6 +21,7 @@ mod inner;
 mod map;
 mod options;
 mod processes;
+mod ranked;
 mod scale;
 mod state;
 mod stats;
@@ -54,7 +55,9 @@ pub(crate) use crate::util::lock;
 pub(crate) use crate::task::{Event, FastRead, Outcome, Reply};
 
 pub(crate) use builder::FORGOT_SERVE_IF_WORKER;
-pub use builder::{BuildError, DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, PoolBuilder};
+pub use builder::{
+    BuildError, DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_PRIORITY_AGING, PoolBuilder,
+};
 pub use cancel::CancelToken;
 pub(crate) use encode::*;
 pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
@@ -170,7 +173,7 @@ impl Pool {
                         Some(j) => j,
                         None => unreachable!("a task built from a J holds a J"),
                     },
-                    Work::Stop => unreachable!("only tasks are submitted"),
+                    Work::Stop | Work::Wake => unreachable!("only tasks are submitted"),
                 };
                 Err((job, e))
             }
@@ -214,6 +217,7 @@ impl Pool {
             batch: None,
             timeout: opts.timeout.or(timeout),
             retries: opts.retries.unwrap_or(retries),
+            priority: opts.priority,
         };
         Prepared::Ready(ticket, task)
     }
@@ -322,11 +326,43 @@ impl Pool {
                 return p.dispatch_now(w).map_err(|w| (w, true));
             }
         }
-        match core.queue_tx.try_send(w) {
+        self.ranked(w, |w| match core.queue_tx.try_send(w) {
             Ok(()) => Ok(()),
             Err(ChanTrySendError::Full(w)) => Err((w, true)),
             Err(ChanTrySendError::Disconnected(w)) => Err((w, false)),
+        })
+    }
+
+    /// Queues `w` with `send`; for a task of priority above 0, `send`
+    /// queues its wake and the task goes into the heap (module `ranked`).
+    /// If the wake cannot go, the task is given back.
+    #[allow(clippy::result_large_err)] // the Err gives the task back
+    fn ranked<E>(&self, w: Work, send: impl FnOnce(Work) -> Result<(), (Work, E)>) -> Result<(), (Work, E)> {
+        let core = &self.inner.core;
+        let priority = match &w {
+            // Without a queue (limit 0) nothing waits to be reordered, and
+            // the submitter must return once a worker has its job.
+            Work::Task(t) if t.priority > 0 && core.queue_limit > 0 => t.priority,
+            _ => return send(w),
+        };
+        let Work::Task(t) = w else {
+            return send(w);
+        };
+        // Room first, then the job: it becomes runnable only once its
+        // submitter is past the queue's backpressure (a submitter waiting
+        // for room while its own job runs could wait on that very job).
+        if let Err((_, e)) = send(Work::Wake) {
+            return Err((Work::Task(t), e));
         }
+        core.ranked.push(t, priority);
+        // A thread worker that took that wake before the push, found
+        // nothing and went to sleep: an empty queue means one may sleep,
+        // so one more wake (a full queue means none sleeps; a process
+        // pool's `kick` after the enqueue finds the job).
+        if matches!(self.inner.backend, Backend::Threads(_)) && core.queue_rx.is_empty() {
+            let _ = core.queue_tx.try_send(Work::Wake);
+        }
+        Ok(())
     }
 
     /// Puts `w` in the queue, waiting for room until `deadline` (or
@@ -338,10 +374,14 @@ impl Pool {
                 return p.dispatch_blocking(w, deadline, || self.inner.refusal().is_some());
             }
         }
-        match deadline {
-            None => core.queue_tx.send(w).map_err(|e| e.0),
-            Some(d) => core.queue_tx.send_deadline(w, d).map_err(|e| e.into_inner()),
-        }
+        let sent = self.ranked(w, |w| match deadline {
+            None => core.queue_tx.send(w).map_err(|e| (e.0, ())),
+            Some(d) => core
+                .queue_tx
+                .send_deadline(w, d)
+                .map_err(|e| (e.into_inner(), ())),
+        });
+        sent.map_err(|(w, ())| w)
     }
 
     /// Runs every job of `jobs` and yields the results in input order.
@@ -370,12 +410,10 @@ impl Pool {
                 .collect();
         }
         // On a scaling pool, the workers up now; none leaves meanwhile.
-        let states = self.inner.core.scale.as_ref().map(|s| s.lock());
-        let targets = (0..self.workers()).filter(|w| {
-            states
-                .as_ref()
-                .is_none_or(|s| s.get(*w) == Some(&scale::SlotState::Up))
-        });
+        let scale = self.inner.core.scale.as_ref();
+        let decide = scale.map(scale::Scale::decide);
+        let targets =
+            (0..self.workers()).filter(|w| scale.is_none_or(|s| s.state(*w) == scale::SlotState::Up));
         let tickets: Vec<Ticket<J>> = targets
             .map(
                 |w| match self.prepare(job.clone(), &JobOptions::default(), false) {
@@ -390,7 +428,7 @@ impl Pool {
                 },
             )
             .collect();
-        drop(states);
+        drop(decide);
         tickets.into_iter().map(Ticket::wait).collect()
     }
 
@@ -425,7 +463,7 @@ impl Pool {
             Backend::Processes(p) => p.slot_stats(),
         };
         let core = &self.inner.core;
-        let states = core.scale.as_ref().map(|s| s.lock().clone());
+        let states = core.scale.as_ref().map(scale::Scale::states);
         // Relaxed: a snapshot of statistics; nothing else is read through them.
         let workers: Vec<WorkerStats> = core
             .counters
@@ -443,7 +481,7 @@ impl Pool {
                     running: c.running.load(Ordering::Relaxed),
                     up: states
                         .as_ref()
-                        .is_none_or(|s| s.get(id) != Some(&scale::SlotState::Dormant)),
+                        .is_none_or(|s| s.get(id) == Some(&scale::SlotState::Up)),
                 }
             })
             .collect();

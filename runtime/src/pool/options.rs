@@ -19,6 +19,9 @@ pub struct JobOptions {
     pub retries: Option<u32>,
     /// Cancels the job when it is cancelled ([`CancelToken`]).
     pub cancel: Option<CancelToken>,
+    /// Higher runs first; 0 (the default) is the lowest. See
+    /// [`priority`](Self::priority).
+    pub priority: u32,
 }
 
 impl JobOptions {
@@ -42,6 +45,21 @@ impl JobOptions {
     /// Sets the retries after a worker crash.
     pub fn retries(mut self, n: u32) -> JobOptions {
         self.retries = Some(n);
+        self
+    }
+
+    /// Sets the job's priority: among queued jobs, a higher one runs
+    /// first, and equal ones in submission order. Priorities age, so none
+    /// starves: a job of priority `p` is queued as if it had been submitted
+    /// `p × aging` jobs earlier ([`PoolBuilder::priority_aging`](super::PoolBuilder::priority_aging),
+    /// 1000 by default), and a job of priority 0 is overtaken by at most
+    /// that many later jobs. With a queue limit of 0 nothing waits, so
+    /// nothing is reordered. Jobs already sent to a process worker (up to
+    /// [`inflight_per_worker`](super::PoolBuilder::inflight_per_worker)
+    /// each) and a `map`'s jobs (priority 0) are not reordered; a job
+    /// retried after a crash goes before all of them.
+    pub fn priority(mut self, p: u32) -> JobOptions {
+        self.priority = p;
         self
     }
 

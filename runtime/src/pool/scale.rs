@@ -17,7 +17,7 @@
 //!   already in flight is answered before it is told to stop, and one
 //!   reserved after is given back to the queue.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -25,16 +25,30 @@ use super::lock;
 
 /// What a slot of a scaling pool is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
 pub(crate) enum SlotState {
     /// A worker is up (or starting) here.
-    Up,
+    Up = 0,
     /// Its worker was chosen to shrink and has not exited yet.
-    Leaving,
+    Leaving = 1,
     /// No worker: woken when jobs wait.
-    Dormant,
+    Dormant = 2,
+}
+
+impl SlotState {
+    fn from_u8(v: u8) -> SlotState {
+        match v {
+            0 => SlotState::Up,
+            1 => SlotState::Leaving,
+            _ => SlotState::Dormant,
+        }
+    }
 }
 
 /// A scaling pool's bounds and the state of its slots.
+///
+/// Lock order: `decide`, then a process slot's `waiting`; `sleep` is a
+/// leaf. Growing takes neither (it may run with a slot's locks held).
 pub(crate) struct Scale {
     pub(crate) min: usize,
     max: usize,
@@ -43,23 +57,30 @@ pub(crate) struct Scale {
     pub(crate) up: AtomicUsize,
     /// Thread workers blocked waiting for a job (thread pools).
     pub(crate) waiting: AtomicUsize,
-    /// Each slot's state; dormant process slots wait on `woken`.
-    slots: Mutex<Vec<SlotState>>,
+    /// Each slot's state (a `SlotState`).
+    states: Vec<AtomicU8>,
+    /// Held to let a worker go, and by a broadcast choosing its workers.
+    decide: Mutex<()>,
+    /// Where dormant process slots' threads sleep.
+    sleep: Mutex<()>,
     woken: Condvar,
     /// The origin of the process workers' idle clocks.
     pub(crate) origin: Instant,
 }
 
+/// The right to let workers go (see [`Scale::decide`]).
+pub(crate) struct Decide<'a>(#[allow(dead_code)] MutexGuard<'a, ()>);
+
 impl Scale {
     /// A pool of `max` slots, `min` of them up at first.
     pub(crate) fn new(min: usize, max: usize, idle_timeout: Duration) -> Scale {
-        let slots = (0..max)
+        let states = (0..max)
             .map(|i| {
-                if i < min {
-                    SlotState::Up
+                AtomicU8::new(if i < min {
+                    SlotState::Up as u8
                 } else {
-                    SlotState::Dormant
-                }
+                    SlotState::Dormant as u8
+                })
             })
             .collect();
         Scale {
@@ -68,83 +89,105 @@ impl Scale {
             idle_timeout,
             up: AtomicUsize::new(min),
             waiting: AtomicUsize::new(0),
-            slots: Mutex::new(slots),
+            states,
+            decide: Mutex::new(()),
+            sleep: Mutex::new(()),
             woken: Condvar::new(),
             origin: Instant::now(),
         }
     }
 
-    pub(crate) fn lock(&self) -> MutexGuard<'_, Vec<SlotState>> {
-        lock(&self.slots)
+    /// Takes the right to let workers go; a broadcast holds it too, so no
+    /// worker it chose leaves before its copy is queued.
+    pub(crate) fn decide(&self) -> Decide<'_> {
+        Decide(lock(&self.decide))
+    }
+
+    /// Slot `i`'s state.
+    pub(crate) fn state(&self, i: usize) -> SlotState {
+        // SeqCst: as every access to the states.
+        self.states.get(i).map_or(SlotState::Dormant, |s| {
+            SlotState::from_u8(s.load(Ordering::SeqCst))
+        })
+    }
+
+    /// Every slot's state.
+    pub(crate) fn states(&self) -> Vec<SlotState> {
+        (0..self.max).map(|i| self.state(i)).collect()
     }
 
     /// Whether a slot could be woken (a hint: `grow` decides).
     pub(crate) fn can_grow(&self) -> bool {
-        // Relaxed: a hint, re-checked under the lock.
+        // Relaxed: a hint.
         self.up.load(Ordering::Relaxed) < self.max
     }
 
-    /// Marks a dormant slot up and returns it (`None`: every slot is up or
-    /// leaving, or another thread is deciding now). Never blocks: it may be
-    /// called with a worker's locks held.
+    /// Marks a dormant slot up, wakes its thread, and returns it (`None`:
+    /// every slot is up or leaving). Takes no lock but the sleepers' leaf
+    /// lock: it may be called with a worker's locks held.
     pub(crate) fn grow(&self) -> Option<usize> {
-        let mut s = self.slots.try_lock().ok()?;
-        let i = s.iter().position(|st| *st == SlotState::Dormant)?;
-        s[i] = SlotState::Up;
-        self.up.fetch_add(1, Ordering::SeqCst);
-        self.woken.notify_all();
+        let i = (0..self.max).find(|&i| self.swap(i, SlotState::Dormant, SlotState::Up))?;
+        self.wake_all();
         Some(i)
     }
 
-    /// Whether one more worker may leave (more than `min` are up), under the lock.
-    pub(crate) fn may_leave(&self, s: &[SlotState]) -> bool {
-        s.iter().filter(|st| **st == SlotState::Up).count() > self.min
-    }
-
-    /// Sets slot `i`'s state, under the lock.
-    pub(crate) fn set(&self, s: &mut [SlotState], i: usize, to: SlotState) {
-        let was = s[i];
-        s[i] = to;
-        match (was == SlotState::Up, to == SlotState::Up) {
-            (true, false) => {
-                self.up.fetch_sub(1, Ordering::SeqCst);
+    /// Slot `i` goes from `from` to `to`, if it is in `from`.
+    fn swap(&self, i: usize, from: SlotState, to: SlotState) -> bool {
+        // SeqCst: as every access to the states.
+        let ok = self.states[i]
+            .compare_exchange(from as u8, to as u8, Ordering::SeqCst, Ordering::SeqCst)
+            .is_ok();
+        if ok {
+            match (from == SlotState::Up, to == SlotState::Up) {
+                (true, false) => {
+                    self.up.fetch_sub(1, Ordering::SeqCst);
+                }
+                (false, true) => {
+                    self.up.fetch_add(1, Ordering::SeqCst);
+                }
+                _ => {}
             }
-            (false, true) => {
-                self.up.fetch_add(1, Ordering::SeqCst);
-            }
-            _ => {}
         }
-        self.woken.notify_all();
+        ok
     }
 
-    /// Whether slot `i` is up.
-    pub(crate) fn is_up(&self, i: usize) -> bool {
-        lock(&self.slots).get(i) == Some(&SlotState::Up)
+    /// Whether one more worker may leave (more than `min` are up).
+    pub(crate) fn may_leave(&self, _: &Decide<'_>) -> bool {
+        self.up.load(Ordering::SeqCst) > self.min
+    }
+
+    /// Slot `i` goes from `from` to `to` (with the right to decide).
+    pub(crate) fn set(&self, _: &Decide<'_>, i: usize, from: SlotState, to: SlotState) -> bool {
+        let ok = self.swap(i, from, to);
+        if ok && to == SlotState::Up {
+            self.wake_all();
+        }
+        ok
     }
 
     /// Blocks a dormant process slot's thread until it is woken (`true`)
     /// or `stop()` (`false`).
     pub(crate) fn wait_woken(&self, i: usize, stop: impl Fn() -> bool) -> bool {
-        let mut s = lock(&self.slots);
+        let mut g = lock(&self.sleep);
         loop {
             if stop() {
                 return false;
             }
-            if s[i] == SlotState::Up {
+            if self.state(i) == SlotState::Up {
                 return true;
             }
             // The bound only guards against a missed notification of `stop`.
-            s = self
+            g = self
                 .woken
-                .wait_timeout(s, Duration::from_millis(100))
+                .wait_timeout(g, Duration::from_millis(100))
                 .map(|(g, _)| g)
                 .unwrap_or_else(|p| p.into_inner().0);
         }
     }
 
-    /// Wakes every dormant slot's thread (the pool stops).
+    /// Wakes every dormant slot's thread (one was woken, or the pool stops).
     pub(crate) fn wake_all(&self) {
-        let _g = lock(&self.slots);
+        let _g = lock(&self.sleep);
         self.woken.notify_all();
     }
 

@@ -10,6 +10,8 @@ pub(crate) enum Work {
     Task(Task),
     /// Tells one thread worker to stop (after the tasks queued before it).
     Stop,
+    /// A ranked job (priority above 0) waits in the heap (module `ranked`).
+    Wake,
 }
 
 /// Per-worker counters, each on its own cache line so workers never
@@ -246,6 +248,8 @@ pub(crate) struct Core {
     pub(crate) control: Sender<Control>,
     pub(crate) config: Config,
     pub(crate) handlers: Handlers,
+    /// Jobs of priority above 0, beside the queue.
+    pub(crate) ranked: super::ranked::Ranked,
     /// Bounds and slot states of a pool with `min_workers` below its size.
     pub(crate) scale: Option<super::scale::Scale>,
 }
@@ -261,7 +265,17 @@ impl Core {
                 return Some(Work::Task(t));
             }
         }
-        self.queue_rx.try_recv().ok()
+        loop {
+            match self.queue_rx.try_recv() {
+                Ok(w) => match self.ranked.choose(w) {
+                    Some(w) => return Some(w),
+                    // A wake whose job left the heap already: the next.
+                    None => continue,
+                },
+                // A ranked job may wait without a wake (module `ranked`).
+                Err(_) => return self.ranked.pop().map(Work::Task),
+            }
+        }
     }
 
     /// After an enqueue: the first time the queue is at its limit, says
@@ -295,7 +309,7 @@ impl Core {
 
     /// Whether any task waits (queued or re-queued).
     pub(crate) fn has_queued(&self) -> bool {
-        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty()
+        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty() || !self.ranked.is_empty()
     }
 
     /// Puts `t` back at the head of the line.
@@ -314,6 +328,7 @@ impl Core {
                 tasks.push(t);
             }
         }
+        tasks.extend(self.ranked.drain());
         for t in tasks {
             self.retire_task(&t, why.clone(), None);
         }

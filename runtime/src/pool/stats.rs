@@ -41,6 +41,7 @@ pub struct WorkerStats {
     /// Jobs it holds now.
     pub running: usize,
     /// Whether the slot has a worker (up, starting or restarting): `false`
-    /// only for a scaling pool's dormant slot ([`PoolBuilder::min_workers`](super::PoolBuilder::min_workers)).
+    /// only on a scaling pool ([`PoolBuilder::min_workers`](super::PoolBuilder::min_workers)),
+    /// for a slot whose worker left or is leaving.
     pub up: bool,
 }

@@ -351,6 +351,18 @@ impl Threads {
     /// Blocks until a task comes for `slot` (a broadcast copy or one from
     /// the queue), or until `deadline`.
     fn next_task(slot: &TSlot, core: &Core, deadline: Option<Instant>) -> Taken {
+        // A ranked job may wait without a wake (module `ranked`): look
+        // (in rank order) before blocking.
+        if !core.ranked.is_empty() {
+            match core.pop() {
+                Some(Work::Task(t)) => {
+                    core.note_taken();
+                    return Taken::Task(t);
+                }
+                Some(Work::Stop) => return Taken::Stop,
+                Some(Work::Wake) | None => {}
+            }
+        }
         let got = match deadline {
             None => select! {
                 recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
@@ -362,11 +374,20 @@ impl Threads {
                 default(d.saturating_duration_since(Instant::now())) => return Taken::Nothing,
             },
         };
+        let got = match got {
+            Ok(w) => match core.ranked.choose(w) {
+                Some(w) => Ok(w),
+                // A wake whose job another worker took.
+                None => return Taken::Nothing,
+            },
+            Err(e) => Err(e),
+        };
         match got {
             Ok(Work::Task(t)) => {
                 core.note_taken();
                 Taken::Task(t)
             }
+            Ok(Work::Wake) => Taken::Nothing,
             Ok(Work::Stop) | Err(true) => Taken::Stop,
             // (The private channel lives as long as the slot.)
             Err(false) => Taken::Nothing,
@@ -393,8 +414,8 @@ impl Threads {
             if !core.may_shrink() {
                 continue;
             }
-            let mut states = scale.lock();
-            if !scale.may_leave(&states) {
+            let decide = scale.decide();
+            if !scale.may_leave(&decide) {
                 continue;
             }
             // After lowering `waiting` above: a job queued before a
@@ -403,8 +424,9 @@ impl Threads {
             if core.has_queued() || !slot.private_rx.is_empty() {
                 continue;
             }
-            scale.set(&mut states, id, super::scale::SlotState::Dormant);
-            drop(states);
+            use super::scale::SlotState;
+            scale.set(&decide, id, SlotState::Up, SlotState::Dormant);
+            drop(decide);
             log::info!("worker thread {id} (epoch {epoch}) leaves: {}", scale.why());
             self.core.event(PoolEvent::WorkerExited {
                 worker: id,
@@ -431,9 +453,8 @@ impl Threads {
         let Some(id) = scale.grow() else { return };
         let epoch = lock(&self.slots[id].current).0 + 1;
         if let Err(e) = self.start(id, epoch) {
-            let mut states = scale.lock();
-            scale.set(&mut states, id, super::scale::SlotState::Dormant);
-            drop(states);
+            use super::scale::SlotState;
+            scale.set(&scale.decide(), id, SlotState::Up, SlotState::Dormant);
             self.core.event(PoolEvent::StartFailed {
                 worker: id,
                 reason: format!("could not start a worker thread: {e}"),

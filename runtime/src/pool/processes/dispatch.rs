@@ -260,7 +260,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
                 dispatch(w, core, t);
                 sent = true;
             }
-            Some(Work::Stop) | None => {
+            Some(Work::Stop | Work::Wake) | None => {
                 w.in_flight.fetch_sub(1, Ordering::SeqCst);
                 // (A submitter that saw this slot taken must look again.)
                 core.free.notify();

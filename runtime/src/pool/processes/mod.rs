@@ -410,11 +410,12 @@ impl Supervised for Processes {
                 continue;
             }
             {
-                let mut states = scale.lock();
-                if states[i] != scale::SlotState::Up || !scale.may_leave(&states) {
+                let decide = scale.decide();
+                if !scale.may_leave(&decide)
+                    || !scale.set(&decide, i, scale::SlotState::Up, scale::SlotState::Leaving)
+                {
                     continue;
                 }
-                scale.set(&mut states, i, scale::SlotState::Leaving);
             }
             log::info!("worker {i} (pid {}) leaves: {}", w.pid, scale.why());
             // Retired as a recycled worker is: a job dispatched meanwhile

@@ -56,7 +56,7 @@ pub(super) fn slot_loop(
     let mut epoch = 0u64;
     // A scaling pool's slot beyond `min` starts dormant.
     if let Some(scale) = &core.scale {
-        if !scale.is_up(id) {
+        if scale.state(id) != super::super::scale::SlotState::Up {
             if let Some(r) = ready.take() {
                 let _ = r.send(Ok(()));
             }
@@ -168,7 +168,7 @@ fn go_dormant(shared: &Shared, id: usize) -> bool {
     let core = &shared.core;
     let Some(scale) = &core.scale else { return true };
     {
-        let mut states = scale.lock();
+        let decide = scale.decide();
         let waiting = lock(&shared.slots[id].waiting)
             .as_ref()
             .is_some_and(|q| !q.is_empty());
@@ -178,7 +178,8 @@ fn go_dormant(shared: &Shared, id: usize) -> bool {
         } else {
             super::super::scale::SlotState::Dormant
         };
-        scale.set(&mut states, id, to);
+        use super::super::scale::SlotState::Leaving;
+        scale.set(&decide, id, Leaving, to);
     }
     scale.wait_woken(id, || core.stopping.load(Ordering::Acquire))
 }
