@@ -67,11 +67,42 @@ fn calibrate_burn() {
     BURN_ITERS.store(iters.max(1), std::sync::atomic::Ordering::Relaxed);
 }
 
+/// Marks `me` as started in `dir`, then waits (bounded) until the other
+/// of two has started too: both finish only when they run at once.
+#[derive(Serialize, Deserialize, Clone, Debug)]
+struct Rendezvous {
+    dir: String,
+    me: u8,
+}
+impl Job for Rendezvous {
+    type Output = ();
+    type Error = String;
+    const NAME: &'static str = "rendezvous";
+}
+
+fn rendezvous(r: Rendezvous) -> Result<(), String> {
+    let dir = std::path::Path::new(&r.dir);
+    std::fs::write(dir.join(r.me.to_string()), b"").map_err(|e| e.to_string())?;
+    let other = dir.join((1 - r.me.min(1)).to_string());
+    let deadline = Instant::now() + std::time::Duration::from_secs(30);
+    while !other.exists() {
+        if Instant::now() > deadline {
+            return Err("the other job never started".into());
+        }
+        std::thread::yield_now();
+    }
+    Ok(())
+}
+
 fn handlers() -> Handlers {
     Handlers::new()
         .on::<Tiny>(|Tiny(x), _| Ok(x.wrapping_mul(2).wrapping_add(1)))
         .on::<Burn>(|Burn(x), _| Ok(burn(x)))
+        .on::<Rendezvous>(|r, _| rendezvous(r))
 }
+
+#[path = "support/threads.rs"]
+mod threads;
 
 fn main() {
     portpool::worker::serve_if_worker(&handlers());
@@ -104,6 +135,18 @@ fn main() {
     }
     if wanted("pool_thread_tiny_jobs") {
         thread_tiny(reps, 1_000_000);
+    }
+    if wanted("pool_thread_map_tiny") {
+        threads::map_tiny(reps, if quick { 200_000 } else { 1_000_000 });
+    }
+    if wanted("pool_thread_submit_tiny") {
+        threads::submit_tiny(reps, if quick { 200_000 } else { 1_000_000 });
+    }
+    if wanted("pool_thread_roundtrip") {
+        threads::roundtrip(reps, if quick { 20_000 } else { 100_000 });
+    }
+    if wanted("pool_scale_up") {
+        threads::scale_up(reps);
     }
     if wanted("pool_thread_fanout_100us") {
         calibrate_burn();

@@ -271,6 +271,77 @@
 //! or signal, the last lines of the worker's stderr), or run again with
 //! `.retries(n)`. `runtime/src/supervisor/README.md` tells every case.
 //!
+//! # Pools that breathe: scaling, recycling, cancel tokens, priorities
+//!
+//! A pool can size itself between `min_workers` and the number given to
+//! `threads(n)` / `processes(n)`, replace workers that have run too long
+//! or grown too big, cancel a whole group of jobs at once, run urgent
+//! jobs first, and say when its queue is full or drained.
+//!
+//! ```
+//! use std::time::Duration;
+//! use portpool::pool::{CancelToken, JobOptions};
+//! use portpool::supervisor::PoolEvent;
+//! use portpool::{Handlers, Job, JobError, Pool};
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize)]
+//! struct Double(u64);
+//! impl Job for Double {
+//!     type Output = u64;
+//!     type Error = String;
+//!     const NAME: &'static str = "double";
+//! }
+//!
+//! let handlers = Handlers::new().on::<Double>(|Double(n), _cx| Ok(n * 2));
+//! let pool = Pool::builder()
+//!     .threads(4)
+//!     .handlers(handlers)
+//!     // Start with one worker, grow to four while jobs wait, and let a
+//!     // worker idle for 5 s go until one remains.
+//!     .min_workers(1)
+//!     .idle_timeout(Duration::from_secs(5))
+//!     // Replace a worker, between jobs, after 10 000 jobs.
+//!     .recycle_after_jobs(10_000)
+//!     .on_event(|e| {
+//!         if let PoolEvent::Saturated { queued } = e {
+//!             eprintln!("the queue is full ({queued} jobs)");
+//!         }
+//!     })
+//!     .build()?;
+//!
+//! // A priority: among queued jobs, higher runs first (it ages, so none
+//! // starves).
+//! let urgent = pool.submit_with(Double(21), JobOptions::new().priority(5))?;
+//! assert_eq!(urgent.wait()?, 42);
+//!
+//! // A cancel token: cancelling it cancels every job that carries it;
+//! // a job given an already-cancelled token is handed back at once.
+//! let token = CancelToken::new();
+//! let tickets: Vec<_> = (0..3)
+//!     .map(|n| pool.submit_with(Double(n), JobOptions::new().cancel_token(&token)))
+//!     .collect::<Result<_, _>>()?;
+//! token.cancel();
+//! for t in tickets {
+//!     // Each job either finished before the cancel or is cancelled.
+//!     match t.wait() {
+//!         Ok(_) | Err(JobError::Cancelled) => {}
+//!         Err(e) => panic!("{e}"),
+//!     }
+//! }
+//! assert!(pool.submit_with(Double(1), JobOptions::new().cancel_token(&token)).is_err());
+//!
+//! // Drain signals: is the queue full? wait until nothing is queued or running.
+//! assert!(!pool.is_saturated());
+//! assert!(pool.wait_idle(Duration::from_secs(10)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! Process pools also recycle a worker whose resident memory passes a
+//! limit (`recycle_above_memory`) and can give each worker a hard memory
+//! limit (`memory_limit`): an allocation past it fails the job with a
+//! message that names the limit, and the worker is replaced.
+//!
 //! # The runtime: ref counts, suspend, signals
 //!
 //! A [`Runtime`] counts the handles that keep a program alive. A pool holds
