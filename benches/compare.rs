@@ -145,6 +145,9 @@ fn main() {
     if wanted("pool_thread_roundtrip") {
         threads::roundtrip(reps, if quick { 20_000 } else { 100_000 });
     }
+    if wanted("pool_thread_metrics_on") || wanted("pool_process_metrics_on") {
+        threads::metrics_cost(reps, if quick { 100_000 } else { 400_000 });
+    }
     if wanted("pool_scale_up") {
         threads::scale_up(reps);
     }

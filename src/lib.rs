@@ -271,12 +271,13 @@
 //! or signal, the last lines of the worker's stderr), or run again with
 //! `.retries(n)`. `runtime/src/supervisor/README.md` tells every case.
 //!
-//! # Pools that breathe: scaling, recycling, cancel tokens, priorities
+//! # Pools that breathe: scaling, recycling, cancel tokens, priorities, metrics
 //!
 //! A pool can size itself between `min_workers` and the number given to
 //! `threads(n)` / `processes(n)`, replace workers that have run too long
 //! or grown too big, cancel a whole group of jobs at once, run urgent
-//! jobs first, and say when its queue is full or drained.
+//! jobs first, say when its queue is full or drained, and keep per-job-type
+//! metrics.
 //!
 //! ```
 //! use std::time::Duration;
@@ -303,6 +304,8 @@
 //!     .idle_timeout(Duration::from_secs(5))
 //!     // Replace a worker, between jobs, after 10 000 jobs.
 //!     .recycle_after_jobs(10_000)
+//!     // Queue-wait and run-time quantiles and outcome counts per job type.
+//!     .metrics(true)
 //!     .on_event(|e| {
 //!         if let PoolEvent::Saturated { queued } = e {
 //!             eprintln!("the queue is full ({queued} jobs)");
@@ -334,6 +337,11 @@
 //! // Drain signals: is the queue full? wait until nothing is queued or running.
 //! assert!(!pool.is_saturated());
 //! assert!(pool.wait_idle(Duration::from_secs(10)));
+//!
+//! let stats = pool.stats();
+//! let double = &stats.routes["double"];
+//! assert!(double.done >= 1); // the urgent one, and those the cancel missed
+//! println!("run time p50 {:?}, p99 {:?}", double.run.p50, double.run.p99);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!

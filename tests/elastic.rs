@@ -356,3 +356,73 @@ both!(a_ranked_job_cancelled_by_its_ticket_is_cancelled, |backend| {
         finish(pool, &[]);
     }
 });
+
+// Per-route metrics: counts by outcome and quantiles from stats(), on
+// every path that settles a job.
+both!(stats_report_per_route_metrics, |backend| {
+    let pool = builder(backend, 2).retries(1).metrics(true).build().unwrap();
+    for n in 0..20 {
+        assert_eq!(pool.submit(Square(n)).unwrap().wait().unwrap(), n * n);
+    }
+    let sum: u64 = pool.map((0..100).map(Square)).map(|r| r.unwrap()).sum();
+    assert_eq!(sum, (0..100u64).map(|n| n * n).sum::<u64>());
+    for _ in 0..3 {
+        assert!(pool.submit(Boom("on purpose".into())).unwrap().wait().is_err());
+    }
+    let slow = portpool::pool::JobOptions::new().timeout(Duration::from_millis(5));
+    let hang = || Chaos {
+        n: 1,
+        fault: Fault::Hang,
+    };
+    assert!(pool.submit_with(hang(), slow).unwrap().wait().is_err());
+    let t = pool.submit(hang()).unwrap();
+    t.cancel();
+    assert!(t.wait().is_err());
+    if matches!(backend, Backend::Processes) {
+        // Killed twice: retried once, then failed.
+        let kill = Chaos {
+            n: 2,
+            fault: Fault::KillWorker,
+        };
+        assert!(pool.submit(kill).unwrap().wait().is_err());
+    }
+    assert!(pool.wait_idle(BOUND));
+    let stats = pool.stats();
+    let square = &stats.routes["square"];
+    assert_eq!((square.done, square.failed), (120, 0), "{square:?}");
+    assert_eq!(square.run.count, 120, "{square:?}");
+    assert_eq!(square.queue_wait.count, 120, "{square:?}");
+    assert!(
+        square.run.p50 <= square.run.p90 && square.run.p99 <= square.run.max,
+        "{square:?}"
+    );
+    let boom = &stats.routes["boom"];
+    assert_eq!((boom.done, boom.failed), (0, 3), "{boom:?}");
+    let chaos = &stats.routes["chaos"];
+    assert_eq!((chaos.timed_out, chaos.cancelled), (1, 1), "{chaos:?}");
+    match backend {
+        Backend::Processes => {
+            assert_eq!((chaos.retried, chaos.failed), (1, 3), "{chaos:?}");
+            let crashes = stats.exits.iter().filter(|e| !e.expected).count();
+            assert_eq!(crashes, 2, "{:?}", stats.exits);
+        }
+        Backend::Threads => assert_eq!((chaos.retried, chaos.failed), (0, 2), "{chaos:?}"),
+    }
+    let busy: Duration = stats.workers.iter().map(|w| w.busy).sum();
+    assert!(busy > Duration::ZERO, "{stats:?}");
+    assert!(
+        (0..2).all(|w| (0.0..=1.0).contains(&stats.utilization(w))),
+        "{stats:?}"
+    );
+    finish(pool, &[]);
+});
+
+#[test]
+fn a_pool_keeps_no_route_metrics_unless_asked() {
+    let pool = builder(Backend::Threads, 1).build().unwrap();
+    assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
+    let stats = pool.stats();
+    assert!(stats.routes.is_empty(), "{stats:?}");
+    assert_eq!(stats.done, 1);
+    finish(pool, &[]);
+}

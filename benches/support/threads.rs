@@ -238,3 +238,49 @@ pub(crate) fn scale_up(reps: usize) {
     }
     report("pool_scale_up", median(ours), median(base), "ms");
 }
+
+/// Throughput with per-route metrics on, as a share of the same pool's
+/// with them off (alternating runs): one `submit` per job, 512 tickets
+/// ahead, on 2 thread workers, and on 2 process workers.
+pub(crate) fn metrics_cost(reps: usize, n: u64) {
+    for processes in [false, true] {
+        let build = |on: bool| {
+            let b = Pool::builder().metrics(on);
+            if processes {
+                b.processes(2)
+            } else {
+                b.threads(2).handlers(handlers())
+            }
+            .build()
+            .expect("pool")
+        };
+        let (with, without) = (build(true), build(false));
+        let run = |pool: &Pool| {
+            let t = Instant::now();
+            let mut sum = 0u64;
+            let mut sent = 0;
+            let mut tickets = Vec::with_capacity(512);
+            while sent < n {
+                let k = 512.min(n - sent);
+                tickets.extend((0..k).map(|i| pool.submit(Tiny(sent + i)).expect("submit")));
+                for tk in tickets.drain(..) {
+                    sum = sum.wrapping_add(tk.wait().expect("job"));
+                }
+                sent += k;
+            }
+            std::hint::black_box(sum);
+            n as f64 / t.elapsed().as_secs_f64()
+        };
+        let (mut on, mut off) = (Vec::new(), Vec::new());
+        for _ in 0..reps {
+            off.push(run(&without));
+            on.push(run(&with));
+        }
+        let metric = if processes {
+            "pool_process_metrics_on"
+        } else {
+            "pool_thread_metrics_on"
+        };
+        report(metric, median(on), median(off), "jobs/s");
+    }
+}

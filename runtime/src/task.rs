@@ -14,7 +14,7 @@
 use std::any::Any;
 use std::fmt;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
@@ -78,6 +78,12 @@ pub(crate) struct JobState {
     /// (weak: a ticket kept after its worker ended must not keep the
     /// worker's port open).
     fast: std::sync::OnceLock<std::sync::Weak<dyn FastRead>>,
+    /// Its route's metrics index plus one (0: none kept).
+    route: AtomicU16,
+    /// Pools that keep metrics: when it was submitted, then (once a
+    /// worker took it) when it started, as the pool's clock counts (0:
+    /// none).
+    clock: AtomicU64,
 }
 
 impl fmt::Debug for JobState {
@@ -96,6 +102,32 @@ const SETTLED_BY_CANCEL: u8 = 2;
 impl JobState {
     pub(crate) fn new() -> Arc<JobState> {
         Arc::new(JobState::default())
+    }
+
+    /// Records the index of the job's route metrics (the pool's
+    /// `Metrics::index`).
+    pub(crate) fn set_route(&self, i: u16) {
+        // Relaxed: set before the job is shared with any other thread.
+        self.route.store(i.saturating_add(1), Ordering::Relaxed);
+    }
+
+    /// Sets the job's metrics clock (see `clock`).
+    pub(crate) fn set_clock(&self, at: u64) {
+        // Relaxed: read by the worker that took the job, after the queue
+        // (or the port's pending map) handed it over, which orders it.
+        self.clock.store(at, Ordering::Relaxed);
+    }
+
+    /// The job's metrics clock.
+    pub(crate) fn clock(&self) -> u64 {
+        // Relaxed: see `set_clock`.
+        self.clock.load(Ordering::Relaxed)
+    }
+
+    /// The index of the job's route metrics, if kept.
+    pub(crate) fn route(&self) -> Option<u16> {
+        // Relaxed: see `set_route`.
+        self.route.load(Ordering::Relaxed).checked_sub(1)
     }
 
     /// Records the process worker that holds this job alone.

@@ -27,6 +27,7 @@ pub struct PoolBuilder {
     min_workers: Option<usize>,
     idle_timeout: Option<Duration>,
     priority_aging: Option<u64>,
+    metrics: Option<bool>,
 }
 
 impl fmt::Debug for PoolBuilder {
@@ -121,6 +122,11 @@ fn runs_this_executable(command: Option<&Command>) -> bool {
 /// default: enough to cover a network round trip (about 0.1 ms over ssh
 /// here) with tiny jobs.
 const REMOTE_IN_FLIGHT: usize = 16;
+
+/// The routes the pool's own handlers serve.
+fn handlers_names(core: &Core) -> Vec<String> {
+    core.handlers.route_table().into_iter().map(|r| r.name).collect()
+}
 
 /// How many jobs a priority of 1 moves a job ahead, unless
 /// [`PoolBuilder::priority_aging`] says otherwise.
@@ -218,6 +224,27 @@ impl PoolBuilder {
     /// jobs run in submission order).
     pub fn priority_aging(mut self, n: u64) -> Self {
         self.priority_aging = Some(n);
+        self
+    }
+
+    /// Whether the pool keeps per-route metrics (off by default): for
+    /// each job type, queue-wait and run-time quantiles (p50, p90, p99,
+    /// max) and counts of jobs done, failed, cancelled, timed out and
+    /// retried, and each worker's busy time; [`Pool::stats`] reports them.
+    /// They are kept in atomics, one shard per worker (the job path takes
+    /// no lock and workers share no cache line), at the cost of three clock
+    /// reads per job: about 7 % of the throughput of jobs that do nothing,
+    /// measured on 2 cores, and nothing one can see on jobs of a few
+    /// microseconds or more. The per-worker counts of [`Stats`] are kept
+    /// either way.
+    ///
+    /// With the cargo feature `metrics`, the same numbers also go to the
+    /// [`metrics`](https://docs.rs/metrics) crate's facade, labelled by
+    /// route (`portpool_jobs_done_total`, `portpool_job_run_seconds`, …),
+    /// for a Prometheus or StatsD exporter: install the recorder before
+    /// building the pool.
+    pub fn metrics(mut self, on: bool) -> Self {
+        self.metrics = Some(on);
         self
     }
 
@@ -513,8 +540,12 @@ impl PoolBuilder {
                 per_route: self.per_route,
                 on_event: self.on_event,
                 recycle: self.recycle,
+                metrics: self.metrics.unwrap_or(false),
             },
             handlers: handlers.clone(),
+            metrics: std::sync::OnceLock::new(),
+            exits: Mutex::new(VecDeque::new()),
+            born: Instant::now(),
             ranked: ranked::Ranked::new(self.priority_aging.unwrap_or(DEFAULT_PRIORITY_AGING)),
             scale,
         });
@@ -552,6 +583,17 @@ impl PoolBuilder {
                 )?)
             }
         };
+        if core.config.metrics {
+            // The routes are known now: the handlers', and those the
+            // process workers announced.
+            let mut names: Vec<String> = handlers_names(&core);
+            if let Backend::Processes(p) = &backend {
+                names.extend(p.route_names());
+            }
+            let _ = core
+                .metrics
+                .set(metrics::Metrics::new(names, core.counters.len()));
+        }
         let target = backend.supervised();
         let core2 = core.clone();
         let thread = std::thread::Builder::new()

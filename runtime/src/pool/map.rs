@@ -467,6 +467,7 @@ impl Pool {
         // Relaxed: ids only need to be unique.
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let state = JobState::new();
+        core.metrics_for::<J>(&state);
         if let Some(token) = token {
             if token.carry(id, &state, &reply, &core.control).is_err() {
                 // Cancelled meanwhile: none of these jobs goes.

@@ -19,6 +19,7 @@ mod encode;
 mod errors;
 mod inner;
 mod map;
+mod metrics;
 mod options;
 mod processes;
 mod ranked;
@@ -47,6 +48,7 @@ use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, Shutdo
 
 pub use crate::serve::serve;
 pub use map::Map;
+pub use metrics::{Quantiles, RouteStats};
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
 pub use ticket::{JobResult, Ticket};
 
@@ -64,7 +66,7 @@ pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
 pub(crate) use inner::*;
 pub use options::JobOptions;
 pub(crate) use state::*;
-pub use stats::{Stats, WorkerStats};
+pub use stats::{Stats, WorkerExit, WorkerStats};
 
 /// A pool of workers. Dropping it shuts it down gracefully (running and
 /// queued jobs finish first), bounded by [`Shutdown::default`]'s deadline.
@@ -186,6 +188,7 @@ impl Pool {
     fn prepare<J: Job>(&self, job: J, opts: &JobOptions, check: bool) -> Prepared<J> {
         let core = &self.inner.core;
         let state = JobState::new();
+        core.metrics_for::<J>(&state);
         // Relaxed: ids only need to be unique.
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let (ticket, reply) = Ticket::new(id, state.clone(), core.control.clone());
@@ -479,6 +482,7 @@ impl Pool {
                     done: c.done.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     running: c.running.load(Ordering::Relaxed),
+                    busy: Duration::from_nanos(c.busy_ns.load(Ordering::Relaxed)),
                     up: states
                         .as_ref()
                         .is_none_or(|s| s.get(id) == Some(&scale::SlotState::Up)),
@@ -493,6 +497,13 @@ impl Pool {
                 + core.failed_elsewhere.load(Ordering::Relaxed),
             cancelled: core.cancelled.load(Ordering::Relaxed),
             workers,
+            routes: core
+                .metrics
+                .get()
+                .map(metrics::Metrics::snapshot)
+                .unwrap_or_default(),
+            exits: lock(&core.exits).iter().cloned().collect(),
+            age: core.born.elapsed(),
         }
     }
 

@@ -22,6 +22,8 @@ pub(crate) struct WorkerCounters {
     pub(crate) done: AtomicU64,
     pub(crate) failed: AtomicU64,
     pub(crate) running: AtomicUsize,
+    /// Nanoseconds spent running jobs (pools that keep metrics).
+    pub(crate) busy_ns: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -48,6 +50,8 @@ pub(crate) struct Config {
     pub(crate) per_route: HashMap<&'static str, RouteConfig>,
     pub(crate) on_event: Option<EventFn>,
     pub(crate) recycle: Recycle,
+    /// Whether it keeps per-route metrics (`PoolBuilder::metrics`).
+    pub(crate) metrics: bool,
 }
 
 /// When a worker is replaced between jobs (scenario "recycle").
@@ -248,13 +252,83 @@ pub(crate) struct Core {
     pub(crate) control: Sender<Control>,
     pub(crate) config: Config,
     pub(crate) handlers: Handlers,
+    /// Per-route metrics, once the routes are known (after the build).
+    pub(crate) metrics: std::sync::OnceLock<super::metrics::Metrics>,
+    /// The last workers' exits and start failures, for `stats()`.
+    pub(crate) exits: Mutex<VecDeque<super::WorkerExit>>,
+    /// When the pool was built.
+    pub(crate) born: Instant,
     /// Jobs of priority above 0, beside the queue.
     pub(crate) ranked: super::ranked::Ranked,
     /// Bounds and slot states of a pool with `min_workers` below its size.
     pub(crate) scale: Option<super::scale::Scale>,
 }
 
+/// How many exits `stats()` remembers.
+const EXITS_KEPT: usize = 32;
+
 impl Core {
+    /// Prepares a new job of type `J` for the metrics (if kept): its route
+    /// index and its submission time in `state`.
+    pub(crate) fn metrics_for<J: Job>(&self, state: &JobState) {
+        let Some(m) = self.metrics.get() else { return };
+        state.set_route(m.index(J::NAME));
+        state.set_clock(self.clock());
+    }
+
+    /// Now, as a job's clock counts (nanoseconds since the build, plus one).
+    fn clock(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
+    }
+
+    /// The metrics of `state`'s route in worker `w`'s shard (`None`: off
+    /// the workers), if kept.
+    pub(crate) fn route_metrics(
+        &self,
+        state: &JobState,
+        w: Option<usize>,
+    ) -> Option<&super::metrics::RouteMetrics> {
+        self.metrics.get()?.route(state.route()?, w)
+    }
+
+    /// Worker `w` took `t`: its queue wait is recorded, its run clock starts.
+    pub(crate) fn note_started(&self, t: &Task, w: usize) {
+        let queued = t.state.clock();
+        if queued == 0 {
+            return;
+        }
+        let now = self.clock();
+        if let Some(m) = self.route_metrics(&t.state, Some(w)) {
+            m.waited(Duration::from_nanos(now.saturating_sub(queued)), t.jobs());
+        }
+        t.state.set_clock(now);
+    }
+
+    /// Worker `w` answered a job (of `jobs` jobs, `failed` of them failed)
+    /// (started when its clock says): its run time and counts are recorded.
+    pub(crate) fn note_answered(&self, state: &JobState, jobs: u64, failed: u64, w: usize) {
+        let started = state.clock();
+        if started == 0 {
+            return;
+        }
+        let ran = Duration::from_nanos(self.clock().saturating_sub(started));
+        // Relaxed: statistics only.
+        self.counters[w].busy_ns.fetch_add(
+            u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
+        if let Some(m) = self.route_metrics(state, Some(w)) {
+            m.ran(ran, jobs);
+            use super::metrics::Ended;
+            if jobs > failed {
+                m.ended(Ended::Done, jobs - failed);
+            }
+            if failed > 0 {
+                m.ended(Ended::Failed, failed);
+            }
+        }
+    }
+
     /// The next task: a re-queued one first, then the queue's.
     pub(crate) fn pop(&self) -> Option<Work> {
         // Acquire: pairs with the Release increment in `requeue`.
@@ -361,6 +435,9 @@ impl Core {
     /// ticket cancelled it, count it as cancelled now (once).
     pub(crate) fn count_settled_elsewhere(&self, state: &JobState, jobs: u64) {
         if state.settled_by_cancel() {
+            if let Some(m) = self.route_metrics(state, None) {
+                m.ended(super::metrics::Ended::Cancelled, jobs);
+            }
             // Relaxed: statistics only.
             self.cancelled.fetch_add(jobs, Ordering::Relaxed);
             self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
@@ -398,6 +475,29 @@ impl Core {
             PoolEvent::PoolFailed { reason } => log::error!("the pool failed: {reason}"),
             PoolEvent::Saturated { queued } => log::debug!("the queue is full ({queued} jobs)"),
             PoolEvent::Drained => log::debug!("the queue drained"),
+        }
+        let exit = match &e {
+            PoolEvent::WorkerExited {
+                worker,
+                status,
+                expected,
+                ..
+            } => Some((*worker, status.clone(), *expected)),
+            PoolEvent::StartFailed { worker, reason } => {
+                Some((*worker, format!("could not start: {reason}"), false))
+            }
+            _ => None,
+        };
+        if let Some((worker, status, expected)) = exit {
+            let mut exits = lock(&self.exits);
+            if exits.len() >= EXITS_KEPT {
+                exits.pop_front();
+            }
+            exits.push_back(super::WorkerExit {
+                worker,
+                status,
+                expected,
+            });
         }
         if let Some(f) = &self.config.on_event {
             crate::util::call_logged("pool event callback", || f(&e));
@@ -493,6 +593,17 @@ impl Books for Core {
         // Relaxed: statistics only.
         if matches!(f, Failure::Cancelled) {
             self.cancelled.fetch_add(jobs, Ordering::Relaxed);
+        }
+        if let Some(m) = self.route_metrics(state, worker) {
+            use super::metrics::Ended;
+            m.ended(
+                match f {
+                    Failure::Cancelled => Ended::Cancelled,
+                    Failure::TimedOut(..) => Ended::TimedOut,
+                    _ => Ended::Failed,
+                },
+                jobs,
+            );
         }
         match worker {
             Some(w) => self.counters[w].finish_n(0, jobs),

@@ -1,5 +1,10 @@
 //! A snapshot of a pool's counters.
 
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use super::metrics::RouteStats;
+
 /// A snapshot of a pool's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
@@ -16,6 +21,37 @@ pub struct Stats {
     pub cancelled: u64,
     /// The same, per worker.
     pub workers: Vec<WorkerStats>,
+    /// Per job type (route name): queue-wait and run-time quantiles and
+    /// counts, when the pool keeps metrics ([`PoolBuilder::metrics`](super::PoolBuilder::metrics)).
+    pub routes: BTreeMap<String, RouteStats>,
+    /// The last 32 workers' exits and start failures, oldest first: why
+    /// each was replaced (crash, recycle, leaving idle, shutdown).
+    pub exits: Vec<WorkerExit>,
+    /// How long ago the pool was built.
+    pub age: Duration,
+}
+
+impl Stats {
+    /// The share of the pool's life worker `w` spent running jobs (0 to
+    /// 1; 0 without metrics).
+    pub fn utilization(&self, w: usize) -> f64 {
+        match self.workers.get(w) {
+            Some(s) if !self.age.is_zero() => s.busy.as_secs_f64() / self.age.as_secs_f64(),
+            _ => 0.0,
+        }
+    }
+}
+
+/// A worker's exit (or failed start), as [`Stats::exits`] keeps it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WorkerExit {
+    /// The worker's id.
+    pub worker: usize,
+    /// How it ended and why, as [`PoolEvent::WorkerExited`](crate::supervisor::PoolEvent::WorkerExited) says.
+    pub status: String,
+    /// Whether the pool ended it itself (a recycle, an idle worker, a
+    /// shutdown); `false` for a crash or a failed start.
+    pub expected: bool,
 }
 
 /// One worker's counters.
@@ -40,6 +76,9 @@ pub struct WorkerStats {
     pub failed: u64,
     /// Jobs it holds now.
     pub running: usize,
+    /// Time it spent running jobs (with [`PoolBuilder::metrics`](super::PoolBuilder::metrics);
+    /// a process worker's includes the trips to it and back).
+    pub busy: Duration,
     /// Whether the slot has a worker (up, starting or restarting): `false`
     /// only on a scaling pool ([`PoolBuilder::min_workers`](super::PoolBuilder::min_workers)),
     /// for a slot whose worker left or is leaving.

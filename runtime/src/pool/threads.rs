@@ -267,6 +267,7 @@ impl Threads {
                 continue;
             }
             task.state.mark_dispatched();
+            core.note_started(&task, id);
             let tracked = task.batch.is_none() || task.timeout.is_some();
             if tracked {
                 *lock(&slot.running) = Some(Running {
@@ -324,6 +325,7 @@ impl Threads {
             // Phase 3: answer, unless someone settled it meanwhile.
             if task.state.settle() {
                 counters.finish_n(jobs - failed, failed);
+                core.note_answered(&task.state, jobs, failed, id);
                 log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
                 task.reply.send(Event::Done(outcome));
             } else {

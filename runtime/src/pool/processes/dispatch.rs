@@ -289,6 +289,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     let jobs = t.jobs();
     let id = t.id;
     t.state.mark_dispatched();
+    core.note_started(&t, w.id);
     if core.config.recycle.jobs.is_some() {
         // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.
         w.jobs_sent.fetch_add(jobs, Ordering::Relaxed);

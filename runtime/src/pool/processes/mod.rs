@@ -198,6 +198,15 @@ impl Processes {
         self.shared.slots.get(w)?.current()?.link.clone()
     }
 
+    /// The routes the workers announced.
+    pub(crate) fn route_names(&self) -> Vec<String> {
+        self.shared
+            .routes
+            .get()
+            .map(|r| r.keys().cloned().collect())
+            .unwrap_or_default()
+    }
+
     /// Each slot's worker pid (if one is up), restart count and launcher.
     pub(crate) fn slot_stats(&self) -> Vec<(Option<u32>, u64, String)> {
         self.shared

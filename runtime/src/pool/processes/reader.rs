@@ -95,6 +95,9 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         if retry {
             let mut t = t;
             if ended_by.is_none() {
+                if let Some(m) = core.route_metrics(&t.state, Some(w.id)) {
+                    m.retried(jobs);
+                }
                 t.retries -= 1;
                 log::info!(
                     "job {} lost with worker {}: retrying ({} left)",

@@ -163,6 +163,7 @@ impl Worker {
                 self.note_recycle(jobs);
                 if t.state.settle() {
                     counters.finish_n(jobs - failed, failed);
+                    core.note_answered(&t.state, jobs, failed, self.id);
                     log::trace!("worker {}: job {id} done", self.id);
                     t.reply.send(Event::Done(outcome));
                 } else {
