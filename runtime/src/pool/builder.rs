@@ -202,6 +202,11 @@ impl PoolBuilder {
     /// `n` must be at least 1 (the pool checks its workers at build) and at
     /// most the pool's size. Without this, every worker starts at build and
     /// stays.
+    ///
+    /// A process worker holds up to [`inflight_per_worker`](Self::inflight_per_worker)
+    /// jobs, and jobs it holds do not move to a worker that starts later:
+    /// for jobs that each take a while, set `inflight_per_worker(1)` so the
+    /// jobs wait in the queue, where a new worker finds them.
     pub fn min_workers(mut self, n: usize) -> Self {
         self.min_workers = Some(n);
         self
@@ -255,9 +260,11 @@ impl PoolBuilder {
     /// `expected` and why). For handlers that leak, or state that grows.
     ///
     /// On a process worker the budget is spent as jobs are sent to it, so
-    /// the jobs it holds in flight do not carry it past `n`; only a `map`
-    /// chunk (several jobs sent as one) can cross it, and then the worker
-    /// is replaced right after that chunk. `n` must be at least 1.
+    /// the jobs it holds in flight do not carry it past `n`. On either
+    /// backend a `map` chunk (several jobs run as one) can cross it, and
+    /// then the worker is replaced right after that chunk: a pool of
+    /// `recycle_after_jobs(5)` running a `map` may say "recycled after 6
+    /// job(s)". `n` must be at least 1.
     pub fn recycle_after_jobs(mut self, n: u64) -> Self {
         self.recycle.jobs = Some(n);
         self
