@@ -365,12 +365,32 @@ impl Threads {
                 Some(Work::Wake) | None => {}
             }
         }
-        let got = match deadline {
-            None => select! {
+        // Back-to-back jobs: the next often comes within microseconds of
+        // the last answer. Look for it briefly before parking, so neither
+        // side pays a futex wake-up; an idle pool parks after this.
+        let spin_from = Instant::now();
+        let mut tries = 0u32;
+        let spun = loop {
+            if let Ok(t) = slot.private_rx.try_recv() {
+                break Some(Ok(Work::Task(t)));
+            }
+            match core.queue_rx.try_recv() {
+                Ok(w) => break Some(Ok(w)),
+                Err(crossbeam_channel::TryRecvError::Disconnected) => break Some(Err(true)),
+                Err(crossbeam_channel::TryRecvError::Empty) => {}
+            }
+            if spin_from.elapsed() >= crate::util::CHANNEL_SPIN {
+                break None;
+            }
+            crate::util::spin_pause(&mut tries);
+        };
+        let got = match (spun, deadline) {
+            (Some(got), _) => got,
+            (None, None) => select! {
                 recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
                 recv(core.queue_rx) -> w => w.map_err(|_| true),
             },
-            Some(d) => select! {
+            (None, Some(d)) => select! {
                 recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
                 recv(core.queue_rx) -> w => w.map_err(|_| true),
                 default(d.saturating_duration_since(Instant::now())) => return Taken::Nothing,

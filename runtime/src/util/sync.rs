@@ -14,7 +14,7 @@ pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// How long to wait without blocking before a blocking wait on a channel:
 /// a result that arrives within it skips a cross-core wake-up.
-const CHANNEL_SPIN: Duration = Duration::from_micros(50);
+pub(crate) const CHANNEL_SPIN: Duration = Duration::from_micros(50);
 
 /// One pause of a spin-wait: yields every other try, as the port's
 /// receive spin does, so a spinning thread lets its peer run on a shared
