@@ -553,19 +553,9 @@ fn shutdown_idle(reps: usize) {
 /// minimal crossbeam-channel pool (2 threads: a job channel, a result channel).
 fn thread_tiny(reps: usize, n: u64) {
     let run_raw = || {
-        let (job_tx, job_rx) = crossbeam_channel::unbounded::<u64>();
-        let (res_tx, res_rx) = crossbeam_channel::unbounded::<u64>();
-        let workers: Vec<_> = (0..2)
-            .map(|_| {
-                let (job_rx, res_tx) = (job_rx.clone(), res_tx.clone());
-                std::thread::spawn(move || {
-                    for x in job_rx {
-                        let _ = res_tx.send(x.wrapping_mul(2).wrapping_add(1));
-                    }
-                })
-            })
-            .collect();
+        let raw = threads::RawPool::new();
         let t = Instant::now();
+        let job_tx = raw.sender();
         let feeder = std::thread::spawn(move || {
             for i in 0..n {
                 job_tx.send(i).expect("send");
@@ -573,14 +563,11 @@ fn thread_tiny(reps: usize, n: u64) {
         });
         let mut sum = 0u64;
         for _ in 0..n {
-            sum = sum.wrapping_add(res_rx.recv().expect("recv"));
+            sum = sum.wrapping_add(raw.recv());
         }
         let d = t.elapsed();
         feeder.join().expect("feeder");
-        drop(res_rx);
-        for w in workers {
-            w.join().expect("worker");
-        }
+        drop(raw);
         std::hint::black_box(sum);
         n as f64 / d.as_secs_f64()
     };
@@ -599,12 +586,7 @@ fn thread_tiny(reps: usize, n: u64) {
         std::hint::black_box(sum);
         n as f64 / d.as_secs_f64()
     };
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        base.push(run_raw());
-        ours.push(run_pool());
-    }
-    report("pool_thread_tiny_jobs", median(ours), median(base), "jobs/s");
+    alternate("pool_thread_tiny_jobs", "jobs/s", reps, run_raw, run_pool);
 }
 
 /// Speedup over serial of `n` jobs of ~100 µs on this machine's cores,
@@ -758,6 +740,23 @@ fn map_rate(pool: &Pool, n: u64) -> f64 {
     }
     std::hint::black_box(sum);
     n as f64 / t.elapsed().as_secs_f64()
+}
+
+/// Runs `base` then `ours` `reps` times, alternating, and reports the
+/// medians as `metric`.
+fn alternate(
+    metric: &str,
+    unit: &str,
+    reps: usize,
+    mut base: impl FnMut() -> f64,
+    mut ours: impl FnMut() -> f64,
+) {
+    let (mut b, mut o) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        b.push(base());
+        o.push(ours());
+    }
+    report(metric, median(o), median(b), unit);
 }
 
 fn report(metric: &str, ours: f64, base: f64, unit: &str) {

@@ -5,18 +5,18 @@ use std::time::{Duration, Instant};
 
 use portpool::Pool;
 
-use super::{Tiny, handlers, median, report};
+use super::{Tiny, alternate, handlers, median, report};
 
 /// A minimal crossbeam-channel pool of 2 threads (a job channel, a result
 /// channel): the raw limit of a thread pool's dispatch.
-struct RawPool {
+pub(crate) struct RawPool {
     job_tx: Option<crossbeam_channel::Sender<u64>>,
     res_rx: crossbeam_channel::Receiver<u64>,
     workers: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl RawPool {
-    fn new() -> RawPool {
+    pub(crate) fn new() -> RawPool {
         let (job_tx, job_rx) = crossbeam_channel::unbounded::<u64>();
         let (res_tx, res_rx) = crossbeam_channel::unbounded::<u64>();
         let workers = (0..2)
@@ -42,7 +42,15 @@ impl RawPool {
         }
     }
 
-    fn recv(&self) -> u64 {
+    /// Another handle on the job channel (for a feeder thread).
+    pub(crate) fn sender(&self) -> crossbeam_channel::Sender<u64> {
+        match &self.job_tx {
+            Some(tx) => tx.clone(),
+            None => unreachable!("the job channel closes only in drop"),
+        }
+    }
+
+    pub(crate) fn recv(&self) -> u64 {
         self.res_rx.recv().expect("recv")
     }
 }
@@ -93,12 +101,7 @@ pub(crate) fn map_tiny(reps: usize, n: u64) {
         std::hint::black_box(out);
         n as f64 / d.as_secs_f64()
     };
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        base.push(run_rayon());
-        ours.push(run_pool());
-    }
-    report("pool_thread_map_tiny", median(ours), median(base), "jobs/s");
+    alternate("pool_thread_map_tiny", "jobs/s", reps, run_rayon, run_pool);
 }
 
 /// jobs/s with one `submit` per job, `window` tickets ahead, on 2 threads,
@@ -142,12 +145,7 @@ pub(crate) fn submit_tiny(reps: usize, n: u64) {
         std::hint::black_box(sum);
         n as f64 / d.as_secs_f64()
     };
-    let (mut base, mut ours) = (Vec::new(), Vec::new());
-    for _ in 0..reps {
-        base.push(run_raw());
-        ours.push(run_pool());
-    }
-    report("pool_thread_submit_tiny", median(ours), median(base), "jobs/s");
+    alternate("pool_thread_submit_tiny", "jobs/s", reps, run_raw, run_pool);
 }
 
 /// µs for one `submit` then `wait`, one job at a time, on 2 threads,
@@ -271,16 +269,11 @@ pub(crate) fn metrics_cost(reps: usize, n: u64) {
             std::hint::black_box(sum);
             n as f64 / t.elapsed().as_secs_f64()
         };
-        let (mut on, mut off) = (Vec::new(), Vec::new());
-        for _ in 0..reps {
-            off.push(run(&without));
-            on.push(run(&with));
-        }
         let metric = if processes {
             "pool_process_metrics_on"
         } else {
             "pool_thread_metrics_on"
         };
-        report(metric, median(on), median(off), "jobs/s");
+        alternate(metric, "jobs/s", reps, || run(&without), || run(&with));
     }
 }
