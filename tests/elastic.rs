@@ -426,3 +426,41 @@ fn a_pool_keeps_no_route_metrics_unless_asked() {
     assert_eq!(stats.done, 1);
     finish(pool, &[]);
 }
+
+// Both backends tell a shutdown's exits alike: one expected
+// `WorkerExited` per worker up, after the start events.
+both!(every_worker_says_it_exited_at_shutdown, |backend| {
+    let (on_event, heard) = events();
+    let pool = builder(backend, 2).on_event(on_event).build().unwrap();
+    assert_eq!(pool.submit(Square(4)).unwrap().wait().unwrap(), 16);
+    pool.shutdown(Shutdown::default());
+    let all: Vec<Heard> = heard.try_iter().collect();
+    let starts: Vec<usize> = all.iter().filter(|h| h.1).map(|h| h.0).collect();
+    let mut exits: Vec<usize> = all.iter().filter(|h| !h.1).map(|h| h.0).collect();
+    exits.sort();
+    assert_eq!(starts.len(), 2, "{all:?}");
+    assert_eq!(exits, [0, 1], "{all:?}");
+    assert!(
+        all.iter().filter(|h| !h.1).all(|h| h.3),
+        "expected exits: {all:?}"
+    );
+});
+
+// A recycled thread worker's exit is told before its replacement starts,
+// as a process worker's is.
+both!(a_recycle_says_exited_then_started, |backend| {
+    let (on_event, heard) = events();
+    let pool = builder(backend, 1)
+        .recycle_after_jobs(1)
+        .inflight_per_worker(1)
+        .on_event(on_event)
+        .build()
+        .unwrap();
+    assert!(next(&heard).1, "the first start");
+    assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
+    let (_, started, status, _) = next(&heard);
+    assert!(!started && status.contains("recycled"), "{status}");
+    let (w, started, status, _) = next(&heard);
+    assert!(started && w == 0, "{status}");
+    finish(pool, &[]);
+});

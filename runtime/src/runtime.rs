@@ -317,8 +317,8 @@ impl Runtime {
                 log::warn!("signal {sig}: shutting down gracefully (send SIGINT again to stop at once)");
             } else {
                 eprintln!(
-                    "portpool: signal {sig}: finishing the jobs taken (for up to {deadline:?}); interrupt \
-                     again to stop at once"
+                    "portpool: signal {sig}: finishing the queued and running jobs (for up to {deadline:?}); \
+                     interrupt again to stop at once"
                 );
             }
             let rt = self.clone();

@@ -191,26 +191,29 @@ impl Threads {
             STOP_GRACE
         };
         let deadline = Instant::now() + grace;
-        // One for each thread that has not ended (a scaling pool's dormant
-        // slots have none). Bounded: threads stuck in a handler take no
-        // Stop, and the queue may be too small to hold one for each.
-        let live = lock(&self.handles)
+        // (No thread starts from here on: `start` refuses once stopping.)
+        let handles: Vec<_> = lock(&self.handles).drain(..).collect();
+        // Which threads still run (recycled ones, those that left idle and
+        // abandoned ones that returned have ended, and said so).
+        let live: Vec<bool> = handles
             .iter()
-            .filter(|(_, _, done)| {
+            .map(|(_, _, done)| {
                 !matches!(
                     done.try_recv(),
                     Err(crossbeam_channel::TryRecvError::Disconnected)
                 )
             })
-            .count();
-        for _ in 0..live.min(self.slots.len()) {
+            .collect();
+        // One Stop for each. Bounded: threads stuck in a handler take no
+        // Stop, and the queue may be too small to hold one for each.
+        let stops = live.iter().filter(|l| **l).count().min(self.slots.len());
+        for _ in 0..stops {
             if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
                 break;
             }
         }
-        let handles: Vec<_> = lock(&self.handles).drain(..).collect();
         let mut abandoned = 0;
-        for (id, h, done) in handles {
+        for ((id, h, done), was_live) in handles.into_iter().zip(live) {
             // Nothing is ever sent: the channel disconnects when the thread ends.
             if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_deadline(deadline) {
                 log::error!(
@@ -221,6 +224,16 @@ impl Threads {
             }
             if h.join().is_err() {
                 log::error!("worker thread {id} panicked outside a job");
+            }
+            if was_live {
+                // As a process worker's exit at shutdown is reported.
+                self.core.event(PoolEvent::WorkerExited {
+                    worker: id,
+                    pid: None,
+                    status: "stopped by the shutdown".into(),
+                    jobs_held: 0,
+                    expected: true,
+                });
             }
         }
         // Broadcast copies that came after a worker took its Stop: nobody
@@ -494,20 +507,26 @@ impl Threads {
         let s = &self.slots[id];
         // Relaxed: statistics only.
         s.restarts.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = self.start(id, epoch + 1) {
-            s.restarts.fetch_sub(1, Ordering::Relaxed);
-            log::warn!(
-                "worker thread {id} is due for recycling ({why}), but no thread could start: {e}; it serves on"
-            );
-            return false;
-        }
+        // Said before the replacement's `WorkerStarted`, in the order a
+        // process worker's recycle is told.
         self.core.event(PoolEvent::WorkerExited {
             worker: id,
             pid: None,
-            status: why,
+            status: why.clone(),
             jobs_held: 0,
             expected: true,
         });
+        if let Err(e) = self.start(id, epoch + 1) {
+            s.restarts.fetch_sub(1, Ordering::Relaxed);
+            self.core.event(PoolEvent::StartFailed {
+                worker: id,
+                reason: format!(
+                    "worker thread {id} was due for recycling ({why}), but no thread could start: {e}; \
+                     it serves on"
+                ),
+            });
+            return false;
+        }
         true
     }
 }
