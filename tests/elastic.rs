@@ -190,11 +190,7 @@ both!(a_suspended_pool_does_not_shrink, |backend| {
     assert!(s && w == 1, "{status}");
     // Both run before the suspend (a suspended thread worker holds a job
     // it has not started).
-    let deadline = std::time::Instant::now() + BOUND;
-    while pool.stats().running < 2 {
-        assert!(std::time::Instant::now() < deadline, "both jobs run");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::wait_until("both jobs run", || pool.stats().running >= 2);
     pool.suspend();
     gate.open();
     for t in tickets {
@@ -270,11 +266,7 @@ fn run_order(
     let gate = GatePath::new(&format!("order-{backend:?}-{aging:?}"));
     let held = pool.submit(Gate(gate.0.clone())).unwrap();
     // The gate job is on the worker before the others queue.
-    let deadline = std::time::Instant::now() + BOUND;
-    while pool.stats().running < 1 {
-        assert!(std::time::Instant::now() < deadline, "the gate job runs");
-        std::thread::sleep(Duration::from_millis(1));
-    }
+    common::wait_until("the gate job runs", || pool.stats().running >= 1);
     let tickets = submit(&pool);
     gate.open();
     assert!(held.wait().unwrap());

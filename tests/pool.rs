@@ -459,11 +459,7 @@ fn a_burst_of_queued_jobs_spreads_over_the_workers() {
     assert_eq!(pool.stats().queued, 6);
     // One kick dispatches all six at once.
     pool.resume();
-    let deadline = std::time::Instant::now() + BOUND;
-    while pool.stats().running < 6 {
-        assert!(std::time::Instant::now() < deadline, "{:?}", pool.stats());
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    common::wait_until("six jobs run", || pool.stats().running >= 6);
     let held: Vec<usize> = pool.stats().workers.iter().map(|w| w.running).collect();
     assert_eq!(held, vec![2, 2, 2]);
     gate.open();
@@ -510,11 +506,7 @@ both!(a_cancel_token_cancels_a_map, |backend| {
     let token = CancelToken::new();
     let results: Vec<_> = std::thread::scope(|s| {
         s.spawn(|| {
-            let deadline = std::time::Instant::now() + BOUND;
-            while pool.stats().running == 0 {
-                assert!(std::time::Instant::now() < deadline);
-                std::thread::sleep(std::time::Duration::from_millis(1));
-            }
+            common::wait_until("a job runs", || pool.stats().running > 0);
             token.cancel();
         });
         pool.map((0..50).map(|_| Gate(gate.0.clone())))
@@ -549,10 +541,7 @@ both!(dropping_a_map_cancels_what_it_has_not_yielded, |backend| {
     // A cancelled job still queued is counted when a worker takes it off
     // the queue, which a thread worker does just after the queue shows
     // empty: wait for the count rather than read it once.
-    let deadline = std::time::Instant::now() + BOUND;
-    while pool.stats().cancelled < 4 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    common::wait_until("four jobs counted as cancelled", || pool.stats().cancelled >= 4);
     assert_eq!(pool.stats().cancelled, 4, "{:?}", pool.stats());
     assert_eq!(pool.submit(Square(2)).unwrap().wait().unwrap(), 4);
     finish(pool);
@@ -830,11 +819,7 @@ fn a_retiring_worker_that_crashes_is_a_crash() {
         other => panic!("expected WorkerExited, got {other:?}"),
     }
     // Counted: with no restarts allowed, the pool has failed.
-    let deadline = std::time::Instant::now() + BOUND;
-    while pool.failure().is_none() {
-        assert!(std::time::Instant::now() < deadline, "the crash was not counted");
-        std::thread::sleep(std::time::Duration::from_millis(2));
-    }
+    common::wait_until("the crash is counted", || pool.failure().is_some());
     pool.shutdown(Shutdown::default());
     common::wait_pid_gone(pid);
 }

@@ -7,6 +7,9 @@ use portpool::Pool;
 
 use super::{Tiny, alternate, handlers, median, report};
 
+/// Tickets a submitting bench keeps ahead of its waits.
+const WINDOW: u64 = 512;
+
 /// A minimal crossbeam-channel pool of 2 threads (a job channel, a result
 /// channel): the raw limit of a thread pool's dispatch.
 pub(crate) struct RawPool {
@@ -107,7 +110,6 @@ pub(crate) fn map_tiny(reps: usize, n: u64) {
 /// jobs/s with one `submit` per job, `window` tickets ahead, on 2 threads,
 /// beside the hand-made crossbeam pool doing the same.
 pub(crate) fn submit_tiny(reps: usize, n: u64) {
-    const WINDOW: u64 = 512;
     let run_raw = || {
         let raw = RawPool::new();
         let t = Instant::now();
@@ -128,24 +130,26 @@ pub(crate) fn submit_tiny(reps: usize, n: u64) {
         n as f64 / d.as_secs_f64()
     };
     let pool = thread_pool();
-    let run_pool = || {
-        let t = Instant::now();
-        let mut sum = 0u64;
-        let mut sent = 0;
-        let mut tickets = Vec::with_capacity(WINDOW as usize);
-        while sent < n {
-            let k = WINDOW.min(n - sent);
-            tickets.extend((0..k).map(|i| pool.submit(Tiny(sent + i)).expect("submit")));
-            for tk in tickets.drain(..) {
-                sum = sum.wrapping_add(tk.wait().expect("job"));
-            }
-            sent += k;
-        }
-        let d = t.elapsed();
-        std::hint::black_box(sum);
-        n as f64 / d.as_secs_f64()
-    };
+    let run_pool = || submit_window(&pool, n);
     alternate("pool_thread_submit_tiny", "jobs/s", reps, run_raw, run_pool);
+}
+
+/// jobs/s for `n` tiny jobs, one `submit` each, `WINDOW` tickets ahead.
+fn submit_window(pool: &Pool, n: u64) -> f64 {
+    let t = Instant::now();
+    let mut sum = 0u64;
+    let mut sent = 0;
+    let mut tickets = Vec::with_capacity(WINDOW as usize);
+    while sent < n {
+        let k = WINDOW.min(n - sent);
+        tickets.extend((0..k).map(|i| pool.submit(Tiny(sent + i)).expect("submit")));
+        for tk in tickets.drain(..) {
+            sum = sum.wrapping_add(tk.wait().expect("job"));
+        }
+        sent += k;
+    }
+    std::hint::black_box(sum);
+    n as f64 / t.elapsed().as_secs_f64()
 }
 
 /// µs for one `submit` then `wait`, one job at a time, on 2 threads,
@@ -253,22 +257,7 @@ pub(crate) fn metrics_cost(reps: usize, n: u64) {
             .expect("pool")
         };
         let (with, without) = (build(true), build(false));
-        let run = |pool: &Pool| {
-            let t = Instant::now();
-            let mut sum = 0u64;
-            let mut sent = 0;
-            let mut tickets = Vec::with_capacity(512);
-            while sent < n {
-                let k = 512.min(n - sent);
-                tickets.extend((0..k).map(|i| pool.submit(Tiny(sent + i)).expect("submit")));
-                for tk in tickets.drain(..) {
-                    sum = sum.wrapping_add(tk.wait().expect("job"));
-                }
-                sent += k;
-            }
-            std::hint::black_box(sum);
-            n as f64 / t.elapsed().as_secs_f64()
-        };
+        let run = |pool: &Pool| submit_window(pool, n);
         let metric = if processes {
             "pool_process_metrics_on"
         } else {

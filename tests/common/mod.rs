@@ -105,6 +105,17 @@ pub(crate) fn assert_pid_gone(pid: u32) {
     }
 }
 
+/// Polls `cond` until it holds; panics with `what` (and the bound) if it
+/// does not within [`BOUND`]. For states no event announces (a pool's
+/// counters); a poll, not a timing: it never asserts how long it took.
+pub(crate) fn wait_until(what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = Instant::now() + BOUND;
+    while !cond() {
+        assert!(Instant::now() < deadline, "not within {BOUND:?}: {what}");
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
 /// Waits (bounded) until `pid`, which need not be our child, has exited:
 /// no such process, or a zombie its parent has yet to reap.
 pub(crate) fn wait_pid_gone(pid: u32) {

@@ -342,15 +342,13 @@ impl Pool {
     #[allow(clippy::result_large_err)] // the Err gives the task back
     fn ranked<E>(&self, w: Work, send: impl FnOnce(Work) -> Result<(), (Work, E)>) -> Result<(), (Work, E)> {
         let core = &self.inner.core;
-        let priority = match &w {
+        let t = match w {
             // Without a queue (limit 0) nothing waits to be reordered, and
             // the submitter must return once a worker has its job.
-            Work::Task(t) if t.priority > 0 && core.queue_limit > 0 => t.priority,
-            _ => return send(w),
+            Work::Task(t) if t.priority > 0 && core.queue_limit > 0 => t,
+            w => return send(w),
         };
-        let Work::Task(t) = w else {
-            return send(w);
-        };
+        let priority = t.priority;
         // Room first, then the job: it becomes runnable only once its
         // submitter is past the queue's backpressure (a submitter waiting
         // for room while its own job runs could wait on that very job).

@@ -19,7 +19,7 @@
 
 use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::lock;
 
@@ -64,8 +64,6 @@ pub(crate) struct Scale {
     /// Where dormant process slots' threads sleep.
     sleep: Mutex<()>,
     woken: Condvar,
-    /// The origin of the process workers' idle clocks.
-    pub(crate) origin: Instant,
 }
 
 /// The right to let workers go (see [`Scale::decide`]).
@@ -93,7 +91,6 @@ impl Scale {
             decide: Mutex::new(()),
             sleep: Mutex::new(()),
             woken: Condvar::new(),
-            origin: Instant::now(),
         }
     }
 
@@ -189,11 +186,6 @@ impl Scale {
     pub(crate) fn wake_all(&self) {
         let _g = lock(&self.sleep);
         self.woken.notify_all();
-    }
-
-    /// Now, on the process workers' idle clock.
-    pub(crate) fn now(&self) -> u64 {
-        u64::try_from(self.origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
     }
 
     /// How often the monitor looks for idle process workers: a quarter of

@@ -276,8 +276,9 @@ impl Core {
         state.set_clock(self.clock());
     }
 
-    /// Now, as a job's clock counts (nanoseconds since the build, plus one).
-    fn clock(&self) -> u64 {
+    /// Now, as a job's metrics clock and a process worker's idle clock
+    /// count (nanoseconds since the build, plus one).
+    pub(crate) fn clock(&self) -> u64 {
         u64::try_from(self.born.elapsed().as_nanos()).unwrap_or(u64::MAX - 1) + 1
     }
 

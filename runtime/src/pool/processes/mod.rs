@@ -403,7 +403,7 @@ impl Supervised for Processes {
         if !core.may_shrink() {
             return Some(scale.check_every());
         }
-        let now = scale.now();
+        let now = core.clock();
         for (i, slot) in self.shared.slots.iter().enumerate() {
             let Some(w) = slot.current() else { continue };
             // SeqCst: as every other access to the in-flight count.

@@ -327,7 +327,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         stop_sent: AtomicBool::new(false),
         recycle_why: Mutex::new(None),
         local: slot.launcher.is_local(),
-        idle_since: AtomicU64::new(core.scale.as_ref().map_or(0, |s| s.now())),
+        idle_since: AtomicU64::new(core.clock()),
         leaving: AtomicBool::new(false),
     }))
 }

@@ -58,7 +58,7 @@ pub(super) struct Worker {
     pub(super) recycle_why: Mutex<Option<String>>,
     /// It runs on this machine (its pid is its own, not a launcher's).
     pub(super) local: bool,
-    /// When it last held no job, on the scale clock (scaling pools).
+    /// When it last held no job, on the pool's clock (`Core::clock`; scaling pools).
     pub(super) idle_since: AtomicU64,
     /// It was chosen to leave for being idle (scenario "scale"): it
     /// retires, and its slot goes dormant instead of starting another.
@@ -171,11 +171,10 @@ impl Worker {
                     core.count_settled_elsewhere(&t.state, jobs);
                 }
                 drop(t);
-                if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 {
-                    if let Some(scale) = &core.scale {
-                        // Relaxed: read by the monitor's idle check, a hint.
-                        self.idle_since.store(scale.now(), Ordering::Relaxed);
-                    }
+                // (The slot is given back whether or not the pool scales.)
+                if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && core.scale.is_some() {
+                    // Relaxed: read by the monitor's idle check, a hint.
+                    self.idle_since.store(core.clock(), Ordering::Relaxed);
                 }
                 self.retire_if_idle();
                 // Queue the next jobs; write everything queued (by this or an
