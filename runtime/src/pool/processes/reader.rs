@@ -72,6 +72,16 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
     };
     let held: Vec<Task> = lock(&w.pending).drain().map(|(_, t)| t).collect();
     let jobs_held = held.len();
+    // The exit is told (and kept for `stats()`) before the jobs it took
+    // down fail: whoever sees such a job's error also sees its cause.
+    let expected = ended_by.is_some() || stopping;
+    core.event(PoolEvent::WorkerExited {
+        worker: w.id,
+        pid: Some(w.pid),
+        status: status.clone(),
+        jobs_held,
+        expected,
+    });
     let mut requeued = false;
     for t in held {
         let jobs = t.jobs();
@@ -117,14 +127,6 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         core.retire_failure(&t.state, &t.reply, jobs, f, Some(w.id));
     }
     w.in_flight.store(0, Ordering::SeqCst);
-    let expected = ended_by.is_some() || stopping;
-    core.event(PoolEvent::WorkerExited {
-        worker: w.id,
-        pid: Some(w.pid),
-        status: status.clone(),
-        jobs_held,
-        expected,
-    });
     if requeued {
         shared.kick();
     }
