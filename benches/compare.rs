@@ -426,7 +426,7 @@ fn request_roundtrip(reps: usize, iters: usize) {
 }
 
 /// 64-byte messages per second one way over a `Link` (the receiver takes
-/// each with `each_message`), beside raw writes of the same bytes, each
+/// each with `messages`), beside raw writes of the same bytes, each
 /// message written on its own.
 fn messages_pipelined(reps: usize, n: usize) {
     // A link message frame for 64 bytes: header, tag, length, bytes.
@@ -456,7 +456,7 @@ fn messages_pipelined(reps: usize, n: usize) {
         for _ in 0..n {
             link.send_message(&msg).expect("send");
         }
-        let got: u64 = link.get_one_message().expect("count");
+        let got: u64 = link.recv_message().expect("count");
         let rate = n as f64 / t.elapsed().as_secs_f64();
         assert_eq!(got, n as u64);
         drop(link);
@@ -887,7 +887,7 @@ fn peer(role: &str) {
             let n = arg(1);
             let link = portpool::link::Link::new(port.connect().expect("connect"));
             let mut got = 0u64;
-            for m in link.each_message::<serde_bytes::ByteBuf>().take(n) {
+            for m in link.messages::<serde_bytes::ByteBuf>().take(n) {
                 m.expect("message");
                 got += 1;
             }

@@ -5,7 +5,7 @@
 //!
 //! - The parent starts the child with an initial message (`ipc_input`).
 //! - The child answers it, then both count in turns: each side adds one
-//!   and sends it back (`each_message` on both sides), until 10.
+//!   and sends it back (`messages` on both sides), until 10.
 //! - The parent asks the child a question (`request`) on the way.
 //! - At the end the parent prints everything the child sent (`ipc_output`).
 
@@ -25,10 +25,10 @@ fn child() -> Result<(), Box<dyn std::error::Error>> {
     let link = Link::from_env(Codec::Postcard)?;
     link.on_request(|question: String| Ok::<String, String>(format!("the child heard {question:?}")));
     // The initial message comes first.
-    if let Msg::Hello(from) = link.get_one_message::<Msg>()? {
+    if let Msg::Hello(from) = link.recv_message::<Msg>()? {
         link.send_message(&Msg::Hello(format!("hello back, {from}")))?;
     }
-    for m in link.each_message::<Msg>() {
+    for m in link.messages::<Msg>() {
         match m? {
             Msg::Count(10) => break, // the child exits here
             Msg::Count(n) => link.send_message(&Msg::Count(n + 1))?,
@@ -48,13 +48,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .ipc_input(vec![Msg::Hello("parent".into())])
         .spawn()?;
 
-    println!("child says: {:?}", sub.get_one_message::<Msg>()?);
+    println!("child says: {:?}", sub.recv_message::<Msg>()?);
     let answer: String = sub.request(&"are you there?".to_string())?;
     println!("asked, and {answer}");
 
     sub.send_message(&Msg::Count(0))?;
     // Ends when the child exits.
-    for m in sub.each_message::<Msg>() {
+    for m in sub.messages::<Msg>() {
         let m = m?;
         println!("child counted {m:?}");
         if let Msg::Count(n) = m {

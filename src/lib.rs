@@ -365,7 +365,7 @@
 //! let pool = Pool::builder().threads(1).handlers(Handlers::new()).runtime(&rt).build()?;
 //! assert_eq!(rt.refs(), 1);
 //! rt.suspend(); // stops dispatching; queued jobs wait
-//! pool.unref(); // a suspended pool need not keep `run` waiting
+//! pool.set_keep_alive(false); // a suspended pool need not keep `run` waiting
 //! assert!(rt.run_timeout(std::time::Duration::from_secs(30)).is_some());
 //! rt.resume();
 //! # Ok::<(), Box<dyn std::error::Error>>(())
@@ -402,8 +402,8 @@
 //! assert_eq!(link.request::<u32, u32>(&21)?, 42);
 //! assert_eq!(link.request::<u32, u32>(&0), Err(LinkError::Failed("zero".into())));
 //! // Take the Done first; the others stay, in order, for later reads.
-//! assert_eq!(link.get_one_message_where(|e: &Event| *e == Event::Done)?, Event::Done);
-//! let rest: Vec<Event> = link.each_message().take(2).collect::<Result<_, _>>()?;
+//! assert_eq!(link.recv_message_where(|e: &Event| *e == Event::Done)?, Event::Done);
+//! let rest: Vec<Event> = link.messages().take(2).collect::<Result<_, _>>()?;
 //! assert_eq!(rest, [Event::Started, Event::Progress(50)]);
 //! drop(link);
 //! peer.join().unwrap()?;

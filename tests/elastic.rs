@@ -6,43 +6,17 @@
 mod common;
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
+#[path = "common/pools.rs"]
+mod pools;
 
-use std::process::Command;
 use std::time::Duration;
 
-use common::{BOUND, GatePath, assert_pid_gone, both};
+use common::{BOUND, GatePath, both};
 use crossbeam_channel::Receiver;
 use jobs::*;
-use portpool::pool::PoolBuilder;
+use pools::{Backend, builder, finish};
 use portpool::supervisor::PoolEvent;
 use portpool::{Pool, Shutdown};
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Threads,
-    Processes,
-}
-
-fn builder(backend: Backend, n: usize) -> PoolBuilder {
-    match backend {
-        Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
-        Backend::Processes => {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
-            cmd.arg("pool-worker");
-            Pool::builder().processes(n).worker_command(cmd)
-        }
-    }
-}
-
-/// Shuts `pool` down and asserts that no worker process it ever had is left.
-fn finish(pool: Pool, pids: &[u32]) {
-    let mut pids = pids.to_vec();
-    pids.extend(pool.stats().workers.iter().filter_map(|w| w.pid));
-    pool.shutdown(Shutdown::default());
-    for pid in pids {
-        assert_pid_gone(pid);
-    }
-}
 
 /// What a scaling test hears: `(worker, started)`, `started` false for an
 /// exit, with the exit's status and whether it was expected.

@@ -30,12 +30,12 @@ fn linked(scenario: &str, n: Option<u32>) -> (Fixture, Link) {
 fn a_filtered_read_leaves_other_messages_for_later_readers() {
     let (child, link) = linked("kinds", None);
     let b = link
-        .get_one_message_where(|m: &Tagged| matches!(m, Tagged::B(_)))
+        .recv_message_where(|m: &Tagged| matches!(m, Tagged::B(_)))
         .unwrap();
     assert_eq!(b, Tagged::B(2));
     // The A that arrived first is still there, then the rest in order.
-    assert_eq!(link.get_one_message::<Tagged>().unwrap(), Tagged::A(1));
-    let rest: Vec<Tagged> = link.each_message().take(2).map(Result::unwrap).collect();
+    assert_eq!(link.recv_message::<Tagged>().unwrap(), Tagged::A(1));
+    let rest: Vec<Tagged> = link.messages().take(2).map(Result::unwrap).collect();
     assert_eq!(rest, [Tagged::A(3), Tagged::B(4)]);
     drop(link);
     assert!(child.assert_gone().success());
@@ -55,7 +55,7 @@ fn messages_sent_from_four_threads_arrive_in_each_senders_order() {
             });
         }
     });
-    let out_of_order: u32 = link.get_one_message_timeout(BOUND).unwrap();
+    let out_of_order: u32 = link.recv_message_timeout(BOUND).unwrap();
     assert_eq!(out_of_order, 0);
     drop(link);
     assert!(child.assert_gone().success());
@@ -65,7 +65,7 @@ fn messages_sent_from_four_threads_arrive_in_each_senders_order() {
 fn each_message_ends_when_the_peer_disconnects_cleanly() {
     let (child, link) = linked("listen", None);
     link.send_message("one").unwrap();
-    assert_eq!(link.get_one_message::<String>().unwrap(), "heard one");
+    assert_eq!(link.recv_message::<String>().unwrap(), "heard one");
     drop(link);
     assert!(child.assert_gone().success());
 }
@@ -93,7 +93,7 @@ fn a_strict_message_to_a_listening_peer_is_delivered() {
             Err(e) => panic!("strict send failed: {e}"),
         }
     }
-    assert_eq!(link.get_one_message::<String>().unwrap(), "heard ping");
+    assert_eq!(link.recv_message::<String>().unwrap(), "heard ping");
     drop(link);
     assert!(child.assert_gone().success());
 }
@@ -120,7 +120,7 @@ fn two_strict_sends_crossing_each_other_are_a_deadlock_not_a_hang() {
         Err(LinkError::Deadlock)
     );
     // The child reports what we answered to its own strict message.
-    assert_eq!(link.get_one_message::<String>().unwrap(), "deadlock");
+    assert_eq!(link.recv_message::<String>().unwrap(), "deadlock");
     drop(link);
     assert!(child.assert_gone().success());
 }
@@ -170,7 +170,7 @@ fn a_pending_request_fails_past_its_deadline() {
 fn a_registered_handler_answers_the_peers_requests() {
     let (child, link) = linked("ask", Some(41));
     link.on_request(|n: u32| Ok::<u32, String>(n + 1));
-    assert_eq!(link.get_one_message::<u32>().unwrap(), 42);
+    assert_eq!(link.recv_message::<u32>().unwrap(), 42);
     drop(link);
     assert!(child.assert_gone().success());
 }
@@ -224,12 +224,12 @@ fn a_python_peer_written_from_the_protocol_document_talks_to_us() {
     }
     link.send_message(&[1, 2, 3]).unwrap();
     assert_eq!(
-        link.get_one_message::<Echo<Vec<u8>>>().unwrap(),
+        link.recv_message::<Echo<Vec<u8>>>().unwrap(),
         Echo { echo: vec![1, 2, 3] }
     );
     link.send_message_strict("strictly").unwrap();
     assert_eq!(
-        link.get_one_message::<Echo<String>>().unwrap(),
+        link.recv_message::<Echo<String>>().unwrap(),
         Echo {
             echo: "strictly".into()
         }
@@ -260,7 +260,7 @@ fn a_pool_worker_converses_with_its_supervisor_beside_its_jobs() {
     let (doubled, heard) = pool.submit(job).unwrap().wait().unwrap();
     assert_eq!(doubled, 42);
     assert_eq!(heard, "from the supervisor");
-    assert_eq!(link.get_one_message::<String>().unwrap(), "from the worker");
+    assert_eq!(link.recv_message::<String>().unwrap(), "from the worker");
     drop(link);
     pool.shutdown(portpool::Shutdown::default());
     common::assert_pid_gone(pid);

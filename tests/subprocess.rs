@@ -22,9 +22,9 @@ fn ipc_input_comes_first_and_ipc_output_holds_every_message() {
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();
-    assert_eq!(child.get_one_message::<String>().unwrap(), "got lint");
+    assert_eq!(child.recv_message::<String>().unwrap(), "got lint");
     child.send_message("a").unwrap();
-    assert_eq!(child.get_one_message::<String>().unwrap(), "echo a");
+    assert_eq!(child.recv_message::<String>().unwrap(), "echo a");
     child.send_message("b").unwrap();
     child.send_message("done").unwrap();
     let out = child.wait().unwrap();
@@ -69,11 +69,11 @@ fn an_unrefd_subprocess_does_not_keep_the_runtime_running() {
     let child = Subprocess::builder(sub("wait")).runtime(&rt).spawn().unwrap();
     let pid = child.id().unwrap();
     assert_eq!(rt.refs(), 1);
-    child.unref();
+    child.set_keep_alive(false);
     // Returns although the child still runs.
     assert!(rt.run_timeout(BOUND).is_some());
-    assert!(!child.has_ref());
-    child.ref_();
+    assert!(!child.keeps_alive());
+    child.set_keep_alive(true);
     assert_eq!(rt.refs(), 1);
     // wait() closes our side of the conversation: the child's wait ends.
     let out = child.wait().unwrap();

@@ -659,11 +659,11 @@ fn ref_and_unref_decide_when_run_returns() {
         .runtime(&rt)
         .build()
         .unwrap();
-    assert!(pool.has_ref());
+    assert!(pool.keeps_alive());
     assert_eq!(rt.refs(), 1);
-    pool.unref();
+    pool.set_keep_alive(false);
     assert_eq!(rt.run_timeout(BOUND), Some(Default::default()));
-    pool.ref_();
+    pool.set_keep_alive(true);
     // An Ipc counts too, until unref'd.
     let (a, b) = portpool::port::open().unwrap();
     let t = std::thread::spawn(move || b.connect().map(|_| ()));
@@ -671,14 +671,14 @@ fn ref_and_unref_decide_when_run_returns() {
     ipc.attach(&rt);
     t.join().unwrap().unwrap();
     assert_eq!(rt.refs(), 2);
-    ipc.unref();
+    ipc.set_keep_alive(false);
     assert_eq!(rt.refs(), 1);
     // run() returns once the pool shuts down.
     let rt2 = rt.clone();
     let runner = std::thread::spawn(move || rt2.run_timeout(BOUND));
     pool.shutdown(Shutdown::default());
     assert!(runner.join().unwrap().is_some());
-    assert!(!pool.has_ref());
+    assert!(!pool.keeps_alive());
 }
 
 both!(suspend_keeps_queued_jobs_and_resume_runs_them, |backend| {
@@ -690,12 +690,12 @@ both!(suspend_keeps_queued_jobs_and_resume_runs_them, |backend| {
     let (p1, p2) = (Arc::downgrade(&weak_pool), Arc::downgrade(&weak_pool));
     rt.on_suspend(move || {
         if let Some(p) = p1.upgrade() {
-            p.unref();
+            p.set_keep_alive(false);
         }
     });
     rt.on_resume(move || {
         if let Some(p) = p2.upgrade() {
-            p.ref_();
+            p.set_keep_alive(true);
         }
     });
     rt.suspend();
@@ -708,10 +708,10 @@ both!(suspend_keeps_queued_jobs_and_resume_runs_them, |backend| {
     assert_eq!((s.done, s.running), (0, 0));
     let tickets: Vec<_> = tickets
         .into_iter()
-        .map(|t| t.try_result().expect_err("nothing runs while suspended"))
+        .map(|t| t.try_wait().expect_err("nothing runs while suspended"))
         .collect();
     rt.resume();
-    assert!(weak_pool.has_ref());
+    assert!(weak_pool.keeps_alive());
     let got: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
     assert_eq!(got, [0, 1, 4]);
     if backend == Backend::Processes {

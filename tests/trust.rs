@@ -199,7 +199,7 @@ fn an_unencodable_job_fails_at_submit_even_while_every_worker_is_busy() {
     assert_eq!(busy.recv_progress::<String>().as_deref(), Some("started"));
     // The worker is busy: this job waits in the queue, so it is encoded now.
     let t = pool.submit(chaos(1, Fault::BadInput)).unwrap();
-    match t.try_result() {
+    match t.try_wait() {
         Ok(Err(JobError::Codec { side, reason })) => {
             assert_eq!(side, portpool::job::Side::Supervisor);
             assert!(reason.contains("chaos input 1 refuses"), "{reason}");
@@ -417,7 +417,7 @@ fn a_port_frame_on_a_link_ends_the_wait_with_an_error() {
         let (f, link) = link_to(mode, arg);
         let link = std::sync::Arc::new(link);
         let l = link.clone();
-        let r = within_bound(move || l.get_one_message_timeout::<u64>(Duration::from_secs(10)));
+        let r = within_bound(move || l.recv_message_timeout::<u64>(Duration::from_secs(10)));
         match r {
             Err(portpool::link::LinkError::Broken(why)) => assert!(why.contains("port"), "{why}"),
             other => panic!("{mode}: expected the link to break, got {other:?}"),

@@ -54,7 +54,7 @@ fuzz_target!(|data: &[u8]| {
     let wait = Duration::from_millis(2);
     for _ in 0..32 {
         let got = if mode & 2 == 0 {
-            link.get_one_message_timeout::<u64>(wait).map(drop)
+            link.recv_message_timeout::<u64>(wait).map(drop)
         } else {
             link.request_timeout::<_, String>(&7u32, wait).map(drop)
         };

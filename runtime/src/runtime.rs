@@ -461,6 +461,16 @@ impl RefCount {
         *lock(&self.state) == RefState::Ref
     }
 
+    /// A public handle's `set_keep_alive`.
+    pub(crate) fn set_keep_alive(&self, keep: bool) {
+        if keep { self.ref_() } else { self.unref() }
+    }
+
+    /// A public handle's `keeps_alive`.
+    pub(crate) fn keeps_alive(&self) -> bool {
+        self.has_ref()
+    }
+
     /// The same state, moved to `rt`.
     pub(crate) fn moved_to(&self, rt: &Runtime) -> RefCount {
         let was = *lock(&self.state);

@@ -145,7 +145,7 @@ impl Service {
             }
         };
         let (child, stderr, control) = (started.child, started.stderr, started.ipc);
-        control.unref();
+        control.set_keep_alive(false);
         Ok(Service {
             kind: Kind::Process {
                 control: Mutex::new(Some(control)),

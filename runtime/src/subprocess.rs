@@ -10,7 +10,7 @@
 //! cmd.arg("--task");
 //! let child = Subprocess::builder(cmd).ipc_input(vec!["lint".to_string()]).spawn()?;
 //! child.send_message("and then build")?;              // the conversation API
-//! let first: String = child.get_one_message()?;
+//! let first: String = child.recv_message()?;
 //! let out = child.wait()?;                            // exit status + every message
 //! let all: Vec<String> = out.ipc_output();
 //! # Ok(()) }
@@ -127,7 +127,7 @@ impl SubprocessBuilder {
 }
 
 /// A running child process with a conversation to it. It dereferences to
-/// its [`Link`]: `send_message`, `get_one_message`, `each_message`,
+/// its [`Link`]: `send_message`, `recv_message`, `messages`,
 /// `send_message_strict`, `request`, `on_request` all work on it.
 ///
 /// Dropping it without [`wait`](Self::wait) kills the child (SIGKILL) and
@@ -170,7 +170,7 @@ pub struct SubprocessOutput {
 impl SubprocessOutput {
     /// Every message the child sent, in order, decoded as `T` (a message
     /// that does not decode as `T` is skipped). Messages taken with
-    /// `get_one_message` during the run are included (execa's `ipcOutput`).
+    /// `recv_message` during the run are included (execa's `ipcOutput`).
     pub fn ipc_output<T: DeserializeOwned>(&self) -> Vec<T> {
         self.ipc.iter().filter_map(|p| p.decode_value().ok()).collect()
     }
@@ -253,21 +253,35 @@ impl Subprocess {
         &self.link
     }
 
-    /// Lets the runtime's `run` return while this subprocess runs
-    /// (execa's `reference: false`).
-    pub fn unref(&self) {
-        self.rt_ref.unref();
+    /// Whether this subprocess keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// `run` from returning: `true` by default, `false` lets `run` return
+    /// while it is alive (until it is waited for). (Node and bare-ipc call these `ref()`
+    /// and `unref()`.)
+    pub fn set_keep_alive(&self, keep: bool) {
+        self.rt_ref.set_keep_alive(keep);
     }
 
-    /// Keeps the runtime running until this subprocess is waited for (the
-    /// default).
+    /// Whether this subprocess keeps its runtime alive.
+    pub fn keeps_alive(&self) -> bool {
+        self.rt_ref.keeps_alive()
+    }
+
+    /// The old name of `set_keep_alive(true)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(true)`")]
     pub fn ref_(&self) {
-        self.rt_ref.ref_();
+        self.set_keep_alive(true);
     }
 
-    /// Whether this subprocess holds a ref on its runtime.
+    /// The old name of `set_keep_alive(false)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(false)`")]
+    pub fn unref(&self) {
+        self.set_keep_alive(false);
+    }
+
+    /// The old name of [`keeps_alive`](Self::keeps_alive).
+    #[deprecated(since = "0.1.0", note = "renamed `keeps_alive`")]
     pub fn has_ref(&self) -> bool {
-        self.rt_ref.has_ref()
+        self.keeps_alive()
     }
 
     /// Closes this side of the conversation (the child reads EOF once it

@@ -38,22 +38,87 @@ pub(crate) enum Event {
 }
 
 /// Where a job's events go: a channel, with a tag telling the jobs that
-/// share it apart (a `map` uses one channel for all its jobs).
+/// share it apart (a `map` uses one channel for all its jobs), and the
+/// task to wake when the receiver is a future.
 #[derive(Clone)]
 pub(crate) struct Reply {
     pub(crate) tx: Sender<(u64, Event)>,
     pub(crate) tag: u64,
+    pub(crate) wake: Arc<WakeSlot>,
 }
 
 impl Reply {
     pub(crate) fn send(&self, event: Event) {
         // The submitter may have dropped its ticket: nobody to tell.
         let _ = self.tx.send((self.tag, event));
+        self.wake.wake();
     }
 
     /// Sends `Done(Failed(f))`.
     pub(crate) fn fail(&self, f: Failure) {
         self.send(Event::Done(Outcome::Failed(f)));
+    }
+}
+
+/// The waker of a future waiting on a reply channel (a ticket awaited, a
+/// map polled as a stream), woken by whichever thread sends to the
+/// channel: the threads that settle jobs wake their waiters, no executor
+/// thread of ours is involved.
+///
+/// The protocol never loses a wake-up: the waiter stores its waker and
+/// raises `armed`, then looks at the channel again; the sender puts its
+/// event in the channel, then looks at `armed`. A SeqCst fence on each
+/// side, between its write and its read, means at least one of them sees
+/// the other's write. A reply nobody awaits costs one fence and one load.
+#[derive(Default)]
+pub(crate) struct WakeSlot {
+    armed: AtomicBool,
+    waker: std::sync::Mutex<Option<std::task::Waker>>,
+}
+
+impl WakeSlot {
+    pub(crate) fn new() -> Arc<WakeSlot> {
+        Arc::new(WakeSlot::default())
+    }
+
+    /// Registers `w` to be woken by the next event. The caller must look
+    /// at its channel again after this returns.
+    pub(crate) fn register(&self, w: &std::task::Waker) {
+        {
+            let mut slot = crate::util::lock(&self.waker);
+            match &*slot {
+                Some(old) if old.will_wake(w) => {}
+                _ => *slot = Some(w.clone()),
+            }
+            // Relaxed: the fence below orders it before the caller's look.
+            self.armed.store(true, Ordering::Relaxed);
+        }
+        std::sync::atomic::fence(Ordering::SeqCst);
+    }
+
+    /// Wakes the registered waker, if any (after an event was sent).
+    pub(crate) fn wake(&self) {
+        std::sync::atomic::fence(Ordering::SeqCst);
+        // Relaxed: ordered by the fences (see the type's docs).
+        if !self.armed.load(Ordering::Relaxed) {
+            return;
+        }
+        let w = {
+            let mut slot = crate::util::lock(&self.waker);
+            self.armed.store(false, Ordering::Relaxed);
+            slot.take()
+        };
+        // Woken outside the lock: an executor may poll at once, inline.
+        if let Some(w) = w {
+            w.wake();
+        }
+    }
+
+    /// Forgets the registered waker (its future is gone).
+    pub(crate) fn clear(&self) {
+        let mut slot = crate::util::lock(&self.waker);
+        self.armed.store(false, Ordering::Relaxed);
+        *slot = None;
     }
 }
 

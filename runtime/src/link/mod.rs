@@ -4,9 +4,9 @@
 //! A [`Link`] wraps an [`Ipc`] and gives it:
 //!
 //! - ordered messages: [`send_message`](Link::send_message),
-//!   [`get_one_message`](Link::get_one_message), a filtered
-//!   [`get_one_message_where`](Link::get_one_message_where) that leaves
-//!   other messages for later readers, and [`each_message`](Link::each_message);
+//!   [`recv_message`](Link::recv_message), a filtered
+//!   [`recv_message_where`](Link::recv_message_where) that leaves
+//!   other messages for later readers, and [`messages`](Link::messages);
 //! - strict sends ([`send_message_strict`](Link::send_message_strict)):
 //!   delivered only to a peer that is waiting for a message, otherwise an
 //!   error (`NotListening`, `PeerExited`, or `Deadlock` when both sides
@@ -34,6 +34,7 @@
 //! between threads.
 
 mod frame;
+mod future;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -52,6 +53,7 @@ use crate::transport::Wait;
 
 pub use frame::Payload;
 use frame::{Frame, StrictOutcome};
+pub use future::{MessageFuture, RequestFuture};
 use state::{Action, Closed, Handler, Inner, State, background};
 
 /// How a link encodes its frames and the values in them.
@@ -143,7 +145,7 @@ impl Link {
 
     fn build(ipc: Ipc, codec: Codec, log: bool) -> Link {
         // The link's own ref stands for the connection in its runtime.
-        ipc.unref();
+        ipc.set_keep_alive(false);
         let (tx, rx) = ipc.split();
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
@@ -214,7 +216,7 @@ impl Link {
     }
 
     /// Sends a message that must be received by a peer waiting for one
-    /// (in `get_one_message`, `get_one_message_where` or `each_message`).
+    /// (in `recv_message`, `recv_message_where` or `messages`).
     /// Returns once the peer took it; fails with `NotListening` if it was
     /// not waiting (the message is dropped), `PeerExited` if it went away
     /// first, `Deadlock` if it was itself strict-sending to us.
@@ -245,24 +247,48 @@ impl Link {
         })?
     }
 
-    /// Waits for the next message.
-    pub fn get_one_message<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
+    /// Waits for the next message (crossbeam's `recv`).
+    pub fn recv_message<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
         self.get_one(None, |_: &T| true)
     }
 
     /// Waits for the next message that decodes as `T` and passes `filter`.
     /// Other messages stay, in order, for later readers.
-    pub fn get_one_message_where<T: DeserializeOwned>(
+    pub fn recv_message_where<T: DeserializeOwned>(
         &self,
         filter: impl Fn(&T) -> bool,
     ) -> Result<T, LinkError> {
         self.get_one(None, filter)
     }
 
-    /// Like [`get_one_message`](Self::get_one_message), giving up with
+    /// Like [`recv_message`](Self::recv_message), giving up with
     /// `Timeout` after `timeout`.
-    pub fn get_one_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
+    pub fn recv_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
         self.get_one(crate::util::deadline(timeout), |_: &T| true)
+    }
+
+    /// The old name of [`recv_message`](Self::recv_message).
+    #[deprecated(
+        since = "0.1.0",
+        note = "renamed `recv_message`, after crossbeam's and std's `recv`"
+    )]
+    pub fn get_one_message<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
+        self.recv_message()
+    }
+
+    /// The old name of [`recv_message_where`](Self::recv_message_where).
+    #[deprecated(since = "0.1.0", note = "renamed `recv_message_where`")]
+    pub fn get_one_message_where<T: DeserializeOwned>(
+        &self,
+        filter: impl Fn(&T) -> bool,
+    ) -> Result<T, LinkError> {
+        self.recv_message_where(filter)
+    }
+
+    /// The old name of [`recv_message_timeout`](Self::recv_message_timeout).
+    #[deprecated(since = "0.1.0", note = "renamed `recv_message_timeout`")]
+    pub fn get_one_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
+        self.recv_message_timeout(timeout)
     }
 
     fn get_one<T: DeserializeOwned>(
@@ -270,44 +296,25 @@ impl Link {
         deadline: Option<Instant>,
         filter: impl Fn(&T) -> bool,
     ) -> Result<T, LinkError> {
-        self.inner.wait_for(deadline, true, |st| {
-            let mut first_err = None;
-            let mut found = None;
-            for (i, p) in st.inbox.iter().enumerate() {
-                match p.decode::<T>() {
-                    Ok(v) if filter(&v) => {
-                        found = Some((i, v));
-                        break;
-                    }
-                    Ok(_) => {}
-                    Err(e) => {
-                        first_err.get_or_insert(e);
-                    }
-                }
-            }
-            if let Some((i, v)) = found {
-                st.inbox.remove(i);
-                return Some(Ok(v));
-            }
-            let c = st.closed.as_ref()?;
-            // A lone message of another type, with nothing else coming:
-            // report why it did not match rather than "disconnected".
-            Some(Err(match (first_err, st.inbox.len()) {
-                (Some(e), 1) => e,
-                _ => Inner::closed_error(c),
-            }))
-        })?
+        self.inner
+            .wait_for(deadline, true, |st| take_message(st, &filter))?
     }
 
-    /// Every message, as it comes; the iterator ends when the peer
-    /// disconnects cleanly and yields an error (then ends) if the
-    /// connection breaks or a message does not decode as `T`.
-    pub fn each_message<T: DeserializeOwned>(&self) -> EachMessage<'_, T> {
-        EachMessage {
+    /// Every message, as it comes (crossbeam's `iter`); the iterator ends
+    /// when the peer disconnects cleanly and yields an error (then ends)
+    /// if the connection breaks or a message does not decode as `T`.
+    pub fn messages<T: DeserializeOwned>(&self) -> Messages<'_, T> {
+        Messages {
             link: self,
             done: false,
             _t: PhantomData,
         }
+    }
+
+    /// The old name of [`messages`](Self::messages).
+    #[deprecated(since = "0.1.0", note = "renamed `messages`, after crossbeam's `iter`")]
+    pub fn each_message<T: DeserializeOwned>(&self) -> Messages<'_, T> {
+        self.messages()
     }
 
     /// Sends `req` and waits for the peer's reply.
@@ -439,19 +446,33 @@ impl Link {
             .wait_for(None, false, |st| st.closed.as_ref().map(|_| ()));
     }
 
-    /// Keeps the link's [`Runtime`] running (the default).
+    /// Whether the open link keeps its [`Runtime`]'s `run` from returning
+    /// (it does by default; `false` lets `run` return while it is open).
+    pub fn set_keep_alive(&self, keep: bool) {
+        self.rt_ref.set_keep_alive(keep);
+    }
+
+    /// Whether the link keeps its runtime alive.
+    pub fn keeps_alive(&self) -> bool {
+        self.rt_ref.keeps_alive()
+    }
+
+    /// The old name of `set_keep_alive(true)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(true)`")]
     pub fn ref_(&self) {
-        self.rt_ref.ref_();
+        self.set_keep_alive(true);
     }
 
-    /// Lets the link's runtime's `run` return while the link is open.
+    /// The old name of `set_keep_alive(false)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(false)`")]
     pub fn unref(&self) {
-        self.rt_ref.unref();
+        self.set_keep_alive(false);
     }
 
-    /// Whether the link holds a ref on its runtime.
+    /// The old name of [`keeps_alive`](Self::keeps_alive).
+    #[deprecated(since = "0.1.0", note = "renamed `keeps_alive`")]
     pub fn has_ref(&self) -> bool {
-        self.rt_ref.has_ref()
+        self.keeps_alive()
     }
 
     /// Moves the link to `rt` (it belongs to [`Runtime::global`] by
@@ -472,6 +493,39 @@ impl Drop for Link {
         self.tx.take();
         self.inner.shared.shutdown_read();
     }
+}
+
+/// Takes the first message in the inbox that decodes as `T` and passes
+/// `filter`; once the link is closed and none does, the reason.
+fn take_message<T: DeserializeOwned>(
+    st: &mut State,
+    filter: &impl Fn(&T) -> bool,
+) -> Option<Result<T, LinkError>> {
+    let mut first_err = None;
+    let mut found = None;
+    for (i, p) in st.inbox.iter().enumerate() {
+        match p.decode::<T>() {
+            Ok(v) if filter(&v) => {
+                found = Some((i, v));
+                break;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                first_err.get_or_insert(e);
+            }
+        }
+    }
+    if let Some((i, v)) = found {
+        st.inbox.remove(i);
+        return Some(Ok(v));
+    }
+    let c = st.closed.as_ref()?;
+    // A lone message of another type, with nothing else coming: report why
+    // it did not match rather than "disconnected".
+    Some(Err(match (first_err, st.inbox.len()) {
+        (Some(e), 1) => e,
+        _ => Inner::closed_error(c),
+    }))
 }
 
 /// A request from the peer, to answer with [`reply`](Self::reply).
@@ -503,21 +557,25 @@ impl<Req> IncomingRequest<Req> {
     }
 }
 
-/// The iterator of [`Link::each_message`].
+/// The iterator of [`Link::messages`].
 #[must_use = "messages are read only while the iterator is iterated"]
-pub struct EachMessage<'l, T> {
+pub struct Messages<'l, T> {
     link: &'l Link,
     done: bool,
     _t: PhantomData<fn() -> T>,
 }
 
-impl<T> fmt::Debug for EachMessage<'_, T> {
+/// The old name of [`Messages`].
+#[deprecated(since = "0.1.0", note = "renamed `Messages`")]
+pub type EachMessage<'l, T> = Messages<'l, T>;
+
+impl<T> fmt::Debug for Messages<'_, T> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EachMessage").field("done", &self.done).finish()
+        f.debug_struct("Messages").field("done", &self.done).finish()
     }
 }
 
-impl<T: DeserializeOwned> Iterator for EachMessage<'_, T> {
+impl<T: DeserializeOwned> Iterator for Messages<'_, T> {
     type Item = Result<T, LinkError>;
 
     fn next(&mut self) -> Option<Self::Item> {

@@ -38,6 +38,18 @@ pub(super) struct State {
     /// Requests from the peer not yet taken (no handler registered).
     pub(super) incoming: VecDeque<(u64, Payload)>,
     pub(super) handler: Option<Handler>,
+    /// Futures waiting on the link (`link::future`), woken after every
+    /// read that filed something and when the link ends.
+    pub(super) wakers: Vec<std::task::Waker>,
+}
+
+impl State {
+    /// Registers a future's waker (once, however often it is polled).
+    pub(super) fn register(&mut self, w: &std::task::Waker) {
+        if !self.wakers.iter().any(|old| old.will_wake(w)) {
+            self.wakers.push(w.clone());
+        }
+    }
 }
 
 pub(super) struct Inner {
@@ -204,8 +216,11 @@ impl Inner {
         let got = matches!(res, Ok(true));
         let actions = self.absorb(&mut st, res, buf);
         self.wake(&st);
-        if !actions.is_empty() {
+        // Futures are woken outside the lock: an executor may poll inline.
+        let wakers = std::mem::take(&mut st.wakers);
+        if !actions.is_empty() || !wakers.is_empty() {
             drop(st);
+            wakers.into_iter().for_each(std::task::Waker::wake);
             self.run(actions);
             st = self.lock();
         }
@@ -397,4 +412,6 @@ pub(super) fn background(inner: &Inner) {
         Duration::ZERO,
     );
     inner.cv.notify_all();
+    let wakers = std::mem::take(&mut inner.lock().wakers);
+    wakers.into_iter().for_each(std::task::Waker::wake);
 }

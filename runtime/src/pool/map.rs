@@ -197,7 +197,11 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             input: input.fuse(),
             window: window.max(1),
             ordered,
-            reply: Reply { tx, tag: 0 },
+            reply: Reply {
+                tx,
+                tag: 0,
+                wake: crate::task::WakeSlot::new(),
+            },
             rx,
             chunk: 1,
             next_tag: 0,
@@ -225,6 +229,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                 let reply = Reply {
                     tx: self.reply.tx.clone(),
                     tag,
+                    wake: self.reply.wake.clone(),
                 };
                 if let Err(c) = token.carry(*id, state, &reply, control) {
                     // Already cancelled: as if it had been given before.
@@ -255,6 +260,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             let reply = Reply {
                 tx: self.reply.tx.clone(),
                 tag,
+                wake: self.reply.wake.clone(),
             };
             let taken = jobs.len();
             let mut len = taken;
@@ -332,13 +338,14 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     }
 }
 
-impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
-    type Item = JobResult<J>;
-
-    fn next(&mut self) -> Option<JobResult<J>> {
+impl<J: Job, I: Iterator<Item = J>> Map<'_, J, I> {
+    /// The next result: waits for one (`block`), or says `Pending` when
+    /// none is in yet.
+    fn advance(&mut self, block: bool) -> std::task::Poll<Option<JobResult<J>>> {
+        use std::task::Poll;
         loop {
             if let Some(r) = self.ready.pop_front() {
-                return Some(r);
+                return Poll::Ready(Some(r));
             }
             self.top_up();
             if !self.ready.is_empty() {
@@ -352,10 +359,17 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
                 }
             }
             if self.in_flight.is_empty() {
-                return None;
+                return Poll::Ready(None);
             }
             // The map holds a sender itself, so this only ends with an event.
-            let (tag, event) = recv_spin(&self.rx, None)?;
+            let got = if block {
+                recv_spin(&self.rx, None)
+            } else {
+                self.rx.try_recv().ok()
+            };
+            let Some((tag, event)) = got else {
+                return if block { Poll::Ready(None) } else { Poll::Pending };
+            };
             let outcome = match event {
                 Event::Done(outcome) => outcome,
                 Event::Progress(_) => continue,
@@ -372,11 +386,73 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
     }
 }
 
+// A map never hands out pinned references to its fields (jobs and
+// results are plain values it moves), so it may move while polled.
+impl<J: Job, I: Iterator<Item = J>> Unpin for Map<'_, J, I> {}
+
+impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
+    type Item = JobResult<J>;
+
+    fn next(&mut self) -> Option<JobResult<J>> {
+        match self.advance(true) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => None, // not when blocking
+        }
+    }
+}
+
+impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
+    /// The same results as a [`Stream`](futures_core::Stream), for async
+    /// code (feature `futures`): the pool thread that settles a chunk
+    /// wakes the task, no executor thread waits. The stream queues chunks
+    /// as it is polled; against a full queue
+    /// ([`queue_limit`](super::PoolBuilder::queue_limit)) a poll waits for
+    /// room, as `submit` does. Dropping it cancels what it has not yielded.
+    ///
+    /// A separate type rather than `Map` itself, so that `StreamExt` and
+    /// `Iterator` methods (`map`, `next`, `collect`) never clash.
+    #[cfg(feature = "futures")]
+    pub fn into_stream(self) -> MapStream<'p, J, I> {
+        MapStream(self)
+    }
+}
+
+/// The stream of [`Map::into_stream`] (feature `futures`).
+#[cfg(feature = "futures")]
+#[must_use = "streams do nothing unless polled; dropping this one cancels its jobs"]
+pub struct MapStream<'p, J: Job, I: Iterator<Item = J>>(Map<'p, J, I>);
+
+#[cfg(feature = "futures")]
+impl<J: Job, I: Iterator<Item = J>> fmt::Debug for MapStream<'_, J, I> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("MapStream").field(&self.0).finish()
+    }
+}
+
+#[cfg(feature = "futures")]
+impl<J: Job, I: Iterator<Item = J>> futures_core::Stream for MapStream<'_, J, I> {
+    type Item = JobResult<J>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<JobResult<J>>> {
+        let map = &mut self.get_mut().0;
+        if let std::task::Poll::Ready(r) = map.advance(false) {
+            return std::task::Poll::Ready(r);
+        }
+        map.reply.wake.register(cx.waker());
+        // Looked at again after registering (`WakeSlot`).
+        map.advance(false)
+    }
+}
+
 impl<J: Job, I: Iterator<Item = J>> Drop for Map<'_, J, I> {
     /// A map dropped before its end cancels the jobs it has not yielded
     /// (queued ones are dropped, running ones get the graded cancel), so
     /// `take(n)` or a `break` leaves no work behind.
     fn drop(&mut self) {
+        self.reply.wake.clear();
         let control = &self.pool.inner.core.control;
         for f in self.in_flight.values() {
             if let Some((id, state)) = &f.task {

@@ -48,9 +48,11 @@ use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, Shutdo
 
 pub use crate::serve::serve;
 pub use map::Map;
+#[cfg(feature = "futures")]
+pub use map::MapStream;
 pub use metrics::{Quantiles, RouteStats};
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
-pub use ticket::{JobResult, Ticket};
+pub use ticket::{JobResult, Ticket, TicketFuture};
 
 pub(crate) use crate::util::lock;
 
@@ -543,20 +545,35 @@ impl Pool {
         self.inner.shutdown(how)
     }
 
-    /// Keeps the pool's [`Runtime`] running while the pool is alive (the
-    /// default).
+    /// Whether the pool keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// `run` from returning: `true` by default, `false` lets `run` return
+    /// while it is alive (until it shuts down). (Node and bare-ipc call these `ref()`
+    /// and `unref()`.)
+    pub fn set_keep_alive(&self, keep: bool) {
+        self.inner.rt_ref.set_keep_alive(keep);
+    }
+
+    /// Whether the pool keeps its runtime alive.
+    pub fn keeps_alive(&self) -> bool {
+        self.inner.rt_ref.keeps_alive()
+    }
+
+    /// The old name of `set_keep_alive(true)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(true)`")]
     pub fn ref_(&self) {
-        self.inner.rt_ref.ref_();
+        self.set_keep_alive(true);
     }
 
-    /// Lets the pool's [`Runtime::run`] return even while the pool is alive.
+    /// The old name of `set_keep_alive(false)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(false)`")]
     pub fn unref(&self) {
-        self.inner.rt_ref.unref();
+        self.set_keep_alive(false);
     }
 
-    /// Whether the pool holds a ref on its runtime.
+    /// The old name of [`keeps_alive`](Self::keeps_alive).
+    #[deprecated(since = "0.1.0", note = "renamed `keeps_alive`")]
     pub fn has_ref(&self) -> bool {
-        self.inner.rt_ref.has_ref()
+        self.keeps_alive()
     }
 }
 

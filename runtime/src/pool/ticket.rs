@@ -2,8 +2,11 @@
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::{Future, IntoFuture};
 use std::marker::PhantomData;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender};
@@ -12,6 +15,7 @@ use serde::de::DeserializeOwned;
 use super::{Event, Outcome, Reply};
 use crate::job::{Failure, Job, JobError, JobState, Side};
 use crate::supervisor::monitor::Control;
+use crate::task::WakeSlot;
 use crate::util::recv_spin;
 
 /// The result of a job, typed.
@@ -22,6 +26,7 @@ pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
 #[must_use = "the ticket is the job's only way to report its result; `drop` it to ignore the result"]
 pub struct Ticket<J: Job> {
     rx: Receiver<(u64, Event)>,
+    wake: Arc<WakeSlot>,
     state: Arc<JobState>,
     id: u64,
     control: Sender<Control>,
@@ -88,9 +93,11 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
 impl<J: Job> Ticket<J> {
     pub(crate) fn new(id: u64, state: Arc<JobState>, control: Sender<Control>) -> (Ticket<J>, Reply) {
         let (tx, rx) = crossbeam_channel::unbounded();
+        let wake = WakeSlot::new();
         (
             Ticket {
                 rx,
+                wake: wake.clone(),
                 state,
                 id,
                 control,
@@ -98,7 +105,7 @@ impl<J: Job> Ticket<J> {
                 done: None,
                 _job: PhantomData,
             },
-            Reply { tx, tag: 0 },
+            Reply { tx, tag: 0, wake },
         )
     }
 
@@ -164,22 +171,46 @@ impl<J: Job> Ticket<J> {
         }
     }
 
-    /// The result if the job has finished; the ticket back otherwise.
+    /// The result if the job has finished (never blocks); the ticket back
+    /// otherwise, to wait on or ask again.
     #[allow(clippy::result_large_err)] // the Err is this ticket, given back
-    pub fn try_result(mut self) -> Result<JobResult<J>, Ticket<J>> {
-        if self.state.settled_by_cancel() {
-            return Ok(Err(JobError::Cancelled));
-        }
-        while let Ok((_, e)) = self.rx.try_recv() {
-            match e {
-                Event::Progress(p) => self.progress.push_back(p),
-                Event::Done(o) => self.done = Some(o),
-            }
-        }
-        match self.done.take() {
+    pub fn try_wait(mut self) -> Result<JobResult<J>, Ticket<J>> {
+        match self.poll_outcome() {
             Some(o) => Ok(typed::<J>(o)),
             None => Err(self),
         }
+    }
+
+    /// The old name of [`try_wait`](Self::try_wait).
+    #[deprecated(since = "0.1.0", note = "renamed `try_wait`, in the `wait` family")]
+    #[allow(clippy::result_large_err)] // the Err is this ticket, given back
+    pub fn try_result(self) -> Result<JobResult<J>, Ticket<J>> {
+        self.try_wait()
+    }
+
+    /// Takes what the channel holds, without blocking; the outcome if it
+    /// is in.
+    fn poll_outcome(&mut self) -> Option<Outcome> {
+        if self.state.settled_by_cancel() {
+            return Some(Outcome::Failed(Failure::Cancelled));
+        }
+        loop {
+            match self.rx.try_recv() {
+                Ok((_, Event::Progress(p))) => self.progress.push_back(p),
+                Ok((_, Event::Done(o))) => self.done = Some(o),
+                Err(crossbeam_channel::TryRecvError::Empty) => break,
+                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                    if self.done.is_none() {
+                        // As in `wait_for_outcome`: a bug, reported.
+                        self.done = Some(Outcome::Failed(Failure::Rejected(
+                            "the pool dropped the job without an outcome".into(),
+                        )));
+                    }
+                    break;
+                }
+            }
+        }
+        self.done.take()
     }
 
     /// The next progress message already received, if any (never blocks).
@@ -246,5 +277,73 @@ impl<J: Job> Ticket<J> {
     /// The job's id within its pool.
     pub fn id(&self) -> u64 {
         self.id
+    }
+}
+
+/// An awaited [`Ticket`]: `ticket.await` gives the job's result, from any
+/// executor (tokio, async-std, `futures::executor`, ...).
+///
+/// No thread of an executor waits: the pool thread that settles the job
+/// (a worker's answer, its death, a timeout, a cancel) wakes the task.
+/// Dropping the future before it is ready cancels the job, as
+/// [`Ticket::cancel`] does; so a web handler whose client went away, or
+/// a `select!` that took another branch, leaves no work behind.
+/// Progress messages are not yielded (read them with
+/// [`Ticket::recv_progress`] before awaiting, if they matter).
+#[must_use = "futures do nothing unless awaited; dropping this one cancels its job"]
+pub struct TicketFuture<J: Job> {
+    ticket: Option<Ticket<J>>,
+}
+
+impl<J: Job> fmt::Debug for TicketFuture<J> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TicketFuture")
+            .field("route", &J::NAME)
+            .field("finished", &self.ticket.is_none())
+            .finish()
+    }
+}
+
+impl<J: Job> IntoFuture for Ticket<J> {
+    type Output = JobResult<J>;
+    type IntoFuture = TicketFuture<J>;
+
+    fn into_future(self) -> TicketFuture<J> {
+        TicketFuture { ticket: Some(self) }
+    }
+}
+
+impl<J: Job> Future for TicketFuture<J> {
+    type Output = JobResult<J>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<JobResult<J>> {
+        let Some(t) = self.ticket.as_mut() else {
+            panic!("a TicketFuture was polled after it returned its result");
+        };
+        let mut outcome = t.poll_outcome();
+        if outcome.is_none() {
+            t.wake.register(cx.waker());
+            // Looked at again after registering: an event sent before the
+            // waker was in place is seen here (`WakeSlot`).
+            outcome = t.poll_outcome();
+        }
+        match outcome {
+            Some(o) => {
+                if let Some(t) = self.ticket.take() {
+                    t.wake.clear();
+                }
+                Poll::Ready(typed::<J>(o))
+            }
+            None => Poll::Pending,
+        }
+    }
+}
+
+impl<J: Job> Drop for TicketFuture<J> {
+    fn drop(&mut self) {
+        if let Some(t) = self.ticket.take() {
+            t.wake.clear();
+            t.cancel();
+        }
     }
 }

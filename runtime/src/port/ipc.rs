@@ -267,20 +267,35 @@ impl IpcSender {
 }
 
 impl IpcReceiver {
-    /// Keeps this connection's [`Runtime`](crate::runtime::Runtime)
-    /// running while the connection is open (the default).
+    /// Whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// `run` from returning: `true` by default, `false` lets `run` return
+    /// while it is alive (the connection is open). (Node and bare-ipc call these `ref()`
+    /// and `unref()`.)
+    pub fn set_keep_alive(&self, keep: bool) {
+        self.rt_ref.set_keep_alive(keep);
+    }
+
+    /// Whether this connection keeps its runtime alive.
+    pub fn keeps_alive(&self) -> bool {
+        self.rt_ref.keeps_alive()
+    }
+
+    /// The old name of `set_keep_alive(true)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(true)`")]
     pub fn ref_(&self) {
-        self.rt_ref.ref_();
+        self.set_keep_alive(true);
     }
 
-    /// Lets this connection's runtime's `run` return while it is open.
+    /// The old name of `set_keep_alive(false)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(false)`")]
     pub fn unref(&self) {
-        self.rt_ref.unref();
+        self.set_keep_alive(false);
     }
 
-    /// Whether this connection holds a ref on its runtime.
+    /// The old name of [`keeps_alive`](Self::keeps_alive).
+    #[deprecated(since = "0.1.0", note = "renamed `keeps_alive`")]
     pub fn has_ref(&self) -> bool {
-        self.rt_ref.has_ref()
+        self.keeps_alive()
     }
 
     /// Moves this connection to `rt` (it belongs to
@@ -459,21 +474,35 @@ impl Ipc {
         (self.tx, self.rx)
     }
 
-    /// Keeps this connection's [`Runtime`](crate::runtime::Runtime)
-    /// running while the connection is open (the default, as bare-ipc's
-    /// `ref()`). Dropping the connection (or its receiver half) unrefs it.
+    /// Whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// `run` from returning: `true` by default, `false` lets `run` return
+    /// while it is alive; dropping the connection (or its receiver half) lets go for good. (Node and bare-ipc call these `ref()`
+    /// and `unref()`.)
+    pub fn set_keep_alive(&self, keep: bool) {
+        self.rx.set_keep_alive(keep);
+    }
+
+    /// Whether this connection keeps its runtime alive.
+    pub fn keeps_alive(&self) -> bool {
+        self.rx.keeps_alive()
+    }
+
+    /// The old name of `set_keep_alive(true)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(true)`")]
     pub fn ref_(&self) {
-        self.rx.ref_();
+        self.set_keep_alive(true);
     }
 
-    /// Lets this connection's runtime's `run` return while it is open.
+    /// The old name of `set_keep_alive(false)`.
+    #[deprecated(since = "0.1.0", note = "use `set_keep_alive(false)`")]
     pub fn unref(&self) {
-        self.rx.unref();
+        self.set_keep_alive(false);
     }
 
-    /// Whether this connection holds a ref on its runtime.
+    /// The old name of [`keeps_alive`](Self::keeps_alive).
+    #[deprecated(since = "0.1.0", note = "renamed `keeps_alive`")]
     pub fn has_ref(&self) -> bool {
-        self.rx.has_ref()
+        self.keeps_alive()
     }
 
     /// Moves this connection to `rt` (it belongs to

@@ -268,7 +268,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         ));
     }
     // The pool's own connections do not keep a runtime alive; the pool does.
-    ipc.unref();
+    ipc.set_keep_alive(false);
     let link = if links {
         match open_link(&ipc) {
             Ok(l) => Some(Arc::new(l)),
