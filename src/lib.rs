@@ -410,7 +410,8 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-pub use portpool_runtime::job::{Context, Handlers, Job, JobError};
+pub use portpool_runtime::job::{Context, Handlers, Job, JobError, JobFn};
+pub use portpool_runtime::jobs;
 pub use portpool_runtime::pool::{Pool, Ticket};
 pub use portpool_runtime::runtime::Runtime;
 pub use portpool_runtime::supervisor::{RestartPolicy, Shutdown, ShutdownReport};
@@ -421,4 +422,29 @@ pub use portpool_runtime::{
 /// The worker-process side (see the `portpool-worker` crate).
 pub mod worker {
     pub use portpool_worker::{connect, is_worker, link, run, serve_if_worker, serve_service};
+}
+
+/// A pool of `n` worker processes running `handlers`, the short way: call
+/// it first in `main`.
+///
+/// The workers are this executable run again (they get the environment,
+/// not the command-line arguments). In a worker, this call serves
+/// `handlers` and ends the process when the pool lets it go, so it never
+/// returns there; in the supervisor it returns the pool. Whatever `main`
+/// does before it runs in every worker too. It is
+/// [`worker::serve_if_worker`] followed by
+/// `Pool::builder().processes(n).handlers(handlers).build()`; use those
+/// when the pool needs more options.
+///
+/// `handlers` is a [`Handlers`] or a single [`jobs!`] function.
+pub fn process_pool(n: usize, handlers: impl Into<Handlers>) -> Result<Pool, pool::BuildError> {
+    let handlers = handlers.into();
+    worker::serve_if_worker(&handlers);
+    Pool::builder().processes(n).handlers(handlers).build()
+}
+
+/// A pool of `n` worker threads running `handlers`: the short form of
+/// `Pool::builder().threads(n).handlers(handlers).build()`.
+pub fn thread_pool(n: usize, handlers: impl Into<Handlers>) -> Result<Pool, pool::BuildError> {
+    Pool::builder().threads(n).handlers(handlers.into()).build()
 }

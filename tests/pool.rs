@@ -49,6 +49,44 @@ fn finish(pool: Pool) {
     }
 }
 
+// The short way: functions made jobs by `jobs!`, one argument or a tuple,
+// through submit_fn, map_fn and map_fn_unordered, with their errors.
+both!(jobs_made_of_functions_run_on_both_backends, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    assert_eq!(
+        pool.submit_fn(word_count, "a b c".into())
+            .unwrap()
+            .wait()
+            .unwrap(),
+        3
+    );
+    match pool.submit_fn(word_count, String::new()).unwrap().wait() {
+        Err(JobError::Handler(e)) => assert_eq!(e, "no text"),
+        other => panic!("{other:?}"),
+    }
+    let texts: Vec<String> = (0..200).map(|n| "w ".repeat(n)).collect();
+    let counts: Vec<Result<usize, _>> = pool.map_fn(word_count, texts).collect();
+    assert!(counts[0].is_err());
+    for (n, c) in counts.iter().enumerate().skip(1) {
+        assert_eq!(*c.as_ref().unwrap(), n);
+    }
+    let mut joined: Vec<String> = pool
+        .map_fn_unordered(repeat, [("a".to_string(), 3, '-'), ("b".to_string(), 2, '+')])
+        .map(Result::unwrap)
+        .collect();
+    joined.sort();
+    assert_eq!(joined, ["a-a-a", "b+b"]);
+    assert!(
+        pool.submit_fn(repeat, ("x".into(), 5000, ','))
+            .unwrap()
+            .wait()
+            .is_err()
+    );
+    // The job type underneath is an ordinary `Job`, named after the function.
+    assert_eq!(<portpool::job::Call<word_count> as Job>::NAME, "word_count");
+    finish(pool);
+});
+
 both!(typed_round_trips_of_three_job_types, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     assert_eq!(pool.submit(Square(12)).unwrap().wait().unwrap(), 144);

@@ -10,6 +10,7 @@
 
 mod context;
 mod error;
+mod func;
 mod handlers;
 
 use std::fmt;
@@ -22,6 +23,7 @@ pub use crate::task::{Side, TimeoutPhase};
 pub use context::Context;
 pub(crate) use context::{CancelSource, ProgressSink, RemoteJob};
 pub use error::JobError;
+pub use func::{Call, JobFn};
 pub use handlers::Handlers;
 #[cfg(test)] // the chunk layout's round trip is tested beside `encode_chunk`
 pub(crate) use handlers::next_job;

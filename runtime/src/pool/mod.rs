@@ -17,6 +17,7 @@ mod builder;
 mod cancel;
 mod encode;
 mod errors;
+mod func;
 mod inner;
 mod map;
 mod metrics;
@@ -47,6 +48,7 @@ use crate::supervisor::monitor::{self, Control, Graces, MonitorHandle, Supervise
 use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, ShutdownReport, TERM_GRACE};
 
 pub use crate::serve::serve;
+pub use func::FnInputs;
 pub use map::Map;
 #[cfg(feature = "futures")]
 pub use map::MapStream;
