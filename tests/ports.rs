@@ -363,3 +363,59 @@ fn a_wrong_type_is_a_decode_error_and_the_stream_goes_on() {
     }
     assert_eq!(b.recv::<u16>().unwrap(), 9);
 }
+
+/// poll(2) on `fd` for readability, waiting at most `ms` milliseconds.
+fn poll_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, borrowed for the call; `fd` is open (the
+    // caller's connection lives across the call).
+    let n = unsafe { libc::poll(&mut p, 1, ms) };
+    assert!(n >= 0, "poll: {}", std::io::Error::last_os_error());
+    n == 1
+}
+
+// A connection's fd can be polled from a loop of one's own, with a child
+// process as the peer: readable once frames arrived, drained with
+// try_recv until Empty (the echo child sends back what it gets), readable
+// again at the peer's end.
+#[test]
+fn a_connection_is_polled_from_a_loop_of_ones_own() {
+    let (mut child, mut ipc) = Fixture::connected("echo");
+    let bound = BOUND.as_millis() as i32;
+    for round in 0..3u32 {
+        for i in 0..4u32 {
+            ipc.send(&(round * 10 + i)).unwrap();
+        }
+        let mut got = Vec::new();
+        while got.len() < 4 {
+            assert!(
+                poll_readable(ipc.as_raw_fd(), bound),
+                "round {round}: nothing to read"
+            );
+            loop {
+                match ipc.try_recv::<u32>() {
+                    Ok(m) => got.push(m),
+                    Err(portpool::error::TryRecvError::Empty) => break,
+                    Err(e) => panic!("{e}"),
+                }
+            }
+        }
+        let want: Vec<u32> = (0..4).map(|i| round * 10 + i).collect();
+        assert_eq!(got, want);
+    }
+    let (_tx, mut rx) = ipc.split();
+    use std::os::fd::AsFd;
+    let fd = rx.as_fd().as_raw_fd();
+    child.signal(libc::SIGKILL);
+    assert!(poll_readable(fd, bound), "the peer's end does not poll readable");
+    match rx.try_recv::<u32>() {
+        Err(e) => assert!(e.is_disconnected(), "{e}"),
+        Ok(m) => panic!("a message after the end: {m}"),
+    }
+    child.wait();
+    common::assert_pid_gone(child.pid());
+}

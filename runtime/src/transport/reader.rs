@@ -172,6 +172,11 @@ impl Reader {
         }
     }
 
+    /// The fd this reader reads from.
+    pub(crate) fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.io.fd()
+    }
+
     /// A duplicate of the fd this reader reads from.
     pub(crate) fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
         self.io.fd().try_clone_to_owned()
