@@ -58,13 +58,19 @@ fn ranges(limit: u64) -> impl Iterator<Item = CountPrimes> {
     })
 }
 
-/// Runs every range on `pool`, with a progress bar, and sums the counts.
-fn run(pool: &Pool, limit: u64, label: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+/// A progress bar over the ranges below `limit`.
+fn progress(limit: u64, label: &str) -> Result<ProgressBar, Box<dyn std::error::Error>> {
     let bar = ProgressBar::new(limit.div_ceil(CHUNK));
     bar.set_style(
         ProgressStyle::with_template("{prefix:>10} [{bar:40}] {pos}/{len} ranges")?.progress_chars("=> "),
     );
     bar.set_prefix(label.to_string());
+    Ok(bar)
+}
+
+/// Runs every range on `pool`, with a progress bar, and sums the counts.
+fn run(pool: &Pool, limit: u64, label: &str) -> Result<(u64, Duration), Box<dyn std::error::Error>> {
+    let bar = progress(limit, label)?;
     let t = Instant::now();
     let mut total = 0;
     for r in pool.map_unordered(ranges(limit)) {
@@ -107,9 +113,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
     println!("counting primes below {limit} in ranges of {CHUNK}, {workers} workers");
 
+    let bar = progress(limit, "serial")?;
     let t = Instant::now();
-    let serial: u64 = ranges(limit).map(count).sum();
+    let serial: u64 = ranges(limit).map(count).inspect(|_| bar.inc(1)).sum();
     let serial_time = t.elapsed();
+    bar.finish_and_clear();
     println!("{:>10}: {serial} primes in {serial_time:.2?}", "serial");
 
     let threads = Pool::builder().threads(workers).handlers(handlers()).build()?;
@@ -120,7 +128,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     compare(&processes, limit, "processes", serial, serial_time)?;
     let stats = processes.stats();
     for w in &stats.workers {
-        println!("  worker {} (pid {:?}): {} ranges", w.id, w.pid, w.done);
+        let pid = w.pid.map_or("-".to_string(), |p| p.to_string());
+        println!("  worker {} (pid {pid}): {} ranges", w.id, w.done);
     }
     Ok(())
 }

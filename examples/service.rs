@@ -55,7 +55,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut cmd = Command::new(&me);
     cmd.arg("service");
     let mut service = Service::process(cmd)?;
-    println!("service running as pid {:?}", service.id());
+    if let Some(pid) = service.id() {
+        println!("service running as pid {pid}");
+    }
 
     // Client threads, each with its own connection.
     std::thread::scope(|s| -> Result<(), Box<dyn std::error::Error + Send + Sync>> {

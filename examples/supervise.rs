@@ -93,10 +93,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .on_event(|e| match e {
                 PoolEvent::WorkerStarted {
                     worker,
-                    pid,
+                    pid: Some(pid),
                     restarts,
                 } if *restarts > 0 => {
-                    eprintln!("  worker {worker} replaced (pid {pid:?}, restart {restarts})")
+                    eprintln!("  worker {worker} replaced (pid {pid}, restart {restarts})")
                 }
                 PoolEvent::WorkerExited {
                     worker,

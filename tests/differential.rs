@@ -203,7 +203,10 @@ fn builder(backend: Backend, rng: &mut Rng) -> (PoolBuilder, String, usize) {
         Backend::Processes => {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
             cmd.arg("pool-worker");
-            Pool::builder().processes(workers).worker_command(cmd)
+            Pool::builder()
+                .processes(workers)
+                .worker_command(cmd)
+                .forward_worker_stderr(false)
         }
     }
     .queue_limit(queue)

@@ -388,6 +388,7 @@ fn prefix_launcher() {
     let pool = Pool::builder()
         .worker_command(fixture("pool-worker"))
         .launch(Launcher::prefix(["nice", "-n", "1"]), 2)
+        .forward_worker_stderr(false)
         .build()
         .expect("build");
     let procs = procs(&pool);

@@ -35,7 +35,10 @@ fn builder(backend: Backend, n: usize) -> PoolBuilder {
         Backend::Processes => {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
             cmd.arg("pool-worker");
-            Pool::builder().processes(n).worker_command(cmd)
+            Pool::builder()
+                .processes(n)
+                .worker_command(cmd)
+                .forward_worker_stderr(false)
         }
     }
 }

@@ -41,6 +41,7 @@ fn ipc_input_comes_first_and_ipc_output_holds_every_message() {
 fn a_failed_child_reports_its_messages_and_the_tail_of_its_stderr() {
     let child = Subprocess::builder(sub("fail"))
         .runtime(&Runtime::new())
+        .forward_stderr(false)
         .spawn()
         .unwrap();
     let pid = child.id().unwrap();

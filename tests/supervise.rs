@@ -68,7 +68,10 @@ fn builder(backend: Backend, n: usize) -> (PoolBuilder, Events) {
         Backend::Processes => {
             let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
             cmd.arg("pool-worker");
-            Pool::builder().processes(n).worker_command(cmd)
+            Pool::builder()
+                .processes(n)
+                .worker_command(cmd)
+                .forward_worker_stderr(false)
         }
     };
     let (tx, rx) = crossbeam_channel::unbounded();
@@ -378,6 +381,7 @@ fn a_worker_that_cannot_start_fails_the_build_with_its_cause() {
         let err = Pool::builder()
             .processes(1)
             .worker_command(cmd)
+            .forward_worker_stderr(false)
             .runtime(&Runtime::new())
             .build()
             .unwrap_err();

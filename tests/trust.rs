@@ -33,7 +33,10 @@ fn worker_cmd() -> Command {
 fn builder(backend: Backend, n: usize) -> PoolBuilder {
     match backend {
         Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
-        Backend::Processes => Pool::builder().processes(n).worker_command(worker_cmd()),
+        Backend::Processes => Pool::builder()
+            .processes(n)
+            .worker_command(worker_cmd())
+            .forward_worker_stderr(false),
     }
 }
 
@@ -349,6 +352,7 @@ fn a_worker_with_two_types_under_one_name_fails_at_spawn() {
     let err = Pool::builder()
         .processes(1)
         .worker_command(common::fixture("dup-routes"))
+        .forward_worker_stderr(false)
         .build()
         .unwrap_err();
     let msg = err.to_string();

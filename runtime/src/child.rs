@@ -74,14 +74,15 @@ pub(crate) enum Via {
 }
 
 /// Spawns `command` with a port (stderr piped and followed under
-/// `label`; a process group of its own with `own_group`), and connects
-/// to it with `opts`.
+/// `label`, its lines passed on to ours with `forward_stderr`; a process
+/// group of its own with `own_group`), and connects to it with `opts`.
 pub(crate) fn start(
     mut command: Command,
     label: &str,
     own_group: bool,
     via: Via,
     opts: ConnectOptions,
+    forward_stderr: bool,
 ) -> Result<Started, StartError> {
     // A child is a pool's worker only if its caller says so: this process
     // may itself be one, and its own worker variables must not make a
@@ -116,7 +117,7 @@ pub(crate) fn start(
         }
     };
     let pid = child.id();
-    let stderr = match StderrTail::follow(&mut child, label) {
+    let stderr = match StderrTail::follow(&mut child, label, forward_stderr) {
         Ok(t) => t,
         Err(e) => {
             let _ = child.kill();

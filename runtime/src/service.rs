@@ -128,22 +128,23 @@ impl Service {
             role: Role::Supervisor,
             ..ConnectOptions::default()
         };
-        let started = match crate::child::start(command, "service", true, crate::child::Via::Inherit, opts) {
-            Ok(s) => s,
-            Err(crate::child::StartError::Spawn(e)) => return Err(e),
-            Err(crate::child::StartError::Handshake {
-                error,
-                status,
-                stderr,
-                ..
-            }) => {
-                let last = crate::stderr::last_meaningful(&stderr).unwrap_or_default();
-                return Err(io::Error::new(
-                    error.kind(),
-                    format!("the service did not complete its handshake ({status}; {last}): {error}"),
-                ));
-            }
-        };
+        let started =
+            match crate::child::start(command, "service", true, crate::child::Via::Inherit, opts, true) {
+                Ok(s) => s,
+                Err(crate::child::StartError::Spawn(e)) => return Err(e),
+                Err(crate::child::StartError::Handshake {
+                    error,
+                    status,
+                    stderr,
+                    ..
+                }) => {
+                    let last = crate::stderr::last_meaningful(&stderr).unwrap_or_default();
+                    return Err(io::Error::new(
+                        error.kind(),
+                        format!("the service did not complete its handshake ({status}; {last}): {error}"),
+                    ));
+                }
+            };
         let (child, stderr, control) = (started.child, started.stderr, started.ipc);
         control.set_keep_alive(false);
         Ok(Service {

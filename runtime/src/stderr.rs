@@ -55,7 +55,7 @@ impl StderrTail {
 pub(crate) const FORGOT_SERVE_IF_WORKER: &str = "this process was started as a portpool worker but did \
      not call portpool::worker::serve_if_worker at the top of main";
 
-fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
+fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>, forward: bool) {
     let mut r = BufReader::new(pipe);
     let mut line = Vec::new();
     loop {
@@ -66,7 +66,7 @@ fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
                 // Passed on as written, so the worker's messages still reach
                 // whoever reads this process's stderr (but for the one line
                 // the supervisor reports itself).
-                if !String::from_utf8_lossy(&line).contains(FORGOT_SERVE_IF_WORKER) {
+                if forward && !String::from_utf8_lossy(&line).contains(FORGOT_SERVE_IF_WORKER) {
                     let _ = std::io::stderr().write_all(&line);
                 }
                 let text = String::from_utf8_lossy(&line);
@@ -95,15 +95,15 @@ fn pass_on(who: &str, pipe: std::process::ChildStderr, tail: Arc<StderrTail>) {
 
 impl StderrTail {
     /// Takes `child`'s piped stderr (if it was piped) and follows it on a
-    /// thread of its own.
-    pub(crate) fn follow(child: &mut Child, who: &str) -> std::io::Result<Arc<StderrTail>> {
+    /// thread of its own, passing its lines on to ours with `forward`.
+    pub(crate) fn follow(child: &mut Child, who: &str, forward: bool) -> std::io::Result<Arc<StderrTail>> {
         let tail = Arc::new(StderrTail::default());
         match child.stderr.take() {
             Some(pipe) => {
                 let (t, who) = (tail.clone(), who.to_string());
                 std::thread::Builder::new()
                     .name("portpool-stderr".into())
-                    .spawn(move || pass_on(&who, pipe, t))?;
+                    .spawn(move || pass_on(&who, pipe, t, forward))?;
             }
             None => {
                 *lock(&tail.done) = true;

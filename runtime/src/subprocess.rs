@@ -39,6 +39,7 @@ pub struct SubprocessBuilder {
     input: Vec<Input>,
     codec: Codec,
     runtime: Option<Runtime>,
+    quiet_stderr: bool,
 }
 
 impl fmt::Debug for SubprocessBuilder {
@@ -67,16 +68,26 @@ impl SubprocessBuilder {
         self
     }
 
+    /// Whether the child's stderr is passed on to this process's stderr
+    /// as it comes (default: yes). Either way its last lines are kept for
+    /// [`SubprocessError::Failed`]'s `stderr`.
+    pub fn forward_stderr(mut self, on: bool) -> Self {
+        self.quiet_stderr = !on;
+        self
+    }
+
     /// The [`Runtime`] the subprocess belongs to (default
-    /// [`Runtime::global`]); it holds a ref until waited for, unless
-    /// [`Subprocess::unref`] is called (execa's `reference: false`).
+    /// [`Runtime::global`]); it keeps it alive until waited for, unless
+    /// [`Subprocess::set_keep_alive`] says otherwise (execa's
+    /// `reference: false`).
     pub fn runtime(mut self, rt: &Runtime) -> Self {
         self.runtime = Some(rt.clone());
         self
     }
 
-    /// Starts the child with a port (its stderr is passed through and its
-    /// last lines kept), connects, and sends the `ipc_input` messages.
+    /// Starts the child with a port (its stderr is passed through, unless
+    /// [`forward_stderr`](Self::forward_stderr) says not, and its last
+    /// lines kept), connects, and sends the `ipc_input` messages.
     pub fn spawn(self) -> Result<Subprocess, SubprocessError> {
         let command = self.command;
         let program = command.get_program().to_string_lossy().into_owned();
@@ -88,6 +99,7 @@ impl SubprocessBuilder {
             false,
             crate::child::Via::Inherit,
             crate::port::ConnectOptions::default(),
+            !self.quiet_stderr,
         );
         let (child, stderr, ipc) = match started {
             Ok(s) => (s.child, s.stderr, s.ipc),
@@ -240,6 +252,7 @@ impl Subprocess {
             input: Vec::new(),
             codec: Codec::Postcard,
             runtime: None,
+            quiet_stderr: false,
         }
     }
 

@@ -1,4 +1,4 @@
-//! `PoolBuilder` and `BuildError`: the settings of a pool, and starting it.
+//! `PoolBuilder`: the settings of a pool, and starting it.
 
 use super::*;
 use crate::launch::Launcher;
@@ -21,6 +21,8 @@ pub struct PoolBuilder {
     on_event: Option<EventFn>,
     runtime: Option<Runtime>,
     worker_links: bool,
+    /// `forward_worker_stderr(false)`.
+    quiet_stderr: bool,
     /// Workers started through launchers, beside the local ones.
     launches: Vec<(Launcher, usize)>,
     recycle: Recycle,
@@ -48,53 +50,6 @@ impl fmt::Debug for PoolBuilder {
 enum Kind {
     Threads(usize),
     Processes(usize),
-}
-
-/// Why a pool could not be built.
-///
-/// Its `Debug` is its `Display` (what `main() -> Result<_, Box<dyn Error>>`
-/// prints): one sentence that says what failed and why.
-pub struct BuildError {
-    what: String,
-    source: Option<std::io::Error>,
-}
-
-impl BuildError {
-    pub(crate) fn new(what: impl Into<String>) -> BuildError {
-        BuildError {
-            what: what.into(),
-            source: None,
-        }
-    }
-
-    pub(crate) fn io(what: impl Into<String>, e: std::io::Error) -> BuildError {
-        BuildError {
-            what: what.into(),
-            source: Some(e),
-        }
-    }
-}
-
-impl fmt::Display for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.what)?;
-        if let Some(e) = &self.source {
-            write!(f, ": {e}")?;
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Debug for BuildError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(self, f)
-    }
-}
-
-impl std::error::Error for BuildError {
-    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-        self.source.as_ref().map(|e| e as _)
-    }
 }
 
 pub(crate) use crate::stderr::FORGOT_SERVE_IF_WORKER;
@@ -401,6 +356,18 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether each process worker's stderr is passed on to this
+    /// process's stderr, line by line as it comes (default: yes). Either
+    /// way its last lines are kept for the errors and events that report
+    /// the worker's end ([`JobError::WorkerExited`](crate::job::JobError)'s
+    /// `stderr`). Off suits a program whose workers' deliberate noise
+    /// (expected panics in a test suite, a chatty library) should not
+    /// reach its user.
+    pub fn forward_worker_stderr(mut self, on: bool) -> Self {
+        self.quiet_stderr = !on;
+        self
+    }
+
     /// The [`Runtime`] the pool belongs to (default: [`Runtime::global`]).
     /// The pool holds a ref on it until it shuts down, and follows its
     /// suspend, resume and signal-driven shutdown.
@@ -548,6 +515,7 @@ impl PoolBuilder {
                 on_event: self.on_event,
                 recycle: self.recycle,
                 metrics: self.metrics.unwrap_or(false),
+                forward_stderr: !self.quiet_stderr,
             },
             handlers: handlers.clone(),
             metrics: std::sync::OnceLock::new(),

@@ -1,7 +1,54 @@
-//! Why `submit`, `try_submit` and `submit_timeout` did not take a job
-//! (each gives the job back).
+//! Why a pool could not be built, and why `submit`, `try_submit` and
+//! `submit_timeout` did not take a job (each gives the job back).
 
 use super::*;
+
+/// Why a pool could not be built.
+///
+/// Its `Debug` is its `Display` (what `main() -> Result<_, Box<dyn Error>>`
+/// prints): one sentence that says what failed and why.
+pub struct BuildError {
+    what: String,
+    source: Option<std::io::Error>,
+}
+
+impl BuildError {
+    pub(crate) fn new(what: impl Into<String>) -> BuildError {
+        BuildError {
+            what: what.into(),
+            source: None,
+        }
+    }
+
+    pub(crate) fn io(what: impl Into<String>, e: std::io::Error) -> BuildError {
+        BuildError {
+            what: what.into(),
+            source: Some(e),
+        }
+    }
+}
+
+impl fmt::Display for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.what)?;
+        if let Some(e) = &self.source {
+            write!(f, ": {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Debug for BuildError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl std::error::Error for BuildError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.source.as_ref().map(|e| e as _)
+    }
+}
 
 /// Why [`Pool::submit`] did not take a job; the job is given back.
 pub enum SubmitError<J> {

@@ -61,12 +61,10 @@ pub(crate) use crate::util::lock;
 pub(crate) use crate::task::{Event, FastRead, Outcome, Reply};
 
 pub(crate) use builder::FORGOT_SERVE_IF_WORKER;
-pub use builder::{
-    BuildError, DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_PRIORITY_AGING, PoolBuilder,
-};
+pub use builder::{DEFAULT_CANCEL_GRACE, DEFAULT_IDLE_TIMEOUT, DEFAULT_PRIORITY_AGING, PoolBuilder};
 pub use cancel::CancelToken;
 pub(crate) use encode::*;
-pub use errors::{SubmitError, SubmitTimeoutError, TrySubmitError};
+pub use errors::{BuildError, SubmitError, SubmitTimeoutError, TrySubmitError};
 pub(crate) use inner::*;
 pub use options::JobOptions;
 pub(crate) use state::*;

@@ -52,6 +52,9 @@ pub(crate) struct Config {
     pub(crate) recycle: Recycle,
     /// Whether it keeps per-route metrics (`PoolBuilder::metrics`).
     pub(crate) metrics: bool,
+    /// Whether process workers' stderr lines are passed on
+    /// (`PoolBuilder::forward_worker_stderr`).
+    pub(crate) forward_stderr: bool,
 }
 
 /// When a worker is replaced between jobs (scenario "recycle").

@@ -218,7 +218,8 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     // go to the foreground group, and the supervisor decides what its
     // workers do about them (README "signals"). The worker still dies
     // with its supervisor (EOF on its port, PR_SET_PDEATHSIG).
-    let started = crate::child::start(cmd, &format!("worker {id}"), true, via, opts);
+    let forward = shared.core.config.forward_stderr;
+    let started = crate::child::start(cmd, &format!("worker {id}"), true, via, opts, forward);
     let (child, pid, stderr, mut ipc) = match started {
         Ok(s) => (s.child, s.pid, s.stderr, s.ipc),
         Err(crate::child::StartError::Spawn(e)) => {
