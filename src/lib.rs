@@ -1,126 +1,146 @@
-//! portpool: worker pools of threads or processes over transferable port pairs.
+//! Worker pools of threads or processes: fan CPU work out to workers,
+//! keep going when one crashes, stop gracefully on Ctrl-C, and await
+//! results from async code (any executor; the library needs none).
 //!
-//! This crate re-exports the layers of `portpool-runtime` and the worker
-//! side from `portpool-worker`.
+//! # A process pool
 //!
-//! # Port pairs
+//! A job is a serde type with an output, an error and a route name; a
+//! [`Handlers`] registry says which function runs it; a [`Pool`] of
+//! processes runs the jobs in copies of this program. This is a whole
+//! program (it needs only `portpool` in `Cargo.toml`):
 //!
-//! [`port::open`] gives two connected [`port::Port`]s. Move one to a
-//! thread, or hand it to a child process, and [`connect`](port::Port::connect)
-//! both ends: each side then sends and receives typed messages.
+//! ```standalone_crate
+//! use portpool::serde::{Deserialize, Serialize};
+//! use portpool::{Handlers, Job, JobError, Pool};
 //!
-//! ```
-//! use portpool::port;
-//! use serde::{Deserialize, Serialize};
-//!
-//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
-//! enum Msg {
-//!     Ping(u32),
-//!     Pong(u32),
+//! /// A job: count the primes in `from..to`.
+//! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "portpool::serde")] // not needed with `serde` in your own dependencies
+//! struct CountPrimes {
+//!     from: u64,
+//!     to: u64,
 //! }
 //!
-//! let (a, b) = port::open()?;
-//! let echo = std::thread::spawn(move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-//!     let mut b = b.connect()?;
-//!     while let Ok(Msg::Ping(n)) = b.recv::<Msg>() {
-//!         b.send(&Msg::Pong(n))?;
+//! impl Job for CountPrimes {
+//!     type Output = u64; // what a run returns
+//!     type Error = String; // what a failed run returns
+//!     const NAME: &'static str = "count-primes"; // how workers find its handler
+//! }
+//!
+//! fn count_primes(job: CountPrimes) -> Result<u64, String> {
+//!     if job.from > job.to {
+//!         return Err(format!("{}..{} is not a range", job.from, job.to));
+//!     }
+//!     let is_prime = |n: u64| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+//!     Ok((job.from..job.to).filter(|&n| is_prime(n)).count() as u64)
+//! }
+//!
+//! fn handlers() -> Handlers {
+//!     Handlers::new().on::<CountPrimes>(|job, _context| count_primes(job))
+//! }
+//!
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     // Each worker is this program run again: there, this call serves
+//!     // jobs and exits; here it returns at once. Keep it first in `main`.
+//!     portpool::worker::serve_if_worker(&handlers());
+//!
+//!     let pool = Pool::builder().processes(2).build()?;
+//!
+//!     // `map` sends jobs out as workers take them and yields the results
+//!     // in input order.
+//!     let ranges = (0..10).map(|i| CountPrimes { from: i * 10_000, to: (i + 1) * 10_000 });
+//!     let mut total = 0;
+//!     for result in pool.map(ranges) {
+//!         total += result?;
+//!     }
+//!     println!("{total} primes below 100000");
+//!     assert_eq!(total, 9592);
+//!
+//!     // A failed job comes back as its handler's error, typed.
+//!     match pool.submit(CountPrimes { from: 9, to: 1 })?.wait() {
+//!         Err(JobError::Handler(why)) => println!("refused: {why}"),
+//!         other => panic!("expected the handler's error, got {other:?}"),
 //!     }
 //!     Ok(())
-//! });
-//!
-//! let mut a = a.connect()?;
-//! for n in 0..3 {
-//!     a.send(&Msg::Ping(n))?;
-//!     assert_eq!(a.recv::<Msg>()?, Msg::Pong(n));
 //! }
-//! drop(a); // the peer's recv now fails with Disconnected, and it returns
-//! echo.join().unwrap().unwrap();
-//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Disconnection
+//! What to know about process workers:
 //!
-//! When one end is dropped (or its process dies), the other end receives
-//! every message that was sent, and then [`RecvError::Disconnected`](error::RecvError::Disconnected):
+//! - **`serve_if_worker` first.** A worker runs `main` from the top until
+//!   that call. If it is missing, the worker would build a pool of its
+//!   own; instead `build()` fails in the supervisor with an error that
+//!   says to add it (no fork bomb, no hang). Code before the call runs in
+//!   every worker too.
+//! - **Workers get the environment, not the arguments.** Each is started
+//!   with no command-line arguments and with the supervisor's
+//!   environment, plus `PORTPOOL_WORKER_ID` (its slot number).
+//! - **Jobs cross as postcard bytes**, so the job, output and error types
+//!   must be types postcard can encode (plain structs, enums, strings,
+//!   numbers, vectors, maps); a job that will not encode or decode fails
+//!   alone with [`JobError::Codec`], which names the type.
+//! - **A worker that crashes** (a signal, `exit`, an abort) fails the jobs
+//!   it held with [`JobError::WorkerExited`] (its pid, its exit status and
+//!   the last lines of its stderr) and is replaced; a panic in a handler
+//!   fails only its job ([`JobError::Panicked`]).
+//! - **A separate worker binary**: `.worker_command(Command::new(path))`
+//!   runs another program, whose `main` calls [`worker::run`] with the
+//!   same handlers.
 //!
-//! ```
-//! use portpool::{error::RecvError, port};
+//! # The short way: functions as jobs
 //!
-//! let (a, b) = port::open()?;
-//! let t = std::thread::spawn(move || {
-//!     let b = b.connect().unwrap();
-//!     b.send("last words").unwrap();
-//! }); // b is dropped here
-//! let mut a = a.connect()?;
-//! t.join().unwrap();
-//! assert_eq!(a.recv::<String>()?, "last words");
-//! assert!(matches!(a.recv::<String>(), Err(RecvError::Disconnected)));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
+//! For "run this function over these inputs", [`jobs!`] makes a job of a
+//! function (its argument is the job, its `Result` the output and error),
+//! and [`process_pool`] is `serve_if_worker` and `build` in one call. The
+//! file-hashing program below is 17 non-blank lines; the same program
+//! with rayon's `par_iter` (same hashing, same error handling) is 16.
 //!
-//! # Waiting with a bound
+//! ```no_run
+//! use std::hash::{DefaultHasher, Hasher};
 //!
-//! `try_recv` never blocks and `recv_timeout` waits at most as long as told:
+//! portpool::jobs! {
+//!     fn hash(path: String) -> Result<u64, String> {
+//!         let bytes = std::fs::read(&path).map_err(|e| format!("{path}: {e}"))?;
+//!         let mut h = DefaultHasher::new();
+//!         h.write(&bytes);
+//!         Ok(h.finish())
+//!     }
+//! }
 //!
-//! ```
-//! use std::time::Duration;
-//! use portpool::{error::{RecvTimeoutError, TryRecvError}, port};
-//!
-//! let (a, b) = port::open()?;
-//! let t = std::thread::spawn(move || b.connect().map(|b| {
-//!     b.send(&7u8).unwrap();
-//!     b // keep the connection open
-//! }));
-//! let mut a = a.connect()?;
-//! let _b = t.join().unwrap()?;
-//! assert_eq!(a.recv_timeout::<u8>(Duration::from_secs(10))?, 7);
-//! assert!(matches!(a.try_recv::<u8>(), Err(TryRecvError::Empty)));
-//! assert!(matches!(a.recv_timeout::<u8>(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));
-//! # Ok::<(), Box<dyn std::error::Error>>(())
-//! ```
-//!
-//! # Sending a port over a connection
-//!
-//! A port can itself be sent over a socket connection (the fds travel with
-//! `SCM_RIGHTS`), so two parties that never shared a parent can be connected:
-//!
-//! ```
-//! use portpool::port;
-//!
-//! let (ctl_a, ctl_b) = port::open()?;
-//! let t = std::thread::spawn(move || -> std::io::Result<()> {
-//!     let mut ctl = ctl_b.connect()?;
-//!     let fresh = ctl.recv_port()?; // a brand-new port, from the other side
-//!     let fresh = fresh.connect()?;
-//!     fresh.send("hello over the new port")?;
+//! fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     let pool = portpool::process_pool(4, hash)?; // first in main: workers serve here
+//!     let paths: Vec<String> = std::env::args().skip(1).collect();
+//!     for (path, h) in paths.iter().zip(pool.map_fn(hash, paths.clone())) {
+//!         println!("{:016x}  {path}", h?);
+//!     }
 //!     Ok(())
-//! });
-//! let ctl = ctl_a.connect()?;
-//! let (mine, theirs) = port::open()?;
-//! ctl.send_port(theirs)?;
-//! let mut mine = mine.connect()?;
-//! assert_eq!(mine.recv::<String>()?, "hello over the new port");
-//! t.join().unwrap()?;
-//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! }
 //! ```
 //!
-//! # A child process
+//! Side by side, the two ways to the same job:
 //!
-//! [`Port::pass_to`](port::Port::pass_to) (or [`Port::spawn`](port::Port::spawn))
-//! hands a port to a child, which takes it with
-//! [`Port::from_env`](port::Port::from_env); `examples/ports.rs` runs the
-//! whole scenario with the example's own executable as the child.
+//! | | the [`Job`] trait | [`jobs!`] |
+//! |---|---|---|
+//! | the job | a struct, `#[derive(Serialize, Deserialize)]` | the function's argument (a tuple for several) |
+//! | output, error | `type Output`, `type Error` | the function's `Result<O, E>` |
+//! | route name | `const NAME` | the function's name |
+//! | register | `Handlers::new().on::<J>(\|job, cx\| ..)` | `Handlers::new().func(f)` |
+//! | run | `pool.submit(job)`, `pool.map(jobs)` | `pool.submit_fn(f, input)`, `pool.map_fn(f, inputs)` |
+//! | progress, cancellation | through the handler's [`Context`] | not available: use the trait |
 //!
-//! # A pool of thread workers
+//! `examples/hash.rs` is the program above.
 //!
-//! A [`Job`] is a serde type with an output, an error and a route name.
-//! [`Handlers`] maps route names to functions; a [`Pool`] runs them.
+//! # A pool of threads
+//!
+//! `Pool::builder().threads(n)` runs the same handlers on threads of this
+//! process: jobs move as Rust values and are never encoded.
 //!
 //! ```
+//! use portpool::serde::{Deserialize, Serialize};
 //! use portpool::{Handlers, Job, JobError, Pool};
-//! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "portpool::serde")]
 //! struct Divide { a: i64, b: i64 }
 //!
 //! impl Job for Divide {
@@ -136,7 +156,6 @@
 //!
 //! // One job: submit, then wait for its ticket.
 //! assert_eq!(pool.submit(Divide { a: 84, b: 2 })?.wait()?, 42);
-//! // The handler's own error arrives typed.
 //! match pool.submit(Divide { a: 1, b: 0 })?.wait() {
 //!     Err(JobError::Handler(e)) => assert_eq!(e, "1 / 0"),
 //!     other => panic!("{other:?}"),
@@ -149,13 +168,17 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # Progress from a running job
+//! `examples/fanout.rs` counts primes serially, on threads and on
+//! processes, and prints the speedups.
+//!
+//! ## Progress from a running job
 //!
 //! ```
+//! use portpool::serde::{Deserialize, Serialize};
 //! use portpool::{Handlers, Job, Pool};
-//! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "portpool::serde")]
 //! struct Countdown(u32);
 //! impl Job for Countdown {
 //!     type Output = String;
@@ -180,38 +203,37 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! # A pool of process workers
+//! # Awaiting jobs from async code
 //!
-//! `Pool::builder().processes(n)` runs the same handlers in child
-//! processes. By default each worker is this executable run again, so
-//! `main` must start with [`worker::serve_if_worker`] (it serves and exits
-//! in a worker, and returns at once otherwise); `.worker_command(..)` names
-//! a separate binary whose `main` is [`worker::run`]. A worker that panics
-//! fails only its job; a worker whose supervisor dies exits on its own.
+//! A [`Ticket`] can be awaited (it implements `IntoFuture`) under tokio,
+//! async-std, `futures::executor` or any other executor: the pool thread
+//! that settles the job wakes the task, and no executor thread blocks.
+//! Dropping the future cancels the job, so a request handler whose client
+//! went away leaves no work behind. With the `futures` feature,
+//! `Map::into_stream` gives a `Stream` of a
+//! map's results; [`Link`](link::Link) has `request_async` and
+//! `recv_message_async`.
 //!
-//! ```no_run
-//! use portpool::{Handlers, Job, Pool};
-//! # use serde::{Deserialize, Serialize};
-//! # #[derive(Serialize, Deserialize)] struct Square(u64);
-//! # impl Job for Square { type Output = u64; type Error = (); const NAME: &'static str = "square"; }
-//!
-//! fn handlers() -> Handlers {
-//!     Handlers::new().on::<Square>(|Square(n), _| Ok(n * n))
-//! }
-//!
-//! fn main() -> Result<(), Box<dyn std::error::Error>> {
-//!     portpool::worker::serve_if_worker(&handlers());
-//!     let pool = Pool::builder().processes(2).build()?;
-//!     let total: u64 = pool.map((0..1000).map(Square)).map(|r| r.unwrap()).sum();
-//!     println!("{total}");
-//!     Ok(())
-//! }
+//! ```
+//! # use portpool::serde::{Deserialize, Serialize};
+//! # use portpool::{Handlers, Job, Pool};
+//! # #[derive(Serialize, Deserialize)]
+//! # #[serde(crate = "portpool::serde")]
+//! # struct Divide { a: i64, b: i64 }
+//! # impl Job for Divide { type Output = i64; type Error = String; const NAME: &'static str = "divide"; }
+//! # let handlers = Handlers::new().on::<Divide>(|d, _| Ok(d.a / d.b));
+//! let pool = Pool::builder().threads(2).handlers(handlers).build()?;
+//! let ticket = pool.submit(Divide { a: 84, b: 2 })?;
+//! // Any executor: here the small one from the `futures` crate.
+//! let answer = futures::executor::block_on(async { ticket.await })?;
+//! assert_eq!(answer, 42);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! `examples/fanout.rs` does this with real CPU work and compares threads,
-//! processes and a serial run.
+//! `examples/tokio.rs` is a TCP server whose connections each await a job
+//! on a process pool.
 //!
-//! # Timeouts, cancellation and shutdown
+//! # Supervision: timeouts, cancellation, crashes and shutdown
 //!
 //! A run timeout counts from the moment a worker is given the job; a
 //! handler that polls [`Context::is_cancelled`] can stop early. A
@@ -223,10 +245,11 @@
 //! use std::time::Duration;
 //! use portpool::job::TimeoutPhase;
 //! use portpool::pool::JobOptions;
+//! use portpool::serde::{Deserialize, Serialize};
 //! use portpool::{Handlers, Job, JobError, Pool, Runtime, Shutdown};
-//! # use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "portpool::serde")]
 //! struct Poll(u32); // polls for up to n ms, stopping early when cancelled
 //! impl Job for Poll {
 //!     type Output = u32;
@@ -269,7 +292,7 @@
 //! Process workers that crash are replaced within a [`RestartPolicy`];
 //! the jobs they held fail with [`JobError::WorkerExited`] (pid, exit code
 //! or signal, the last lines of the worker's stderr), or run again with
-//! `.retries(n)`. `runtime/src/supervisor/README.md` tells every case.
+//! `.retries(n)`. [`supervisor`] tells every case step by step.
 //!
 //! # Pools that breathe: scaling, recycling, cancel tokens, priorities, metrics
 //!
@@ -283,10 +306,11 @@
 //! use std::time::Duration;
 //! use portpool::pool::{CancelToken, JobOptions};
 //! use portpool::supervisor::PoolEvent;
+//! use portpool::serde::{Deserialize, Serialize};
 //! use portpool::{Handlers, Job, JobError, Pool};
-//! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize)]
+//! #[serde(crate = "portpool::serde")]
 //! struct Double(u64);
 //! impl Job for Double {
 //!     type Output = u64;
@@ -350,10 +374,12 @@
 //! limit (`memory_limit`): an allocation past it fails the job with a
 //! message that names the limit, and the worker is replaced.
 //!
-//! # The runtime: ref counts, suspend, signals
+//! # The runtime: keep-alive, suspend, signals
 //!
-//! A [`Runtime`] counts the handles that keep a program alive. A pool holds
-//! a ref until it shuts down; [`Runtime::run`] returns when none is left.
+//! A [`Runtime`] counts the handles that keep a program alive: a pool
+//! keeps it alive until it shuts down (unless told
+//! `set_keep_alive(false)`), and [`Runtime::run`] returns when no handle
+//! does.
 //! With [`Runtime::handle_signals`], SIGINT or SIGTERM shuts every pool of
 //! the runtime down gracefully and makes `run` return (a second SIGINT
 //! stops at once); `examples/supervise.rs` is a complete program.
@@ -363,7 +389,7 @@
 //!
 //! let rt = Runtime::new();
 //! let pool = Pool::builder().threads(1).handlers(Handlers::new()).runtime(&rt).build()?;
-//! assert_eq!(rt.refs(), 1);
+//! assert_eq!(rt.refs(), 1); // the pool keeps it alive
 //! rt.suspend(); // stops dispatching; queued jobs wait
 //! pool.set_keep_alive(false); // a suspended pool need not keep `run` waiting
 //! assert!(rt.run_timeout(std::time::Duration::from_secs(30)).is_some());
@@ -374,17 +400,22 @@
 //!
 //! # Conversations
 //!
-//! A [`link::Link`] on any connection gives execa's and ipc-link's API:
-//! ordered messages, filtered reads, strict sends, and requests answered by
-//! id. [`subprocess::Subprocess`] is one child to talk to (execa's
-//! `execaNode`), [`service::Service`] one worker serving many clients.
+//! A [`link::Link`] on any connection is a conversation: ordered
+//! messages, reads that pick the message they want, strict sends (that
+//! fail unless the peer is waiting for a message), and requests answered
+//! by id. [`subprocess::Subprocess`] is one child process to talk to and
+//! wait for; [`service::Service`] is one worker serving many clients,
+//! each on a connection of its own. `docs/protocol.md` (in the
+//! repository) specifies the frames, so a peer can be written in another
+//! language.
 //!
 //! ```
 //! use portpool::link::{Link, LinkError};
 //! use portpool::port;
-//! use serde::{Deserialize, Serialize};
+//! use portpool::serde::{Deserialize, Serialize};
 //!
 //! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! #[serde(crate = "portpool::serde")]
 //! enum Event { Started, Progress(u32), Done }
 //!
 //! let (a, b) = port::open()?;
@@ -409,6 +440,136 @@
 //! peer.join().unwrap()?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+//!
+//! # Ports: the connections underneath
+//!
+//! Every pool worker, link and service talks over a port. [`port::open`]
+//! gives two connected [`port::Port`]s: move one to a thread, hand it to a
+//! child process, or send it over another connection, then
+//! [`connect`](port::Port::connect) both ends; each side then sends and
+//! receives typed messages. A connection's fd can be polled from a loop
+//! of your own (`Ipc` implements `AsFd`).
+//!
+//! ```
+//! use portpool::port;
+//! use portpool::serde::{Deserialize, Serialize};
+//!
+//! #[derive(Serialize, Deserialize, Debug, PartialEq)]
+//! #[serde(crate = "portpool::serde")]
+//! enum Msg {
+//!     Ping(u32),
+//!     Pong(u32),
+//! }
+//!
+//! let (a, b) = port::open()?;
+//! let echo = std::thread::spawn(move || -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+//!     let mut b = b.connect()?;
+//!     while let Ok(Msg::Ping(n)) = b.recv::<Msg>() {
+//!         b.send(&Msg::Pong(n))?;
+//!     }
+//!     Ok(())
+//! });
+//!
+//! let mut a = a.connect()?;
+//! for n in 0..3 {
+//!     a.send(&Msg::Ping(n))?;
+//!     assert_eq!(a.recv::<Msg>()?, Msg::Pong(n));
+//! }
+//! drop(a); // the peer's recv now fails with Disconnected, and it returns
+//! echo.join().unwrap().unwrap();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Disconnection
+//!
+//! When one end is dropped (or its process dies), the other end receives
+//! every message that was sent, and then [`RecvError::Disconnected`](error::RecvError::Disconnected):
+//!
+//! ```
+//! use portpool::{error::RecvError, port};
+//!
+//! let (a, b) = port::open()?;
+//! let t = std::thread::spawn(move || {
+//!     let b = b.connect().unwrap();
+//!     b.send("last words").unwrap();
+//! }); // b is dropped here
+//! let mut a = a.connect()?;
+//! t.join().unwrap();
+//! assert_eq!(a.recv::<String>()?, "last words");
+//! assert!(matches!(a.recv::<String>(), Err(RecvError::Disconnected)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Waiting with a bound
+//!
+//! `try_recv` never blocks and `recv_timeout` waits at most as long as told:
+//!
+//! ```
+//! use std::time::Duration;
+//! use portpool::{error::{RecvTimeoutError, TryRecvError}, port};
+//!
+//! let (a, b) = port::open()?;
+//! let t = std::thread::spawn(move || b.connect().map(|b| {
+//!     b.send(&7u8).unwrap();
+//!     b // keep the connection open
+//! }));
+//! let mut a = a.connect()?;
+//! let _b = t.join().unwrap()?;
+//! assert_eq!(a.recv_timeout::<u8>(Duration::from_secs(10))?, 7);
+//! assert!(matches!(a.try_recv::<u8>(), Err(TryRecvError::Empty)));
+//! assert!(matches!(a.recv_timeout::<u8>(Duration::from_millis(1)), Err(RecvTimeoutError::Timeout)));
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## Sending a port over a connection
+//!
+//! A port can itself be sent over a socket connection (the fds travel with
+//! `SCM_RIGHTS`), so two parties that never shared a parent can be connected:
+//!
+//! ```
+//! use portpool::port;
+//!
+//! let (ctl_a, ctl_b) = port::open()?;
+//! let t = std::thread::spawn(move || -> std::io::Result<()> {
+//!     let mut ctl = ctl_b.connect()?;
+//!     let fresh = ctl.recv_port()?; // a brand-new port, from the other side
+//!     let fresh = fresh.connect()?;
+//!     fresh.send("hello over the new port")?;
+//!     Ok(())
+//! });
+//! let ctl = ctl_a.connect()?;
+//! let (mine, theirs) = port::open()?;
+//! ctl.send_port(theirs)?;
+//! let mut mine = mine.connect()?;
+//! assert_eq!(mine.recv::<String>()?, "hello over the new port");
+//! t.join().unwrap()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! ## A child process
+//!
+//! [`Port::pass_to`](port::Port::pass_to) (or [`Port::spawn`](port::Port::spawn))
+//! hands a port to a child, which takes it with
+//! [`Port::from_env`](port::Port::from_env); `examples/ports.rs` runs the
+//! whole scenario with the example's own executable as the child.
+//!
+//!
+//! # Modules
+//!
+//! | module | what it is for |
+//! |---|---|
+//! | [`pool`] | the pool: building one, submitting, tickets, `map`, stats, options per job |
+//! | [`job`] | the [`Job`] trait, the [`Handlers`] registry, [`JobError`], the handler's [`Context`] |
+//! | [`worker`] | the worker process's side: `serve_if_worker`, `run`, a worker's link |
+//! | [`supervisor`] | restart policies, shutdown modes, the events a pool reports, and every failure case step by step |
+//! | [`runtime`] | keeping a program alive while pools and connections are, suspend, Ctrl-C |
+//! | [`launch`] | workers started elsewhere: over ssh, in Slurm, through any command |
+//! | [`link`] | conversations on a connection: messages, strict sends, requests |
+//! | [`subprocess`] | one child process to talk to and wait for |
+//! | [`service`] | one worker, in a thread or a process, serving many clients |
+//! | [`port`] | connected port pairs that move between threads and processes |
+//! | [`transport`] | the framing under every connection, its limits and wire format |
+//! | [`error`] | the errors of sending and receiving |
 
 pub use portpool_runtime::job::{Context, Handlers, Job, JobError, JobFn};
 pub use portpool_runtime::jobs;
@@ -418,8 +579,15 @@ pub use portpool_runtime::supervisor::{RestartPolicy, Shutdown, ShutdownReport};
 pub use portpool_runtime::{
     error, job, launch, link, pool, port, runtime, service, subprocess, supervisor, transport,
 };
+/// The serde version portpool's jobs use, for programs that do not
+/// depend on serde themselves (`#[serde(crate = "portpool::serde")]`).
+pub use serde;
 
-/// The worker-process side (see the `portpool-worker` crate).
+/// The worker process's side: serving a pool's jobs
+/// ([`serve_if_worker`](worker::serve_if_worker) at the top of `main`, or
+/// [`run`](worker::run) in a separate worker binary), a worker's
+/// [`link`](worker::link) to its supervisor, and serving a
+/// [`Service`](service::Service)'s clients.
 pub mod worker {
     pub use portpool_worker::{connect, is_worker, link, run, serve_if_worker, serve_service};
 }

@@ -1,4 +1,6 @@
-//! Error types, one per operation (after crossbeam-channel's `err.rs`).
+//! The errors of sending and receiving on a connection, one type per
+//! operation (as crossbeam-channel has), so each says only what can
+//! happen there.
 //!
 //! "The peer went away" becomes [`SendError::Disconnected`] or
 //! [`RecvError::Disconnected`] in exactly one place: `is_disconnect` (crate-private).

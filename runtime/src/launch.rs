@@ -8,9 +8,10 @@
 //! not forward the environment).
 //!
 //! ```no_run
-//! use portpool_runtime::job::Handlers;
-//! use portpool_runtime::launch::Launcher;
-//! use portpool_runtime::pool::Pool;
+//! # extern crate portpool_runtime as portpool;
+//! use portpool::job::Handlers;
+//! use portpool::launch::Launcher;
+//! use portpool::pool::Pool;
 //!
 //! # fn handlers() -> Handlers { Handlers::new() }
 //! let pool = Pool::builder()
@@ -19,7 +20,7 @@
 //!     .launch(Launcher::ssh("node1").user("me"), 4) // four on node1
 //!     .launch(Launcher::srun().arg("--partition=short"), 8) // eight in Slurm
 //!     .build()?;
-//! # Ok::<(), portpool_runtime::pool::BuildError>(())
+//! # Ok::<(), portpool::pool::BuildError>(())
 //! ```
 //!
 //! What a remote worker runs is by default the same path (and arguments)

@@ -1,21 +1,24 @@
-//! portpool's runtime: the layers under the `portpool` facade.
+//! The runtime under the `portpool` crate: use it through `portpool`,
+//! which re-exports every module below and adds the worker side.
 //!
-//! | layer | module | job |
-//! |---|---|---|
-//! | 1 | [`transport`] | length-prefixed frames over a socket or a pair of pipes |
-//! | 2 | [`port`] | transferable port pairs; [`port::Ipc`], a typed connection |
-//! | 3 | [`link`] | conversations: ordered messages, filtered reads, strict sends, request/reply |
-//! | 3 | [`subprocess`] | one child process to talk to (execa's `execaNode` with IPC) |
-//! | 3 | [`service`] | one worker serving many clients, each on its own connection |
-//! | 4 | [`job`] | the [`job::Job`] trait and the [`job::Handlers`] registry |
-//! | 5–6 | [`pool`] | thread and process pools: dispatch, tickets, `map`, `broadcast`, stats |
-//! | 6 | [`supervisor`] | restarts, timeouts, cancellation, shutdown, events |
-//! | 7 | [`runtime`] | ref/unref, suspend/resume, signal-driven shutdown |
+//! | module | what it is for |
+//! |---|---|
+//! | [`pool`] | the pool: building one, submitting, tickets, `map`, stats |
+//! | [`job`] | the [`job::Job`] trait, the [`job::Handlers`] registry, [`jobs!`] |
+//! | [`supervisor`] | restart policies, shutdown modes, pool events, the failure scenarios |
+//! | [`runtime`] | keeping a program alive while its pools are, suspend, signals |
+//! | [`launch`] | workers started over ssh, in Slurm, or through any command |
+//! | [`link`] | conversations on a connection: messages, strict sends, requests |
+//! | [`subprocess`] | one child process to talk to and wait for |
+//! | [`service`] | one worker serving many clients |
+//! | [`port`] | connected port pairs that move between threads and processes |
+//! | [`transport`] | the framing under every connection |
+//! | [`error`] | the errors of sending and receiving |
 //!
-//! Errors, one type per operation, are in [`error`]. Each layer uses only
-//! the public face of the one below it. `unsafe` code lives only in the OS
-//! layer (the `sys` module and the transport flavors), each block with a
-//! `// SAFETY:` comment.
+//! `unsafe` code lives only in the OS layer (the `sys` module and the
+//! transport flavors), each block with a `// SAFETY:` comment;
+//! ARCHITECTURE.md in the repository tells how the modules depend on each
+//! other.
 #![deny(unsafe_code)]
 #![cfg_attr(not(test), warn(clippy::unwrap_used))]
 

@@ -1,13 +1,13 @@
-//! Layer 7: the lifecycle. A [`Runtime`] counts the handles that keep a
-//! program alive (pools, [`Ipc`](crate::port::Ipc) connections), runs
-//! suspend and resume hooks, and can take over SIGINT and SIGTERM to shut
-//! its pools down gracefully.
+//! Keeping a program alive while its pools and connections are, pausing
+//! them, and shutting them down gracefully on Ctrl-C or SIGTERM.
 //!
-//! It follows Bare's lifecycle and bare-ipc's handles: [`Runtime::run`]
-//! blocks while any ref'd handle is alive and returns when the count
-//! reaches zero; `ref_()` and `unref()` on a handle decide whether it
-//! counts. Unref'ing on suspend and ref'ing on resume lets a program's
-//! loop end while it is suspended and carry on after a resume.
+//! A [`Runtime`] counts the handles that keep it alive (pools,
+//! [`Ipc`](crate::port::Ipc) connections, links, subprocesses):
+//! [`Runtime::run`] blocks while any of them does and returns when none
+//! is left. `set_keep_alive(false)` on a handle lets `run` return while
+//! it is still open. [`suspend`](Runtime::suspend) stops pools from
+//! dispatching (hooks let workers react) and [`resume`](Runtime::resume)
+//! carries on.
 //!
 //! Handles belong to [`Runtime::global`] unless given another runtime
 //! ([`PoolBuilder::runtime`](crate::pool::PoolBuilder::runtime),

@@ -1,7 +1,6 @@
-//! One worker serving many clients, in the manner of
-//! ipfs-message-port-server: a [`Service`] runs [`Handlers`] in a thread
-//! or in a child process, and each client talks to it over a connection
-//! of its own. A client that dies or sends garbage loses its own
+//! One worker serving many clients: a [`Service`] runs [`Handlers`] in a
+//! thread or in a child process, and each client talks to it over a
+//! connection of its own. A client that dies or sends garbage loses its own
 //! connection; the others do not notice.
 //!
 //! A client's port can be handed to another process (with

@@ -1,10 +1,11 @@
-//! One supervised child process to talk to, in the manner of execa's
-//! `execaNode` with IPC: a [`Link`] to the child, messages delivered to it
-//! first ([`SubprocessBuilder::ipc_input`]), and at the end its exit
-//! status with every message it sent ([`SubprocessOutput::ipc_output`]).
+//! One child process to talk to and wait for: a [`Link`] to the child,
+//! messages delivered to it first ([`SubprocessBuilder::ipc_input`]), and
+//! at the end its exit status with every message it sent
+//! ([`SubprocessOutput::ipc_output`]).
 //!
 //! ```no_run
-//! use portpool_runtime::subprocess::Subprocess;
+//! # extern crate portpool_runtime as portpool;
+//! use portpool::subprocess::Subprocess;
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
 //! let mut cmd = std::process::Command::new("my-child");
 //! cmd.arg("--task");
@@ -53,7 +54,7 @@ impl fmt::Debug for SubprocessBuilder {
 }
 
 impl SubprocessBuilder {
-    /// Messages sent to the child before anything else (execa's `ipcInput`).
+    /// Messages sent to the child before anything else .
     pub fn ipc_input<T: Serialize + Send + 'static>(mut self, messages: Vec<T>) -> Self {
         for m in messages {
             self.input.push(Box::new(move |l: &Link| l.send_message(&m)));
@@ -78,8 +79,7 @@ impl SubprocessBuilder {
 
     /// The [`Runtime`] the subprocess belongs to (default
     /// [`Runtime::global`]); it keeps it alive until waited for, unless
-    /// [`Subprocess::set_keep_alive`] says otherwise (execa's
-    /// `reference: false`).
+    /// [`Subprocess::set_keep_alive`] says otherwise.
     pub fn runtime(mut self, rt: &Runtime) -> Self {
         self.runtime = Some(rt.clone());
         self
@@ -182,7 +182,7 @@ pub struct SubprocessOutput {
 impl SubprocessOutput {
     /// Every message the child sent, in order, decoded as `T` (a message
     /// that does not decode as `T` is skipped). Messages taken with
-    /// `recv_message` during the run are included (execa's `ipcOutput`).
+    /// `recv_message` during the run are included.
     pub fn ipc_output<T: DeserializeOwned>(&self) -> Vec<T> {
         self.ipc.iter().filter_map(|p| p.decode_value().ok()).collect()
     }
@@ -266,10 +266,9 @@ impl Subprocess {
         &self.link
     }
 
-    /// Whether this subprocess keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// Sets whether this subprocess keeps its [`Runtime`]'s
     /// `run` from returning: `true` by default, `false` lets `run` return
-    /// while it is alive (until it is waited for). (Node and bare-ipc call these `ref()`
-    /// and `unref()`.)
+    /// while it is alive (until it is waited for).
     pub fn set_keep_alive(&self, keep: bool) {
         self.rt_ref.set_keep_alive(keep);
     }

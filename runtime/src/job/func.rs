@@ -97,7 +97,8 @@ impl<F: JobFn> From<F> for Handlers {
 /// The function is then called as `name::call(input)`, or through a pool.
 ///
 /// ```
-/// portpool_runtime::jobs! {
+/// # extern crate portpool_runtime as portpool;
+/// portpool::jobs! {
 ///     /// The length of a word, refusing empty ones.
 ///     pub fn word_len(word: String) -> Result<usize, String> {
 ///         if word.is_empty() {
@@ -111,8 +112,8 @@ impl<F: JobFn> From<F> for Handlers {
 ///     }
 /// }
 ///
-/// use portpool_runtime::job::{Handlers, JobFn};
-/// use portpool_runtime::pool::Pool;
+/// use portpool::job::{Handlers, JobFn};
+/// use portpool::pool::Pool;
 ///
 /// let pool = Pool::builder()
 ///     .threads(2)

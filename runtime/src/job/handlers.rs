@@ -299,7 +299,8 @@ where
 /// The registry of handlers: route name → function.
 ///
 /// ```
-/// # use portpool_runtime::job::{Handlers, Job};
+/// # extern crate portpool_runtime as portpool;
+/// # use portpool::job::{Handlers, Job};
 /// # use serde::{Deserialize, Serialize};
 /// # #[derive(Serialize, Deserialize)] struct Square(u64);
 /// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }

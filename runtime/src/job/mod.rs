@@ -32,7 +32,8 @@ pub(crate) use handlers::{BatchItem, BatchValue, RouteInfo};
 /// A unit of work: the job's data is the type itself.
 ///
 /// ```
-/// use portpool_runtime::job::Job;
+/// # extern crate portpool_runtime as portpool;
+/// use portpool::job::Job;
 /// use serde::{Deserialize, Serialize};
 ///
 /// #[derive(Serialize, Deserialize)]

@@ -1,5 +1,6 @@
-//! Layer 3: conversations on a connection, in the manner of execa's IPC
-//! and ipc-link.
+//! Conversations on a connection: messages in order, reads that pick the
+//! message they want, strict sends, and requests answered by id, from
+//! blocking or async code.
 //!
 //! A [`Link`] wraps an [`Ipc`] and gives it:
 //!
@@ -83,8 +84,7 @@ pub enum LinkError {
     Deadlock,
     /// The request's deadline passed without a reply.
     Timeout,
-    /// The peer answered the request with a failure (ipc-link's
-    /// `success = false`), with its reason.
+    /// The peer answered the request with a failure, with its reason.
     Failed(String),
     /// A value could not be encoded or decoded.
     Codec(String),
@@ -138,7 +138,7 @@ impl Link {
     }
 
     /// Like [`with_codec`](Self::with_codec), also keeping every message
-    /// received for [`received`](Self::received) (execa's `ipcOutput`).
+    /// received for [`received`](Self::received).
     pub fn with_log(ipc: Ipc, codec: Codec) -> Link {
         Link::build(ipc, codec, true)
     }
@@ -446,8 +446,9 @@ impl Link {
             .wait_for(None, false, |st| st.closed.as_ref().map(|_| ()));
     }
 
-    /// Whether the open link keeps its [`Runtime`]'s `run` from returning
-    /// (it does by default; `false` lets `run` return while it is open).
+    /// Sets whether the open link keeps its [`Runtime`]'s `run` from
+    /// returning (it does by default; `false` lets `run` return while it
+    /// is open).
     pub fn set_keep_alive(&self, keep: bool) {
         self.rt_ref.set_keep_alive(keep);
     }

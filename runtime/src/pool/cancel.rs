@@ -31,7 +31,8 @@ use crate::util::lock;
 /// that moment. Its ticket answers `Cancelled` at once.
 ///
 /// ```
-/// # use portpool_runtime::{job::{Handlers, Job, JobError}, pool::{CancelToken, JobOptions, Pool}};
+/// # extern crate portpool_runtime as portpool;
+/// # use portpool::{job::{Handlers, Job, JobError}, pool::{CancelToken, JobOptions, Pool}};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Wait;
 /// # impl Job for Wait { type Output = (); type Error = String; const NAME: &'static str = "wait"; }
 /// let pool = Pool::builder()

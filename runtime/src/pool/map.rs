@@ -44,7 +44,8 @@ const MAX_CHUNK: usize = 8192;
 /// when it is not (`#[must_use]`):
 ///
 /// ```
-/// # use portpool_runtime::{job::{Handlers, Job}, pool::Pool};
+/// # extern crate portpool_runtime as portpool;
+/// # use portpool::{job::{Handlers, Job}, pool::Pool};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Square(u64);
 /// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }
 /// #[deny(unused_must_use)]
@@ -56,7 +57,8 @@ const MAX_CHUNK: usize = 8192;
 /// ```
 ///
 /// ```compile_fail
-/// # use portpool_runtime::{job::{Handlers, Job}, pool::Pool};
+/// # extern crate portpool_runtime as portpool;
+/// # use portpool::{job::{Handlers, Job}, pool::Pool};
 /// # #[derive(serde::Serialize, serde::Deserialize)] struct Square(u64);
 /// # impl Job for Square { type Output = u64; type Error = String; const NAME: &'static str = "square"; }
 /// #[deny(unused_must_use)]

@@ -1,4 +1,5 @@
-//! Layers 5–6: pools of thread or process workers running [`Handlers`].
+//! The pool: workers (threads, or processes started from this program or
+//! another) that run the jobs you submit with the [`Handlers`] you gave.
 //!
 //! One API, two backends with the same semantics:
 //!
@@ -10,8 +11,8 @@
 //!
 //! Every submitted job ends in exactly one outcome, delivered to its
 //! [`Ticket`] (or to the [`Map`] iterator that submitted it). What happens
-//! on crashes, timeouts, cancellation and shutdown is the supervisor's
-//! part: see [`crate::supervisor`] and its `README.md`.
+//! on crashes, timeouts, cancellation and shutdown is told case by case
+//! in [`crate::supervisor`].
 
 mod builder;
 mod cancel;
@@ -545,10 +546,9 @@ impl Pool {
         self.inner.shutdown(how)
     }
 
-    /// Whether the pool keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// Sets whether the pool keeps its [`Runtime`]'s
     /// `run` from returning: `true` by default, `false` lets `run` return
-    /// while it is alive (until it shuts down). (Node and bare-ipc call these `ref()`
-    /// and `unref()`.)
+    /// while it is alive (until it shuts down).
     pub fn set_keep_alive(&self, keep: bool) {
         self.inner.rt_ref.set_keep_alive(keep);
     }

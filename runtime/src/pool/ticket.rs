@@ -256,7 +256,7 @@ impl<J: Job> Ticket<J> {
         None
     }
 
-    /// Cancels the job (scenario "cancel" in `supervisor/README.md`).
+    /// Cancels the job (the "Cancel" scenario in [`crate::supervisor`]).
     ///
     /// Unless it has already finished, its result is now
     /// [`JobError::Cancelled`]. A job still queued is dropped when its turn

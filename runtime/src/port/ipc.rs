@@ -2,7 +2,6 @@
 //! ports, in both directions.
 
 use std::fmt;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::time::Duration;
 
 use serde::Serialize;
@@ -23,7 +22,7 @@ use crate::transport::{AppendError, Reader, SendStats, Wait, Writer};
 #[derive(Debug)]
 pub struct Ipc {
     tx: IpcSender,
-    rx: IpcReceiver,
+    pub(super) rx: IpcReceiver,
 }
 
 /// The sending half of an [`Ipc`]. Clones share the connection; frames from
@@ -37,7 +36,7 @@ pub struct IpcSender {
 
 /// The receiving half of an [`Ipc`].
 pub struct IpcReceiver {
-    reader: Reader,
+    pub(super) reader: Reader,
     peer: Hello,
     /// This connection's place in its runtime's count (the receiving half
     /// holds it: a connection that can still receive keeps a loop alive).
@@ -268,10 +267,9 @@ impl IpcSender {
 }
 
 impl IpcReceiver {
-    /// Whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// Sets whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
     /// `run` from returning: `true` by default, `false` lets `run` return
-    /// while it is alive (the connection is open). (Node and bare-ipc call these `ref()`
-    /// and `unref()`.)
+    /// while it is alive (the connection is open).
     pub fn set_keep_alive(&self, keep: bool) {
         self.rt_ref.set_keep_alive(keep);
     }
@@ -475,10 +473,9 @@ impl Ipc {
         (self.tx, self.rx)
     }
 
-    /// Whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
+    /// Sets whether this connection keeps its [`Runtime`](crate::runtime::Runtime)'s
     /// `run` from returning: `true` by default, `false` lets `run` return
-    /// while it is alive; dropping the connection (or its receiver half) lets go for good. (Node and bare-ipc call these `ref()`
-    /// and `unref()`.)
+    /// while it is alive; dropping the connection (or its receiver half) lets go for good.
     pub fn set_keep_alive(&self, keep: bool) {
         self.rx.set_keep_alive(keep);
     }
@@ -627,42 +624,5 @@ impl Ipc {
     pub fn set_max_frame_len(&mut self, limit: usize) {
         self.rx.set_max_frame_len(limit);
         self.tx.set_max_frame_len(limit);
-    }
-}
-
-/// The fd a connection receives on, to poll for readability from a loop
-/// of one's own (`poll`, `epoll`, mio, an async reactor): a socket, or
-/// the incoming pipe of a pipe pair.
-///
-/// Readiness means bytes arrived, not that one frame did, and one read
-/// may take in several frames: after the fd polls readable, call
-/// `try_recv` until it says `Empty` (or the connection ended) before polling
-/// again. Only poll it: reading, writing or changing its flags yourself
-/// corrupts the connection's framing.
-impl AsFd for IpcReceiver {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.reader.fd()
-    }
-}
-
-/// See [`AsFd` for `IpcReceiver`](IpcReceiver#impl-AsFd-for-IpcReceiver).
-impl AsRawFd for IpcReceiver {
-    fn as_raw_fd(&self) -> RawFd {
-        self.as_fd().as_raw_fd()
-    }
-}
-
-/// The fd the connection receives on: see
-/// [`AsFd` for `IpcReceiver`](IpcReceiver#impl-AsFd-for-IpcReceiver).
-impl AsFd for Ipc {
-    fn as_fd(&self) -> BorrowedFd<'_> {
-        self.rx.as_fd()
-    }
-}
-
-/// See [`AsFd` for `IpcReceiver`](IpcReceiver#impl-AsFd-for-IpcReceiver).
-impl AsRawFd for Ipc {
-    fn as_raw_fd(&self) -> RawFd {
-        self.rx.as_raw_fd()
     }
 }

@@ -1,4 +1,6 @@
-//! Layer 2: transferable port pairs.
+//! Connected pairs of ports that move: to a thread, to a child process,
+//! or over another connection; connected, each end sends and receives
+//! typed messages.
 //!
 //! [`open`] makes two connected [`Port`]s. A `Port` is a plain owned value:
 //! *move* it to a thread, [`pass_to`](Port::pass_to) a child process (which
@@ -7,7 +9,8 @@
 //! transferred, the `Port` value is gone: "detached" is a compile-time fact.
 //!
 //! ```
-//! use portpool_runtime::port;
+//! # extern crate portpool_runtime as portpool;
+//! use portpool::port;
 //!
 //! let (a, b) = port::open()?;
 //! let peer = std::thread::spawn(move || -> std::io::Result<()> {
@@ -23,9 +26,11 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
-//! Not for: request/reply, jobs, or supervising processes (the layers above).
+//! For request/reply and picking messages, put a [`Link`](crate::link::Link)
+//! on the connection; for jobs, use a [`Pool`](crate::pool::Pool).
 
 mod ipc;
+mod poll;
 pub(crate) mod shared;
 
 use std::fmt;

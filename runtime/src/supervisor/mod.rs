@@ -1,5 +1,5 @@
-//! Layer 6: supervision. What the pool does when a worker crashes, a job
-//! runs too long or is cancelled, and when the pool shuts down.
+//! What a pool does when a worker crashes, a job runs too long or is
+//! cancelled, and when the pool shuts down; the settings for it.
 //!
 //! - [`RestartPolicy`]: at most `max_restarts` within `period` (Erlang's
 //!   intensity and period), with a growing backoff between restarts. Past
@@ -13,8 +13,9 @@
 //!
 //! The timers (run timeouts, queue-wait deadlines, cancel grace periods
 //! and the SIGTERM → SIGKILL escalation) run on one monitor thread per
-//! pool (`monitor.rs`). `README.md` in this directory tells each scenario
-//! step by step; the code's comments name the scenarios.
+//! pool. The scenarios below tell each case step by step; the code's
+//! comments name them (the *Where:* lines point maintainers at the code).
+#![doc = include_str!("README.md")]
 
 pub(crate) mod monitor;
 

@@ -1,4 +1,7 @@
-//! Layer 1: moves length-prefixed frames over a pair of file descriptors.
+//! The framing under every connection: length-prefixed frames over a
+//! socket or a pair of pipes, with a size limit a peer cannot talk past.
+//! Most programs never use it directly; its limits and wire format are
+//! told here and in the scenarios below.
 //!
 //! # The contract every flavor provides
 //!
@@ -17,6 +20,7 @@
 //!
 //! Not for: encoding values (the port layer does that) or deciding who
 //! talks to whom.
+#![doc = include_str!("README.md")]
 
 /// The wire format: a pure module of its own below the transport and its
 /// errors (`crate::frame`), shown here where users look for it.
