@@ -15,6 +15,14 @@ use portpool::link::{Codec, Link, LinkError};
 use portpool::port;
 use serde::{Deserialize, Serialize};
 
+/// Connection options for a JSON link (the codec is announced in the hello).
+fn json_options() -> port::ConnectOptions {
+    port::ConnectOptions {
+        codec: Codec::Json,
+        ..port::ConnectOptions::default()
+    }
+}
+
 /// Spawns the fixture's `link <scenario> [n]` mode and links to it.
 fn linked(scenario: &str, n: Option<u32>) -> (Fixture, Link) {
     let mut cmd = fixture("link");
@@ -113,8 +121,9 @@ fn a_strict_message_to_a_peer_that_exited_fails_with_peer_exited() {
 
 #[test]
 fn two_strict_sends_crossing_each_other_are_a_deadlock_not_a_hang() {
-    let (child, ipc) = Fixture::connected_with(fixture("strict-cross"));
-    let link = Link::with_codec(ipc, Codec::Json);
+    let (ours, theirs) = port::open().unwrap();
+    let child = Fixture::spawn(fixture("strict-cross"), theirs);
+    let link = Link::with_codec(ours.connect_with(json_options()).unwrap(), Codec::Json);
     assert_eq!(
         link.send_message_strict("from the parent"),
         Err(LinkError::Deadlock)
@@ -213,7 +222,7 @@ fn a_python_peer_written_from_the_protocol_document_talks_to_us() {
     let mut cmd = Command::new("python3");
     cmd.arg(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/peers/json_peer.py"));
     let child = Fixture::spawn(cmd, theirs);
-    let link = Link::with_codec(ours.connect().unwrap(), Codec::Json);
+    let link = Link::with_codec(ours.connect_with(json_options()).unwrap(), Codec::Json);
     assert_eq!(
         link.request::<Op, Sum>(&Op::Add { a: 40, b: 2 }).unwrap(),
         Sum { sum: 42 }

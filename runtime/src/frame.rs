@@ -47,6 +47,41 @@ impl Role {
     }
 }
 
+/// How the values in a connection's frames are encoded, announced by
+/// both sides in their hellos (byte 11): a mismatch fails the handshake
+/// on both sides with an error naming both, rather than frames neither
+/// side can read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+#[repr(u8)]
+pub enum Codec {
+    /// postcard: compact, Rust to Rust (the default).
+    #[default]
+    Postcard = 0,
+    /// JSON text, one object per frame, for peers in other languages
+    /// (`docs/protocol.md`).
+    Json = 1,
+}
+
+impl Codec {
+    /// The codec for a hello byte, if it names one.
+    pub fn from_byte(b: u8) -> Option<Codec> {
+        match b {
+            0 => Some(Codec::Postcard),
+            1 => Some(Codec::Json),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Codec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Codec::Postcard => "postcard",
+            Codec::Json => "JSON",
+        })
+    }
+}
+
 /// The first bytes on every connection, sent by both sides.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
@@ -54,6 +89,8 @@ pub struct Hello {
     pub version: u16,
     /// The sender's role.
     pub role: Role,
+    /// The codec the sender's frames use.
+    pub codec: Codec,
 }
 
 /// Why a peer's hello was refused.
@@ -73,6 +110,15 @@ pub enum HelloError {
     },
     /// The role byte names no role.
     UnknownRole(u8),
+    /// The codec byte names no codec.
+    UnknownCodec(u8),
+    /// The peer encodes its frames with another codec.
+    CodecMismatch {
+        /// Our codec.
+        ours: Codec,
+        /// The peer's.
+        theirs: Codec,
+    },
     /// Reserved bytes were not zero.
     Reserved,
 }
@@ -91,6 +137,11 @@ impl fmt::Display for HelloError {
                 "protocol version mismatch: we speak version {ours}, the peer speaks version {theirs}"
             ),
             HelloError::UnknownRole(r) => write!(f, "peer sent unknown role byte {r}"),
+            HelloError::UnknownCodec(c) => write!(f, "peer sent unknown codec byte {c}"),
+            HelloError::CodecMismatch { ours, theirs } => write!(
+                f,
+                "codec mismatch: the peer encodes its frames as {theirs}, this side as {ours}"
+            ),
             HelloError::Reserved => f.write_str("peer's hello has non-zero reserved bytes"),
         }
     }
@@ -99,20 +150,27 @@ impl fmt::Display for HelloError {
 impl std::error::Error for HelloError {}
 
 impl Hello {
-    /// Our hello in the given role.
+    /// Our hello in the given role, with postcard frames.
     pub fn ours(role: Role) -> Hello {
+        Hello::with_codec(role, Codec::Postcard)
+    }
+
+    /// Our hello in the given role and codec.
+    pub fn with_codec(role: Role, codec: Codec) -> Hello {
         Hello {
             version: PROTOCOL_VERSION,
             role,
+            codec,
         }
     }
 
-    /// Encodes the hello: magic, version (u16 LE), role, flags (0), 4 reserved zero bytes.
+    /// Encodes the hello: magic, version (u16 LE), role, codec, 4 reserved zero bytes.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[..8].copy_from_slice(&MAGIC);
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10] = self.role as u8;
+        b[11] = self.codec as u8;
         b
     }
 
@@ -131,10 +189,11 @@ impl Hello {
             });
         }
         let role = Role::from_byte(b[10]).ok_or(HelloError::UnknownRole(b[10]))?;
-        if b[11..].iter().any(|&x| x != 0) {
+        let codec = Codec::from_byte(b[11]).ok_or(HelloError::UnknownCodec(b[11]))?;
+        if b[12..].iter().any(|&x| x != 0) {
             return Err(HelloError::Reserved);
         }
-        Ok(Hello { version, role })
+        Ok(Hello { version, role, codec })
     }
 }
 

@@ -98,7 +98,10 @@ impl SubprocessBuilder {
             &program,
             false,
             crate::child::Via::Inherit,
-            crate::port::ConnectOptions::default(),
+            crate::port::ConnectOptions {
+                codec: self.codec,
+                ..crate::port::ConnectOptions::default()
+            },
             !self.quiet_stderr,
         );
         let (child, stderr, ipc) = match started {

@@ -25,14 +25,26 @@ pub(crate) enum Outcome {
     Value(Box<dyn Any + Send>),
     /// postcard bytes of `Result<J::Output, J::Error>` from a process worker.
     Bytes(Vec<u8>),
+    /// serde's JSON of `Result<J::Output, J::Error>`, from a worker that
+    /// speaks JSON (`proto::json`).
+    Json(Vec<u8>),
+    /// A chunk's answer from a JSON worker: how long it ran (ns), and each
+    /// job's result (as in `Json`) or failure.
+    JsonChunk(u64, Vec<Result<Vec<u8>, Failure>>),
     /// Anything else.
     Failed(Failure),
 }
 
+/// A progress message's bytes: postcard, or JSON from a JSON worker.
+pub(crate) struct Progress {
+    pub(crate) json: bool,
+    pub(crate) bytes: Vec<u8>,
+}
+
 /// What a job's submitter hears.
 pub(crate) enum Event {
-    /// A progress message (postcard bytes).
-    Progress(Vec<u8>),
+    /// A progress message.
+    Progress(Progress),
     /// The job's one outcome.
     Done(Outcome),
 }

@@ -15,6 +15,7 @@ import struct
 import sys
 
 MAGIC = b"PORTPOOL"
+CODEC_JSON = 1
 VERSION = 1
 ROLE_PEER = 0
 KIND_MESSAGE = 1
@@ -48,13 +49,15 @@ def send_frame(sock, obj):
 
 def main():
     sock = take_port()
-    sock.sendall(MAGIC + struct.pack("<HB", VERSION, ROLE_PEER) + bytes(5))
+    sock.sendall(MAGIC + struct.pack("<HBB", VERSION, ROLE_PEER, CODEC_JSON) + bytes(4))
     hello = read_exact(sock, 16)
     if hello is None or hello[:8] != MAGIC:
         sys.exit("bad hello")
     (version,) = struct.unpack("<H", hello[8:10])
     if version != VERSION:
         sys.exit(f"version mismatch: {version}")
+    if hello[11] != CODEC_JSON:
+        sys.exit(f"codec mismatch: the peer announced codec {hello[11]}, we speak JSON (1)")
     while True:
         header = read_exact(sock, 5)
         if header is None:

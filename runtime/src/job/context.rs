@@ -99,7 +99,10 @@ impl Context {
             }
         };
         match &self.progress {
-            ProgressSink::Channel(reply) => reply.send(Event::Progress(payload)),
+            ProgressSink::Channel(reply) => reply.send(Event::Progress(crate::task::Progress {
+                json: false,
+                bytes: payload,
+            })),
             ProgressSink::Discard => {}
             ProgressSink::Remote(w, id) => w.progress(*id, payload),
         }

@@ -51,6 +51,16 @@ pub(crate) struct RouteInfo {
 }
 
 impl RouteInfo {
+    /// A route a worker in another language serves: its name only (its
+    /// types are its own business; a job it cannot read fails alone).
+    pub(crate) fn untyped(name: String) -> RouteInfo {
+        RouteInfo {
+            name,
+            types: "(any JSON)".into(),
+            fingerprint: 0,
+        }
+    }
+
     pub(crate) fn of<J: Job>() -> RouteInfo {
         use std::any::type_name;
         let types = format!(

@@ -57,15 +57,9 @@ use frame::{Frame, StrictOutcome};
 pub use future::{MessageFuture, RequestFuture};
 use state::{Action, Closed, Handler, Inner, State, background};
 
-/// How a link encodes its frames and the values in them.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum Codec {
-    /// postcard: compact, Rust-to-Rust (the default).
-    #[default]
-    Postcard,
-    /// JSON text, one object per frame (see `docs/protocol.md`).
-    Json,
-}
+/// How a link encodes its frames and the values in them (announced in
+/// the hello: see [`ConnectOptions::codec`](crate::port::ConnectOptions::codec)).
+pub use crate::frame::Codec;
 
 /// Why a conversation operation failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -146,6 +140,15 @@ impl Link {
     fn build(ipc: Ipc, codec: Codec, log: bool) -> Link {
         // The link's own ref stands for the connection in its runtime.
         ipc.set_keep_alive(false);
+        // Both sides announced their codec in the hello: a link that reads
+        // another fails at once with the reason, not at its first frame.
+        let wrong_codec = (ipc.codec() != codec).then(|| {
+            format!(
+                "this link reads {codec} frames, but its connection was opened for {} (connect it with \
+                 ConnectOptions {{ codec: Codec::{codec:?}, .. }})",
+                ipc.codec()
+            )
+        });
         let (tx, rx) = ipc.split();
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
@@ -170,6 +173,9 @@ impl Link {
                 Closed::Broken(format!("could not start the link's thread: {e}")),
             );
         }
+        if let Some(why) = wrong_codec {
+            Inner::close(&mut inner.lock(), Closed::Broken(why));
+        }
         Link {
             inner,
             tx: Some(tx),
@@ -182,7 +188,11 @@ impl Link {
     /// conversation on it: the child side of a
     /// [`Subprocess`](crate::subprocess::Subprocess).
     pub fn from_env(codec: Codec) -> std::io::Result<Link> {
-        let ipc = crate::port::Port::from_env()?.connect()?;
+        let opts = crate::port::ConnectOptions {
+            codec,
+            ..crate::port::ConnectOptions::default()
+        };
+        let ipc = crate::port::Port::from_env()?.connect_with(opts)?;
         Ok(Link::with_codec(ipc, codec))
     }
 

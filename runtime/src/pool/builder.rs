@@ -23,6 +23,7 @@ pub struct PoolBuilder {
     worker_links: bool,
     /// `forward_worker_stderr(false)`.
     quiet_stderr: bool,
+    job_codec: crate::frame::Codec,
     /// Workers started through launchers, beside the local ones.
     launches: Vec<(Launcher, usize)>,
     recycle: Recycle,
@@ -368,6 +369,18 @@ impl PoolBuilder {
         self
     }
 
+    /// How jobs, results and progress cross to process workers: postcard
+    /// (the default; workers built with portpool) or JSON, for workers in
+    /// other languages (`python/portpool_worker.py`, or any that follows
+    /// `docs/protocol.md`). The types stay serde types; a JSON pool needs
+    /// a [`worker_command`](Self::worker_command) that speaks JSON, and a
+    /// worker of the other codec fails its handshake, saying so. Not for
+    /// thread pools, nor with [`worker_links`](Self::worker_links).
+    pub fn job_codec(mut self, codec: crate::link::Codec) -> Self {
+        self.job_codec = codec;
+        self
+    }
+
     /// The [`Runtime`] the pool belongs to (default: [`Runtime::global`]).
     /// The pool holds a ref on it until it shuts down, and follows its
     /// suspend, resume and signal-driven shutdown.
@@ -406,6 +419,19 @@ impl PoolBuilder {
                 return Err(BuildError::new(
                     "worker_links(true) needs every worker on a local socket: a launcher's pipes cannot \
                      carry the link's port",
+                ));
+            }
+        }
+        if self.job_codec != crate::frame::Codec::Postcard {
+            if matches!(self.kind, Some(Kind::Threads(_))) {
+                return Err(BuildError::new(
+                    "job_codec(..) is for process workers: a thread pool moves jobs as Rust values",
+                ));
+            }
+            if self.worker_links {
+                return Err(BuildError::new(
+                    "worker_links(true) needs workers built with portpool; a JSON pool's workers speak \
+                     only the job messages",
                 ));
             }
         }
@@ -516,6 +542,7 @@ impl PoolBuilder {
                 recycle: self.recycle,
                 metrics: self.metrics.unwrap_or(false),
                 forward_stderr: !self.quiet_stderr,
+                job_codec: self.job_codec,
             },
             handlers: handlers.clone(),
             metrics: std::sync::OnceLock::new(),

@@ -198,18 +198,92 @@ pub(crate) fn send_job<J: Job>(
     }
 }
 
-/// Sends a task whose job was encoded at submission: the head, then its bytes.
+/// [`send_job`] for a worker that speaks JSON: one JSON object, the job's
+/// JSON inside.
+pub(crate) fn send_job_json<J: Job>(
+    tx: &IpcSender,
+    head: &crate::proto::ToWorker<'_>,
+    job: &(dyn Any + Send),
+) -> Result<(), SendFail> {
+    let Some(job) = job.downcast_ref::<J>() else {
+        return Err(SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "job value does not match its route".into(),
+        )));
+    };
+    let bytes = encode_json(job).map_err(SendFail::Job)?;
+    send_encoded(tx, head, &bytes, true)
+}
+
+/// Sends a task whose job was encoded at submission: the head, then its
+/// bytes (`json`: one JSON object with the job's JSON inside).
 pub(crate) fn send_encoded(
     tx: &IpcSender,
     head: &crate::proto::ToWorker<'_>,
     bytes: &[u8],
+    json: bool,
 ) -> Result<(), SendFail> {
     tx.feed_with("an encoded job", |buf| {
-        crate::port::encode_into(head, buf)?;
-        buf.extend_from_slice(bytes);
+        if json {
+            crate::proto::json::job_frame(head, bytes, buf);
+        } else {
+            crate::port::encode_into(head, buf)?;
+            buf.extend_from_slice(bytes);
+        }
         Ok(())
     })
     .map_err(send_failure)
+}
+
+/// Encodes a job as JSON for a worker in another language, at submit.
+pub(crate) fn encode_json<J: Job>(job: &J) -> Result<Vec<u8>, Failure> {
+    let mut buf = Vec::new();
+    crate::proto::json::encode_value(job, &mut buf).map_err(|why| {
+        Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the supervisor could not send a `{}` job: {why}", J::NAME),
+        )
+    })?;
+    Ok(buf)
+}
+
+/// Encodes `jobs` as a JSON chunk (their JSON joined by commas), as
+/// [`encode_chunk`] does for postcard: one that will not encode is a
+/// hole; stops past [`CHUNK_BYTES`].
+pub(crate) fn encode_chunk_json<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
+    let mut c = EncodedChunk {
+        bytes: Vec::new(),
+        count: 0,
+        holes: Vec::new(),
+    };
+    for (i, job) in jobs.iter().enumerate() {
+        let at = c.bytes.len();
+        if c.count > 0 {
+            c.bytes.push(b',');
+        }
+        match crate::proto::json::encode_value(job, &mut c.bytes) {
+            Ok(()) => c.count += 1,
+            Err(why) => {
+                c.bytes.truncate(at);
+                c.holes.push((
+                    i,
+                    Failure::Codec(
+                        crate::job::Side::Supervisor,
+                        format!("the supervisor could not send a `{}` job: {why}", J::NAME),
+                    ),
+                ));
+            }
+        }
+        if c.bytes.len() > CHUNK_BYTES {
+            if c.count > 1 {
+                c.bytes.truncate(at);
+                c.count -= 1;
+                return (c, i);
+            }
+            return (c, i + 1);
+        }
+    }
+    (c, jobs.len())
 }
 
 /// What a failed append to a worker's port means for the job.

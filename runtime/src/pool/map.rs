@@ -187,6 +187,32 @@ fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<J
                 format!("could not decode a chunk's answer: {e}"),
             )),
         },
+        Outcome::Json(_) => all_failed(Failure::Codec(
+            Side::Supervisor,
+            "a chunk was answered as a single job".into(),
+        )),
+        Outcome::JsonChunk(nanos, items) => {
+            if items.len() != len {
+                return all_failed(Failure::Codec(
+                    Side::Supervisor,
+                    format!("a chunk of {len} jobs came back with {} results", items.len()),
+                ));
+            }
+            let results = items
+                .into_iter()
+                .map(|it| match it {
+                    Ok(bytes) => match super::ticket::decode_json_result::<J>(&bytes) {
+                        Ok(r) => item(Ok(r)),
+                        Err(reason) => Err(JobError::Codec {
+                            side: Side::Supervisor,
+                            reason,
+                        }),
+                    },
+                    Err(f) => Err(f.into_job_error()),
+                })
+                .collect();
+            (Some(Duration::from_nanos(nanos)), results)
+        }
         Outcome::Failed(f) => all_failed(f),
     }
 }
@@ -521,7 +547,11 @@ impl Pool {
                 )
             }
             Backend::Processes(_) => {
-                let (chunk, used) = encode_chunk(&jobs);
+                let (chunk, used) = if self.inner.core.config.job_codec == crate::frame::Codec::Json {
+                    super::encode_chunk_json(&jobs)
+                } else {
+                    encode_chunk(&jobs)
+                };
                 let rest = jobs.split_off(used);
                 if chunk.count == 0 {
                     self.count_holes(chunk.holes.len());

@@ -206,8 +206,14 @@ impl Pool {
             core.deliver_failure(&state, &reply, 1, f, None);
             return Prepared::Settled(ticket);
         }
+        let json = core.config.job_codec == crate::frame::Codec::Json;
         if check {
-            if let Err(f) = check_encodes(&job) {
+            let checked = if json {
+                encode_json(&job).map(drop)
+            } else {
+                check_encodes(&job)
+            };
+            if let Err(f) = checked {
                 core.deliver_failure(&state, &reply, 1, f, None);
                 return Prepared::Settled(ticket);
             }
@@ -217,7 +223,7 @@ impl Pool {
             id,
             route: J::NAME,
             job: Payload::Value(Box::new(job)),
-            send_job: send_job::<J>,
+            send_job: if json { send_job_json::<J> } else { send_job::<J> },
             reply,
             state,
             batch: None,

@@ -55,6 +55,9 @@ pub(crate) struct Config {
     /// Whether process workers' stderr lines are passed on
     /// (`PoolBuilder::forward_worker_stderr`).
     pub(crate) forward_stderr: bool,
+    /// How jobs and results cross to process workers
+    /// (`PoolBuilder::job_codec`).
+    pub(crate) job_codec: crate::frame::Codec,
 }
 
 /// When a worker is replaced between jobs (scenario "recycle").

@@ -30,7 +30,7 @@ pub struct Ticket<J: Job> {
     state: Arc<JobState>,
     id: u64,
     control: Sender<Control>,
-    progress: VecDeque<Vec<u8>>,
+    progress: VecDeque<crate::task::Progress>,
     done: Option<Outcome>,
     _job: PhantomData<fn() -> J>,
 }
@@ -86,8 +86,35 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
                 reason,
             })?
             .map_err(JobError::Handler),
+        Outcome::Json(b) => decode_json_result::<J>(&b)
+            .map_err(|reason| JobError::Codec {
+                side: Side::Supervisor,
+                reason,
+            })?
+            .map_err(JobError::Handler),
+        Outcome::JsonChunk(..) => Err(JobError::Codec {
+            side: Side::Supervisor,
+            reason: format!("a `{}` job was answered as a chunk", J::NAME),
+        }),
         Outcome::Failed(f) => Err(f.into_job_error()),
     }
+}
+
+/// Decodes a JSON worker's answer for a `J` job (serde's JSON of the
+/// `Result`); the error says which type would not decode and why.
+pub(crate) fn decode_json_result<J: Job>(bytes: &[u8]) -> Result<Result<J::Output, J::Error>, String> {
+    serde_json::from_slice::<Result<J::Output, J::Error>>(bytes).map_err(|e| {
+        let (ty, value) = match bytes.get(2..4) {
+            Some(b"Ok") => (std::any::type_name::<J::Output>(), "output"),
+            _ => (std::any::type_name::<J::Error>(), "error"),
+        };
+        format!(
+            "the supervisor could not read the {value} of a `{}` job from its JSON worker as a `{ty}`: {e} \
+             (the worker sent {})",
+            J::NAME,
+            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+        )
+    })
 }
 
 impl<J: Job> Ticket<J> {
@@ -244,8 +271,13 @@ impl<J: Job> Ticket<J> {
     }
 
     fn pop_progress<P: DeserializeOwned>(&mut self) -> Option<P> {
-        while let Some(bytes) = self.progress.pop_front() {
-            match postcard::from_bytes(&bytes) {
+        while let Some(p) = self.progress.pop_front() {
+            let decoded = if p.json {
+                serde_json::from_slice(&p.bytes).map_err(|e| e.to_string())
+            } else {
+                postcard::from_bytes(&p.bytes).map_err(|e| e.to_string())
+            };
+            match decoded {
                 Ok(p) => return Some(p),
                 Err(e) => log::warn!(
                     "skipping a progress message that is not a `{}`: {e}",

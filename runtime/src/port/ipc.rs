@@ -525,6 +525,11 @@ impl Ipc {
         self.tx.peer.role
     }
 
+    /// The codec both sides announced (the handshake refuses a mismatch).
+    pub fn codec(&self) -> crate::frame::Codec {
+        self.tx.peer.codec
+    }
+
     /// See [`IpcSender::send`].
     pub fn send<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
         self.tx.send(msg)
@@ -608,6 +613,11 @@ impl Ipc {
     /// See [`IpcReceiver::recv_bytes_into`].
     pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
         self.rx.recv_bytes_into(out)
+    }
+
+    /// See `IpcReceiver::recv_message_wait`.
+    pub(crate) fn recv_message_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
+        self.rx.recv_message_wait(out, wait)
     }
 
     /// See [`IpcReceiver::recv_port`].

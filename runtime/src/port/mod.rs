@@ -112,6 +112,10 @@ pub struct ConnectOptions {
     pub max_frame_len: usize,
     /// How long a blocked receive spins before sleeping.
     pub spin: Duration,
+    /// The codec announced in our hello; the peer must announce the same
+    /// (default postcard; JSON for a [`Link`](crate::link::Link) with a
+    /// peer in another language).
+    pub codec: frame::Codec,
 }
 
 impl Default for ConnectOptions {
@@ -121,6 +125,7 @@ impl Default for ConnectOptions {
             timeout: DEFAULT_CONNECT_TIMEOUT,
             max_frame_len: frame::DEFAULT_MAX_FRAME,
             spin: transport::DEFAULT_SPIN,
+            codec: frame::Codec::Postcard,
         }
     }
 }
@@ -319,7 +324,7 @@ impl Port {
         // last messages too) refuses our hello with EPIPE. That is not yet a
         // failure: its hello and messages are still ours to read, and the
         // writer stays marked disconnected for later sends.
-        match writer.write_raw(&frame::Hello::ours(opts.role).encode()) {
+        match writer.write_raw(&frame::Hello::with_codec(opts.role, opts.codec).encode()) {
             Ok(()) | Err(crate::error::SendError::Disconnected) => {}
             Err(other) => return Err(other.into()),
         }
@@ -331,6 +336,13 @@ impl Port {
             Err(e) => return Err(e.into()),
         }
         let peer = frame::Hello::decode(&hello).map_err(|e| HandshakeError::Hello(e).into_io())?;
+        if peer.codec != opts.codec {
+            let e = frame::HelloError::CodecMismatch {
+                ours: opts.codec,
+                theirs: peer.codec,
+            };
+            return Err(HandshakeError::Hello(e).into_io());
+        }
         Ok(Ipc::new(reader, writer, peer))
     }
 

@@ -246,7 +246,7 @@ impl Processes {
     pub(crate) fn broadcast_control(&self, msg: &ToWorker<'_>) {
         for s in &self.shared.slots {
             if let Some(w) = s.current() {
-                if let Err(e) = w.tx.send(msg) {
+                if let Err(e) = w.send_control(msg) {
                     log::debug!("worker {}: {msg:?} not sent ({e}); it is exiting", w.id);
                 }
             }

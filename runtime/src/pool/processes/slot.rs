@@ -70,7 +70,7 @@ pub(super) fn slot_loop(
         let why = match start_worker(shared, id, epoch) {
             Ok(w) => {
                 if core.suspended.load(Ordering::Acquire) {
-                    let _ = w.tx.send(&ToWorker::Suspend);
+                    let _ = w.send_control(&ToWorker::Suspend);
                 }
                 {
                     let mut waiting = lock(&slot.waiting);
@@ -84,7 +84,7 @@ pub(super) fn slot_loop(
                 // The pool began to stop while this worker started: `stop`
                 // may have missed it, so it is told here.
                 if core.stopping.load(Ordering::Acquire) {
-                    let _ = w.tx.feed(&ToWorker::Stop);
+                    let _ = w.feed_control(&ToWorker::Stop);
                 }
                 // Write what was dispatched above (`fill_slots` flushes only what
                 // it sends itself).
@@ -209,9 +209,11 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         // (This process may be a linked pool's worker itself.)
         cmd.env_remove(WORKER_LINK_ENV);
     }
+    let json = core.config.job_codec == crate::frame::Codec::Json;
     let opts = ConnectOptions {
         role: Role::Supervisor,
         timeout: START_TIMEOUT,
+        codec: core.config.job_codec,
         ..ConnectOptions::default()
     };
     // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
@@ -280,7 +282,18 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     };
     // The worker announces its routes before its first job: a worker built
     // from other code fails here, not at its first decode.
-    match ipc.recv_timeout::<FromWorker>(START_TIMEOUT) {
+    let routes = if json {
+        let mut buf = Vec::new();
+        match ipc.recv_message_wait(&mut buf, crate::transport::Wait::timeout(START_TIMEOUT)) {
+            Ok(true) => crate::proto::json::decode(&buf),
+            Ok(false) => Err(format!("nothing came within {START_TIMEOUT:?}")),
+            Err(e) => Err(e.to_string()),
+        }
+    } else {
+        ipc.recv_timeout::<FromWorker>(START_TIMEOUT)
+            .map_err(|e| e.to_string())
+    };
+    match routes {
         Ok(FromWorker::Routes { jobs_version, .. }) if jobs_version != crate::proto::JOBS_VERSION => {
             let what = format!(
                 "speaks version {jobs_version} of the job messages, this supervisor {}: is it built with \
@@ -330,6 +343,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         local: slot.launcher.is_local(),
         idle_since: AtomicU64::new(core.clock()),
         leaving: AtomicBool::new(false),
+        json,
     }))
 }
 
@@ -377,7 +391,8 @@ pub(super) fn check_routes(shared: &Shared, id: usize, routes: Vec<RouteInfo>) -
                     mine.name, mine.types
                 ));
             }
-            Some(t) if t.fingerprint != mine.fingerprint => {
+            // (A worker in another language announces names only.)
+            Some(t) if t.fingerprint != 0 && t.fingerprint != mine.fingerprint => {
                 return Err(format!(
                     "serves route {:?} as `{}`, but this supervisor registered it as `{}`: is it built \
                      from the same code?",

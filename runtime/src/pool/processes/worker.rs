@@ -63,6 +63,8 @@ pub(super) struct Worker {
     /// It was chosen to leave for being idle (scenario "scale"): it
     /// retires, and its slot goes dormant instead of starting another.
     pub(super) leaving: AtomicBool,
+    /// It speaks the job messages in JSON (`PoolBuilder::job_codec`).
+    pub(super) json: bool,
 }
 
 impl shared::Reader for &Worker {
@@ -74,7 +76,20 @@ impl shared::Reader for &Worker {
         false
     }
     fn read(&mut self, mut turn: Turn<'_>, wait: crate::transport::Wait) -> shared::Step {
-        match turn.recv_wait::<FromWorker>(wait) {
+        let got = if self.json {
+            let mut buf = Vec::new();
+            match turn.recv_message_wait(&mut buf, wait) {
+                Ok(true) => match crate::proto::json::decode(&buf) {
+                    Ok(msg) => Ok(Some(msg)),
+                    Err(e) => return shared::Step::End(Some(format!("it sent {e}"))),
+                },
+                Ok(false) => Ok(None),
+                Err(e) => Err(e),
+            }
+        } else {
+            turn.recv_wait::<FromWorker>(wait)
+        };
+        match got {
             Ok(Some(msg)) => {
                 self.handle(msg, &mut turn);
                 shared::Step::Frame
@@ -124,6 +139,28 @@ impl Worker {
         self.wake_reader();
     }
 
+    /// Sends a control message (stop, cancel, suspend, resume) in the
+    /// worker's codec.
+    pub(super) fn send_control(&self, msg: &ToWorker<'_>) -> Result<(), crate::error::SendError> {
+        if self.json {
+            self.tx.send_bytes(&crate::proto::json::control(msg))
+        } else {
+            self.tx.send(msg)
+        }
+    }
+
+    /// Like [`send_control`](Self::send_control), queued for the next flush.
+    pub(super) fn feed_control(&self, msg: &ToWorker<'_>) -> Result<(), crate::error::SendError> {
+        if self.json {
+            self.tx.feed_with("a control message", |buf| {
+                buf.extend_from_slice(&crate::proto::json::control(msg));
+                Ok(())
+            })
+        } else {
+            self.tx.feed(msg)
+        }
+    }
+
     /// Wakes the reader thread if it naps (other jobs need reading, or the
     /// port ended).
     pub(super) fn wake_reader(&self) {
@@ -140,7 +177,10 @@ impl Worker {
             }
             FromWorker::Progress { id, payload } => {
                 if let Some(t) = lock(&self.pending).get(&id) {
-                    t.reply.send(Event::Progress(payload));
+                    t.reply.send(Event::Progress(crate::task::Progress {
+                        json: self.json,
+                        bytes: payload,
+                    }));
                 }
             }
             FromWorker::Done { id, outcome } => {
@@ -155,6 +195,10 @@ impl Worker {
                         (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
                     }
                     WireOutcome::Failed(f) => (Outcome::Failed(f), jobs),
+                    WireOutcome::Json(b) => (Outcome::Json(b), 0),
+                    WireOutcome::JsonChunk { nanos, items, failed } => {
+                        (Outcome::JsonChunk(nanos, items), u64::from(failed).min(jobs))
+                    }
                 };
                 // Relaxed: statistics only.
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
@@ -307,7 +351,7 @@ impl Worker {
             && self.in_flight.load(Ordering::SeqCst) == 0
             && !self.stop_sent.swap(true, Ordering::SeqCst)
         {
-            if let Err(e) = self.tx.send(&ToWorker::Stop) {
+            if let Err(e) = self.send_control(&ToWorker::Stop) {
                 log::debug!("worker {}: stop not sent ({e}); it is exiting", self.id);
             }
         }
@@ -341,7 +385,7 @@ pub(super) fn send_soon(w: Arc<Worker>, msg: ToWorker<'static>) {
     let spawned = std::thread::Builder::new()
         .name("portpool-send".into())
         .spawn(move || {
-            if let Err(e) = w.tx.send(&msg) {
+            if let Err(e) = w.send_control(&msg) {
                 log::debug!("worker {}: {msg:?} not sent ({e}); it is exiting", w.id);
             }
         });

@@ -64,4 +64,15 @@ pub(crate) enum WireOutcome {
     },
     /// It did not produce a result.
     Failed(Failure),
+    /// From a JSON worker: serde's JSON of `Result<J::Output, J::Error>`.
+    Json(Vec<u8>),
+    /// From a JSON worker, a chunk: how long it ran, each job's result
+    /// (as in `Json`) or failure, and how many failed.
+    JsonChunk {
+        nanos: u64,
+        items: Vec<Result<Vec<u8>, Failure>>,
+        failed: u32,
+    },
 }
+
+pub(crate) mod json;

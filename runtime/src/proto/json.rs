@@ -1,0 +1,263 @@
+//! The job messages in JSON, for workers written in other languages
+//! (`docs/protocol.md`, section 6): the same messages as the postcard
+//! ones beside this file, one JSON object per frame, with the job,
+//! output, error and progress values as the JSON serde makes of them.
+//!
+//! The supervisor writes `job`, `batch`, `cancel`, `suspend`, `resume`
+//! and `stop`, and reads `routes`, `progress`, `done` and `done_batch`.
+//! A worker's frame is untrusted: anything that is not one of these, with
+//! the fields each needs, is an error naming what is wrong, and the
+//! worker is ended as one that broke its protocol.
+
+use serde_json::{Map, Value};
+
+use super::{FromWorker, ToWorker, WireOutcome};
+use crate::job::{Failure, RouteInfo, Side};
+
+/// A control message (`stop`, `cancel`, `suspend`, `resume`) as a frame.
+pub(crate) fn control(msg: &ToWorker<'_>) -> Vec<u8> {
+    let v = match msg {
+        ToWorker::Stop => serde_json::json!({"type": "stop"}),
+        ToWorker::Suspend => serde_json::json!({"type": "suspend"}),
+        ToWorker::Resume => serde_json::json!({"type": "resume"}),
+        ToWorker::Cancel { id } => serde_json::json!({"type": "cancel", "id": id}),
+        // Jobs go through `job_frame`, with their encoded values.
+        ToWorker::Job { .. } | ToWorker::Batch { .. } => {
+            let mut b = Vec::new();
+            job_frame(msg, b"null", &mut b);
+            return b;
+        }
+    };
+    v.to_string().into_bytes()
+}
+
+/// Appends a `job` frame (or a `batch` frame, for a chunk) to `buf`:
+/// `job` is the job's JSON (a chunk's: the jobs' JSON joined by commas).
+pub(crate) fn job_frame(head: &ToWorker<'_>, job: &[u8], buf: &mut Vec<u8>) {
+    let (kind, id, route, field, open, close) = match head {
+        ToWorker::Batch { id, route, .. } => ("batch", *id, *route, "jobs", "[", "]"),
+        ToWorker::Job { id, route } => ("job", *id, *route, "job", "", ""),
+        other => {
+            buf.extend_from_slice(&control(other));
+            return;
+        }
+    };
+    buf.extend_from_slice(br#"{"type":""#);
+    buf.extend_from_slice(kind.as_bytes());
+    buf.extend_from_slice(br#"","id":"#);
+    buf.extend_from_slice(id.to_string().as_bytes());
+    buf.extend_from_slice(br#","route":"#);
+    buf.extend_from_slice(Value::from(route).to_string().as_bytes());
+    buf.extend_from_slice(b",\"");
+    buf.extend_from_slice(field.as_bytes());
+    buf.extend_from_slice(b"\":");
+    buf.extend_from_slice(open.as_bytes());
+    buf.extend_from_slice(job);
+    buf.extend_from_slice(close.as_bytes());
+    buf.push(b'}');
+}
+
+/// The job in JSON: a chunk's jobs are joined with commas into `buf`.
+pub(crate) fn encode_value<T: serde::Serialize + ?Sized>(v: &T, buf: &mut Vec<u8>) -> Result<(), String> {
+    let at = buf.len();
+    let r = crate::util::catch_panic(|| serde_json::to_writer(&mut *buf, v));
+    match r {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => {
+            buf.truncate(at);
+            Err(format!(
+                "cannot encode a `{}` as JSON: {e}",
+                std::any::type_name::<T>()
+            ))
+        }
+        Err(p) => {
+            buf.truncate(at);
+            Err(format!(
+                "cannot encode a `{}` as JSON: its Serialize impl panicked: {}",
+                std::any::type_name::<T>(),
+                p
+            ))
+        }
+    }
+}
+
+/// One job's result as the ticket decodes it: serde's JSON form of a
+/// `Result` (`{"Ok": value}` or `{"Err": value}`).
+fn result_bytes(tag: &str, v: Value) -> Vec<u8> {
+    let mut m = Map::new();
+    m.insert(tag.to_string(), v);
+    Value::Object(m).to_string().into_bytes()
+}
+
+/// What a worker's frame says, or why it is not a frame of this protocol.
+pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
+    let v: Value = serde_json::from_slice(frame).map_err(|e| format!("a frame that is not JSON: {e}"))?;
+    let Value::Object(mut m) = v else {
+        return Err("a frame that is not a JSON object".into());
+    };
+    let kind = match m.remove("type") {
+        Some(Value::String(s)) => s,
+        Some(other) => return Err(format!("a frame whose \"type\" is {other}, not a string")),
+        None => return Err("a frame without a \"type\"".into()),
+    };
+    match kind.as_str() {
+        "routes" => {
+            let jobs_version = match m.remove("jobs_version") {
+                None => super::JOBS_VERSION,
+                Some(v) => v
+                    .as_u64()
+                    .and_then(|n| u16::try_from(n).ok())
+                    .ok_or_else(|| format!("a \"routes\" frame whose jobs_version is {v}"))?,
+            };
+            let Some(Value::Array(names)) = m.remove("routes") else {
+                return Err("a \"routes\" frame without a \"routes\" array".into());
+            };
+            let routes = names
+                .into_iter()
+                .map(|n| match n {
+                    Value::String(name) => Ok(RouteInfo::untyped(name)),
+                    other => Err(format!("a route name that is not a string: {other}")),
+                })
+                .collect::<Result<_, _>>()?;
+            Ok(FromWorker::Routes { routes, jobs_version })
+        }
+        "progress" => {
+            let id = id_of(&m, "progress")?;
+            let data = m.remove("data").ok_or("a \"progress\" frame without \"data\"")?;
+            Ok(FromWorker::Progress {
+                id,
+                payload: data.to_string().into_bytes(),
+            })
+        }
+        "done" => {
+            let id = id_of(&m, "done")?;
+            let outcome = match one_result(m)? {
+                Ok(bytes) => WireOutcome::Json(bytes),
+                Err(f) => WireOutcome::Failed(f),
+            };
+            Ok(FromWorker::Done { id, outcome })
+        }
+        "done_batch" => {
+            let id = id_of(&m, "done_batch")?;
+            let nanos = m.get("nanos").and_then(Value::as_u64).unwrap_or(0);
+            let Some(Value::Array(results)) = m.remove("results") else {
+                return Err("a \"done_batch\" frame without a \"results\" array".into());
+            };
+            let items = results
+                .into_iter()
+                .map(|r| match r {
+                    Value::Object(r) => one_result(r),
+                    other => Err(format!("a batch result that is not an object: {other}")),
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            let failed = items.iter().filter(|i| i.is_err()).count();
+            Ok(FromWorker::Done {
+                id,
+                outcome: WireOutcome::JsonChunk {
+                    nanos,
+                    items,
+                    failed: u32::try_from(failed).unwrap_or(u32::MAX),
+                },
+            })
+        }
+        other => Err(format!("a frame of unknown type {other:?}")),
+    }
+}
+
+fn id_of(m: &Map<String, Value>, kind: &str) -> Result<u64, String> {
+    match m.get("id") {
+        Some(v) => v
+            .as_u64()
+            .ok_or_else(|| format!("a {kind:?} frame whose id is {v}, not an unsigned integer")),
+        None => Err(format!("a {kind:?} frame without an \"id\"")),
+    }
+}
+
+/// One job's result: exactly one of `ok`, `error`, `panic`, `failed` or
+/// `cancelled`.
+fn one_result(mut m: Map<String, Value>) -> Result<Result<Vec<u8>, Failure>, String> {
+    const KEYS: [&str; 5] = ["ok", "error", "panic", "failed", "cancelled"];
+    let present: Vec<&str> = KEYS.iter().copied().filter(|k| m.contains_key(*k)).collect();
+    let [key] = present[..] else {
+        return Err(format!(
+            "a result with {} of \"ok\", \"error\", \"panic\", \"failed\", \"cancelled\" (exactly one is needed)",
+            if present.is_empty() {
+                "none".to_string()
+            } else {
+                present.join(" and ")
+            }
+        ));
+    };
+    let v = m.remove(key).unwrap_or(Value::Null);
+    let text = |v: Value| match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    };
+    Ok(match key {
+        "ok" => Ok(result_bytes("Ok", v)),
+        "error" => Ok(result_bytes("Err", v)),
+        "panic" => Err(Failure::Panicked(text(v))),
+        "failed" => Err(Failure::Codec(Side::Worker, text(v))),
+        _ => Err(Failure::Cancelled),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_job_frame_is_one_json_object() {
+        let mut buf = Vec::new();
+        job_frame(
+            &ToWorker::Job {
+                id: 7,
+                route: "re\"size",
+            },
+            br#"{"w":3}"#,
+            &mut buf,
+        );
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "job", "id": 7, "route": "re\"size", "job": {"w": 3}})
+        );
+        buf.clear();
+        job_frame(
+            &ToWorker::Batch {
+                id: 8,
+                route: "sq",
+                count: 3,
+            },
+            b"1,2,3",
+            &mut buf,
+        );
+        let v: Value = serde_json::from_slice(&buf).unwrap();
+        assert_eq!(
+            v,
+            serde_json::json!({"type": "batch", "id": 8, "route": "sq", "jobs": [1, 2, 3]})
+        );
+    }
+
+    #[test]
+    fn results_decode_and_bad_frames_say_what_is_wrong() {
+        let done = decode(br#"{"type":"done","id":3,"ok":{"n":1}}"#).unwrap();
+        assert!(
+            matches!(done, FromWorker::Done { id: 3, outcome: WireOutcome::Json(ref b) } if b == br#"{"Ok":{"n":1}}"#)
+        );
+        let err = decode(br#"{"type":"done","id":3,"ok":1,"error":2}"#).unwrap_err();
+        assert!(err.contains("ok\" and error"), "{err}");
+        assert!(decode(b"[1]").unwrap_err().contains("not a JSON object"));
+        assert!(
+            decode(br#"{"type":"done","id":-1,"ok":1}"#)
+                .unwrap_err()
+                .contains("id is -1")
+        );
+        assert!(
+            decode(br#"{"type":"nope"}"#)
+                .unwrap_err()
+                .contains("unknown type")
+        );
+        assert!(decode(b"\xff").unwrap_err().contains("not JSON"));
+    }
+}

@@ -1,0 +1,279 @@
+//! The job protocol's conformance suite (docs/protocol.md, section 7):
+//! every scenario runs against the Rust worker (the fixture binary,
+//! postcard) and against the Python worker (python/portpool_worker.py
+//! serving tests/peers/conformance_worker.py, JSON). Each test names the
+//! rule it checks. Every worker process is asserted gone afterwards.
+
+mod common;
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::{BOUND, assert_pid_gone};
+use jobs::*;
+use portpool::link::Codec;
+use portpool::pool::{JobOptions, PoolBuilder};
+use portpool::{JobError, Pool, Shutdown};
+
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Worker {
+    Rust,
+    Python,
+}
+
+fn python_worker() -> Command {
+    let mut c = Command::new("python3");
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/conformance_worker.py"
+    ));
+    c
+}
+
+fn rust_worker() -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
+    c.arg("pool-worker");
+    c
+}
+
+fn builder(w: Worker, n: usize) -> PoolBuilder {
+    let b = Pool::builder().processes(n).forward_worker_stderr(false);
+    match w {
+        Worker::Rust => b.worker_command(rust_worker()),
+        Worker::Python => b.worker_command(python_worker()).job_codec(Codec::Json),
+    }
+}
+
+fn pids(pool: &Pool) -> Vec<u32> {
+    pool.stats().workers.iter().filter_map(|w| w.pid).collect()
+}
+
+fn finish(pool: Pool, earlier: &[u32]) {
+    let mut all = earlier.to_vec();
+    all.extend(pids(&pool));
+    let report = pool.shutdown(Shutdown::graceful(BOUND));
+    assert_eq!(report.workers_killed, 0, "{report:?}");
+    for pid in all {
+        assert_pid_gone(pid);
+    }
+}
+
+/// One body, run as `<name>::rust` and `<name>::python`.
+macro_rules! conform {
+    ($name:ident, |$w:ident| $body:block) => {
+        mod $name {
+            use super::*;
+            fn body($w: Worker) $body
+            #[test]
+            fn rust() {
+                body(Worker::Rust)
+            }
+            #[test]
+            fn python() {
+                body(Worker::Python)
+            }
+        }
+    };
+}
+
+// Rules 1-3: the handshake, the route table, one job and its typed result
+// or typed error.
+conform!(jobs_and_their_typed_results, |w| {
+    let pool = builder(w, 2).build().unwrap();
+    assert_eq!(pool.submit(Square(12)).unwrap().wait().unwrap(), 144);
+    assert_eq!(
+        pool.submit(Greet { name: "ada".into() }).unwrap().wait().unwrap(),
+        "hello, ada"
+    );
+    match pool.submit(Greet { name: String::new() }).unwrap().wait() {
+        Err(JobError::Handler(GreetError::EmptyName)) => {}
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        pool.submit(Divide { a: -7, b: 2 }).unwrap().wait().unwrap(),
+        (-3, -1)
+    );
+    match pool.submit(Divide { a: 5, b: 0 }).unwrap().wait() {
+        Err(JobError::Handler(DivError::ByZero { a: 5 })) => {}
+        other => panic!("{other:?}"),
+    }
+    finish(pool, &[]);
+});
+
+// Rule 4: a chunk (batch) is answered once, each job in its place, failures
+// among them.
+conform!(a_chunked_map_keeps_order_and_failures_in_place, |w| {
+    let pool = builder(w, 2).build().unwrap();
+    let sum: u64 = pool.map((0..2000).map(Square)).map(Result::unwrap).sum();
+    assert_eq!(sum, (0..2000u64).map(|n| n * n).sum::<u64>());
+    let got: Vec<bool> = pool
+        .map((0..300).map(|a| Divide { a, b: a % 7 }))
+        .map(|r| r.is_ok())
+        .collect();
+    assert_eq!(got, (0..300).map(|a| a % 7 != 0).collect::<Vec<_>>());
+    finish(pool, &[]);
+});
+
+// Rule 5: a panic (a Python exception) fails its job alone; the worker
+// goes on.
+conform!(a_panic_fails_its_job_alone, |w| {
+    let pool = builder(w, 1).build().unwrap();
+    let before = pids(&pool);
+    match pool.submit(Boom("on purpose".into())).unwrap().wait() {
+        Err(JobError::Panicked { message }) => assert!(message.contains("on purpose"), "{message}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.submit(Square(3)).unwrap().wait().unwrap(), 9);
+    assert_eq!(pids(&pool), before, "the worker was replaced");
+    finish(pool, &[]);
+});
+
+// Rule 6: progress reaches the ticket before the result.
+conform!(progress_comes_before_the_result, |w| {
+    let pool = builder(w, 1).build().unwrap();
+    let mut t = pool.submit(Tick(5)).unwrap();
+    let mut heard = Vec::new();
+    while let Some(i) = t.recv_progress::<u32>() {
+        heard.push(i);
+    }
+    assert_eq!(heard, [0, 1, 2, 3, 4]);
+    assert_eq!(t.wait().unwrap(), 5);
+    finish(pool, &[]);
+});
+
+// Rule 7: a cancel reaches a running handler, which returns; a run timeout
+// is a cancel too. The worker is not replaced.
+conform!(cancel_and_timeout_reach_the_handler, |w| {
+    let pool = builder(w, 1).cancel_grace(BOUND).build().unwrap();
+    let before = pids(&pool);
+    let hang = || Chaos {
+        n: 1,
+        fault: Fault::Hang,
+    };
+    let t = pool.submit(hang()).unwrap();
+    t.cancel();
+    assert!(matches!(t.wait(), Err(JobError::Cancelled)));
+    let slow = JobOptions::new().timeout(Duration::from_millis(20));
+    assert!(matches!(
+        pool.submit_with(hang(), slow).unwrap().wait(),
+        Err(JobError::TimedOut { .. })
+    ));
+    assert!(pool.wait_idle(BOUND));
+    assert_eq!(pool.submit(Square(4)).unwrap().wait().unwrap(), 16);
+    assert_eq!(pids(&pool), before, "the worker was replaced");
+    finish(pool, &[]);
+});
+
+// Rule 8: a worker that exits mid-job fails what it held with its exit
+// status, and is replaced.
+conform!(a_crash_mid_job_is_reported_and_the_worker_replaced, |w| {
+    let pool = builder(w, 1).build().unwrap();
+    let before = pids(&pool);
+    match pool
+        .submit(Chaos {
+            n: 2,
+            fault: Fault::KillWorker,
+        })
+        .unwrap()
+        .wait()
+    {
+        Err(JobError::WorkerExited { status, .. }) => {
+            assert!(
+                status.as_deref().unwrap_or("").contains("exit code 7"),
+                "{status:?}"
+            )
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.submit(Square(5)).unwrap().wait().unwrap(), 25);
+    assert_ne!(pids(&pool), before);
+    finish(pool, &before);
+});
+
+// Rule 9: an output that does not decode as the job's type fails that
+// job, saying which type.
+conform!(an_output_of_the_wrong_shape_fails_its_job, |w| {
+    let pool = builder(w, 1).build().unwrap();
+    let bad = pool
+        .submit(Chaos {
+            n: 3,
+            fault: Fault::BadOutput,
+        })
+        .unwrap()
+        .wait();
+    match bad {
+        Err(JobError::Codec { reason, .. }) => assert!(reason.contains("ChaosOut"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.submit(Square(6)).unwrap().wait().unwrap(), 36);
+    finish(pool, &[]);
+});
+
+// Rule 2: a worker of the other codec fails the handshake, and the error
+// says both codecs.
+#[test]
+fn a_codec_mismatch_fails_the_build_naming_both_codecs() {
+    let rust_as_json = Pool::builder()
+        .processes(1)
+        .worker_command(rust_worker())
+        .job_codec(Codec::Json)
+        .forward_worker_stderr(false)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        rust_as_json.contains("postcard") && rust_as_json.contains("JSON"),
+        "{rust_as_json}"
+    );
+    let python_as_postcard = Pool::builder()
+        .processes(1)
+        .worker_command(python_worker())
+        .forward_worker_stderr(false)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        python_as_postcard.contains("postcard") && python_as_postcard.contains("JSON"),
+        "{python_as_postcard}"
+    );
+}
+
+// Rule 10: a frame that is not the protocol ends that worker as one that
+// broke its protocol; its job fails saying so; a replacement serves.
+#[test]
+fn a_malformed_frame_ends_the_worker_that_sent_it() {
+    let pool = builder(Worker::Python, 1).build().unwrap();
+    let before = pids(&pool);
+    match pool.submit(Garbage).unwrap().wait() {
+        Err(JobError::WorkerExited { status, .. }) => {
+            let status = status.unwrap_or_default();
+            assert!(
+                status.contains("broke its protocol") && status.contains("not JSON"),
+                "{status}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.submit(Square(7)).unwrap().wait().unwrap(), 49);
+    finish(pool, &before);
+}
+
+// Rule 11: a JSON pool's job that will not encode as JSON fails at submit.
+#[test]
+fn a_job_that_will_not_encode_fails_at_submit() {
+    let pool = builder(Worker::Python, 1).build().unwrap();
+    match pool
+        .submit(Chaos {
+            n: 4,
+            fault: Fault::BadInput,
+        })
+        .unwrap()
+        .wait()
+    {
+        Err(JobError::Codec { reason, .. }) => assert!(reason.contains("refuses to encode"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    finish(pool, &[]);
+}

@@ -1,0 +1,79 @@
+"""The conformance suite's Python pool worker (tests/conformance.rs): the
+fixture's job routes (fixtures/jobs.rs) served with python/portpool_worker.py,
+over the JSON job protocol of docs/protocol.md."""
+
+import os
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
+
+from portpool_worker import JobError, route, serve  # noqa: E402
+
+
+@route("square")
+def square(n, ctx):
+    return n * n
+
+
+@route("greet")
+def greet(job, ctx):
+    if not job["name"]:
+        raise JobError("EmptyName")
+    return f"hello, {job['name']}"
+
+
+@route("divide")
+def divide(job, ctx):
+    a, b = job["a"], job["b"]
+    if b == 0:
+        raise JobError({"ByZero": {"a": a}})
+    q = abs(a) // abs(b)
+    if (a < 0) != (b < 0):
+        q = -q
+    return [q, a - q * b]
+
+
+@route("boom")
+def boom(message, ctx):
+    raise RuntimeError(message)
+
+
+@route("tick")
+def tick(n, ctx):
+    for i in range(n):
+        ctx.progress(i)
+    return n
+
+
+@route("chaos")
+def chaos(job, ctx):
+    n, fault = job["n"], job["fault"]
+    out = {"n": (n * 3 + 1) % (1 << 64), "refuse": False}
+    if fault == "Panic":
+        raise RuntimeError(f"chaos {n} panicked")
+    if fault == "HandlerError":
+        raise JobError(f"chaos {n} failed")
+    if fault == "KillWorker":
+        os._exit(7)
+    if fault == "Hang":
+        deadline = time.monotonic() + 60
+        while not ctx.cancelled and time.monotonic() < deadline:
+            time.sleep(0.001)
+        return out
+    if fault == "BadOutput":
+        return {"not": "a ChaosOut"}
+    return out
+
+
+@route("garbage")
+def garbage(_, ctx):
+    # Breaks the protocol on purpose: a frame that is not JSON.
+    conn = ctx._conn
+    with conn._lock:
+        conn._write_all(b"\x05\x00\x00\x00\x01nope!")
+    time.sleep(60)
+
+
+if __name__ == "__main__":
+    serve()
