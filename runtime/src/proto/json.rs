@@ -180,9 +180,9 @@ fn one_result(mut m: Map<String, Value>) -> Result<Result<Vec<u8>, Failure>, Str
     let present: Vec<&str> = KEYS.iter().copied().filter(|k| m.contains_key(*k)).collect();
     let [key] = present[..] else {
         return Err(format!(
-            "a result with {} of \"ok\", \"error\", \"panic\", \"failed\", \"cancelled\" (exactly one is needed)",
+            "a result that has {}: it needs exactly one of \"ok\", \"error\", \"panic\", \"failed\" or \"cancelled\"",
             if present.is_empty() {
-                "none".to_string()
+                "none of them".to_string()
             } else {
                 present.join(" and ")
             }
@@ -246,7 +246,7 @@ mod tests {
             matches!(done, FromWorker::Done { id: 3, outcome: WireOutcome::Json(ref b) } if b == br#"{"Ok":{"n":1}}"#)
         );
         let err = decode(br#"{"type":"done","id":3,"ok":1,"error":2}"#).unwrap_err();
-        assert!(err.contains("ok\" and error"), "{err}");
+        assert!(err.contains("has ok and error"), "{err}");
         assert!(decode(b"[1]").unwrap_err().contains("not a JSON object"));
         assert!(
             decode(br#"{"type":"done","id":-1,"ok":1}"#)
