@@ -316,3 +316,41 @@ fn a_request_that_came_before_the_handler_is_answered() {
     assert_eq!(asker.join().unwrap(), 21);
     drop(link);
 }
+
+// docs/protocol.md, section 4: a JSON peer's failure whose data is not a
+// string arrives as that value's JSON text; a reply to an id we never
+// used is ignored.
+#[test]
+fn a_json_failure_that_is_not_a_string_arrives_as_its_json_text() {
+    let (a, b) = port::open().unwrap();
+    let peer = std::thread::spawn(move || {
+        let mut ipc = b.connect_with(json_options()).unwrap();
+        let req: serde_json::Value = serde_json::from_slice(&ipc.recv_bytes().unwrap()).unwrap();
+        let stray = serde_json::json!({"type": "reply", "id": 999, "ok": true, "data": 1});
+        ipc.send_bytes(&serde_json::to_vec(&stray).unwrap()).unwrap();
+        let reply = serde_json::json!({"type": "reply", "id": req["id"], "ok": false, "data": {"code": 3}});
+        ipc.send_bytes(&serde_json::to_vec(&reply).unwrap()).unwrap();
+        // Until the other side hangs up.
+        let _ = ipc.recv_bytes();
+    });
+    let link = Link::with_codec(a.connect_with(json_options()).unwrap(), Codec::Json);
+    assert_eq!(
+        link.request::<u32, u32>(&1),
+        Err(LinkError::Failed(r#"{"code":3}"#.into()))
+    );
+    drop(link);
+    peer.join().unwrap();
+}
+
+// A link over a connection opened for the other codec says so at once.
+#[test]
+fn a_link_of_the_wrong_codec_for_its_connection_says_so() {
+    let (a, b) = port::open().unwrap();
+    let peer = std::thread::spawn(move || b.connect().unwrap());
+    let link = Link::with_codec(a.connect().unwrap(), Codec::Json);
+    let _b = peer.join().unwrap();
+    match link.recv_message::<u32>() {
+        Err(LinkError::Broken(why)) => assert!(why.contains("JSON") && why.contains("postcard"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+}

@@ -166,3 +166,17 @@ fn a_4_gib_length_under_a_raised_limit_still_allocates_only_what_arrives() {
     );
     assert!(f.assert_gone().success());
 }
+
+// docs/protocol.md, section 3: a frame cut short breaks a conversation
+// too; it is not the clean end `Disconnected` means.
+#[test]
+fn a_truncated_frame_breaks_a_link_rather_than_ending_it_cleanly() {
+    let (f, res) = raw_peer("truncated", ConnectOptions::default());
+    let link = portpool::link::Link::new(res.unwrap());
+    match link.recv_message::<String>() {
+        Err(portpool::link::LinkError::Broken(why)) => assert!(why.contains("105"), "{why}"),
+        other => panic!("expected Broken, got {other:?}"),
+    }
+    drop(link);
+    assert!(f.assert_gone().success());
+}

@@ -15,6 +15,14 @@ pub(super) enum Encoded {
 }
 
 impl Payload {
+    /// A JSON payload's text (`None` for postcard).
+    pub(super) fn json_text(&self) -> Option<String> {
+        match &self.0 {
+            Encoded::Json(v) => Some(v.to_string()),
+            Encoded::Postcard(_) => None,
+        }
+    }
+
     pub(super) fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Payload, LinkError> {
         match codec {
             Codec::Postcard => postcard::to_allocvec(v)
@@ -220,5 +228,42 @@ impl Frame {
                 })
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn json(s: &str) -> Result<Frame, String> {
+        Frame::decode(Codec::Json, s.as_bytes())
+    }
+
+    /// What docs/protocol.md, section 4, says of odd JSON frames.
+    #[test]
+    fn json_frames_at_the_edges_of_the_rules() {
+        // Ids: any u64, 0 included; nothing negative or fractional.
+        assert!(matches!(
+            json(r#"{"type":"request","id":0,"data":1}"#),
+            Ok(Frame::Request { id: 0, .. })
+        ));
+        let max = format!(r#"{{"type":"request","id":{},"data":1}}"#, u64::MAX);
+        assert!(matches!(json(&max), Ok(Frame::Request { id: u64::MAX, .. })));
+        assert!(json(r#"{"type":"request","id":-1,"data":1}"#).is_err());
+        assert!(json(r#"{"type":"request","id":1.5,"data":1}"#).is_err());
+        // Every field is required; unknown extra fields are ignored.
+        assert!(json(r#"{"type":"request","data":1}"#).is_err());
+        assert!(json(r#"{"type":"message"}"#).is_err());
+        assert!(matches!(
+            json(r#"{"type":"message","data":null,"x":1}"#),
+            Ok(Frame::Message(_))
+        ));
+        // Unknown types and outcomes are errors.
+        assert!(json(r#"{"type":"shout","data":1}"#).is_err());
+        assert!(json(r#"{"type":"strict_ack","id":1,"outcome":"maybe"}"#).is_err());
+        // A key given twice is an error.
+        assert!(json(r#"{"type":"request","id":1,"id":2,"data":1}"#).is_err());
+        // The frame is one object.
+        assert!(json(r#"[{"type":"message","data":1}]"#).is_err());
     }
 }

@@ -258,6 +258,12 @@ impl Inner {
                 }
             },
             Ok(false) => Vec::new(),
+            // A frame cut short is not a clean end: the peer died or wrote
+            // garbage mid-frame (docs/protocol.md, section 3).
+            Err(e @ crate::error::RecvError::Truncated { .. }) => {
+                Self::close(st, Closed::Broken(e.to_string()));
+                Vec::new()
+            }
             Err(e) if e.is_disconnected() => {
                 Self::close(st, Closed::Clean);
                 Vec::new()
@@ -343,10 +349,12 @@ impl Inner {
                     *slot = Some(if ok {
                         Ok(data)
                     } else {
-                        Err(LinkError::Failed(
-                            data.decode::<String>()
-                                .unwrap_or_else(|e| format!("(undecodable failure: {e})")),
-                        ))
+                        // A failure's data is a string; a JSON peer's
+                        // other value is kept as its JSON text.
+                        Err(LinkError::Failed(data.decode::<String>().unwrap_or_else(|e| {
+                            data.json_text()
+                                .unwrap_or_else(|| format!("(undecodable failure: {e})"))
+                        })))
                     });
                 }
                 None
