@@ -277,3 +277,45 @@ fn a_job_that_will_not_encode_fails_at_submit() {
     }
     finish(pool, &[]);
 }
+
+// The document cannot name a test that does not exist: every test named
+// in docs/protocol.md's conformance table is a `fn` in the tests or in
+// the runtime's unit tests.
+#[test]
+fn every_test_the_protocol_document_names_exists() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let doc = std::fs::read_to_string(format!("{root}/docs/protocol.md")).unwrap();
+    let table = doc
+        .split("## 7. Conformance")
+        .nth(1)
+        .expect("a conformance section");
+    let mut sources = String::new();
+    for dir in ["tests", "runtime/src", "runtime/src/link", "runtime/src/proto"] {
+        for entry in std::fs::read_dir(format!("{root}/{dir}")).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().is_some_and(|e| e == "rs") {
+                sources.push_str(&std::fs::read_to_string(&path).unwrap());
+            }
+        }
+    }
+    // The test column: the last cell of each numbered row.
+    let tests: String = table
+        .lines()
+        .filter(|l| l.starts_with("| ") && l[2..].starts_with(|c: char| c.is_ascii_digit()))
+        .filter_map(|l| l.trim_end_matches('|').rsplit('|').next())
+        .collect();
+    let mut named = 0;
+    for name in tests.split('`').skip(1).step_by(2) {
+        if name.contains('/') || name.contains('.') || !name.contains('_') {
+            continue; // a file, not a test
+        }
+        named += 1;
+        let as_fn = format!("fn {name}(");
+        let as_conform = format!("conform!({name},");
+        assert!(
+            sources.contains(&as_fn) || sources.contains(&as_conform),
+            "docs/protocol.md names the test {name}, which does not exist"
+        );
+    }
+    assert!(named >= 16, "only {named} tests named");
+}

@@ -70,7 +70,7 @@ fn messages_sent_from_four_threads_arrive_in_each_senders_order() {
 }
 
 #[test]
-fn each_message_ends_when_the_peer_disconnects_cleanly() {
+fn messages_end_when_the_peer_disconnects_cleanly() {
     let (child, link) = linked("listen", None);
     link.send_message("one").unwrap();
     assert_eq!(link.recv_message::<String>().unwrap(), "heard one");
