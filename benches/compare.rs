@@ -104,6 +104,9 @@ fn handlers() -> Handlers {
 #[path = "support/threads.rs"]
 mod threads;
 
+#[path = "support/python.rs"]
+mod python;
+
 fn main() {
     portpool::worker::serve_if_worker(&handlers());
     if let Ok(role) = std::env::var(PEER_ENV) {
@@ -163,6 +166,12 @@ fn main() {
     }
     if wanted("pool_process_map_tiny") {
         process_map_tiny(if quick { 3 } else { 7 }, 1_000_000);
+    }
+    if wanted("pool_python_roundtrip") {
+        python::roundtrip(if quick { 3 } else { 5 }, if quick { 2_000 } else { 10_000 });
+    }
+    if wanted("pool_python_map_tiny") {
+        python::map_tiny(if quick { 3 } else { 5 }, if quick { 200_000 } else { 1_000_000 });
     }
     if wanted("request_roundtrip") {
         request_roundtrip(reps, if quick { 5_000 } else { 20_000 });

@@ -103,12 +103,12 @@ class Context:
     def __init__(self, conn, job_id):
         self._conn = conn
         self._id = job_id
-        self._cancelled = threading.Event()
+        self._cancel = False  # set by the reader thread (a plain flag: cheap to read)
 
     @property
     def cancelled(self):
         """True once the job was cancelled or timed out: return soon."""
-        return self._cancelled.is_set()
+        return self._cancel
 
     def progress(self, value):
         """Sends ``value`` (anything ``json.dumps`` takes) to the ticket."""
@@ -149,6 +149,8 @@ class _Connection:
         (version,) = struct.unpack("<H", theirs[8:10])
         if version != VERSION:
             sys.exit(f"portpool worker: protocol version mismatch: we speak {VERSION}, the peer {version}")
+        if theirs[10] != 1:
+            sys.exit(f"portpool worker: the peer's hello has role {theirs[10]}, not a pool's supervisor (1)")
         if theirs[11] != CODEC_JSON:
             sys.exit(
                 "portpool worker: codec mismatch: the supervisor encodes its frames as postcard, this "
@@ -225,6 +227,41 @@ def _checked(result):
         return {"failed": f"the handler's value is not JSON: {e}"}
 
 
+def _run_batch(handler, jobs, ctx):
+    """A batch's answer fields: ``{"ok": [outputs]}`` while every job
+    succeeds (the cheap form), else ``{"results": [RESULT, ...]}``."""
+    outputs = []
+    results = None
+    for job in jobs:
+        if ctx._cancel:
+            result = {"cancelled": True}
+        elif handler is None:
+            result = {"failed": "this worker has no handler for the route"}
+        else:
+            try:
+                value = handler(job, ctx)
+                if results is None:
+                    outputs.append(value)
+                else:
+                    results.append({"ok": value})
+                continue
+            except JobError as e:
+                result = {"error": e.value}
+            except Exception as e:  # a panic: this job fails, the others go on
+                traceback.print_exc()
+                result = {"panic": f"{type(e).__name__}: {e}"}
+        if results is None:
+            results = [{"ok": v} for v in outputs]
+        results.append(result)
+    if results is None:
+        try:
+            json.dumps(outputs)
+            return {"ok": outputs}
+        except (TypeError, ValueError):
+            results = [{"ok": v} for v in outputs]
+    return {"results": [_checked(r) for r in results]}
+
+
 def serve():
     """Serves the pool's jobs until the supervisor says stop or goes away."""
     conn = _take_port()
@@ -232,7 +269,8 @@ def serve():
     conn.send({"type": "routes", "jobs_version": JOBS_VERSION, "routes": sorted(_routes)})
     work = queue.Queue()
     contexts = {}  # id -> Context of jobs given and not yet answered
-    cancelled = set()  # ids cancelled before they started
+    waiting = {}  # id -> its jobs' count (None: a single job), not started yet
+    answered = set()  # ids cancelled before they started, already answered
     lock = threading.Lock()
 
     def runner():
@@ -243,22 +281,24 @@ def serve():
             kind, job_id, name, jobs = item
             with lock:
                 ctx = contexts.get(job_id)
-                skip = job_id in cancelled
+                waiting.pop(job_id, None)
+                skip = job_id in answered
+            if skip:
+                with lock:
+                    contexts.pop(job_id, None)
+                    answered.discard(job_id)
+                continue
             handler = _routes.get(name)
             if kind == "job":
-                result = {"cancelled": True} if skip else _checked(_outcome(handler, jobs, ctx))
+                result = _checked(_outcome(handler, jobs, ctx))
                 conn.send({"type": "done", "id": job_id, **result})
             else:
                 started = time.monotonic_ns()
-                results = [
-                    {"cancelled": True} if skip or ctx.cancelled else _checked(_outcome(handler, j, ctx))
-                    for j in jobs
-                ]
+                answer = _run_batch(handler, jobs, ctx)
                 nanos = time.monotonic_ns() - started
-                conn.send({"type": "done_batch", "id": job_id, "nanos": nanos, "results": results})
+                conn.send({"type": "done_batch", "id": job_id, "nanos": nanos, **answer})
             with lock:
                 contexts.pop(job_id, None)
-                cancelled.discard(job_id)
 
     threading.Thread(target=runner, name="portpool-runner", daemon=True).start()
     while True:
@@ -273,16 +313,27 @@ def serve():
         kind = frame.get("type")
         if kind in ("job", "batch"):
             job_id = frame["id"]
+            jobs = frame["job"] if kind == "job" else frame["jobs"]
             with lock:
                 contexts[job_id] = Context(conn, job_id)
-            jobs = frame["job"] if kind == "job" else frame["jobs"]
+                waiting[job_id] = None if kind == "job" else len(jobs)
             work.put((kind, job_id, frame["route"], jobs))
         elif kind == "cancel":
+            job_id = frame["id"]
             with lock:
-                ctx = contexts.get(frame["id"])
+                ctx = contexts.get(job_id)
                 if ctx is not None:
-                    ctx._cancelled.set()
-                    cancelled.add(frame["id"])
+                    ctx._cancel = True
+                # Not started: answered now, so the pool need not wait for
+                # its turn (the runner skips it).
+                if job_id in waiting:
+                    count = waiting.pop(job_id)
+                    answered.add(job_id)
+                    if count is None:
+                        conn.send({"type": "done", "id": job_id, "cancelled": True})
+                    else:
+                        results = [{"cancelled": True}] * count
+                        conn.send({"type": "done_batch", "id": job_id, "nanos": 0, "results": results})
         elif kind == "stop":
             work.put(None)
         elif kind == "suspend":

@@ -11,7 +11,7 @@ mod jobs;
 use std::process::Command;
 use std::time::Duration;
 
-use common::{BOUND, assert_pid_gone};
+use common::{BOUND, GatePath, assert_pid_gone, wait_until};
 use jobs::*;
 use portpool::link::Codec;
 use portpool::pool::{JobOptions, PoolBuilder};
@@ -163,6 +163,38 @@ conform!(cancel_and_timeout_reach_the_handler, |w| {
     assert!(pool.wait_idle(BOUND));
     assert_eq!(pool.submit(Square(4)).unwrap().wait().unwrap(), 16);
     assert_eq!(pids(&pool), before, "the worker was replaced");
+    finish(pool, &[]);
+});
+
+// Rule 7 (cancel of a job not started): a cancelled job that waits on its
+// worker behind another is skipped when its turn comes; the worker, and
+// the job before it, are not killed for it, however short the grace.
+conform!(cancelling_a_job_queued_behind_another_kills_nothing, |w| {
+    let pool = builder(w, 1)
+        .cancel_grace(Duration::from_millis(5))
+        .build()
+        .unwrap();
+    let before = pids(&pool);
+    let (touch, gate) = (
+        GatePath::new(&format!("conform-touch-{w:?}")),
+        GatePath::new(&format!("conform-gate-{w:?}")),
+    );
+    let first = pool
+        .submit(TouchThenWait {
+            touch: touch.0.clone(),
+            gate: gate.0.clone(),
+        })
+        .unwrap();
+    wait_until("the first job to start", || touch.0.exists());
+    let behind = pool.submit(Square(8)).unwrap();
+    behind.cancel();
+    assert!(matches!(behind.wait(), Err(JobError::Cancelled)));
+    // Forty grace periods: with the kill, the worker would be gone by now.
+    std::thread::sleep(Duration::from_millis(200));
+    gate.open();
+    first.wait().unwrap();
+    assert_eq!(pids(&pool), before, "the worker was killed");
+    assert_eq!(pool.stats().workers[0].restarts, 0);
     finish(pool, &[]);
 });
 

@@ -66,6 +66,16 @@ def chaos(job, ctx):
     return out
 
 
+@route("touch-then-wait")
+def touch_then_wait(job, ctx):
+    with open(job["touch"], "w") as f:
+        f.write("in progress")
+    deadline = time.monotonic() + 60
+    while not os.path.exists(job["gate"]) and time.monotonic() < deadline:
+        time.sleep(0.001)
+    return None
+
+
 @route("garbage")
 def garbage(_, ctx):
     # Breaks the protocol on purpose: a frame that is not JSON.

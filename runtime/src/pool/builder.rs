@@ -283,9 +283,10 @@ impl PoolBuilder {
     }
 
     /// Runs process workers from this command (a binary that calls
-    /// `portpool::worker::run(handlers)`) instead of this executable.
-    pub fn worker_command(mut self, command: Command) -> Self {
-        self.command = Some(command);
+    /// `portpool::worker::run(handlers)`, or a worker in another language:
+    /// see [`job_codec`](Self::job_codec)) instead of this executable.
+    pub fn worker_command(mut self, command: impl super::IntoCommand) -> Self {
+        self.command = Some(command.into_command());
         self
     }
 

@@ -46,6 +46,9 @@ pub(crate) struct Task {
     pub(crate) retries: u32,
     /// Its priority (0 for a `map`'s chunks and broadcasts).
     pub(crate) priority: u32,
+    /// Its place in the order its process worker was sent jobs (set at
+    /// dispatch; a worker starts them in that order).
+    pub(crate) seq: u64,
 }
 
 impl Task {

@@ -609,6 +609,7 @@ impl Pool {
             timeout,
             retries,
             priority: 0,
+            seq: 0,
         };
         self.watch_queue(&task);
         match self.send_blocking(Work::Task(task), None) {

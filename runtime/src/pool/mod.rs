@@ -67,7 +67,7 @@ pub use cancel::CancelToken;
 pub(crate) use encode::*;
 pub use errors::{BuildError, SubmitError, SubmitTimeoutError, TrySubmitError};
 pub(crate) use inner::*;
-pub use options::JobOptions;
+pub use options::{IntoCommand, JobOptions};
 pub(crate) use state::*;
 pub use stats::{Stats, WorkerExit, WorkerStats};
 
@@ -230,6 +230,7 @@ impl Pool {
             timeout: opts.timeout.or(timeout),
             retries: opts.retries.unwrap_or(retries),
             priority: opts.priority,
+            seq: 0,
         };
         Prepared::Ready(ticket, task)
     }

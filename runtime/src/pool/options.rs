@@ -69,3 +69,35 @@ impl JobOptions {
         self
     }
 }
+
+/// What [`PoolBuilder::worker_command`](super::PoolBuilder::worker_command)
+/// takes: a [`Command`](std::process::Command), or the `&mut Command` its
+/// builder methods return, so that
+/// `.worker_command(Command::new("python3").arg("worker.py"))` works. A
+/// borrowed command is copied: its program, arguments, environment and
+/// directory (stdio and other settings of a borrowed command are not).
+pub trait IntoCommand {
+    /// The command, owned.
+    fn into_command(self) -> std::process::Command;
+}
+
+impl IntoCommand for std::process::Command {
+    fn into_command(self) -> std::process::Command {
+        self
+    }
+}
+
+impl IntoCommand for &std::process::Command {
+    fn into_command(self) -> std::process::Command {
+        let mut c = std::process::Command::new(self.get_program());
+        c.args(self.get_args());
+        crate::child::copy_env_and_dir(self, &mut c);
+        c
+    }
+}
+
+impl IntoCommand for &mut std::process::Command {
+    fn into_command(self) -> std::process::Command {
+        (&*self).into_command()
+    }
+}

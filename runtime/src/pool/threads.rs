@@ -565,20 +565,20 @@ impl Supervised for Threads {
         }
     }
 
-    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool {
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> crate::supervisor::monitor::GraceOver {
         // Scenario "thread timeout": abandon the thread, start another.
         let Some(me) = self.me.upgrade() else {
-            return false;
+            return crate::supervisor::monitor::GraceOver::Done;
         };
         let s = &self.slots[worker];
         let cur = lock(&s.current).clone();
         if cur.0 != epoch {
-            return false;
+            return crate::supervisor::monitor::GraceOver::Done;
         }
         {
             let mut r = lock(&s.running);
             if !r.as_ref().is_some_and(|r| r.id == id && r.epoch == epoch) {
-                return false;
+                return crate::supervisor::monitor::GraceOver::Done;
             }
             // Flagged under the `running` lock: a handler returning now
             // clears its record under the same lock, then reads the flag,
@@ -597,7 +597,7 @@ impl Supervised for Threads {
         // Relaxed: statistics only.
         s.restarts.fetch_add(1, Ordering::Relaxed);
         if self.core.stopping.load(Ordering::Acquire) {
-            return false;
+            return crate::supervisor::monitor::GraceOver::Done;
         }
         if let Err(e) = me.start(worker, epoch + 1) {
             self.core.event(PoolEvent::StartFailed {
@@ -605,7 +605,7 @@ impl Supervised for Threads {
                 reason: format!("could not start a replacement thread: {e}"),
             });
         }
-        false
+        crate::supervisor::monitor::GraceOver::Done
     }
 
     fn kill(&self, _worker: usize, _epoch: u64) {}

@@ -140,16 +140,25 @@ pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
         "done_batch" => {
             let id = id_of(&m, "done_batch")?;
             let nanos = m.get("nanos").and_then(Value::as_u64).unwrap_or(0);
-            let Some(Value::Array(results)) = m.remove("results") else {
-                return Err("a \"done_batch\" frame without a \"results\" array".into());
+            let items = match (m.remove("results"), m.remove("ok")) {
+                (Some(Value::Array(results)), None) => results
+                    .into_iter()
+                    .map(|r| match r {
+                        Value::Object(r) => one_result(r),
+                        other => Err(format!("a batch result that is not an object: {other}")),
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+                // Every job succeeded: just the outputs.
+                (None, Some(Value::Array(outputs))) => {
+                    outputs.into_iter().map(|v| Ok(result_bytes("Ok", v))).collect()
+                }
+                _ => {
+                    return Err(
+                        "a \"done_batch\" frame without exactly one of a \"results\" or an \"ok\" array"
+                            .into(),
+                    );
+                }
             };
-            let items = results
-                .into_iter()
-                .map(|r| match r {
-                    Value::Object(r) => one_result(r),
-                    other => Err(format!("a batch result that is not an object: {other}")),
-                })
-                .collect::<Result<Vec<_>, _>>()?;
             let failed = items.iter().filter(|i| i.is_err()).count();
             Ok(FromWorker::Done {
                 id,
@@ -259,5 +268,11 @@ mod tests {
                 .contains("unknown type")
         );
         assert!(decode(b"\xff").unwrap_err().contains("not JSON"));
+        let all_ok = decode(br#"{"type":"done_batch","id":4,"nanos":9,"ok":[1,2]}"#).unwrap();
+        assert!(
+            matches!(all_ok, FromWorker::Done { id: 4, outcome: WireOutcome::JsonChunk { ref items, failed: 0, .. } } if items.len() == 2)
+        );
+        let both = decode(br#"{"type":"done_batch","id":4,"ok":[1],"results":[{"ok":1}]}"#).unwrap_err();
+        assert!(both.contains("exactly one"), "{both}");
     }
 }

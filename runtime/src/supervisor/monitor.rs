@@ -52,6 +52,19 @@ pub(crate) enum Control {
 }
 
 /// What the monitor asks of a backend. Each method finds job `id` where it
+/// What a grace period's end did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum GraceOver {
+    /// Nothing left to do: the job ended, or its thread was abandoned.
+    Done,
+    /// A process got SIGTERM and needs SIGKILL later.
+    Terminated,
+    /// The job waits behind others on its worker, which starts jobs in the
+    /// order sent: it has not started and will be skipped; look again
+    /// after another grace period.
+    NotStarted,
+}
+
 /// runs now (on `worker` incarnation `epoch` when given) and does nothing if
 /// it is not there any more: every timer may fire after its job ended.
 pub(crate) trait Supervised: Send + Sync {
@@ -63,9 +76,8 @@ pub(crate) trait Supervised: Send + Sync {
     fn time_out(&self, id: u64, worker: usize, epoch: u64, after: Duration) -> bool;
     /// The grace period after a cancel or timeout ended: if job `id` still
     /// runs on `(worker, epoch)`, end that worker (SIGTERM a process, abandon
-    /// a thread) and start a replacement. Returns `true` if a process got
-    /// SIGTERM and needs SIGKILL later.
-    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool;
+    /// a thread) and start a replacement.
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> GraceOver;
     /// SIGKILL worker `(worker, epoch)` if it is still alive.
     fn kill(&self, worker: usize, epoch: u64);
     /// A scaling pool's look for workers idle too long (scenario "scale");
@@ -235,11 +247,15 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                         );
                     }
                 }
-                Timer::Grace { id, worker, epoch } => {
-                    if target.grace_over(id, worker, epoch) {
+                Timer::Grace { id, worker, epoch } => match target.grace_over(id, worker, epoch) {
+                    GraceOver::Done => {}
+                    GraceOver::Terminated => {
                         timers.push_after(now, graces.term, Timer::Kill { worker, epoch });
                     }
-                }
+                    GraceOver::NotStarted => {
+                        timers.push_after(now, graces.cancel, Timer::Grace { id, worker, epoch });
+                    }
+                },
                 Timer::Kill { worker, epoch } => target.kill(worker, epoch),
             }
         }

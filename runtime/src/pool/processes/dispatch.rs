@@ -291,6 +291,9 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
 pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     let jobs = t.jobs();
     let id = t.id;
+    // Relaxed: an order among this worker's pending jobs, read under the
+    // `pending` lock that the insert below takes.
+    t.seq = w.next_seq.fetch_add(1, Ordering::Relaxed);
     t.state.mark_dispatched();
     core.note_started(&t, w.id);
     if core.config.recycle.jobs.is_some() {

@@ -30,6 +30,7 @@ use crate::launch::Launcher;
 use crate::port::{self, ConnectOptions, IpcReceiver, IpcSender, Role};
 use crate::proto::{FromWorker, ToWorker, WireOutcome};
 use crate::stderr::StderrTail;
+use crate::supervisor::monitor::GraceOver;
 use crate::supervisor::monitor::{Books, Control, Supervised};
 use crate::supervisor::{Intensity, PoolEvent, STOP_GRACE, TERM_GRACE};
 
@@ -375,12 +376,23 @@ impl Supervised for Processes {
         settled
     }
 
-    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> bool {
+    fn grace_over(&self, id: u64, worker: usize, epoch: u64) -> GraceOver {
         let Some(w) = self.find(worker, epoch) else {
-            return false;
+            return GraceOver::Done;
         };
-        if !lock(&w.pending).contains_key(&id) {
-            return false;
+        {
+            let pending = lock(&w.pending);
+            let Some(t) = pending.get(&id) else {
+                return GraceOver::Done;
+            };
+            // A worker starts its jobs in the order they were sent: one sent
+            // before this is still there, so this has not started. Killing
+            // the worker would end the older jobs, which nobody cancelled;
+            // it is skipped when its turn comes.
+            if pending.values().any(|o| o.seq < t.seq) {
+                log::debug!("worker {worker}: cancelled job {id} waits behind others; not killing");
+                return GraceOver::NotStarted;
+            }
         }
         log::warn!(
             "worker {worker} (pid {}): job {id} did not stop within its grace period; terminating the worker",
@@ -394,7 +406,11 @@ impl Supervised for Processes {
                 Some(EndReason::Recycle(_)) | None => *ended = Some(EndReason::Victims(vec![id])),
             }
         }
-        w.signal(SIGTERM)
+        if w.signal(SIGTERM) {
+            GraceOver::Terminated
+        } else {
+            GraceOver::Done
+        }
     }
 
     fn scale_check(&self) -> Option<Duration> {

@@ -344,6 +344,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         idle_since: AtomicU64::new(core.clock()),
         leaving: AtomicBool::new(false),
         json,
+        next_seq: AtomicU64::new(0),
     }))
 }
 

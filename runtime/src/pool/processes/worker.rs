@@ -65,6 +65,8 @@ pub(super) struct Worker {
     pub(super) leaving: AtomicBool,
     /// It speaks the job messages in JSON (`PoolBuilder::job_codec`).
     pub(super) json: bool,
+    /// The next job's place in the order this worker is sent jobs (`Task::seq`).
+    pub(super) next_seq: AtomicU64,
 }
 
 impl shared::Reader for &Worker {
