@@ -229,37 +229,45 @@ def _checked(result):
 
 def _run_batch(handler, jobs, ctx):
     """A batch's answer fields: ``{"ok": [outputs]}`` while every job
-    succeeds (the cheap form), else ``{"results": [RESULT, ...]}``."""
+    succeeds (the cheap form), else ``{"results": [RESULT, ...]}``.
+
+    A batch is sized by the pool to run for about a millisecond, so its
+    cancel flag is looked at between jobs only once one has failed (and
+    before it starts)."""
+    if ctx._cancel:
+        return {"results": [{"cancelled": True} for _ in jobs]}
+    if handler is None:
+        return {"results": [{"failed": "this worker has no handler for the route"} for _ in jobs]}
     outputs = []
-    results = None
-    for job in jobs:
+    append = outputs.append
+    it = iter(jobs)
+    try:
+        for job in it:
+            append(handler(job, ctx))
+        return {"ok": outputs}  # (`_send_batch` checks that it is JSON)
+    except JobError as e:
+        first = {"error": e.value}
+    except Exception as e:  # a panic: this job fails, the others go on
+        traceback.print_exc()
+        first = {"panic": f"{type(e).__name__}: {e}"}
+    results = [{"ok": v} for v in outputs]
+    results.append(first)
+    for job in it:
         if ctx._cancel:
-            result = {"cancelled": True}
-        elif handler is None:
-            result = {"failed": "this worker has no handler for the route"}
+            results.append({"cancelled": True})
         else:
-            try:
-                value = handler(job, ctx)
-                if results is None:
-                    outputs.append(value)
-                else:
-                    results.append({"ok": value})
-                continue
-            except JobError as e:
-                result = {"error": e.value}
-            except Exception as e:  # a panic: this job fails, the others go on
-                traceback.print_exc()
-                result = {"panic": f"{type(e).__name__}: {e}"}
-        if results is None:
-            results = [{"ok": v} for v in outputs]
-        results.append(result)
-    if results is None:
-        try:
-            json.dumps(outputs)
-            return {"ok": outputs}
-        except (TypeError, ValueError):
-            results = [{"ok": v} for v in outputs]
+            results.append(_outcome(handler, job, ctx))
     return {"results": [_checked(r) for r in results]}
+
+
+def _send_batch(conn, job_id, nanos, answer):
+    frame = {"type": "done_batch", "id": job_id, "nanos": nanos, **answer}
+    try:
+        conn.send(frame)
+    except (TypeError, ValueError):
+        # An output that is not JSON: each result on its own.
+        results = [_checked({"ok": v}) for v in answer["ok"]]
+        conn.send({"type": "done_batch", "id": job_id, "nanos": nanos, "results": results})
 
 
 def serve():
@@ -290,13 +298,15 @@ def serve():
                 continue
             handler = _routes.get(name)
             if kind == "job":
-                result = _checked(_outcome(handler, jobs, ctx))
-                conn.send({"type": "done", "id": job_id, **result})
+                result = _outcome(handler, jobs, ctx)
+                try:
+                    conn.send({"type": "done", "id": job_id, **result})
+                except (TypeError, ValueError) as e:
+                    conn.send({"type": "done", "id": job_id, "failed": f"the handler's value is not JSON: {e}"})
             else:
                 started = time.monotonic_ns()
                 answer = _run_batch(handler, jobs, ctx)
-                nanos = time.monotonic_ns() - started
-                conn.send({"type": "done_batch", "id": job_id, "nanos": nanos, **answer})
+                _send_batch(conn, job_id, time.monotonic_ns() - started, answer)
             with lock:
                 contexts.pop(job_id, None)
 

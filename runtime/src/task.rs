@@ -25,14 +25,21 @@ pub(crate) enum Outcome {
     Value(Box<dyn Any + Send>),
     /// postcard bytes of `Result<J::Output, J::Error>` from a process worker.
     Bytes(Vec<u8>),
-    /// serde's JSON of `Result<J::Output, J::Error>`, from a worker that
-    /// speaks JSON (`proto::json`).
-    Json(Vec<u8>),
+    /// A result from a worker that speaks JSON (`proto::json`).
+    Json(JsonResult),
     /// A chunk's answer from a JSON worker: how long it ran (ns), and each
-    /// job's result (as in `Json`) or failure.
-    JsonChunk(u64, Vec<Result<Vec<u8>, Failure>>),
+    /// job's result or failure.
+    JsonChunk(u64, Vec<Result<JsonResult, Failure>>),
     /// Anything else.
     Failed(Failure),
+}
+
+/// A job's result from a JSON worker, still as JSON text: its output, or
+/// (`err`) the handler's error, decoded as the job's types by its ticket.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub(crate) struct JsonResult {
+    pub(crate) err: bool,
+    pub(crate) json: Vec<u8>,
 }
 
 /// A progress message's bytes: postcard, or JSON from a JSON worker.

@@ -201,7 +201,7 @@ fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<J
             let results = items
                 .into_iter()
                 .map(|it| match it {
-                    Ok(bytes) => match super::ticket::decode_json_result::<J>(&bytes) {
+                    Ok(r) => match super::ticket::decode_json_result::<J>(&r) {
                         Ok(r) => item(Ok(r)),
                         Err(reason) => Err(JobError::Codec {
                             side: Side::Supervisor,

@@ -86,7 +86,7 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
                 reason,
             })?
             .map_err(JobError::Handler),
-        Outcome::Json(b) => decode_json_result::<J>(&b)
+        Outcome::Json(r) => decode_json_result::<J>(&r)
             .map_err(|reason| JobError::Codec {
                 side: Side::Supervisor,
                 reason,
@@ -100,21 +100,28 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
     }
 }
 
-/// Decodes a JSON worker's answer for a `J` job (serde's JSON of the
-/// `Result`); the error says which type would not decode and why.
-pub(crate) fn decode_json_result<J: Job>(bytes: &[u8]) -> Result<Result<J::Output, J::Error>, String> {
-    serde_json::from_slice::<Result<J::Output, J::Error>>(bytes).map_err(|e| {
-        let (ty, value) = match bytes.get(2..4) {
-            Some(b"Ok") => (std::any::type_name::<J::Output>(), "output"),
-            _ => (std::any::type_name::<J::Error>(), "error"),
-        };
+/// Decodes a JSON worker's answer for a `J` job as its output or its
+/// error; the error says which type would not decode, and what came.
+pub(crate) fn decode_json_result<J: Job>(
+    r: &crate::task::JsonResult,
+) -> Result<Result<J::Output, J::Error>, String> {
+    let failed = |ty: &str, what: &str, e: serde_json::Error| {
         format!(
-            "the supervisor could not read the {value} of a `{}` job from its JSON worker as a `{ty}`: {e} \
+            "the supervisor could not read the {what} of a `{}` job from its JSON worker as a `{ty}`: {e} \
              (the worker sent {})",
             J::NAME,
-            String::from_utf8_lossy(&bytes[..bytes.len().min(200)])
+            String::from_utf8_lossy(&r.json[..r.json.len().min(200)])
         )
-    })
+    };
+    if r.err {
+        serde_json::from_slice::<J::Error>(&r.json)
+            .map(Err)
+            .map_err(|e| failed(std::any::type_name::<J::Error>(), "error", e))
+    } else {
+        serde_json::from_slice::<J::Output>(&r.json)
+            .map(Ok)
+            .map_err(|e| failed(std::any::type_name::<J::Output>(), "output", e))
+    }
 }
 
 impl<J: Job> Ticket<J> {

@@ -13,6 +13,7 @@ use serde_json::{Map, Value};
 
 use super::{FromWorker, ToWorker, WireOutcome};
 use crate::job::{Failure, RouteInfo, Side};
+use crate::task::JsonResult;
 
 /// A control message (`stop`, `cancel`, `suspend`, `resume`) as a frame.
 pub(crate) fn control(msg: &ToWorker<'_>) -> Vec<u8> {
@@ -81,16 +82,53 @@ pub(crate) fn encode_value<T: serde::Serialize + ?Sized>(v: &T, buf: &mut Vec<u8
     }
 }
 
-/// One job's result as the ticket decodes it: serde's JSON form of a
-/// `Result` (`{"Ok": value}` or `{"Err": value}`).
-fn result_bytes(tag: &str, v: Value) -> Vec<u8> {
-    let mut m = Map::new();
-    m.insert(tag.to_string(), v);
-    Value::Object(m).to_string().into_bytes()
+/// One job's output (or, `err`, its error) as the ticket decodes it.
+fn result_of(err: bool, v: &Value) -> JsonResult {
+    JsonResult {
+        err,
+        json: v.to_string().into_bytes(),
+    }
+}
+
+/// The common answer to a chunk of tiny jobs, every one of them a
+/// success, read without a value tree: each output is kept as its text.
+#[derive(serde::Deserialize)]
+struct AllOk<'a> {
+    #[serde(rename = "type", borrow)]
+    kind: std::borrow::Cow<'a, str>,
+    id: u64,
+    #[serde(default)]
+    nanos: Option<u64>,
+    #[serde(borrow)]
+    ok: Vec<&'a serde_json::value::RawValue>,
+    /// Must be absent (a frame with both is refused, by the full path).
+    #[serde(default)]
+    results: Option<serde::de::IgnoredAny>,
 }
 
 /// What a worker's frame says, or why it is not a frame of this protocol.
 pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
+    if let Ok(b) = serde_json::from_slice::<AllOk<'_>>(frame) {
+        if b.kind == "done_batch" && b.results.is_none() {
+            let items =
+                b.ok.iter()
+                    .map(|v| {
+                        Ok(JsonResult {
+                            err: false,
+                            json: v.get().as_bytes().to_vec(),
+                        })
+                    })
+                    .collect();
+            return Ok(FromWorker::Done {
+                id: b.id,
+                outcome: WireOutcome::JsonChunk {
+                    nanos: b.nanos.unwrap_or(0),
+                    items,
+                    failed: 0,
+                },
+            });
+        }
+    }
     let v: Value = serde_json::from_slice(frame).map_err(|e| format!("a frame that is not JSON: {e}"))?;
     let Value::Object(mut m) = v else {
         return Err("a frame that is not a JSON object".into());
@@ -150,7 +188,7 @@ pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
                     .collect::<Result<Vec<_>, _>>()?,
                 // Every job succeeded: just the outputs.
                 (None, Some(Value::Array(outputs))) => {
-                    outputs.into_iter().map(|v| Ok(result_bytes("Ok", v))).collect()
+                    outputs.iter().map(|v| Ok(result_of(false, v))).collect()
                 }
                 _ => {
                     return Err(
@@ -184,7 +222,7 @@ fn id_of(m: &Map<String, Value>, kind: &str) -> Result<u64, String> {
 
 /// One job's result: exactly one of `ok`, `error`, `panic`, `failed` or
 /// `cancelled`.
-fn one_result(mut m: Map<String, Value>) -> Result<Result<Vec<u8>, Failure>, String> {
+fn one_result(mut m: Map<String, Value>) -> Result<Result<JsonResult, Failure>, String> {
     const KEYS: [&str; 5] = ["ok", "error", "panic", "failed", "cancelled"];
     let present: Vec<&str> = KEYS.iter().copied().filter(|k| m.contains_key(*k)).collect();
     let [key] = present[..] else {
@@ -203,8 +241,8 @@ fn one_result(mut m: Map<String, Value>) -> Result<Result<Vec<u8>, Failure>, Str
         other => other.to_string(),
     };
     Ok(match key {
-        "ok" => Ok(result_bytes("Ok", v)),
-        "error" => Ok(result_bytes("Err", v)),
+        "ok" => Ok(result_of(false, &v)),
+        "error" => Ok(result_of(true, &v)),
         "panic" => Err(Failure::Panicked(text(v))),
         "failed" => Err(Failure::Codec(Side::Worker, text(v))),
         _ => Err(Failure::Cancelled),
@@ -252,7 +290,7 @@ mod tests {
     fn results_decode_and_bad_frames_say_what_is_wrong() {
         let done = decode(br#"{"type":"done","id":3,"ok":{"n":1}}"#).unwrap();
         assert!(
-            matches!(done, FromWorker::Done { id: 3, outcome: WireOutcome::Json(ref b) } if b == br#"{"Ok":{"n":1}}"#)
+            matches!(done, FromWorker::Done { id: 3, outcome: WireOutcome::Json(ref r) } if !r.err && r.json == br#"{"n":1}"#)
         );
         let err = decode(br#"{"type":"done","id":3,"ok":1,"error":2}"#).unwrap_err();
         assert!(err.contains("has ok and error"), "{err}");

@@ -64,13 +64,13 @@ pub(crate) enum WireOutcome {
     },
     /// It did not produce a result.
     Failed(Failure),
-    /// From a JSON worker: serde's JSON of `Result<J::Output, J::Error>`.
-    Json(Vec<u8>),
-    /// From a JSON worker, a chunk: how long it ran, each job's result
-    /// (as in `Json`) or failure, and how many failed.
+    /// From a JSON worker: the output's or error's JSON.
+    Json(crate::task::JsonResult),
+    /// From a JSON worker, a chunk: how long it ran, each job's result or
+    /// failure, and how many failed.
     JsonChunk {
         nanos: u64,
-        items: Vec<Result<Vec<u8>, Failure>>,
+        items: Vec<Result<crate::task::JsonResult, Failure>>,
         failed: u32,
     },
 }
