@@ -81,8 +81,13 @@
 //!   alone with [`JobError::Codec`], which names the type.
 //! - **A worker that crashes** (a signal, `exit`, an abort) fails the jobs
 //!   it held with [`JobError::WorkerExited`] (its pid, its exit status and
-//!   the last lines of its stderr) and is replaced; a panic in a handler
-//!   fails only its job ([`JobError::Panicked`]).
+//!   the last lines of its stderr) and is replaced; in a `map` that is the
+//!   whole chunk it was running. `.retries(n)` runs such jobs again. A
+//!   panic in a handler fails only its job ([`JobError::Panicked`]).
+//! - **Up to 4 jobs wait on each worker** (`inflight_per_worker`), which
+//!   hides the round trip for short jobs; a short job behind a long one
+//!   waits even while another worker is idle. For long or uneven jobs,
+//!   build with `.inflight_per_worker(1)`.
 //! - **A separate worker binary**: `.worker_command(Command::new(path))`
 //!   runs another program, whose `main` calls [`worker::run`] with the
 //!   same handlers.
@@ -209,10 +214,18 @@
 //! async-std, `futures::executor` or any other executor: the pool thread
 //! that settles the job wakes the task, and no executor thread blocks.
 //! Dropping the future cancels the job, so a request handler whose client
-//! went away leaves no work behind. With the `futures` feature,
-//! `Map::into_stream` gives a `Stream` of a
-//! map's results; [`Link`](link::Link) has `request_async` and
+//! went away leaves no work behind (dropping a `Ticket` that was never
+//! awaited does not: the job runs, its result unread). To await many at
+//! once with a combinator that wants futures, make them futures first:
+//! `join_all(tickets.into_iter().map(IntoFuture::into_future))`. With the
+//! `futures` feature, `Map::into_stream` gives a `Stream` of a map's
+//! results; [`Link`](link::Link) has `request_async` and
 //! `recv_message_async`.
+//!
+//! With process workers, call `serve_if_worker` before the async runtime
+//! starts (a plain `fn main` that builds the runtime after it, as
+//! `examples/tokio.rs` does): under `#[tokio::main]` every worker would
+//! start a tokio runtime of its own before serving.
 //!
 //! ```
 //! # use portpool::serde::{Deserialize, Serialize};
@@ -224,7 +237,8 @@
 //! # let handlers = Handlers::new().on::<Divide>(|d, _| Ok(d.a / d.b));
 //! let pool = Pool::builder().threads(2).handlers(handlers).build()?;
 //! let ticket = pool.submit(Divide { a: 84, b: 2 })?;
-//! // Any executor: here the small one from the `futures` crate.
+//! // Any executor: here the small one from the `futures` crate (a
+//! // dependency of its own).
 //! let answer = futures::executor::block_on(async { ticket.await })?;
 //! assert_eq!(answer, 42);
 //! # Ok::<(), Box<dyn std::error::Error>>(())

@@ -90,7 +90,7 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
             JobError::UnknownRoute { route } => write!(
                 f,
                 "no handler for route {route:?} in the worker: register its job type with \
-                 Handlers::on in the handlers the worker serves"
+                 Handlers::on (a jobs! function with Handlers::func) in the handlers the worker serves"
             ),
             JobError::Codec { side, reason } => write!(f, "coding error in the {side}: {reason}"),
             JobError::Cancelled => f.write_str("job was cancelled"),

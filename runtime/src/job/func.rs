@@ -94,7 +94,8 @@ impl<F: JobFn> From<F> for Handlers {
 /// type must be written `Result<O, E>`; the argument and the `Result`'s
 /// types must be serde types (they cross to process workers).
 ///
-/// The function is then called as `name::call(input)`, or through a pool.
+/// The function is then called as `name::call(input)` (no import needed),
+/// or through a pool.
 ///
 /// ```
 /// # extern crate portpool_runtime as portpool;
@@ -112,7 +113,7 @@ impl<F: JobFn> From<F> for Handlers {
 ///     }
 /// }
 ///
-/// use portpool::job::{Handlers, JobFn};
+/// use portpool::job::Handlers;
 /// use portpool::pool::Pool;
 ///
 /// let pool = Pool::builder()
@@ -147,6 +148,14 @@ macro_rules! __job_fn {
         #[derive(Clone, Copy, Debug, Default)]
         $vis struct $name;
 
+        impl $name {
+            /// Calls the function directly (not through a pool).
+            #[allow(dead_code)]
+            $vis fn call($arg: $ty) -> ::core::result::Result<$out, $err> {
+                <$name as $crate::job::JobFn>::call($arg)
+            }
+        }
+
         impl $crate::job::JobFn for $name {
             type Input = $ty;
             type Output = $out;
@@ -161,6 +170,15 @@ macro_rules! __job_fn {
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, Default)]
         $vis struct $name;
+
+        impl $name {
+            /// Calls the function directly (not through a pool), its
+            /// arguments as one tuple.
+            #[allow(dead_code)]
+            $vis fn call(input: ($($ty,)*)) -> ::core::result::Result<$out, $err> {
+                <$name as $crate::job::JobFn>::call(input)
+            }
+        }
 
         impl $crate::job::JobFn for $name {
             type Input = ($($ty,)*);

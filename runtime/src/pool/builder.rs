@@ -111,6 +111,14 @@ impl PoolBuilder {
     /// Ctrl-C reaches only the supervisor) and has 10 s to start: to
     /// connect and announce its routes. One that does not fails the build
     /// (or, for a restart, counts against the restart policy).
+    ///
+    /// Each worker is sent up to 4 jobs at a time
+    /// ([`inflight_per_worker`](Self::inflight_per_worker)), which hides
+    /// the round trip for short jobs; a short job sent behind a long one
+    /// waits for it even while another worker is idle, and a worker that
+    /// dies fails (or, with [`retries`](Self::retries), re-queues) every
+    /// job it held, started or not. Use `inflight_per_worker(1)` when
+    /// jobs are long or their lengths vary widely.
     pub fn processes(mut self, n: usize) -> Self {
         self.kind = Some(Kind::Processes(n));
         self
@@ -276,7 +284,11 @@ impl PoolBuilder {
         self
     }
 
-    /// Jobs in flight per process worker (pipelining). Default: 4.
+    /// Jobs in flight per process worker (pipelining). Default: 4: enough
+    /// to hide the round trip for tiny jobs. A job waits behind those sent
+    /// to its worker before it, even if another worker is free, so for
+    /// long or uneven jobs 1 spreads them best (see
+    /// [`processes`](Self::processes)).
     pub fn inflight_per_worker(mut self, k: usize) -> Self {
         self.inflight = Some(k.max(1));
         self

@@ -93,7 +93,7 @@ impl<J> SubmitError<J> {
 impl<J> fmt::Display for SubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            SubmitError::Closed(_) => f.write_str("the pool is shutting down"),
+            SubmitError::Closed(_) => f.write_str("the pool is shut down (or shutting down)"),
             SubmitError::Failed(_, why) => write!(f, "the pool failed: {why}"),
             SubmitError::Cancelled(_) => f.write_str("the job's cancel token was already cancelled"),
         }
@@ -104,7 +104,7 @@ impl<J> fmt::Display for TrySubmitError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             TrySubmitError::Full(_) => f.write_str("the pool's queue is full"),
-            TrySubmitError::Closed(_) => f.write_str("the pool is shutting down"),
+            TrySubmitError::Closed(_) => f.write_str("the pool is shut down (or shutting down)"),
             TrySubmitError::Failed(_, why) => write!(f, "the pool failed: {why}"),
         }
     }
@@ -114,7 +114,7 @@ impl<J> fmt::Display for SubmitTimeoutError<J> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             SubmitTimeoutError::Timeout(_) => f.write_str("the pool's queue stayed full"),
-            SubmitTimeoutError::Closed(_) => f.write_str("the pool is shutting down"),
+            SubmitTimeoutError::Closed(_) => f.write_str("the pool is shut down (or shutting down)"),
             SubmitTimeoutError::Failed(_, why) => write!(f, "the pool failed: {why}"),
         }
     }

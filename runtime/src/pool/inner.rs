@@ -38,7 +38,7 @@ impl Refusal {
     /// The failure a job gets when the pool does not take it.
     pub(crate) fn failure(&self) -> Failure {
         match self {
-            Refusal::Closed => Failure::Rejected("the pool is shutting down".into()),
+            Refusal::Closed => Failure::Rejected("the pool is shut down (or shutting down)".into()),
             Refusal::Failed(why) => Failure::Rejected(format!("the pool failed: {why}")),
         }
     }
