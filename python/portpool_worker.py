@@ -110,6 +110,11 @@ class Context:
         """True once the job was cancelled or timed out: return soon."""
         return self._cancel
 
+    @property
+    def worker_id(self):
+        """This worker's slot number in its pool (``PORTPOOL_WORKER_ID``)."""
+        return int(os.environ.get("PORTPOOL_WORKER_ID", "0"))
+
     def progress(self, value):
         """Sends ``value`` (anything ``json.dumps`` takes) to the ticket."""
         self._conn.send({"type": "progress", "id": self._id, "data": value})
@@ -182,9 +187,22 @@ def _take_port():
     value = os.environ.pop("PORTPOOL_PORT", None)
     if value is None:
         sys.exit("portpool worker: PORTPOOL_PORT is not set: this program is started by a portpool pool")
+    if value.startswith("stdio:"):
+        # The port is our stdin and stdout (a launcher such as ssh carries
+        # them; a shell that then exec'd us set the variable with its pid,
+        # now ours): keep prints off it.
+        if value != f"stdio:{os.getpid()}":
+            sys.exit("portpool worker: PORTPOOL_PORT was set for another process")
+        read_fd, write_fd = os.dup(0), os.dup(1)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr
+        return _Connection(read_fd, write_fd)
     spec, _, pid = value.rpartition("@")
     kind, _, fds = spec.partition(":")
-    pid = int(pid)
+    try:
+        pid = int(pid)
+    except ValueError:
+        sys.exit(f"portpool worker: PORTPOOL_PORT={value!r} is not a port this worker can take")
     if kind == "socket":
         if pid != os.getppid():
             sys.exit("portpool worker: PORTPOOL_PORT was set for another process")
@@ -194,13 +212,6 @@ def _take_port():
         if pid != os.getppid():
             sys.exit("portpool worker: PORTPOOL_PORT was set for another process")
         read_fd, write_fd = (int(x) for x in fds.split(","))
-        return _Connection(read_fd, write_fd)
-    if kind == "stdio":
-        # The port is our stdin and stdout (a launcher carries them):
-        # keep prints off it.
-        read_fd, write_fd = os.dup(0), os.dup(1)
-        os.dup2(2, 1)
-        sys.stdout = sys.stderr
         return _Connection(read_fd, write_fd)
     sys.exit(f"portpool worker: PORTPOOL_PORT={value!r} is not a port this worker can take")
 

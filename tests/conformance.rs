@@ -351,3 +351,21 @@ fn every_test_the_protocol_document_names_exists() {
     }
     assert!(named >= 16, "only {named} tests named");
 }
+
+// A Python worker started through a launcher takes its port from its
+// stdio (`PORTPOOL_PORT=stdio:<pid>`); a plain prefix launcher needs no
+// daemon (tests/launchers.rs runs the same over ssh and Slurm).
+#[test]
+fn a_python_worker_serves_through_a_launcher() {
+    let pool = Pool::builder()
+        .worker_command(python_worker())
+        .job_codec(Codec::Json)
+        .launch(portpool::launch::Launcher::prefix(["nice", "-n", "1"]), 2)
+        .forward_worker_stderr(false)
+        .build()
+        .unwrap();
+    assert_eq!(pool.submit(Square(11)).unwrap().wait().unwrap(), 121);
+    let sum: u64 = pool.map((0..500).map(Square)).map(Result::unwrap).sum();
+    assert_eq!(sum, (0..500u64).map(|n| n * n).sum::<u64>());
+    finish(pool, &[]);
+}

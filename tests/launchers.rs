@@ -178,6 +178,50 @@ fn jobs_map_and_progress(kind: Kind) {
     procs.assert_gone();
 }
 
+/// A Python worker (python/portpool_worker.py, the JSON job protocol)
+/// through the launcher: its port is the launcher's stdio.
+fn python_worker_through_the_launcher(kind: Kind) {
+    let mut py = Command::new("python3");
+    py.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/conformance_worker.py"
+    ));
+    let pool = Pool::builder()
+        .worker_command(py)
+        .job_codec(portpool::link::Codec::Json)
+        .launch(kind.launcher(), 2)
+        .build()
+        .expect("build");
+    let procs = procs(&pool);
+    assert_eq!(
+        pool.submit(jobs::Square(9))
+            .expect("submit")
+            .wait()
+            .expect("square"),
+        81
+    );
+    let sum: u64 = pool
+        .map((0..300).map(jobs::Square))
+        .map(|r| r.expect("map"))
+        .sum();
+    assert_eq!(sum, (0..300u64).map(|n| n * n).sum::<u64>());
+    let mut t = pool.submit(jobs::Tick(3)).expect("submit");
+    let seen: Vec<u32> = (0..3).filter_map(|_| t.recv_progress::<u32>()).collect();
+    assert_eq!(seen, vec![0, 1, 2]);
+    assert_eq!(t.wait().expect("tick"), 3);
+    match pool
+        .submit(jobs::Greet { name: String::new() })
+        .expect("submit")
+        .wait()
+    {
+        Err(JobError::Handler(jobs::GreetError::EmptyName)) => {}
+        other => panic!("{other:?}"),
+    }
+    let report = pool.shutdown(Shutdown::graceful(BOUND));
+    assert_eq!(report.workers_killed, 0, "{report}");
+    procs.assert_gone();
+}
+
 fn cancel_and_timeout(kind: Kind) {
     let pool = builder(kind, 1).inflight_per_worker(1).build().expect("build");
     let procs = procs(&pool);
@@ -483,7 +527,12 @@ fn cases() -> Vec<Case> {
     type Body = fn(Kind);
     let all = [Kind::Ssh, Kind::Srun, Kind::Mixed];
     let remote = [Kind::Ssh, Kind::Srun];
-    let per_kind: [(&str, Body, &[Kind]); 6] = [
+    let per_kind: [(&str, Body, &[Kind]); 7] = [
+        (
+            "python_worker_through_the_launcher",
+            python_worker_through_the_launcher,
+            &remote,
+        ),
         ("jobs_map_and_progress", jobs_map_and_progress, &all),
         ("cancel_and_timeout", cancel_and_timeout, &all),
         ("graceful_shutdown", graceful_shutdown, &all),

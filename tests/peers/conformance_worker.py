@@ -66,6 +66,11 @@ def chaos(job, ctx):
     return out
 
 
+@route("who-am-i")
+def who_am_i(_, ctx):
+    return [ctx.worker_id, os.getpid()]
+
+
 @route("touch-then-wait")
 def touch_then_wait(job, ctx):
     with open(job["touch"], "w") as f:
