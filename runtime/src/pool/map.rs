@@ -421,7 +421,13 @@ impl<J: Job, I: Iterator<Item = J>> Unpin for Map<'_, J, I> {}
 impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
     type Item = JobResult<J>;
 
+    #[inline]
     fn next(&mut self) -> Option<JobResult<J>> {
+        // The common case, kept out of `advance` (a call per tiny job
+        // showed in pool_thread_tiny_jobs).
+        if let Some(r) = self.ready.pop_front() {
+            return Some(r);
+        }
         match self.advance(true) {
             std::task::Poll::Ready(r) => r,
             std::task::Poll::Pending => None, // not when blocking
