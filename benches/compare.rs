@@ -1089,39 +1089,11 @@ fn bandwidth(reps: usize, count: usize) {
     report("port_bandwidth_1MiB", median(ours), median(base), "GB/s");
 }
 
-/// The Python side of `pool_process_map_tiny`: `multiprocessing.Pool(2).map`
-/// over `n` tiny jobs with chunksize 12,500; prints jobs/s.
-const PYTHON_MAP: &str = r#"
-import multiprocessing, sys, time
-def tiny(x):
-    return x * 2 + 1
-if __name__ == "__main__":
-    n = int(sys.argv[1])
-    with multiprocessing.Pool(2) as pool:
-        pool.map(tiny, range(1000), chunksize=100)  # start the workers
-        t = time.perf_counter()
-        out = pool.map(tiny, range(n), chunksize=12500)
-        d = time.perf_counter() - t
-    assert len(out) == n
-    print(n / d)
-"#;
-
 /// jobs/s for `n` tiny jobs through `map` over 2 process workers, beside
 /// Python's `multiprocessing.Pool(2).map` with chunksize 12,500, run
 /// through `python3` in the same run (alternating).
 fn process_map_tiny(reps: usize, n: u64) {
-    let run_python = || -> Option<f64> {
-        let out = Command::new("python3")
-            .arg("-c")
-            .arg(PYTHON_MAP)
-            .arg(n.to_string())
-            .output()
-            .ok()?;
-        if !out.status.success() {
-            return None;
-        }
-        String::from_utf8_lossy(&out.stdout).trim().parse().ok()
-    };
+    let run_python = || python::multiprocessing("map", n);
     let pool = Pool::builder().processes(2).build().expect("pool");
     // Warm up: the map's chunk size adapts within its first few chunks.
     for r in pool.map((0..10_000).map(Tiny)) {

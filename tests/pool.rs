@@ -5,13 +5,16 @@
 mod common;
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
+#[path = "common/pools.rs"]
+mod pools;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
 
 use common::{BOUND, GatePath, assert_pid_gone, both};
 use jobs::*;
-use portpool::pool::{PoolBuilder, TrySubmitError};
+use pools::{Backend, builder};
+use portpool::pool::TrySubmitError;
 use portpool::{Job, JobError, Pool, Shutdown};
 use serde::{Deserialize, Serialize};
 
@@ -20,26 +23,6 @@ fn many() -> u64 {
         1_000
     } else {
         100_000
-    }
-}
-
-#[derive(Clone, Copy, Debug)]
-enum Backend {
-    Threads,
-    Processes,
-}
-
-fn builder(backend: Backend, n: usize) -> PoolBuilder {
-    match backend {
-        Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
-        Backend::Processes => {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
-            cmd.arg("pool-worker");
-            Pool::builder()
-                .processes(n)
-                .worker_command(cmd)
-                .forward_worker_stderr(false)
-        }
     }
 }
 

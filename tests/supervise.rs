@@ -6,6 +6,8 @@
 mod common;
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
+#[path = "common/pools.rs"]
+mod pools;
 
 use std::collections::BTreeSet;
 use std::process::{Command, Stdio};
@@ -15,16 +17,11 @@ use std::time::Duration;
 use common::{BOUND, GatePath, assert_pid_gone, both};
 use crossbeam_channel::Receiver;
 use jobs::*;
+use pools::Backend;
 use portpool::job::TimeoutPhase;
 use portpool::pool::{JobOptions, PoolBuilder, SubmitError};
 use portpool::supervisor::PoolEvent;
 use portpool::{JobError, Pool, RestartPolicy, Runtime, Shutdown};
-
-#[derive(Clone, Copy, Debug, PartialEq)]
-enum Backend {
-    Threads,
-    Processes,
-}
 
 /// Everything a pool reported, and a way to wait for one event.
 struct Events {
@@ -63,17 +60,7 @@ impl Events {
 }
 
 fn builder(backend: Backend, n: usize) -> (PoolBuilder, Events) {
-    let b = match backend {
-        Backend::Threads => Pool::builder().threads(n).handlers(jobs::handlers()),
-        Backend::Processes => {
-            let mut cmd = Command::new(env!("CARGO_BIN_EXE_portpool-fixture"));
-            cmd.arg("pool-worker");
-            Pool::builder()
-                .processes(n)
-                .worker_command(cmd)
-                .forward_worker_stderr(false)
-        }
-    };
+    let b = pools::builder(backend, n);
     let (tx, rx) = crossbeam_channel::unbounded();
     let seen = Arc::new(Mutex::new(Vec::new()));
     let seen2 = seen.clone();

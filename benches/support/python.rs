@@ -33,7 +33,9 @@ if __name__ == "__main__":
     print(d / n * 1e6 if what == "roundtrip" else n / d)
 "#;
 
-fn multiprocessing(what: &str, n: u64) -> Option<f64> {
+/// What `multiprocessing.Pool(2)` measured (`what`: "roundtrip" or
+/// "map"), run through `python3`; `None` without Python.
+pub(crate) fn multiprocessing(what: &str, n: u64) -> Option<f64> {
     let out = Command::new("python3")
         .arg("-c")
         .arg(MULTIPROCESSING)

@@ -1,6 +1,7 @@
 //! The two backends every pool test body runs against, and the check
 //! that a pool's worker processes are gone after it. A test file that
 //! uses this declares `mod jobs` (the fixture's job types) too.
+#![allow(dead_code)] // each test binary uses its own subset
 
 use std::process::Command;
 

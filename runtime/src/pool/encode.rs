@@ -175,17 +175,22 @@ fn encode_job_failure<J: Job>(job: &J, failed: Result<postcard::Error, Box<dyn A
     }
 }
 
+/// The task's job value as a `J`.
+fn job_of<J: Job>(job: &(dyn Any + Send)) -> Result<&J, SendFail> {
+    job.downcast_ref::<J>().ok_or_else(|| {
+        SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            "job value does not match its route".into(),
+        ))
+    })
+}
+
 pub(crate) fn send_job<J: Job>(
     tx: &IpcSender,
     head: &crate::proto::ToWorker<'_>,
     job: &(dyn Any + Send),
 ) -> Result<(), SendFail> {
-    let Some(job) = job.downcast_ref::<J>() else {
-        return Err(SendFail::Job(Failure::Codec(
-            crate::job::Side::Supervisor,
-            "job value does not match its route".into(),
-        )));
-    };
+    let job = job_of::<J>(job)?;
     let mut failed = None;
     let res = tx.feed_with(std::any::type_name::<J>(), |buf| {
         crate::port::encode_into(head, buf)?;
@@ -208,12 +213,7 @@ pub(crate) fn send_job_json<J: Job>(
     head: &crate::proto::ToWorker<'_>,
     job: &(dyn Any + Send),
 ) -> Result<(), SendFail> {
-    let Some(job) = job.downcast_ref::<J>() else {
-        return Err(SendFail::Job(Failure::Codec(
-            crate::job::Side::Supervisor,
-            "job value does not match its route".into(),
-        )));
-    };
+    let job = job_of::<J>(job)?;
     let bytes = encode_json(job).map_err(SendFail::Job)?;
     send_encoded(tx, head, &bytes, true)
 }
