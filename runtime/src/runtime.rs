@@ -249,6 +249,15 @@ impl Runtime {
     /// stderr saying what happens, so a program that finishes its jobs does
     /// not look hung. Signal handlers are process-wide: call this from a
     /// program's `main`, once.
+    ///
+    /// The first signal lets queued jobs run too (a graceful shutdown);
+    /// jobs submitted after it are refused, so a `map` still being
+    /// consumed yields `Rejected` for the rest. `run` returns a
+    /// [`RunExit`] whose [`code`](RunExit::code) (130 after SIGINT, 143
+    /// after SIGTERM) is the exit status a shell expects. A program that
+    /// only waits on its tickets exits 0 as if not interrupted: end it
+    /// with `std::process::exit(rt.run().code())` (which returns at once
+    /// once its pools have shut down) to report the signal.
     pub fn handle_signals(&self) -> io::Result<()> {
         let mut slot = lock(&self.inner.signals);
         if slot.is_some() {

@@ -12,12 +12,17 @@ pub struct Stats {
     pub queued: usize,
     /// Jobs a worker has taken and not finished.
     pub running: usize,
-    /// Jobs finished with their output (or the handler's own error).
+    /// Jobs finished with their output (or the handler's own error). A
+    /// process worker's result counts here when it arrives: one the
+    /// supervisor then cannot decode as the job's type still counts as
+    /// done, while its ticket reports `JobError::Codec`.
     pub done: u64,
     /// Jobs that failed otherwise (panic, worker exit, coding, timeout,
-    /// cancelled).
+    /// cancelled). Jobs refused at submit are not counted.
     pub failed: u64,
-    /// Of `failed`, the jobs that were cancelled.
+    /// Of `failed`, the jobs that were cancelled. A queued job counts when
+    /// its turn comes (it is dropped then), a running one when its worker
+    /// answers or is replaced; its ticket says `Cancelled` at once.
     pub cancelled: u64,
     /// The same, per worker.
     pub workers: Vec<WorkerStats>,
