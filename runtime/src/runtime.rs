@@ -255,9 +255,10 @@ impl Runtime {
     /// consumed yields `Rejected` for the rest. `run` returns a
     /// [`RunExit`] whose [`code`](RunExit::code) (130 after SIGINT, 143
     /// after SIGTERM) is the exit status a shell expects. A program that
-    /// only waits on its tickets exits 0 as if not interrupted: end it
-    /// with `std::process::exit(rt.run().code())` (which returns at once
-    /// once its pools have shut down) to report the signal.
+    /// only waits on its tickets exits 0 as if not interrupted: to report
+    /// the signal, drop (or shut down) its pools, then end with
+    /// `std::process::exit(rt.run().code())` (with no pool left, `run`
+    /// returns at once).
     pub fn handle_signals(&self) -> io::Result<()> {
         let mut slot = lock(&self.inner.signals);
         if slot.is_some() {
