@@ -1,8 +1,10 @@
 //! The job protocol's conformance suite (docs/protocol.md, section 7):
 //! every scenario runs against the Rust worker (the fixture binary,
-//! postcard) and against the Python worker (python/portpool_worker.py
-//! serving tests/peers/conformance_worker.py, JSON). Each test names the
-//! rule it checks. Every worker process is asserted gone afterwards.
+//! postcard), the Python worker (python/portpool_worker.py serving
+//! tests/peers/conformance_worker.py, JSON) and the Node.js worker
+//! (node/portpool_worker.js serving tests/peers/conformance_worker.js,
+//! JSON). Each test names the rule it checks. Every worker process is
+//! asserted gone afterwards.
 
 mod common;
 #[path = "../fixtures/jobs.rs"]
@@ -21,6 +23,7 @@ use portpool::{JobError, Pool, Shutdown};
 enum Worker {
     Rust,
     Python,
+    Node,
 }
 
 fn python_worker() -> Command {
@@ -28,6 +31,15 @@ fn python_worker() -> Command {
     c.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/peers/conformance_worker.py"
+    ));
+    c
+}
+
+fn node_worker() -> Command {
+    let mut c = Command::new("node");
+    c.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/conformance_worker.js"
     ));
     c
 }
@@ -43,6 +55,7 @@ fn builder(w: Worker, n: usize) -> PoolBuilder {
     match w {
         Worker::Rust => b.worker_command(rust_worker()),
         Worker::Python => b.worker_command(python_worker()).job_codec(Codec::Json),
+        Worker::Node => b.worker_command(node_worker()).job_codec(Codec::Json),
     }
 }
 
@@ -60,7 +73,7 @@ fn finish(pool: Pool, earlier: &[u32]) {
     }
 }
 
-/// One body, run as `<name>::rust` and `<name>::python`.
+/// One body, run as `<name>::rust`, `<name>::python` and `<name>::node`.
 macro_rules! conform {
     ($name:ident, |$w:ident| $body:block) => {
         mod $name {
@@ -73,6 +86,10 @@ macro_rules! conform {
             #[test]
             fn python() {
                 body(Worker::Python)
+            }
+            #[test]
+            fn node() {
+                body(Worker::Node)
             }
         }
     };
@@ -270,13 +287,29 @@ fn a_codec_mismatch_fails_the_build_naming_both_codecs() {
         python_as_postcard.contains("postcard") && python_as_postcard.contains("JSON"),
         "{python_as_postcard}"
     );
+    let node_as_postcard = Pool::builder()
+        .processes(1)
+        .worker_command(node_worker())
+        .forward_worker_stderr(false)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        node_as_postcard.contains("postcard") && node_as_postcard.contains("JSON"),
+        "{node_as_postcard}"
+    );
 }
 
 // Rule 10: a frame that is not the protocol ends that worker as one that
 // broke its protocol; its job fails saying so; a replacement serves.
 #[test]
 fn a_malformed_frame_ends_the_worker_that_sent_it() {
-    let pool = builder(Worker::Python, 1).build().unwrap();
+    malformed_frame(Worker::Python);
+    malformed_frame(Worker::Node);
+}
+
+fn malformed_frame(w: Worker) {
+    let pool = builder(w, 1).build().unwrap();
     let before = pids(&pool);
     match pool.submit(Garbage).unwrap().wait() {
         Err(JobError::WorkerExited { status, .. }) => {
@@ -356,9 +389,15 @@ fn every_test_the_protocol_document_names_exists() {
 // stdio (`PORTPOOL_PORT=stdio:<pid>`); a plain prefix launcher needs no
 // daemon (tests/launchers.rs runs the same over ssh and Slurm).
 #[test]
-fn a_python_worker_serves_through_a_launcher() {
+fn a_python_or_node_worker_serves_through_a_launcher() {
+    for worker in [python_worker(), node_worker()] {
+        through_a_launcher(worker);
+    }
+}
+
+fn through_a_launcher(worker: Command) {
     let pool = Pool::builder()
-        .worker_command(python_worker())
+        .worker_command(worker)
         .job_codec(Codec::Json)
         .launch(portpool::launch::Launcher::prefix(["nice", "-n", "1"]), 2)
         .forward_worker_stderr(false)

@@ -178,16 +178,27 @@ fn jobs_map_and_progress(kind: Kind) {
     procs.assert_gone();
 }
 
-/// A Python worker (python/portpool_worker.py, the JSON job protocol)
-/// through the launcher: its port is the launcher's stdio.
-fn python_worker_through_the_launcher(kind: Kind) {
+/// Python and Node.js workers (python/portpool_worker.py and
+/// node/portpool_worker.js, the JSON job protocol) through the launcher:
+/// their port is the launcher's stdio.
+fn json_workers_through_the_launcher(kind: Kind) {
     let mut py = Command::new("python3");
     py.arg(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/peers/conformance_worker.py"
     ));
+    let mut node = Command::new("node");
+    node.arg(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/peers/conformance_worker.js"
+    ));
+    json_worker_through(kind, py);
+    json_worker_through(kind, node);
+}
+
+fn json_worker_through(kind: Kind, worker: Command) {
     let pool = Pool::builder()
-        .worker_command(py)
+        .worker_command(worker)
         .job_codec(portpool::link::Codec::Json)
         .launch(kind.launcher(), 2)
         .build()
@@ -529,8 +540,8 @@ fn cases() -> Vec<Case> {
     let remote = [Kind::Ssh, Kind::Srun];
     let per_kind: [(&str, Body, &[Kind]); 7] = [
         (
-            "python_worker_through_the_launcher",
-            python_worker_through_the_launcher,
+            "json_workers_through_the_launcher",
+            json_workers_through_the_launcher,
             &remote,
         ),
         ("jobs_map_and_progress", jobs_map_and_progress, &all),
