@@ -55,25 +55,6 @@ enum Kind {
 
 pub(crate) use crate::stderr::FORGOT_SERVE_IF_WORKER;
 
-/// Whether this process was started as a pool's worker and has not begun
-/// serving: building a pool here would run the supervisor's program in
-/// every worker, each starting workers of its own.
-fn unserved_worker() -> bool {
-    std::env::var_os(WORKER_ID_ENV).is_some() && crate::port::Port::in_env() && !crate::port::env_port_taken()
-}
-
-/// Whether `command` runs this very executable (the fork bomb's shape: a
-/// worker that builds a pool of itself). A thread pool, or a pool of
-/// another program, built before serving is legitimate.
-fn runs_this_executable(command: Option<&Command>) -> bool {
-    let Some(c) = command else {
-        return true; // the default: this executable, re-run
-    };
-    let here = std::env::current_exe().and_then(std::fs::canonicalize);
-    let there = std::fs::canonicalize(c.get_program());
-    matches!((here, there), (Ok(a), Ok(b)) if a == b)
-}
-
 /// How many jobs a worker started through a launcher holds at once by
 /// default: enough to cover a network round trip (about 0.1 ms over ssh
 /// here) with tiny jobs.
@@ -449,8 +430,8 @@ impl PoolBuilder {
             }
         }
         if matches!(self.kind, Some(Kind::Processes(_)))
-            && runs_this_executable(self.command.as_ref())
-            && unserved_worker()
+            && super::guard::runs_this_executable(self.command.as_ref())
+            && super::guard::unserved_worker()
         {
             let msg = format!(
                 "{FORGOT_SERVE_IF_WORKER}; call it before anything else, so that a worker serves jobs \

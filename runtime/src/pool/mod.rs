@@ -19,6 +19,7 @@ mod cancel;
 mod encode;
 mod errors;
 mod func;
+mod guard;
 mod inner;
 mod map;
 mod metrics;
@@ -28,6 +29,8 @@ mod ranked;
 mod scale;
 mod state;
 mod stats;
+#[cfg(feature = "futures")]
+mod stream;
 mod threads;
 mod ticket;
 
@@ -51,10 +54,10 @@ use crate::supervisor::{PoolEvent, RestartPolicy, Shutdown, ShutdownMode, Shutdo
 pub use crate::serve::serve;
 pub use func::FnInputs;
 pub use map::Map;
-#[cfg(feature = "futures")]
-pub use map::MapStream;
 pub use metrics::{Quantiles, RouteStats};
 pub use processes::{WORKER_ID_ENV, WORKER_LINK_ENV};
+#[cfg(feature = "futures")]
+pub use stream::MapStream;
 pub use ticket::{JobResult, Ticket, TicketFuture};
 
 pub(crate) use crate::util::lock;
