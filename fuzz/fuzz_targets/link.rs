@@ -22,7 +22,9 @@ fuzz_target!(|data: &[u8]| {
     let Ok((mut raw, ours)) = UnixStream::pair() else {
         return;
     };
-    let mut bytes = Hello::ours(Role::Peer).encode().to_vec();
+    let codec = if mode & 1 == 0 { Codec::Postcard } else { Codec::Json };
+    // Both hellos announce the codec (a mismatch would end the handshake).
+    let mut bytes = Hello::with_codec(Role::Peer, codec).encode().to_vec();
     // The rest, as frames: a kind byte (any value), a length byte, then
     // that many payload bytes; with mode bit 2 set, as raw bytes instead.
     if mode & 4 == 0 {
@@ -44,12 +46,12 @@ fuzz_target!(|data: &[u8]| {
     let opts = ConnectOptions {
         timeout: Duration::from_secs(5),
         max_frame_len: 1 << 16,
+        codec,
         ..ConnectOptions::default()
     };
     let Ok(ipc) = port.connect_with(opts) else {
         return;
     };
-    let codec = if mode & 1 == 0 { Codec::Postcard } else { Codec::Json };
     let link = Link::with_codec(ipc, codec);
     let wait = Duration::from_millis(2);
     for _ in 0..32 {

@@ -46,3 +46,14 @@ pub mod transport;
 mod util;
 
 pub use sys::{set_parent_death_kill, set_parent_death_signal};
+
+/// Entry points for the fuzz targets (`fuzz/`): decoders a peer can reach
+/// that are not public otherwise. Not part of the API.
+#[doc(hidden)]
+pub mod fuzzing {
+    /// Decodes one frame from a JSON pool worker as the supervisor does;
+    /// `Err` says what is wrong with it.
+    pub fn decode_json_worker_frame(frame: &[u8]) -> Result<(), String> {
+        crate::proto::json::decode(frame).map(drop)
+    }
+}

@@ -286,6 +286,77 @@ mod tests {
         );
     }
 
+    /// Seeded random frames, made by mutating valid ones (a byte changed,
+    /// dropped, or a field's value swapped for another JSON value), never
+    /// panic the decoder: each decodes or says why not.
+    #[test]
+    fn mutated_worker_frames_decode_or_fail_but_never_panic() {
+        let valid: [&[u8]; 7] = [
+            br#"{"type":"routes","jobs_version":2,"routes":["a","b"]}"#,
+            br#"{"type":"progress","id":1,"data":{"x":[1,2]}}"#,
+            br#"{"type":"done","id":2,"ok":{"n":1}}"#,
+            br#"{"type":"done","id":3,"panic":"boom"}"#,
+            br#"{"type":"done_batch","id":4,"nanos":9,"ok":[1,2,3]}"#,
+            br#"{"type":"done_batch","id":5,"nanos":9,"results":[{"ok":1},{"error":"e"},{"cancelled":true}]}"#,
+            br#"{"type":"done","id":6,"failed":"no"}"#,
+        ];
+        let swaps: [&[u8]; 9] = [
+            b"null",
+            b"-1",
+            b"1.5",
+            b"\"s\"",
+            b"[]",
+            b"{}",
+            b"true",
+            b"18446744073709551616",
+            b"[{\"ok\":1,\"error\":2}]",
+        ];
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            (seed % n as u64) as usize
+        };
+        let (mut decoded, mut refused) = (0, 0);
+        for _ in 0..20_000 {
+            let mut f = valid[next(valid.len())].to_vec();
+            for _ in 0..1 + next(3) {
+                match next(3) {
+                    0 if !f.is_empty() => {
+                        let i = next(f.len());
+                        f[i] = next(256) as u8;
+                    }
+                    1 if !f.is_empty() => {
+                        f.remove(next(f.len()));
+                    }
+                    _ => {
+                        // Replace what follows a ':' up to the next ',' or '}'.
+                        let colons: Vec<usize> = (0..f.len()).filter(|&i| f[i] == b':').collect();
+                        if let Some(&at) = colons.get(next(colons.len().max(1))) {
+                            let end = (at + 1..f.len())
+                                .find(|&i| f[i] == b',' || f[i] == b'}')
+                                .unwrap_or(f.len());
+                            f.splice(at + 1..end, swaps[next(swaps.len())].iter().copied());
+                        }
+                    }
+                }
+            }
+            match decode(&f) {
+                Ok(_) => decoded += 1,
+                Err(why) => {
+                    assert!(!why.is_empty());
+                    refused += 1;
+                }
+            }
+        }
+        // Both outcomes were reached: the mutations stay near the protocol.
+        assert!(
+            decoded > 100 && refused > 100,
+            "{decoded} decoded, {refused} refused"
+        );
+    }
+
     #[test]
     fn results_decode_and_bad_frames_say_what_is_wrong() {
         let done = decode(br#"{"type":"done","id":3,"ok":{"n":1}}"#).unwrap();
