@@ -17,7 +17,7 @@ use common::{BOUND, GatePath, assert_pid_gone, wait_until};
 use jobs::*;
 use portpool::link::Codec;
 use portpool::pool::{JobOptions, PoolBuilder};
-use portpool::{JobError, Pool, Shutdown};
+use portpool::{JobError, Pool, Runtime, Shutdown};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Worker {
@@ -212,6 +212,20 @@ conform!(cancelling_a_job_queued_behind_another_kills_nothing, |w| {
     first.wait().unwrap();
     assert_eq!(pids(&pool), before, "the worker was killed");
     assert_eq!(pool.stats().workers[0].restarts, 0);
+    finish(pool, &[]);
+});
+
+// Rule 12 (suspend and resume): the runtime's suspend reaches each
+// worker's hooks, nothing runs while suspended, and resume carries on.
+conform!(suspend_and_resume_reach_the_workers_hooks, |w| {
+    let rt = Runtime::new();
+    let pool = builder(w, 1).runtime(&rt).build().unwrap();
+    rt.suspend();
+    let t = pool.submit(Square(3)).unwrap();
+    let t = t.try_wait().expect_err("nothing runs while suspended");
+    rt.resume();
+    assert_eq!(t.wait().unwrap(), 9);
+    assert_eq!(pool.submit(HookCounts).unwrap().wait().unwrap(), (1, 1));
     finish(pool, &[]);
 });
 

@@ -4,7 +4,14 @@
 
 const fs = require("fs");
 const path = require("path");
-const { JobError, route, serve } = require(path.join(__dirname, "..", "..", "node", "portpool_worker.js"));
+const { JobError, onResume, onSuspend, route, serve } = require(
+  path.join(__dirname, "..", "..", "node", "portpool_worker.js"),
+);
+
+const hooks = [0, 0]; // suspends, resumes
+onSuspend(() => hooks[0]++);
+onResume(() => hooks[1]++);
+route("hook-counts", () => hooks);
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 

@@ -8,7 +8,24 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "python"))
 
-from portpool_worker import JobError, route, serve  # noqa: E402
+from portpool_worker import JobError, on_resume, on_suspend, route, serve  # noqa: E402
+
+hooks = [0, 0]  # suspends, resumes
+
+
+@on_suspend
+def suspended():
+    hooks[0] += 1
+
+
+@on_resume
+def resumed():
+    hooks[1] += 1
+
+
+@route("hook-counts")
+def hook_counts(_, ctx):
+    return hooks
 
 
 @route("square")
