@@ -59,10 +59,19 @@ pub enum JobError<E> {
     },
 }
 
-impl<E: fmt::Debug> fmt::Display for JobError<E> {
+impl<E: fmt::Debug + 'static> fmt::Display for JobError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
-            JobError::Handler(e) => write!(f, "job failed: {e:?}"),
+            JobError::Handler(e) => {
+                // A string error (the common case) reads as itself, not
+                // quoted and escaped as its Debug would.
+                let any: &dyn std::any::Any = e;
+                match (any.downcast_ref::<String>(), any.downcast_ref::<&'static str>()) {
+                    (Some(s), _) => write!(f, "job failed: {s}"),
+                    (_, Some(s)) => write!(f, "job failed: {s}"),
+                    _ => write!(f, "job failed: {e:?}"),
+                }
+            }
             JobError::Panicked { message } => write!(f, "job panicked: {message}"),
             JobError::WorkerExited {
                 worker,
@@ -99,13 +108,13 @@ impl<E: fmt::Debug> fmt::Display for JobError<E> {
     }
 }
 
-impl<E: fmt::Debug> fmt::Debug for JobError<E> {
+impl<E: fmt::Debug + 'static> fmt::Debug for JobError<E> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         fmt::Display::fmt(self, f)
     }
 }
 
-impl<E: fmt::Debug> std::error::Error for JobError<E> {}
+impl<E: fmt::Debug + 'static> std::error::Error for JobError<E> {}
 
 impl Failure {
     pub(crate) fn into_job_error<E>(self) -> JobError<E> {
@@ -128,5 +137,31 @@ impl Failure {
             Failure::Cancelled => JobError::Cancelled,
             Failure::Rejected(reason) => JobError::Rejected { reason },
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    enum DiskError {
+        Full { free: u64 },
+    }
+
+    #[test]
+    fn a_string_error_reads_as_itself_and_others_as_their_debug() {
+        assert_eq!(
+            JobError::<String>::Handler("/x: No such file".into()).to_string(),
+            "job failed: /x: No such file"
+        );
+        assert_eq!(
+            JobError::<&'static str>::Handler("full").to_string(),
+            "job failed: full"
+        );
+        assert_eq!(
+            JobError::Handler(DiskError::Full { free: 0 }).to_string(),
+            "job failed: Full { free: 0 }"
+        );
     }
 }
