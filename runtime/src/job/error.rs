@@ -145,6 +145,7 @@ mod tests {
     use super::*;
 
     #[derive(Debug)]
+    #[allow(dead_code)] // read through Debug only
     enum DiskError {
         Full { free: u64 },
     }
