@@ -12,6 +12,10 @@
 //!   lowers `waiting`, then looks at the queue (both SeqCst). Either the
 //!   worker sees the job and stays, or the submitter sees too few waiting
 //!   workers and grows.
+//! - a job queued just as a waiting thread worker takes another: the
+//!   worker still counts as waiting, so the submitter does not grow for
+//!   it. The worker, having lowered `waiting`, compares the queue with
+//!   `waiting` itself (the same check as a submitter's) and grows.
 //! - a job dispatched just as a process worker is chosen to shrink: the
 //!   worker is retired like a recycled one (`Worker::retiring`), so a job
 //!   already in flight is answered before it is told to stop, and one

@@ -24,6 +24,9 @@ pub(crate) struct WorkerCounters {
     pub(crate) running: AtomicUsize,
     /// Nanoseconds spent running jobs (pools that keep metrics).
     pub(crate) busy_ns: AtomicU64,
+    /// When this worker last answered, on the pool's clock (pools that
+    /// keep metrics): a job sent behind others starts running no earlier.
+    pub(crate) last_answer: AtomicU64,
 }
 
 impl WorkerCounters {
@@ -318,7 +321,14 @@ impl Core {
         if started == 0 {
             return;
         }
-        let ran = Duration::from_nanos(self.clock().saturating_sub(started));
+        let now = self.clock();
+        // A process worker holds several jobs but runs them one at a time:
+        // one sent behind another ran from that one's answer on, not from
+        // its own dispatch (else busy time would count waits twice and
+        // exceed the pool's age). Answers of one worker are read by one
+        // thread at a time. (Relaxed: statistics only.)
+        let previous = self.counters[w].last_answer.swap(now, Ordering::Relaxed);
+        let ran = Duration::from_nanos(now.saturating_sub(started.max(previous)));
         // Relaxed: statistics only.
         self.counters[w].busy_ns.fetch_add(
             u64::try_from(ran.as_nanos()).unwrap_or(u64::MAX),

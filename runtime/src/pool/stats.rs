@@ -82,7 +82,8 @@ pub struct WorkerStats {
     /// Jobs it holds now.
     pub running: usize,
     /// Time it spent running jobs (with [`PoolBuilder::metrics`](super::PoolBuilder::metrics);
-    /// a process worker's includes the trips to it and back).
+    /// a process worker's includes the trips to it and back, and a job it
+    /// holds behind another counts from that one's answer).
     pub busy: Duration,
     /// Whether the slot has a worker (up, starting or restarting): `false`
     /// only on a scaling pool ([`PoolBuilder::min_workers`](super::PoolBuilder::min_workers)),

@@ -272,11 +272,26 @@ impl Threads {
                     },
                 },
             };
-            core.wait_while_suspended();
             let jobs = task.jobs();
+            // Counted as running from the moment it left the queue, so
+            // `wait_idle` never sees an empty queue and nothing running
+            // while a taken job is yet to run (it once did, across the
+            // suspend wait and the bookkeeping below). Relaxed: statistics
+            // and a hint re-checked under the idle lock.
+            counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+            // Acquire: pairs with the Release store of a suspend. A job
+            // held while the pool is suspended is not running (stats say
+            // so); it counts again once the pool resumes.
+            if core.suspended.load(Ordering::Acquire) {
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                core.wait_while_suspended();
+                counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+            }
             if task.state.is_settled() {
                 // Cancelled or past its queue deadline while queued.
                 core.count_settled_elsewhere(&task.state, jobs);
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                core.idle.notify();
                 continue;
             }
             task.state.mark_dispatched();
@@ -303,8 +318,6 @@ impl Threads {
                 }
             }
             // Phase 2: run it.
-            // Relaxed: statistics only.
-            counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
             let cancel = CancelSource::Flag(task.state.clone());
             // A thread pool's tasks always hold their values.
             let job = match task.job {
@@ -442,7 +455,14 @@ impl Threads {
             let got = Self::next_task(slot, core, crate::util::deadline(scale.idle_timeout));
             scale.waiting.fetch_sub(1, Ordering::SeqCst);
             match got {
-                Taken::Task(t) => return Some(t),
+                Taken::Task(t) => {
+                    // A submitter that queued while this worker had taken
+                    // its job but still counted as waiting did not grow the
+                    // pool for its own job: look again now that it does not
+                    // (SeqCst on both sides, module `scale`).
+                    self.grow();
+                    return Some(t);
+                }
                 Taken::Stop => return None,
                 Taken::Nothing => {}
             }
