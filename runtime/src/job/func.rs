@@ -142,51 +142,36 @@ macro_rules! jobs {
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __job_fn {
+    // One argument: the input is its type.
     ([$($meta:tt)*] $vis:vis $name:ident ( $arg:ident : $ty:ty $(,)? ) $out:ty, $err:ty, $body:block) => {
-        $($meta)*
-        #[allow(non_camel_case_types)]
-        #[derive(Clone, Copy, Debug, Default)]
-        $vis struct $name;
-
-        impl $name {
-            /// Calls the function directly (not through a pool).
-            #[allow(dead_code)]
-            $vis fn call($arg: $ty) -> ::core::result::Result<$out, $err> {
-                <$name as $crate::job::JobFn>::call($arg)
-            }
-        }
-
-        impl $crate::job::JobFn for $name {
-            type Input = $ty;
-            type Output = $out;
-            type Error = $err;
-            const NAME: &'static str = stringify!($name);
-
-            fn call($arg: $ty) -> ::core::result::Result<$out, $err> $body
-        }
+        $crate::__job_fn! { @item [$($meta)*] $vis $name ($ty) ($arg) $out, $err, $body }
     };
+    // Several: the input is their tuple, taken apart in the call.
     ([$($meta:tt)*] $vis:vis $name:ident ( $($arg:ident : $ty:ty),* $(,)? ) $out:ty, $err:ty, $body:block) => {
+        $crate::__job_fn! { @item [$($meta)*] $vis $name (($($ty,)*)) (($($arg,)*)) $out, $err, $body }
+    };
+    (@item [$($meta:tt)*] $vis:vis $name:ident ($input:ty) ($pat:pat) $out:ty, $err:ty, $body:block) => {
         $($meta)*
         #[allow(non_camel_case_types)]
         #[derive(Clone, Copy, Debug, Default)]
         $vis struct $name;
 
         impl $name {
-            /// Calls the function directly (not through a pool), its
-            /// arguments as one tuple.
+            /// Calls the function directly (not through a pool); several
+            /// arguments are one tuple.
             #[allow(dead_code)]
-            $vis fn call(input: ($($ty,)*)) -> ::core::result::Result<$out, $err> {
+            $vis fn call(input: $input) -> ::core::result::Result<$out, $err> {
                 <$name as $crate::job::JobFn>::call(input)
             }
         }
 
         impl $crate::job::JobFn for $name {
-            type Input = ($($ty,)*);
+            type Input = $input;
             type Output = $out;
             type Error = $err;
             const NAME: &'static str = stringify!($name);
 
-            fn call(($($arg,)*): ($($ty,)*)) -> ::core::result::Result<$out, $err> $body
+            fn call($pat: $input) -> ::core::result::Result<$out, $err> $body
         }
     };
 }

@@ -61,6 +61,13 @@ impl RouteInfo {
         }
     }
 
+    /// Whether `self` (a worker's announcement) disagrees with `mine` on
+    /// the route's types. A worker in another language announces none,
+    /// and so never disagrees.
+    pub(crate) fn types_differ(&self, mine: &RouteInfo) -> bool {
+        self.fingerprint != 0 && self.fingerprint != mine.fingerprint
+    }
+
     pub(crate) fn of<J: Job>() -> RouteInfo {
         use std::any::type_name;
         let types = format!(

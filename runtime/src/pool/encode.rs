@@ -238,7 +238,26 @@ pub(crate) fn send_encoded(
     .map_err(send_failure)
 }
 
-/// Encodes a job as JSON for a worker in another language, at submit.
+/// Checks, at submit, that `job` encodes as JSON and fits in a frame
+/// (it is encoded into the port at dispatch): nothing is kept.
+pub(crate) fn check_encodes_json<J: Job>(job: &J) -> Result<(), Failure> {
+    let fail = |why: String| {
+        Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the supervisor could not send a `{}` job: {why}", J::NAME),
+        )
+    };
+    match crate::proto::json::encoded_len(job) {
+        Ok(len) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => Ok(()),
+        Ok(len) => Err(fail(format!(
+            "it encodes to {len} bytes, over the frame limit of {}",
+            crate::frame::DEFAULT_MAX_FRAME
+        ))),
+        Err(why) => Err(fail(why)),
+    }
+}
+
+/// Encodes a job as JSON for a worker in another language.
 pub(crate) fn encode_json<J: Job>(job: &J) -> Result<Vec<u8>, Failure> {
     let mut buf = Vec::new();
     crate::proto::json::encode_value(job, &mut buf).map_err(|why| {

@@ -212,7 +212,7 @@ impl Pool {
         let json = core.config.job_codec == crate::frame::Codec::Json;
         if check {
             let checked = if json {
-                encode_json(&job).map(drop)
+                check_encodes_json(&job)
             } else {
                 check_encodes(&job)
             };

@@ -58,28 +58,43 @@ pub(crate) fn job_frame(head: &ToWorker<'_>, job: &[u8], buf: &mut Vec<u8>) {
     buf.push(b'}');
 }
 
-/// The job in JSON: a chunk's jobs are joined with commas into `buf`.
+/// Writes `v` as JSON to `w`, catching a panicking `Serialize`; the error
+/// names the type.
+fn write_value<T: serde::Serialize + ?Sized, W: std::io::Write>(v: &T, w: W) -> Result<(), String> {
+    match crate::util::catch_panic(|| serde_json::to_writer(w, v)) {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "cannot encode a `{}` as JSON: {e}",
+            std::any::type_name::<T>()
+        )),
+        Err(p) => Err(format!(
+            "cannot encode a `{}` as JSON: its Serialize impl panicked: {p}",
+            std::any::type_name::<T>()
+        )),
+    }
+}
+
+/// Appends `v`'s JSON to `buf` (a chunk's jobs are joined with commas);
+/// on failure `buf` is as it was.
 pub(crate) fn encode_value<T: serde::Serialize + ?Sized>(v: &T, buf: &mut Vec<u8>) -> Result<(), String> {
     let at = buf.len();
-    let r = crate::util::catch_panic(|| serde_json::to_writer(&mut *buf, v));
-    match r {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(e)) => {
-            buf.truncate(at);
-            Err(format!(
-                "cannot encode a `{}` as JSON: {e}",
-                std::any::type_name::<T>()
-            ))
+    write_value(v, &mut *buf).inspect_err(|_| buf.truncate(at))
+}
+
+/// How long `v`'s JSON is, found without keeping it (a submit's check).
+pub(crate) fn encoded_len<T: serde::Serialize + ?Sized>(v: &T) -> Result<usize, String> {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0 += b.len();
+            Ok(b.len())
         }
-        Err(p) => {
-            buf.truncate(at);
-            Err(format!(
-                "cannot encode a `{}` as JSON: its Serialize impl panicked: {}",
-                std::any::type_name::<T>(),
-                p
-            ))
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
         }
     }
+    let mut c = Count(0);
+    write_value(v, &mut c).map(|()| c.0)
 }
 
 /// One job's output (or, `err`, its error) as the ticket decodes it.

@@ -112,19 +112,16 @@ impl Processes {
         let mine = RouteInfo::of::<J>();
         let r = match routes.get(J::NAME) {
             None => Err(Failure::UnknownRoute(J::NAME.to_string())),
-            // (A worker in another language announces names only.)
-            Some(theirs) if theirs.fingerprint != 0 && theirs.fingerprint != mine.fingerprint => {
-                Err(Failure::Codec(
-                    crate::job::Side::Supervisor,
-                    format!(
-                        "the workers serve route {:?} as `{}`, but this job is `{}`: two job types share \
+            Some(theirs) if theirs.types_differ(&mine) => Err(Failure::Codec(
+                crate::job::Side::Supervisor,
+                format!(
+                    "the workers serve route {:?} as `{}`, but this job is `{}`: two job types share \
                      one NAME, or supervisor and worker are built from different code",
-                        J::NAME,
-                        theirs.types,
-                        mine.types
-                    ),
-                ))
-            }
+                    J::NAME,
+                    theirs.types,
+                    mine.types
+                ),
+            )),
             Some(_) => Ok(()),
         };
         self.shared
@@ -330,7 +327,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // this job, not the thread that dispatches (it may be a reader).
     let sent = match &job {
         crate::pool::Payload::Value(v) => send_job(&w.tx, &head, &**v),
-        crate::pool::Payload::Encoded(bytes) => crate::pool::send_encoded(&w.tx, &head, bytes, w.json),
+        crate::pool::Payload::Encoded(bytes) => crate::pool::send_encoded(&w.tx, &head, bytes, w.json()),
         crate::pool::Payload::Lent => Err(SendFail::Job(Failure::Codec(
             crate::job::Side::Supervisor,
             "the job was lost in a crash while it was being sent".into(),

@@ -343,7 +343,6 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         local: slot.launcher.is_local(),
         idle_since: AtomicU64::new(core.clock()),
         leaving: AtomicBool::new(false),
-        json,
         next_seq: AtomicU64::new(0),
     }))
 }
@@ -392,8 +391,7 @@ pub(super) fn check_routes(shared: &Shared, id: usize, routes: Vec<RouteInfo>) -
                     mine.name, mine.types
                 ));
             }
-            // (A worker in another language announces names only.)
-            Some(t) if t.fingerprint != 0 && t.fingerprint != mine.fingerprint => {
+            Some(t) if t.types_differ(&mine) => {
                 return Err(format!(
                     "serves route {:?} as `{}`, but this supervisor registered it as `{}`: is it built \
                      from the same code?",

@@ -63,8 +63,6 @@ pub(super) struct Worker {
     /// It was chosen to leave for being idle (scenario "scale"): it
     /// retires, and its slot goes dormant instead of starting another.
     pub(super) leaving: AtomicBool,
-    /// It speaks the job messages in JSON (`PoolBuilder::job_codec`).
-    pub(super) json: bool,
     /// The next job's place in the order this worker is sent jobs (`Task::seq`).
     pub(super) next_seq: AtomicU64,
 }
@@ -78,7 +76,7 @@ impl shared::Reader for &Worker {
         false
     }
     fn read(&mut self, mut turn: Turn<'_>, wait: crate::transport::Wait) -> shared::Step {
-        let got = if self.json {
+        let got = if self.json() {
             let mut buf = Vec::new();
             match turn.recv_message_wait(&mut buf, wait) {
                 Ok(true) => match crate::proto::json::decode(&buf) {
@@ -141,10 +139,15 @@ impl Worker {
         self.wake_reader();
     }
 
+    /// Whether it speaks the job messages in JSON (`PoolBuilder::job_codec`).
+    pub(super) fn json(&self) -> bool {
+        self.core.config.job_codec == crate::frame::Codec::Json
+    }
+
     /// Sends a control message (stop, cancel, suspend, resume) in the
     /// worker's codec.
     pub(super) fn send_control(&self, msg: &ToWorker<'_>) -> Result<(), crate::error::SendError> {
-        if self.json {
+        if self.json() {
             self.tx.send_bytes(&crate::proto::json::control(msg))
         } else {
             self.tx.send(msg)
@@ -153,7 +156,7 @@ impl Worker {
 
     /// Like [`send_control`](Self::send_control), queued for the next flush.
     pub(super) fn feed_control(&self, msg: &ToWorker<'_>) -> Result<(), crate::error::SendError> {
-        if self.json {
+        if self.json() {
             self.tx.feed_with("a control message", |buf| {
                 buf.extend_from_slice(&crate::proto::json::control(msg));
                 Ok(())
@@ -180,7 +183,7 @@ impl Worker {
             FromWorker::Progress { id, payload } => {
                 if let Some(t) = lock(&self.pending).get(&id) {
                     t.reply.send(Event::Progress(crate::task::Progress {
-                        json: self.json,
+                        json: self.json(),
                         bytes: payload,
                     }));
                 }
