@@ -12,8 +12,6 @@ use std::fmt;
 use std::iter::Fuse;
 use std::time::Duration;
 
-use crossbeam_channel::Receiver;
-
 use std::sync::Arc;
 
 use std::sync::atomic::Ordering;
@@ -26,7 +24,6 @@ use super::{
 use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
 use crate::supervisor::monitor::Control;
 use crate::task::JobState;
-use crate::util::recv_spin;
 
 /// How long one chunk should take to run on a worker.
 const CHUNK_TARGET: Duration = Duration::from_millis(1);
@@ -73,7 +70,7 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     window: usize,
     ordered: bool,
     pub(super) reply: Reply,
-    rx: Receiver<(u64, Event)>,
+    pub(super) inbox: crate::task::Inbox,
     /// Jobs in the next chunk.
     chunk: usize,
     /// Tag of the next chunk to submit.
@@ -219,18 +216,14 @@ fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<J
 
 impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     pub(crate) fn new(pool: &'p Pool, input: I, window: usize, ordered: bool) -> Self {
-        let (tx, rx) = crossbeam_channel::unbounded();
+        let (inbox, reply) = crate::task::Inbox::new();
         Map {
             pool,
             input: input.fuse(),
             window: window.max(1),
             ordered,
-            reply: Reply {
-                tx,
-                tag: 0,
-                wake: crate::task::WakeSlot::new(),
-            },
-            rx,
+            reply,
+            inbox,
             chunk: 1,
             next_tag: 0,
             next_yield: 0,
@@ -254,11 +247,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         let control = &self.pool.inner.core.control;
         for (&tag, f) in &self.in_flight {
             if let Some((id, state)) = &f.task {
-                let reply = Reply {
-                    tx: self.reply.tx.clone(),
-                    tag,
-                    wake: self.reply.wake.clone(),
-                };
+                let reply = self.reply.with_tag(tag);
                 if let Err(c) = token.carry(*id, state, &reply, control) {
                     // Already cancelled: as if it had been given before.
                     c.cancel();
@@ -285,11 +274,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             }
             let tag = self.next_tag;
             self.next_tag += 1;
-            let reply = Reply {
-                tx: self.reply.tx.clone(),
-                tag,
-                wake: self.reply.wake.clone(),
-            };
+            let reply = self.reply.with_tag(tag);
             let taken = jobs.len();
             let mut len = taken;
             if self.closed.is_none() && self.token.as_ref().is_some_and(CancelToken::is_cancelled) {
@@ -391,9 +376,9 @@ impl<J: Job, I: Iterator<Item = J>> Map<'_, J, I> {
             }
             // The map holds a sender itself, so this only ends with an event.
             let got = if block {
-                recv_spin(&self.rx, None)
+                self.inbox.recv_spin(None).ok()
             } else {
-                self.rx.try_recv().ok()
+                self.inbox.try_recv().ok()
             };
             let Some((tag, event)) = got else {
                 return if block { Poll::Ready(None) } else { Poll::Pending };
@@ -440,7 +425,7 @@ impl<J: Job, I: Iterator<Item = J>> Drop for Map<'_, J, I> {
     /// (queued ones are dropped, running ones get the graded cancel), so
     /// `take(n)` or a `break` leaves no work behind.
     fn drop(&mut self) {
-        self.reply.wake.clear();
+        self.inbox.wake_slot().clear();
         let control = &self.pool.inner.core.control;
         for f in self.in_flight.values() {
             if let Some((id, state)) = &f.task {

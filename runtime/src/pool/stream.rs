@@ -43,7 +43,7 @@ impl<J: Job, I: Iterator<Item = J>> futures_core::Stream for MapStream<'_, J, I>
         if let std::task::Poll::Ready(r) = map.advance(false) {
             return std::task::Poll::Ready(r);
         }
-        map.reply.wake.register(cx.waker());
+        map.inbox.wake_slot().register(cx.waker());
         // Looked at again after registering (`WakeSlot`).
         map.advance(false)
     }

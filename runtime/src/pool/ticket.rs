@@ -9,14 +9,13 @@ use std::sync::Arc;
 use std::task::{Context as TaskContext, Poll};
 use std::time::{Duration, Instant};
 
-use crossbeam_channel::{Receiver, Sender};
+use crossbeam_channel::Sender;
 use serde::de::DeserializeOwned;
 
 use super::{Event, Outcome, Reply};
 use crate::job::{Failure, Job, JobError, JobState, Side};
 use crate::supervisor::monitor::Control;
-use crate::task::WakeSlot;
-use crate::util::recv_spin;
+use crate::task::{Empty, Inbox};
 
 /// The result of a job, typed.
 pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
@@ -25,8 +24,7 @@ pub type JobResult<J> = Result<<J as Job>::Output, JobError<<J as Job>::Error>>;
 /// cancel it.
 #[must_use = "the ticket is the job's only way to report its result; `drop` it to ignore the result"]
 pub struct Ticket<J: Job> {
-    rx: Receiver<(u64, Event)>,
-    wake: Arc<WakeSlot>,
+    inbox: Inbox,
     state: Arc<JobState>,
     id: u64,
     control: Sender<Control>,
@@ -126,12 +124,10 @@ pub(crate) fn decode_json_result<J: Job>(
 
 impl<J: Job> Ticket<J> {
     pub(crate) fn new(id: u64, state: Arc<JobState>, control: Sender<Control>) -> (Ticket<J>, Reply) {
-        let (tx, rx) = crossbeam_channel::unbounded();
-        let wake = WakeSlot::new();
+        let (inbox, reply) = Inbox::new();
         (
             Ticket {
-                rx,
-                wake: wake.clone(),
+                inbox,
                 state,
                 id,
                 control,
@@ -139,7 +135,7 @@ impl<J: Job> Ticket<J> {
                 done: None,
                 _job: PhantomData,
             },
-            Reply { tx, tag: 0, wake },
+            reply,
         )
     }
 
@@ -147,7 +143,7 @@ impl<J: Job> Ticket<J> {
     fn wait_for_outcome(&mut self, deadline: Option<Instant>) {
         if let Some(fast) = self.state.fast_reader() {
             // The job's worker holds only this job: read its answer here.
-            let (rx, progress, done, state) = (&self.rx, &mut self.progress, &mut self.done, &self.state);
+            let (rx, progress, done, state) = (&self.inbox, &mut self.progress, &mut self.done, &self.state);
             fast.read_for(
                 &mut || {
                     while let Ok((_, e)) = rx.try_recv() {
@@ -166,13 +162,11 @@ impl<J: Job> Ticket<J> {
                 self.done = Some(Outcome::Failed(Failure::Cancelled));
                 return;
             }
-            match recv_spin(&self.rx, deadline) {
-                Some((_, Event::Progress(p))) => self.progress.push_back(p),
-                Some((_, Event::Done(o))) => self.done = Some(o),
-                None => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return;
-                    }
+            match self.inbox.recv_spin(deadline) {
+                Ok((_, Event::Progress(p))) => self.progress.push_back(p),
+                Ok((_, Event::Done(o))) => self.done = Some(o),
+                Err(Empty::Now) => return,
+                Err(Empty::Closed) => {
                     // Every path that drops a job's reply sends its outcome
                     // first; a closed channel without one is a bug, reported
                     // instead of hanging.
@@ -229,11 +223,11 @@ impl<J: Job> Ticket<J> {
             return Some(Outcome::Failed(Failure::Cancelled));
         }
         loop {
-            match self.rx.try_recv() {
+            match self.inbox.try_recv() {
                 Ok((_, Event::Progress(p))) => self.progress.push_back(p),
                 Ok((_, Event::Done(o))) => self.done = Some(o),
-                Err(crossbeam_channel::TryRecvError::Empty) => break,
-                Err(crossbeam_channel::TryRecvError::Disconnected) => {
+                Err(Empty::Now) => break,
+                Err(Empty::Closed) => {
                     if self.done.is_none() {
                         // As in `wait_for_outcome`: a bug, reported.
                         self.done = Some(Outcome::Failed(Failure::Rejected(
@@ -250,7 +244,7 @@ impl<J: Job> Ticket<J> {
     /// The next progress message already received, if any (never blocks).
     /// A message that does not decode as `P` is skipped and logged.
     pub fn try_progress<P: DeserializeOwned>(&mut self) -> Option<P> {
-        while let Ok((_, e)) = self.rx.try_recv() {
+        while let Ok((_, e)) = self.inbox.try_recv() {
             match e {
                 Event::Progress(p) => self.progress.push_back(p),
                 Event::Done(o) => self.done = Some(o),
@@ -269,10 +263,10 @@ impl<J: Job> Ticket<J> {
             if self.done.is_some() {
                 return None;
             }
-            match recv_spin(&self.rx, None) {
-                Some((_, Event::Progress(p))) => self.progress.push_back(p),
-                Some((_, Event::Done(o))) => self.done = Some(o),
-                None => self.wait_for_outcome(None),
+            match self.inbox.recv_spin(None) {
+                Ok((_, Event::Progress(p))) => self.progress.push_back(p),
+                Ok((_, Event::Done(o))) => self.done = Some(o),
+                Err(_) => self.wait_for_outcome(None),
             }
         }
     }
@@ -361,7 +355,7 @@ impl<J: Job> Future for TicketFuture<J> {
         };
         let mut outcome = t.poll_outcome();
         if outcome.is_none() {
-            t.wake.register(cx.waker());
+            t.inbox.wake_slot().register(cx.waker());
             // Looked at again after registering: an event sent before the
             // waker was in place is seen here (`WakeSlot`).
             outcome = t.poll_outcome();
@@ -369,7 +363,7 @@ impl<J: Job> Future for TicketFuture<J> {
         match outcome {
             Some(o) => {
                 if let Some(t) = self.ticket.take() {
-                    t.wake.clear();
+                    t.inbox.wake_slot().clear();
                 }
                 Poll::Ready(typed::<J>(o))
             }
@@ -381,7 +375,7 @@ impl<J: Job> Future for TicketFuture<J> {
 impl<J: Job> Drop for TicketFuture<J> {
     fn drop(&mut self) {
         if let Some(t) = self.ticket.take() {
-            t.wake.clear();
+            t.inbox.wake_slot().clear();
             t.cancel();
         }
     }

@@ -9,7 +9,7 @@ mod unwind;
 
 use std::time::{Duration, Instant};
 
-pub(crate) use sync::{CHANNEL_SPIN, lock, recv_spin, spin_pause};
+pub(crate) use sync::{CHANNEL_SPIN, lock, spin_pause};
 pub(crate) use unwind::{Hook, call_logged, catch_panic, panic_message, run_hooks};
 
 /// The instant `d` from `now`, or `None` if it is too far to represent:
