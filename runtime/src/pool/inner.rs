@@ -78,6 +78,7 @@ impl PoolInner {
         match &self.backend {
             Backend::Processes(p) => p.kick(),
             Backend::Threads(t) => {
+                t.notify();
                 if self.core.scale.is_some() {
                     t.grow();
                 }

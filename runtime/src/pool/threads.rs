@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, select};
 
+use super::sleep::Sleepers;
 use super::{BuildError, Core, Event, Outcome, Reply, Task, Work, lock};
 use crate::job::{CancelSource, Context, Failure, Handlers, JobState, ProgressSink, TimeoutPhase};
 use crate::supervisor::monitor::{Books, Control, Supervised};
@@ -38,6 +39,10 @@ struct TSlot {
     /// replaced" flag.
     current: Mutex<(u64, Arc<AtomicBool>)>,
     restarts: AtomicU64,
+    /// Raised while the thread takes a task from the queue, until it
+    /// counts it as running: `busy` waits it out, so `wait_idle` never
+    /// sees the queue empty and nothing running while a job is in hand.
+    taking: AtomicBool,
 }
 
 /// What a wait for a task gave.
@@ -59,6 +64,9 @@ pub(crate) struct Threads {
     slots: Vec<TSlot>,
     /// Every thread started, with a channel that closes when it ends.
     handles: Mutex<Vec<ThreadHandle>>,
+    /// How idle workers wait (with a queue; without one they block on
+    /// the channel).
+    sleepers: Option<Sleepers>,
 }
 
 impl Threads {
@@ -72,15 +80,18 @@ impl Threads {
                     running: Mutex::new(None),
                     current: Mutex::new((0, Arc::new(AtomicBool::new(false)))),
                     restarts: AtomicU64::new(0),
+                    taking: AtomicBool::new(false),
                 }
             })
             .collect();
+        let core_has_queue = core.queue_limit > 0;
         let threads = Arc::new_cyclic(|me| Threads {
             me: me.clone(),
             core,
             handlers,
             slots,
             handles: Mutex::new(Vec::with_capacity(n)),
+            sleepers: (core_has_queue).then(|| Sleepers::new(n)),
         });
         // A scaling pool starts its first `min` slots; the others wait.
         let first = threads.core.scale.as_ref().map_or(n, |s| s.min);
@@ -137,6 +148,17 @@ impl Threads {
             let t = e.0;
             self.core
                 .retire_task(&t, Failure::Rejected("the worker has stopped".into()), Some(w));
+            return;
+        }
+        if let Some(s) = &self.sleepers {
+            s.wake(w);
+        }
+    }
+
+    /// After an enqueue: wakes a sleeping worker if nobody looks for work.
+    pub(crate) fn notify(&self) {
+        if let Some(s) = &self.sleepers {
+            s.notify_one();
         }
     }
 
@@ -159,13 +181,26 @@ impl Threads {
     }
 
     pub(crate) fn busy(&self) -> bool {
-        // Relaxed: a hint re-checked under the idle lock; a thread that took
-        // a task but has not counted it yet finishes it before its Stop.
-        self.core
-            .counters
-            .iter()
-            .any(|c| c.running.load(Ordering::Relaxed) > 0)
-            || self.slots.iter().any(|s| !s.private_rx.is_empty())
+        // A thread between taking a task and counting it is waited out (a
+        // few instructions): read after the queue and the counts (SeqCst,
+        // as the thread raises it before it takes and lowers it after it
+        // counts), it tells whether a count may be missing.
+        for _ in 0..100_000 {
+            let running = self
+                .core
+                .counters
+                .iter()
+                .any(|c| c.running.load(Ordering::SeqCst) > 0)
+                || self.slots.iter().any(|s| !s.private_rx.is_empty());
+            if running {
+                return true;
+            }
+            if !self.slots.iter().any(|s| s.taking.load(Ordering::SeqCst)) {
+                return false;
+            }
+            std::hint::spin_loop();
+        }
+        true
     }
 
     /// The shutdown's deadline passed: every tracked running job is
@@ -211,6 +246,11 @@ impl Threads {
             if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
                 break;
             }
+            // Each Stop wakes a worker, as a job does.
+            self.notify();
+        }
+        if let Some(s) = &self.sleepers {
+            s.notify_all();
         }
         let mut abandoned = 0;
         for ((id, h, done), was_live) in handles.into_iter().zip(live) {
@@ -256,12 +296,20 @@ impl Threads {
         let counters = &core.counters[id];
         let started = Instant::now();
         let mut jobs_here = 0u64;
+        if let Some(s) = &self.sleepers {
+            s.sit(id);
+        }
         loop {
             // Phase 1: take a task (a broadcast copy first, if any).
-            let task = match slot.private_rx.try_recv() {
-                Ok(t) => t,
-                Err(_) => match &core.scale {
-                    None => match Self::next_task(slot, core, None) {
+            slot.taking.store(true, Ordering::SeqCst); // (see `busy`)
+            let first = slot.private_rx.try_recv().ok();
+            if first.is_none() {
+                slot.taking.store(false, Ordering::SeqCst);
+            }
+            let task = match first {
+                Some(t) => t,
+                None => match &core.scale {
+                    None => match self.next_task(id, None) {
                         Taken::Task(t) => t,
                         Taken::Nothing => continue,
                         Taken::Stop => return,
@@ -278,7 +326,17 @@ impl Threads {
             // while a taken job is yet to run (it once did, across the
             // suspend wait and the bookkeeping below). Relaxed: statistics
             // and a hint re-checked under the idle lock.
-            counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+            counters.running.fetch_add(jobs as usize, Ordering::SeqCst);
+            slot.taking.store(false, Ordering::SeqCst);
+            // More waiting: the next sleeper takes them (a burst spreads
+            // over every worker). After counting this one as running: a
+            // wake-up is a system call, and `wait_idle` must not see an
+            // empty queue and nothing running meanwhile.
+            if let Some(s) = &self.sleepers {
+                if !core.queue_rx.is_empty() {
+                    s.notify_one();
+                }
+            }
             // Acquire: pairs with the Release store of a suspend. A job
             // held while the pool is suspended is not running (stats say
             // so); it counts again once the pool resumes.
@@ -378,7 +436,99 @@ impl Threads {
 
     /// Blocks until a task comes for `slot` (a broadcast copy or one from
     /// the queue), or until `deadline`.
-    fn next_task(slot: &TSlot, core: &Core, deadline: Option<Instant>) -> Taken {
+    fn next_task(&self, id: usize, deadline: Option<Instant>) -> Taken {
+        let (slot, core) = (&self.slots[id], &*self.core);
+        let Some(sleepers) = &self.sleepers else {
+            return Self::next_task_unqueued(slot, core, deadline);
+        };
+        let got = loop {
+            if let Some(got) = Self::look(slot, core) {
+                break got;
+            }
+            // Back-to-back jobs: the next often comes within microseconds
+            // of the last answer. One worker at a time looks for it briefly
+            // before sleeping, so neither side pays a futex wake-up; the
+            // others sleep at once (module `sleep`).
+            if sleepers.try_spin() {
+                let spin_from = Instant::now();
+                let mut tries = 0u32;
+                let found = loop {
+                    if let Some(got) = Self::look(slot, core) {
+                        break Some(got);
+                    }
+                    // The clock is read every 16th try: it cost as much as the look.
+                    if tries % 16 == 15 && spin_from.elapsed() >= crate::util::CHANNEL_SPIN {
+                        break None;
+                    }
+                    crate::util::spin_pause(&mut tries);
+                };
+                sleepers.stop_spinning();
+                if let Some(got) = found {
+                    break got;
+                }
+            }
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                return Taken::Nothing;
+            }
+            sleepers.announce(id);
+            if let Some(got) = Self::look(slot, core) {
+                sleepers.withdraw(id);
+                break got;
+            }
+            if sleepers.sleep(id, deadline) == super::sleep::Woke::Deadline {
+                return Taken::Nothing;
+            }
+        };
+        match got {
+            Ok(Work::Task(t)) => {
+                core.note_taken();
+                Taken::Task(t)
+            }
+            Ok(Work::Wake) => Taken::Nothing,
+            Ok(Work::Stop) | Err(true) => Taken::Stop,
+            Err(false) => Taken::Nothing,
+        }
+    }
+
+    /// One look, without blocking, for a task for `slot`: a broadcast
+    /// copy, a ranked job, or the queue's next entry (`Err(true)`: the
+    /// queue is gone). Entries are chosen against the heap (module `ranked`).
+    fn look(slot: &TSlot, core: &Core) -> Option<Result<Work, bool>> {
+        // Lowered by the caller once a task is counted (see `busy`).
+        slot.taking.store(true, Ordering::SeqCst);
+        let got = Self::look_now(slot, core);
+        if !matches!(got, Some(Ok(Work::Task(_)))) {
+            slot.taking.store(false, Ordering::SeqCst);
+        }
+        got
+    }
+
+    fn look_now(slot: &TSlot, core: &Core) -> Option<Result<Work, bool>> {
+        if let Ok(t) = slot.private_rx.try_recv() {
+            return Some(Ok(Work::Task(t)));
+        }
+        // A ranked job may wait without a wake: look in rank order.
+        if !core.ranked.is_empty() {
+            if let Some(w @ (Work::Task(_) | Work::Stop)) = core.pop() {
+                return Some(Ok(w));
+            }
+        }
+        loop {
+            match core.queue_rx.try_recv() {
+                Ok(w) => match core.ranked.choose(w) {
+                    Some(w) => return Some(Ok(w)),
+                    // A wake whose job another worker took: the next.
+                    None => continue,
+                },
+                Err(crossbeam_channel::TryRecvError::Disconnected) => return Some(Err(true)),
+                Err(crossbeam_channel::TryRecvError::Empty) => return None,
+            }
+        }
+    }
+
+    /// [`next_task`](Self::next_task) without a queue (a queue limit of
+    /// 0): a submitter hands its task to a worker blocked on the channel.
+    fn next_task_unqueued(slot: &TSlot, core: &Core, deadline: Option<Instant>) -> Taken {
         // A ranked job may wait without a wake (module `ranked`): look
         // (in rank order) before blocking.
         if !core.ranked.is_empty() {
@@ -391,32 +541,12 @@ impl Threads {
                 Some(Work::Wake) | None => {}
             }
         }
-        // Back-to-back jobs: the next often comes within microseconds of
-        // the last answer. Look for it briefly before parking, so neither
-        // side pays a futex wake-up; an idle pool parks after this.
-        let spin_from = Instant::now();
-        let mut tries = 0u32;
-        let spun = loop {
-            if let Ok(t) = slot.private_rx.try_recv() {
-                break Some(Ok(Work::Task(t)));
-            }
-            match core.queue_rx.try_recv() {
-                Ok(w) => break Some(Ok(w)),
-                Err(crossbeam_channel::TryRecvError::Disconnected) => break Some(Err(true)),
-                Err(crossbeam_channel::TryRecvError::Empty) => {}
-            }
-            if spin_from.elapsed() >= crate::util::CHANNEL_SPIN {
-                break None;
-            }
-            crate::util::spin_pause(&mut tries);
-        };
-        let got = match (spun, deadline) {
-            (Some(got), _) => got,
-            (None, None) => select! {
+        let got = match deadline {
+            None => select! {
                 recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
                 recv(core.queue_rx) -> w => w.map_err(|_| true),
             },
-            (None, Some(d)) => select! {
+            Some(d) => select! {
                 recv(slot.private_rx) -> t => t.map(Work::Task).map_err(|_| false),
                 recv(core.queue_rx) -> w => w.map_err(|_| true),
                 default(d.saturating_duration_since(Instant::now())) => return Taken::Nothing,
@@ -452,7 +582,7 @@ impl Threads {
         loop {
             // SeqCst: against `grow`'s read after an enqueue (module `scale`).
             scale.waiting.fetch_add(1, Ordering::SeqCst);
-            let got = Self::next_task(slot, core, crate::util::deadline(scale.idle_timeout));
+            let got = self.next_task(id, crate::util::deadline(scale.idle_timeout));
             scale.waiting.fetch_sub(1, Ordering::SeqCst);
             match got {
                 Taken::Task(t) => {
