@@ -270,6 +270,30 @@ both!(one_failing_job_in_a_map_fails_alone, |backend| {
     finish(pool);
 });
 
+// `collect` sizes its Vec from the map's hint: it must never promise more
+// results than come (a cancel token may stop the input) nor fewer.
+both!(a_maps_size_hint_is_true_as_it_goes, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let mut m = pool.map((0..1000).map(Square));
+    assert_eq!(m.size_hint(), (1000, Some(1000)));
+    for left in (0..1000).rev() {
+        assert!(m.next().is_some());
+        let (lower, upper) = m.size_hint();
+        assert!(
+            lower <= left && upper.is_some_and(|u| u >= left),
+            "{left}: {lower} {upper:?}"
+        );
+    }
+    assert!(m.next().is_none());
+    drop(m);
+    let token = portpool::pool::CancelToken::new();
+    let m = pool.map((0..10).map(Square)).cancel_token(&token);
+    assert_eq!(m.size_hint(), (0, Some(10)));
+    token.cancel();
+    assert!(m.count() <= 10);
+    finish(pool);
+});
+
 both!(stats_count_what_happened, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     for r in pool.map((0..100).map(Square)) {

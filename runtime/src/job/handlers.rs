@@ -119,11 +119,14 @@ pub(crate) enum BatchItem<'a> {
     Failed(Failure),
 }
 
-/// The typed results of a chunk run in this process.
-pub(crate) type BatchValue<J> = (
-    u64,
-    Vec<Result<Result<<J as Job>::Output, <J as Job>::Error>, Failure>>,
-);
+/// The typed results of a chunk run in this process: how long it ran
+/// (ns), each job's result in order (`None` where its handler panicked),
+/// and those panics, in order, with their indexes.
+pub(crate) struct BatchValue<J: Job> {
+    pub(crate) nanos: u64,
+    pub(crate) results: Vec<Option<Result<J::Output, J::Error>>>,
+    pub(crate) panics: Vec<(usize, Failure)>,
+}
 
 /// Splits the next length-prefixed job off a chunk's bytes (the layout
 /// `pool::encode_chunk` writes).
@@ -206,9 +209,26 @@ where
             )
         })?;
         let start = std::time::Instant::now();
-        let out: Vec<_> = jobs.into_iter().map(|job| catch(|| (self.f)(job, cx))).collect();
-        let failed = out.iter().filter(|r| r.is_err()).count() as u32;
-        let value: BatchValue<J> = (start.elapsed().as_nanos() as u64, out);
+        let mut jobs = jobs.into_iter();
+        let mut results = Vec::with_capacity(jobs.len());
+        let mut panics = Vec::new();
+        // One catch for the run of jobs up to a panic, not one per job (it
+        // kept the handler from being inlined into the loop): a panic is
+        // recorded by its index, and the loop goes on after it.
+        while let Err(f) = catch(|| {
+            for job in jobs.by_ref() {
+                results.push(Some((self.f)(job, cx)));
+            }
+        }) {
+            panics.push((results.len(), f));
+            results.push(None);
+        }
+        let failed = results.iter().filter(|r| !matches!(r, Some(Ok(_)))).count() as u32;
+        let value = BatchValue::<J> {
+            nanos: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
+            results,
+            panics,
+        };
         Ok((Box::new(value), failed))
     }
 

@@ -608,6 +608,7 @@ impl PoolBuilder {
                     }),
                     report: Mutex::new(None),
                     rt_ref: RefCount::detached(),
+                    chunk_hints: Mutex::default(),
                 };
                 inner.shutdown(Shutdown::immediate());
                 return Err(BuildError::io("could not start the pool's monitor thread", e));
@@ -629,6 +630,7 @@ impl PoolBuilder {
             }),
             report: Mutex::new(None),
             rt_ref: rt.new_ref(),
+            chunk_hints: Mutex::default(),
         });
         let managed: Arc<dyn crate::runtime::Managed> = inner.clone();
         rt.attach_pool(Arc::downgrade(&managed));

@@ -26,6 +26,9 @@ pub(crate) struct PoolInner {
     pub(crate) monitor: Mutex<MonitorHandle>,
     pub(crate) report: Mutex<Option<ShutdownReport>>,
     pub(crate) rt_ref: RefCount,
+    /// The chunk size each route's last `map` ended with: the next map of
+    /// that route starts there instead of at one job.
+    pub(crate) chunk_hints: Mutex<std::collections::HashMap<&'static str, usize>>,
 }
 
 /// Why the pool takes no job (or chunk).

@@ -18,18 +18,30 @@ use std::sync::atomic::Ordering;
 
 use super::ticket::JobResult;
 use super::{
-    Backend, CancelToken, Event, Outcome, Payload, Pool, Refusal, Reply, Task, Work, encode_chunk,
-    send_chunk_value,
+    Backend, CancelToken, Event, Payload, Pool, Refusal, Reply, Task, Work, encode_chunk, send_chunk_value,
 };
-use crate::job::{BatchItem, BatchValue, Failure, Job, JobError, Side};
+use crate::job::{Failure, Job};
+use crate::util::lock;
+
+mod results;
+
 use crate::supervisor::monitor::Control;
 use crate::task::JobState;
+use results::{Chunk, fill_holes, typed_chunk};
 
 /// How long one chunk should take to run on a worker.
 const CHUNK_TARGET: Duration = Duration::from_millis(1);
 
-/// Largest chunk, in jobs.
+/// Largest chunk, in jobs, for process workers (whose chunks also stop at
+/// `CHUNK_BYTES`).
 const MAX_CHUNK: usize = 8192;
+
+/// Largest chunk for thread workers: more jobs (a chunk costs a wake-up
+/// and a hand-off each way, which 8192 jobs of a nanosecond do not
+/// amortise), but at most about 4 MiB of jobs held at once.
+fn max_thread_chunk<J>() -> usize {
+    (4 << 20) / std::mem::size_of::<J>().max(1)
+}
 
 /// The iterator returned by [`Pool::map`] and [`Pool::map_unordered`].
 ///
@@ -80,9 +92,9 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     /// Every chunk submitted and not yet answered, by tag.
     in_flight: HashMap<u64, InFlight>,
     /// Answered chunks waiting for their turn (ordered only).
-    early: HashMap<u64, Vec<JobResult<J>>>,
-    /// Results ready to yield.
-    ready: VecDeque<JobResult<J>>,
+    early: HashMap<u64, Chunk<J>>,
+    /// Answered chunks ready to yield, in order (none of them empty).
+    ready: VecDeque<Chunk<J>>,
     /// Jobs taken from the input that did not fit in the last chunk's
     /// bytes: they go first in the next one.
     leftover: VecDeque<J>,
@@ -92,6 +104,9 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     max_chunk: usize,
     /// Cancels every job of this map when cancelled.
     token: Option<CancelToken>,
+    /// Whether an answer has resized the chunks (then the pool remembers
+    /// the size for the route's next map).
+    adapted: bool,
 }
 
 impl<J: Job, I: Iterator<Item = J>> fmt::Debug for Map<'_, J, I> {
@@ -113,111 +128,10 @@ struct InFlight {
     task: Option<(u64, Arc<JobState>)>,
 }
 
-/// Puts the failures of the jobs that never left back in their places
-/// among the results of those that did.
-fn fill_holes<J: Job>(results: Vec<JobResult<J>>, holes: Vec<(usize, Failure)>) -> Vec<JobResult<J>> {
-    if holes.is_empty() {
-        return results;
-    }
-    let mut out = Vec::with_capacity(results.len() + holes.len());
-    let mut results = results.into_iter();
-    for (i, f) in holes {
-        while out.len() < i {
-            match results.next() {
-                Some(r) => out.push(r),
-                None => break,
-            }
-        }
-        out.push(Err(f.into_job_error()));
-    }
-    out.extend(results);
-    out
-}
-
-/// Turns one answered chunk into its typed results (`len` of them).
-fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Duration>, Vec<JobResult<J>>) {
-    let item = |r: Result<Result<J::Output, J::Error>, Failure>| match r {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(JobError::Handler(e)),
-        Err(f) => Err(f.into_job_error()),
-    };
-    let all_failed = |f: Failure| (None, (0..len).map(|_| Err(f.clone().into_job_error())).collect());
-    match outcome {
-        Outcome::Value(v) => match v.downcast::<BatchValue<J>>() {
-            Ok(b) => {
-                let (nanos, results) = *b;
-                (
-                    Some(Duration::from_nanos(nanos)),
-                    results.into_iter().map(item).collect(),
-                )
-            }
-            Err(_) => all_failed(Failure::Codec(
-                Side::Supervisor,
-                "a chunk's answer has the wrong type".into(),
-            )),
-        },
-        Outcome::Bytes(b) => match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
-            Ok((nanos, items)) => {
-                let results = items
-                    .into_iter()
-                    .map(|it| match it {
-                        BatchItem::Ran(bytes) => match super::ticket::decode_result::<J>(bytes) {
-                            Ok(r) => item(Ok(r)),
-                            Err(reason) => Err(JobError::Codec {
-                                side: Side::Supervisor,
-                                reason,
-                            }),
-                        },
-                        BatchItem::Failed(f) => Err(f.into_job_error()),
-                    })
-                    .collect::<Vec<_>>();
-                if results.len() != len {
-                    return all_failed(Failure::Codec(
-                        Side::Supervisor,
-                        format!("a chunk of {len} jobs came back with {} results", results.len()),
-                    ));
-                }
-                (Some(Duration::from_nanos(nanos)), results)
-            }
-            Err(e) => all_failed(Failure::Codec(
-                Side::Supervisor,
-                format!("could not decode a chunk's answer: {e}"),
-            )),
-        },
-        Outcome::Json(_) => all_failed(Failure::Codec(
-            Side::Supervisor,
-            "a chunk was answered as a single job".into(),
-        )),
-        Outcome::JsonChunk(nanos, items) => {
-            if items.len() != len {
-                return all_failed(Failure::Codec(
-                    Side::Supervisor,
-                    format!("a chunk of {len} jobs came back with {} results", items.len()),
-                ));
-            }
-            let results = items
-                .into_iter()
-                .map(|it| match it {
-                    Ok(r) => match super::ticket::decode_json_result::<J>(&r) {
-                        Ok(r) => item(Ok(r)),
-                        Err(reason) => Err(JobError::Codec {
-                            side: Side::Supervisor,
-                            reason,
-                        }),
-                    },
-                    Err(f) => Err(f.into_job_error()),
-                })
-                .collect();
-            (Some(Duration::from_nanos(nanos)), results)
-        }
-        Outcome::Failed(f) => all_failed(f),
-    }
-}
-
 impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     pub(crate) fn new(pool: &'p Pool, input: I, window: usize, ordered: bool) -> Self {
         let (inbox, reply) = crate::task::Inbox::new();
-        Map {
+        let mut map = Map {
             pool,
             input: input.fuse(),
             window: window.max(1),
@@ -225,6 +139,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             reply,
             inbox,
             chunk: 1,
+            adapted: false,
             next_tag: 0,
             next_yield: 0,
             in_flight: HashMap::new(),
@@ -232,9 +147,19 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             ready: VecDeque::new(),
             leftover: VecDeque::new(),
             closed: None,
-            max_chunk: if pool.times_out::<J>() { 1 } else { MAX_CHUNK },
+            max_chunk: if pool.times_out::<J>() {
+                1
+            } else if matches!(pool.inner.backend, Backend::Threads(_)) {
+                max_thread_chunk::<J>().clamp(1, 1 << 16)
+            } else {
+                MAX_CHUNK
+            },
             token: None,
+        };
+        if let Some(&hint) = lock(&pool.inner.chunk_hints).get(J::NAME) {
+            map.chunk = hint.clamp(1, map.max_chunk);
         }
+        map
     }
 
     /// Cancels every job of this map when `token` is cancelled: the jobs
@@ -320,7 +245,10 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
                 continue;
             }
             // Every job failed before it could go: its results are here.
-            self.file(tag, fill_holes::<J>(Vec::new(), holes));
+            self.file(
+                tag,
+                fill_holes::<J>(Chunk::Results(Vec::new().into_iter()), holes),
+            );
             if !self.ready.is_empty() {
                 return; // yielded before more is pulled (an endless input stays bounded)
             }
@@ -329,13 +257,33 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
 
     /// Puts a chunk's results where `next` yields them: now, or (ordered)
     /// once the chunks before it have been yielded.
-    fn file(&mut self, tag: u64, results: Vec<JobResult<J>>) {
+    fn file(&mut self, tag: u64, results: Chunk<J>) {
         if self.ordered && tag != self.next_yield {
             self.early.insert(tag, results);
         } else {
             self.next_yield += 1;
-            self.ready.extend(results);
+            self.ready_push(results);
         }
+    }
+
+    fn ready_push(&mut self, results: Chunk<J>) {
+        if !results.is_empty() {
+            self.ready.push_back(results);
+        }
+    }
+
+    /// The next result ready to yield, if any. (A chunk is let go once a
+    /// look finds it spent, not right after its last result: that test
+    /// cost a division per result.)
+    #[inline(always)]
+    fn pop_ready(&mut self) -> Option<JobResult<J>> {
+        while let Some(front) = self.ready.front_mut() {
+            if let Some(r) = front.next() {
+                return Some(r);
+            }
+            self.ready.pop_front();
+        }
+        None
     }
 
     /// Adapts the chunk size to how long the last chunk ran.
@@ -343,6 +291,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         if len < self.chunk {
             return; // a short final chunk says little
         }
+        self.adapted = true;
         if ran < CHUNK_TARGET / 2 {
             self.chunk = (self.chunk * 2).min(self.max_chunk);
         } else if ran > CHUNK_TARGET * 4 {
@@ -357,7 +306,7 @@ impl<J: Job, I: Iterator<Item = J>> Map<'_, J, I> {
     pub(super) fn advance(&mut self, block: bool) -> std::task::Poll<Option<JobResult<J>>> {
         use std::task::Poll;
         loop {
-            if let Some(r) = self.ready.pop_front() {
+            if let Some(r) = self.pop_ready() {
                 return Poll::Ready(Some(r));
             }
             self.top_up();
@@ -367,7 +316,7 @@ impl<J: Job, I: Iterator<Item = J>> Map<'_, J, I> {
             if self.ordered {
                 if let Some(results) = self.early.remove(&self.next_yield) {
                     self.next_yield += 1;
-                    self.ready.extend(results);
+                    self.ready_push(results);
                     continue;
                 }
             }
@@ -410,13 +359,31 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
     fn next(&mut self) -> Option<JobResult<J>> {
         // The common case, kept out of `advance` (a call per tiny job
         // showed in pool_thread_tiny_jobs).
-        if let Some(r) = self.ready.pop_front() {
+        if let Some(r) = self.pop_ready() {
             return Some(r);
         }
         match self.advance(true) {
             std::task::Poll::Ready(r) => r,
             std::task::Poll::Pending => None, // not when blocking
         }
+    }
+
+    /// Every job taken and not yet yielded gives one result, and so does
+    /// every job the input still holds (unless a cancel token may stop
+    /// it): `collect` sizes its `Vec` once.
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let taken = self.leftover.len()
+            + self.in_flight.values().map(|f| f.len).sum::<usize>()
+            + self.early.values().map(Chunk::len).sum::<usize>()
+            + self.ready.iter().map(Chunk::len).sum::<usize>();
+        let (mut lower, upper) = self.input.size_hint();
+        if self.token.is_some() {
+            lower = 0; // a cancel may stop the input here
+        }
+        (
+            lower.saturating_add(taken),
+            upper.and_then(|u| u.checked_add(taken)),
+        )
     }
 }
 
@@ -426,6 +393,9 @@ impl<J: Job, I: Iterator<Item = J>> Drop for Map<'_, J, I> {
     /// `take(n)` or a `break` leaves no work behind.
     fn drop(&mut self) {
         self.inbox.wake_slot().clear();
+        if self.adapted {
+            lock(&self.pool.inner.chunk_hints).insert(J::NAME, self.chunk);
+        }
         let control = &self.pool.inner.core.control;
         for f in self.in_flight.values() {
             if let Some((id, state)) = &f.task {
