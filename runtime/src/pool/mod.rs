@@ -27,7 +27,7 @@ mod options;
 mod processes;
 mod ranked;
 mod scale;
-mod sleep;
+
 mod state;
 mod stats;
 #[cfg(feature = "futures")]
