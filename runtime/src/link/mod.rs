@@ -501,6 +501,26 @@ impl Drop for Link {
         // ends when the peer closes), so it does not outlive the link
         // waiting for a peer that keeps its end open. It is not joined:
         // it may be inside a request handler.
+        //
+        // First, the acknowledgements of strict messages already filed go
+        // out (a thread that read them sends them; bounded, in case it is
+        // stuck writing to a peer that does not read).
+        {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+            let mut st = self.inner.lock();
+            while st.acks_due > 0 {
+                let now = std::time::Instant::now();
+                if now >= deadline {
+                    break;
+                }
+                st = self
+                    .inner
+                    .cv
+                    .wait_timeout(st, deadline - now)
+                    .unwrap_or_else(|p| p.into_inner())
+                    .0;
+            }
+        }
         self.tx.take();
         self.inner.shared.shutdown_read();
     }

@@ -41,6 +41,10 @@ pub(super) struct State {
     /// Futures waiting on the link (`link::future`), woken after every
     /// read that filed something and when the link ends.
     pub(super) wakers: Vec<std::task::Waker>,
+    /// Strict messages filed whose acknowledgement is not sent yet: a
+    /// dropped link sends them first (else the peer, told of our exit
+    /// instead, would report a delivered message as lost).
+    pub(super) acks_due: usize,
 }
 
 impl State {
@@ -325,6 +329,7 @@ impl Inner {
                 } else {
                     StrictOutcome::NotListening
                 };
+                st.acks_due += 1;
                 Some(Action::Ack(id, outcome))
             }
             Frame::StrictAck { id, outcome } => {
@@ -368,6 +373,11 @@ impl Inner {
                 Action::Ack(id, outcome) => {
                     if let Err(e) = self.send(&Frame::StrictAck { id, outcome }) {
                         log::debug!("strict ack {id} not sent: {e}");
+                    }
+                    let mut st = self.lock();
+                    st.acks_due = st.acks_due.saturating_sub(1);
+                    if st.acks_due == 0 {
+                        self.cv.notify_all();
                     }
                 }
                 Action::Handle(h, id, p) => {
