@@ -121,11 +121,11 @@ pub(crate) enum BatchItem<'a> {
 
 /// The typed results of a chunk run in this process: how long it ran
 /// (ns), each job's result in order (`None` where its handler panicked),
-/// and those panics, in order, with their indexes.
+/// and those panics, one per `None`, in order.
 pub(crate) struct BatchValue<J: Job> {
     pub(crate) nanos: u64,
     pub(crate) results: Vec<Option<Result<J::Output, J::Error>>>,
-    pub(crate) panics: Vec<(usize, Failure)>,
+    pub(crate) panics: Vec<Failure>,
 }
 
 /// Splits the next length-prefixed job off a chunk's bytes (the layout
@@ -214,13 +214,13 @@ where
         let mut panics = Vec::new();
         // One catch for the run of jobs up to a panic, not one per job (it
         // kept the handler from being inlined into the loop): a panic is
-        // recorded by its index, and the loop goes on after it.
+        // recorded in its place, and the loop goes on after it.
         while let Err(f) = catch(|| {
             for job in jobs.by_ref() {
                 results.push(Some((self.f)(job, cx)));
             }
         }) {
-            panics.push((results.len(), f));
+            panics.push(f);
             results.push(None);
         }
         let failed = results.iter().filter(|r| !matches!(r, Some(Ok(_)))).count() as u32;

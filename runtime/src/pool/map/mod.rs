@@ -156,8 +156,13 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             },
             token: None,
         };
+        // The size the route's last map ended with, but never more than a
+        // share of this input that leaves a chunk for every worker: the
+        // same job type may cost far more this time (an input of unknown
+        // size starts at one job, as the first map does).
+        let share = map.input.size_hint().0 / (2 * pool.workers().max(1));
         if let Some(&hint) = lock(&pool.inner.chunk_hints).get(J::NAME) {
-            map.chunk = hint.clamp(1, map.max_chunk);
+            map.chunk = hint.min(share).clamp(1, map.max_chunk);
         }
         map
     }
@@ -559,5 +564,46 @@ impl Pool {
                 Err((back, why))
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::job::{Handlers, Job};
+    use crate::pool::Pool;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Double(u64);
+    impl Job for Double {
+        type Output = u64;
+        type Error = String;
+        const NAME: &'static str = "double";
+    }
+
+    /// A route whose last map learned a big chunk of tiny jobs may be
+    /// slow this time: a new map still starts with a chunk for each
+    /// worker, and one over an input of unknown size at one job.
+    #[test]
+    fn a_learned_chunk_size_leaves_work_for_every_worker() {
+        let pool = Pool::builder()
+            .threads(2)
+            .handlers(Handlers::new().on::<Double>(|Double(n), _| Ok(2 * n)))
+            .build()
+            .expect("pool");
+        let sum: u64 = pool.map((0..200_000).map(Double)).map(|r| r.expect("job")).sum();
+        assert_eq!(sum, 199_999 * 200_000);
+        let learned = *crate::util::lock(&pool.inner.chunk_hints)
+            .get("double")
+            .expect("a hint");
+        assert!(learned > 8, "the tiny jobs grew the chunks ({learned})");
+        let m = pool.map((0..8).map(Double));
+        assert_eq!(m.chunk, 8 / 4);
+        drop(m);
+        let m = pool.map(std::iter::from_fn(|| Some(Double(1))));
+        assert_eq!(m.chunk, 1);
+        drop(m);
+        // A big input still starts at what was learned.
+        let m = pool.map((0..u64::MAX).map(Double));
+        assert_eq!(m.chunk, learned);
     }
 }

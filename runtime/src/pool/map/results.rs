@@ -15,7 +15,7 @@ pub(super) enum Chunk<J: Job> {
     /// panicked), and those panics in order.
     Values {
         results: std::vec::IntoIter<Option<Result<J::Output, J::Error>>>,
-        panics: std::vec::IntoIter<(usize, Failure)>,
+        panics: std::vec::IntoIter<Failure>,
     },
     /// Decoded (a process or JSON worker's answer), or with failures
     /// put in their places.
@@ -48,7 +48,7 @@ impl<J: Job> Iterator for Chunk<J> {
                 Some(Err(e)) => Err(JobError::Handler(e)),
                 None => Err(panics
                     .next()
-                    .map_or(Failure::Panicked("(no message)".into()), |(_, f)| f)
+                    .unwrap_or_else(|| Failure::Panicked("(no message)".into()))
                     .into_job_error()),
             }),
             Chunk::Results(r) => r.next(),

@@ -249,9 +249,9 @@ impl Threads {
             if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
                 break;
             }
-            // Each Stop wakes a worker, as a job does.
-            self.notify();
         }
+        // The Stops wake the workers asleep (one blocked above on a full
+        // queue finds awake workers: none sleeps while the queue holds work).
         if let Some(s) = &self.sleepers {
             s.notify_all();
         }

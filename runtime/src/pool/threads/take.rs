@@ -59,15 +59,7 @@ impl Threads {
                 return Taken::Nothing;
             }
         };
-        match got {
-            Ok(Work::Task(t)) => {
-                core.note_taken();
-                Taken::Task(t)
-            }
-            Ok(Work::Wake) => Taken::Nothing,
-            Ok(Work::Stop) | Err(true) => Taken::Stop,
-            Err(false) => Taken::Nothing,
-        }
+        Self::taken(core, got)
     }
 
     /// One look, without blocking, for a task for `slot`: a broadcast
@@ -140,15 +132,20 @@ impl Threads {
             },
             Err(e) => Err(e),
         };
+        Self::taken(core, got)
+    }
+
+    /// What a look or a wait gave, for the worker loop (`Err(true)`: the
+    /// queue is gone; `Err(false)`: the private channel is, which it never
+    /// is while the slot lives).
+    fn taken(core: &Core, got: Result<Work, bool>) -> Taken {
         match got {
             Ok(Work::Task(t)) => {
                 core.note_taken();
                 Taken::Task(t)
             }
-            Ok(Work::Wake) => Taken::Nothing,
+            Ok(Work::Wake) | Err(false) => Taken::Nothing,
             Ok(Work::Stop) | Err(true) => Taken::Stop,
-            // (The private channel lives as long as the slot.)
-            Err(false) => Taken::Nothing,
         }
     }
 
