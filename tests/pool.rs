@@ -294,6 +294,23 @@ both!(a_maps_size_hint_is_true_as_it_goes, |backend| {
     finish(pool);
 });
 
+// A handler's own error is a finished job in the stats, in a map as for
+// a single job (a thread map once counted it as failed).
+both!(a_maps_handler_errors_count_as_done, |backend| {
+    let pool = builder(backend, 2).build().unwrap();
+    let results: Vec<_> = pool.map((0..100).map(|b| Divide { a: 100, b })).collect();
+    assert!(matches!(
+        results[0],
+        Err(JobError::Handler(DivError::ByZero { a: 100 }))
+    ));
+    let t = pool.submit(Divide { a: 1, b: 0 }).unwrap();
+    assert!(matches!(t.wait(), Err(JobError::Handler(_))));
+    assert!(pool.wait_idle(BOUND));
+    let s = pool.stats();
+    assert_eq!((s.done, s.failed), (101, 0), "{s:?}");
+    finish(pool);
+});
+
 both!(stats_count_what_happened, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     for r in pool.map((0..100).map(Square)) {

@@ -223,7 +223,9 @@ where
             panics.push(f);
             results.push(None);
         }
-        let failed = results.iter().filter(|r| !matches!(r, Some(Ok(_)))).count() as u32;
+        // A handler's own error is a finished job (`Stats::done`); only
+        // the panics failed.
+        let failed = u32::try_from(panics.len()).unwrap_or(u32::MAX);
         let value = BatchValue::<J> {
             nanos: u64::try_from(start.elapsed().as_nanos()).unwrap_or(u64::MAX),
             results,
