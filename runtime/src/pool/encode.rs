@@ -57,21 +57,6 @@ impl Task {
         self.batch.map_or(1, u64::from)
     }
 
-    /// The frame head that announces this task to a process worker.
-    pub(crate) fn head(&self) -> crate::proto::ToWorker<'static> {
-        match self.batch {
-            None => crate::proto::ToWorker::Job {
-                id: self.id,
-                route: self.route,
-            },
-            Some(count) => crate::proto::ToWorker::Batch {
-                id: self.id,
-                route: self.route,
-                count,
-            },
-        }
-    }
-
     /// The job value back, if the task still holds it as a value.
     pub(crate) fn into_value<T: 'static>(self) -> Option<T> {
         match self.job {

@@ -149,7 +149,11 @@ impl<J: Job> Ticket<J> {
                     while let Ok((_, e)) = rx.try_recv() {
                         match e {
                             Event::Progress(p) => progress.push_back(p),
-                            Event::Done(o) => *done = Some(o),
+                            Event::Done(o) => {
+                                // A job's last event: nothing follows it.
+                                *done = Some(o);
+                                break;
+                            }
                         }
                     }
                     done.is_some() || state.settled_by_cancel()

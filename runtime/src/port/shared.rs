@@ -153,7 +153,7 @@ impl SharedReceiver {
     pub(crate) fn has_buffered_frame(&self) -> bool {
         lock(&self.slot)
             .as_mut()
-            .is_some_and(|rx| rx.has_buffered_frame())
+            .is_some_and(|rx| rx.reader.has_buffered_frame())
     }
 
     /// Hands every frame already in the receiver's buffer to `read` (no

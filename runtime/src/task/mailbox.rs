@@ -57,6 +57,8 @@ struct Mailbox {
 pub(crate) struct Reply {
     mailbox: Arc<Mailbox>,
     pub(crate) tag: u64,
+    /// [`finish`](Reply::finish) already counted this handle out.
+    finished: bool,
 }
 
 impl Clone for Reply {
@@ -67,6 +69,9 @@ impl Clone for Reply {
 
 impl Drop for Reply {
     fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
         // AcqRel: the last drop is seen by a receiver's Acquire load.
         if self.mailbox.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Tell a sleeping receiver, under the lock it sleeps with (it
@@ -89,6 +94,7 @@ impl Reply {
         Reply {
             mailbox: self.mailbox.clone(),
             tag,
+            finished: false,
         }
     }
 
@@ -104,6 +110,32 @@ impl Reply {
         drop(q);
         if sleeping {
             m.cv.notify_one();
+        }
+        m.wake.wake();
+    }
+
+    /// Sends `event` and lets go of this handle, under one lock: a job's
+    /// last word (its outcome) and, when no other handle is left, the
+    /// mailbox's close reach the receiver with one lock and one wake
+    /// instead of two of each.
+    pub(crate) fn finish(mut self, event: Event) {
+        let m = &*self.mailbox;
+        let mut q = lock(&m.queue);
+        q.push((self.tag, event));
+        // Release: as in `send`.
+        m.queued.fetch_add(1, Ordering::Release);
+        // AcqRel: as in `drop`; under the lock a sleeping receiver looks
+        // at `senders` with.
+        let last = m.senders.fetch_sub(1, Ordering::AcqRel) == 1;
+        self.finished = true;
+        let sleeping = q.sleeping;
+        drop(q);
+        if sleeping {
+            if last {
+                m.cv.notify_all();
+            } else {
+                m.cv.notify_one();
+            }
         }
         m.wake.wake();
     }
@@ -146,7 +178,11 @@ impl Inbox {
             Inbox {
                 mailbox: mailbox.clone(),
             },
-            Reply { mailbox, tag: 0 },
+            Reply {
+                mailbox,
+                tag: 0,
+                finished: false,
+            },
         )
     }
 

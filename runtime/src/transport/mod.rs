@@ -33,9 +33,7 @@ mod reader;
 mod socket;
 mod writer;
 
-use std::collections::VecDeque;
-use std::io;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::sync::Arc;
 
 pub use reader::{Reader, Wait};
@@ -74,68 +72,6 @@ pub(crate) enum ReadIo {
 pub(crate) enum WriteIo {
     Socket(Arc<OwnedFd>),
     Pipe(OwnedFd),
-}
-
-impl ReadIo {
-    fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            ReadIo::Socket(fd) => fd.as_fd(),
-            ReadIo::Pipe(fd) => fd.as_fd(),
-        }
-    }
-
-    /// Appends at most `max` bytes (and any fds) without blocking.
-    fn read_nonblocking(
-        &self,
-        buf: &mut Vec<u8>,
-        max: usize,
-        fds: &mut VecDeque<OwnedFd>,
-    ) -> io::Result<ReadOutcome> {
-        match self {
-            ReadIo::Socket(fd) => socket::recv_nonblocking(fd.as_fd(), buf, max, fds),
-            ReadIo::Pipe(fd) => pipe::read_nonblocking(fd.as_fd(), buf, max),
-        }
-    }
-}
-
-impl WriteIo {
-    /// Writes `bufs` completely; `fds` go with the first byte. Returns the
-    /// number of write calls it took.
-    fn write_all(&self, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<u64> {
-        match self {
-            WriteIo::Socket(fd) => socket::send_all(fd.as_fd(), bufs, fds),
-            WriteIo::Pipe(fd) => {
-                if !fds.is_empty() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::Unsupported,
-                        "file descriptors cannot be passed over a pipe",
-                    ));
-                }
-                pipe::write_all(fd.as_fd(), bufs)
-            }
-        }
-    }
-
-    /// Writes what the fd takes now: `Ok(n)`, 0 when it is full. A pipe
-    /// in blocking mode (its mode may be shared with another process, so
-    /// it is left alone) writes all; a non-blocking one writes part.
-    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
-        match self {
-            WriteIo::Socket(fd) => socket::send_nonblocking(fd.as_fd(), buf),
-            WriteIo::Pipe(fd) => pipe::write_some(fd.as_fd(), buf),
-        }
-    }
-
-    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
-        match self {
-            WriteIo::Socket(fd) => fd.as_fd(),
-            WriteIo::Pipe(fd) => fd.as_fd(),
-        }
-    }
-
-    fn can_pass_fds(&self) -> bool {
-        matches!(self, WriteIo::Socket(_))
-    }
 }
 
 /// Builds the two halves of a connection over a socket (both directions on

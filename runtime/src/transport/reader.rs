@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::time::{Duration, Instant};
 
 use super::frame::{self, HEADER_LEN, Header, HeaderError, Kind};
@@ -28,6 +28,29 @@ const DIRECT_READ: usize = 256 << 10;
 
 /// Most received fds held before the frames that own them are read.
 const MAX_QUEUED_FDS: usize = 64;
+
+// The read operations of the contract (mod.rs), beside their one caller.
+impl ReadIo {
+    fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            ReadIo::Socket(fd) => fd.as_fd(),
+            ReadIo::Pipe(fd) => fd.as_fd(),
+        }
+    }
+
+    /// Appends at most `max` bytes (and any fds) without blocking.
+    fn read_nonblocking(
+        &self,
+        buf: &mut Vec<u8>,
+        max: usize,
+        fds: &mut VecDeque<OwnedFd>,
+    ) -> io::Result<ReadOutcome> {
+        match self {
+            ReadIo::Socket(fd) => super::socket::recv_nonblocking(fd.as_fd(), buf, max, fds),
+            ReadIo::Pipe(fd) => super::pipe::read_nonblocking(fd.as_fd(), buf, max),
+        }
+    }
+}
 
 /// How long a receive may wait.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,15 +174,15 @@ impl Reader {
         loop {
             self.check_broken()?;
             let unread = &self.buf[self.head..];
-            let need = match frame::split_frame(unread, self.limit) {
-                Ok(Some(f)) => {
-                    self.current = Some(f.header);
-                    return Ok(Some(f.header));
+            // The header is decoded once: it says whether the frame is
+            // whole, and if not, how much to wait for.
+            let need = match Header::decode(unread, self.limit) {
+                Ok(Some(h)) if unread.len() - HEADER_LEN >= h.len => {
+                    self.current = Some(h);
+                    return Ok(Some(h));
                 }
-                Ok(None) => match Header::decode(unread, self.limit) {
-                    Ok(Some(h)) => HEADER_LEN + h.len,
-                    _ => HEADER_LEN,
-                },
+                Ok(Some(h)) => HEADER_LEN + h.len,
+                Ok(None) => HEADER_LEN,
                 Err(e) => return Err(self.fail(e)),
             };
             if matches!(self.state, State::Eof) {

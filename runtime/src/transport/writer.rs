@@ -2,6 +2,7 @@
 //! pending buffer, and whichever sender holds the flush lock writes all of
 //! them in one call (README.md, "Coalescing concurrent senders").
 
+use std::io;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,6 +14,47 @@ use crate::error::SendError;
 /// Payloads at least this long skip the pending buffer and go to the kernel
 /// straight from the caller's slice (no copy).
 const DIRECT_WRITE: usize = 64 << 10;
+
+// The write operations of the contract (mod.rs), beside their one caller.
+impl WriteIo {
+    /// Writes `bufs` completely; `fds` go with the first byte. Returns the
+    /// number of write calls it took.
+    fn write_all(&self, bufs: &[&[u8]], fds: &[BorrowedFd<'_>]) -> io::Result<u64> {
+        match self {
+            WriteIo::Socket(fd) => super::socket::send_all(fd.as_fd(), bufs, fds),
+            WriteIo::Pipe(fd) => {
+                if !fds.is_empty() {
+                    return Err(io::Error::new(
+                        io::ErrorKind::Unsupported,
+                        "file descriptors cannot be passed over a pipe",
+                    ));
+                }
+                super::pipe::write_all(fd.as_fd(), bufs)
+            }
+        }
+    }
+
+    /// Writes what the fd takes now: `Ok(n)`, 0 when it is full. A pipe
+    /// in blocking mode (its mode may be shared with another process, so
+    /// it is left alone) writes all; a non-blocking one writes part.
+    fn write_some(&self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            WriteIo::Socket(fd) => super::socket::send_nonblocking(fd.as_fd(), buf),
+            WriteIo::Pipe(fd) => super::pipe::write_some(fd.as_fd(), buf),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        match self {
+            WriteIo::Socket(fd) => fd.as_fd(),
+            WriteIo::Pipe(fd) => fd.as_fd(),
+        }
+    }
+
+    fn can_pass_fds(&self) -> bool {
+        matches!(self, WriteIo::Socket(_))
+    }
+}
 
 /// Counters of a connection's send half.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -178,6 +178,53 @@ impl Processes {
     }
 }
 
+impl Worker {
+    /// Whether it takes no more jobs: it is retiring, or it has been sent
+    /// its `recycle_after_jobs` budget (then it starts retiring). Called
+    /// by a dispatcher after reserving a slot (SeqCst: see
+    /// `retire_if_idle`).
+    pub(super) fn closed_to_jobs(&self) -> bool {
+        if self.retiring.load(Ordering::SeqCst) {
+            return true;
+        }
+        let Some(n) = self.core.config.recycle.jobs else {
+            return false;
+        };
+        // Relaxed: see `jobs_sent`.
+        let sent = self.jobs_sent.load(Ordering::Relaxed);
+        if sent < n {
+            return false;
+        }
+        let why = format!("recycled after {sent} job(s)");
+        {
+            let mut slot = lock(&self.recycle_why);
+            if slot.is_none() {
+                log::info!("worker {} (pid {}): {why}", self.id, self.pid);
+                *slot = Some(why);
+            }
+        }
+        self.retiring.store(true, Ordering::SeqCst);
+        true
+    }
+}
+
+impl Task {
+    /// The frame head that announces this task to a process worker.
+    fn head(&self) -> crate::proto::ToWorker<'static> {
+        match self.batch {
+            None => crate::proto::ToWorker::Job {
+                id: self.id,
+                route: self.route,
+            },
+            Some(count) => crate::proto::ToWorker::Batch {
+                id: self.id,
+                route: self.route,
+                count,
+            },
+        }
+    }
+}
+
 impl Shared {
     /// Dispatches what is queued to the workers with free slots, the least
     /// loaded first: each round fills every worker up to one more job in
@@ -195,7 +242,7 @@ impl Shared {
         // a submit (one job queued) looks once; a burst spreads.
         while self.core.has_queued() && !self.core.suspended.load(Ordering::Acquire) {
             let least = (0..n)
-                .filter_map(|i| self.slots[(start + i) % n].current())
+                .filter_map(|i| lock(&self.slots[(start + i) % n].current).clone())
                 .filter(|w| w.alive.load(Ordering::Acquire) && !w.retiring.load(Ordering::SeqCst))
                 // SeqCst: as every other access to the in-flight count.
                 .map(|w| (w.in_flight.load(Ordering::SeqCst), w))

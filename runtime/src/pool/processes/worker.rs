@@ -76,9 +76,10 @@ impl shared::Reader for &Worker {
         false
     }
     fn read(&mut self, mut turn: Turn<'_>, wait: crate::transport::Wait) -> shared::Step {
+        let rx: &mut IpcReceiver = &mut turn;
         let got = if self.json() {
             let mut buf = Vec::new();
-            match turn.recv_message_wait(&mut buf, wait) {
+            match rx.recv_message_wait(&mut buf, wait) {
                 Ok(true) => match crate::proto::json::decode(&buf) {
                     Ok(msg) => Ok(Some(msg)),
                     Err(e) => return shared::Step::End(Some(format!("it sent {e}"))),
@@ -87,11 +88,11 @@ impl shared::Reader for &Worker {
                 Err(e) => Err(e),
             }
         } else {
-            turn.recv_wait::<FromWorker>(wait)
+            rx.recv_wait::<FromWorker>(wait)
         };
         match got {
             Ok(Some(msg)) => {
-                self.handle(msg, &mut turn);
+                self.handle(msg, rx);
                 shared::Step::Frame
             }
             Ok(None) => shared::Step::Nothing,
@@ -214,12 +215,13 @@ impl Worker {
                     counters.finish_n(jobs - failed, failed);
                     core.note_answered(&t.state, jobs, failed, self.id);
                     log::trace!("worker {}: job {id} done", self.id);
-                    t.reply.send(Event::Done(outcome));
+                    // Its last word: the outcome and the mailbox's close at once.
+                    t.reply.finish(Event::Done(outcome));
                 } else {
                     // Cancelled or timed out meanwhile: its outcome is out.
                     core.count_settled_elsewhere(&t.state, jobs);
+                    drop(t);
                 }
-                drop(t);
                 // (The slot is given back whether or not the pool scales.)
                 if self.in_flight.fetch_sub(1, Ordering::SeqCst) == 1 && core.scale.is_some() {
                     // Relaxed: read by the monitor's idle check, a hint.
@@ -316,34 +318,6 @@ impl Worker {
             lock(&self.recycle_why).get_or_insert(why);
             self.retiring.store(true, Ordering::SeqCst);
         }
-    }
-
-    /// Whether it takes no more jobs: it is retiring, or it has been sent
-    /// its `recycle_after_jobs` budget (then it starts retiring). Called
-    /// by a dispatcher after reserving a slot (SeqCst: see
-    /// `retire_if_idle`).
-    pub(super) fn closed_to_jobs(&self) -> bool {
-        if self.retiring.load(Ordering::SeqCst) {
-            return true;
-        }
-        let Some(n) = self.core.config.recycle.jobs else {
-            return false;
-        };
-        // Relaxed: see `jobs_sent`.
-        let sent = self.jobs_sent.load(Ordering::Relaxed);
-        if sent < n {
-            return false;
-        }
-        let why = format!("recycled after {sent} job(s)");
-        {
-            let mut slot = lock(&self.recycle_why);
-            if slot.is_none() {
-                log::info!("worker {} (pid {}): {why}", self.id, self.pid);
-                *slot = Some(why);
-            }
-        }
-        self.retiring.store(true, Ordering::SeqCst);
-        true
     }
 
     /// A retiring worker that holds no job is told to stop (once). Called

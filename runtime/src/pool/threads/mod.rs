@@ -414,7 +414,8 @@ impl Threads {
                 counters.finish_n(jobs - failed, failed);
                 core.note_answered(&task.state, jobs, failed, id);
                 log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
-                task.reply.send(Event::Done(outcome));
+                // Its last word: the outcome and the mailbox's close at once.
+                task.reply.finish(Event::Done(outcome));
             } else {
                 core.count_settled_elsewhere(&task.state, jobs);
             }
