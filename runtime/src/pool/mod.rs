@@ -167,7 +167,9 @@ impl Pool {
         self.watch_queue_for(&task, opts.queue_timeout);
         match enqueue(self, Work::Task(task)) {
             Ok(()) => {
-                self.inner.core.note_enqueued();
+                if self.inner.core.config.on_event.is_some() {
+                    self.inner.core.note_enqueued();
+                }
                 self.inner.after_enqueue();
                 Ok(ticket)
             }
@@ -195,7 +197,9 @@ impl Pool {
     fn prepare<J: Job>(&self, job: J, opts: &JobOptions, check: bool) -> Prepared<J> {
         let core = &self.inner.core;
         let state = JobState::new();
-        core.metrics_for::<J>(&state);
+        if core.config.metrics {
+            core.metrics_for::<J>(&state);
+        }
         // Relaxed: ids only need to be unique.
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let (ticket, reply) = Ticket::new(id, state.clone(), core.control.clone());

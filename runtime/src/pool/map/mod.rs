@@ -495,7 +495,9 @@ impl Pool {
         // Relaxed: ids only need to be unique.
         let id = core.next_id.fetch_add(1, Ordering::Relaxed);
         let state = JobState::new();
-        core.metrics_for::<J>(&state);
+        if core.config.metrics {
+            core.metrics_for::<J>(&state);
+        }
         if let Some(token) = token {
             if token.carry(id, &state, &reply, &core.control).is_err() {
                 // Cancelled meanwhile: none of these jobs goes.
@@ -536,7 +538,9 @@ impl Pool {
             Ok(()) => {
                 drop(kept);
                 self.count_holes(holes.len());
-                self.inner.core.note_enqueued();
+                if self.inner.core.config.on_event.is_some() {
+                    self.inner.core.note_enqueued();
+                }
                 self.inner.after_enqueue();
                 Ok(ChunkSent {
                     holes,

@@ -44,7 +44,10 @@ impl Processes {
                         // SeqCst, after the reservation: see `Worker::retire_if_idle`.
                         if w.closed_to_jobs() {
                             w.in_flight.fetch_sub(1, Ordering::SeqCst);
-                            w.retire_if_idle();
+                            // SeqCst: as the first look in `retire_if_idle`.
+                            if w.retiring.load(Ordering::SeqCst) {
+                                w.retire_if_idle();
+                            }
                             break;
                         }
                         dispatch(&w, &sh.core, t);
@@ -290,12 +293,18 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
         // SeqCst, after the reservation: see `Worker::retire_if_idle`.
         if w.closed_to_jobs() {
             w.in_flight.fetch_sub(1, Ordering::SeqCst);
-            w.retire_if_idle();
+            // SeqCst: as the first look in `retire_if_idle`.
+            if w.retiring.load(Ordering::SeqCst) {
+                w.retire_if_idle();
+            }
             break;
         }
         match core.pop() {
             Some(Work::Task(t)) => {
-                core.note_taken();
+                // Relaxed: a hint, as in `note_taken`, which decides.
+                if core.saturated.load(Ordering::Relaxed) {
+                    core.note_taken();
+                }
                 if t.state.is_settled() {
                     // Cancelled (or past its queue deadline) while queued:
                     // dropped without reaching the worker.
@@ -328,7 +337,10 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
     }
     // A reservation given back above may have been the last thing a
     // retiring worker held.
-    w.retire_if_idle();
+    // SeqCst: as the first look in `retire_if_idle`.
+    if w.retiring.load(Ordering::SeqCst) {
+        w.retire_if_idle();
+    }
 }
 
 /// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
@@ -339,7 +351,9 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     // `pending` lock that the insert below takes.
     t.seq = w.next_seq.fetch_add(1, Ordering::Relaxed);
     t.state.mark_dispatched();
-    core.note_started(&t, w.id);
+    if core.config.metrics {
+        core.note_started(&t, w.id);
+    }
     if core.config.recycle.jobs.is_some() {
         // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.
         w.jobs_sent.fetch_add(jobs, Ordering::Relaxed);

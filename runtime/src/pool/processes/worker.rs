@@ -213,7 +213,9 @@ impl Worker {
                 self.note_recycle(jobs);
                 if t.state.settle() {
                     counters.finish_n(jobs - failed, failed);
-                    core.note_answered(&t.state, jobs, failed, self.id);
+                    if core.config.metrics {
+                        core.note_answered(&t.state, jobs, failed, self.id);
+                    }
                     log::trace!("worker {}: job {id} done", self.id);
                     // Its last word: the outcome and the mailbox's close at once.
                     t.reply.finish(Event::Done(outcome));
@@ -227,7 +229,10 @@ impl Worker {
                     // Relaxed: read by the monitor's idle check, a hint.
                     self.idle_since.store(core.clock(), Ordering::Relaxed);
                 }
-                self.retire_if_idle();
+                // SeqCst: as the first look in `retire_if_idle`.
+                if self.retiring.load(Ordering::SeqCst) {
+                    self.retire_if_idle();
+                }
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
                 fill_slots(self, core, self.max_in_flight, false);

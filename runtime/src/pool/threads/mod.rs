@@ -356,7 +356,9 @@ impl Threads {
                 continue;
             }
             task.state.mark_dispatched();
-            core.note_started(&task, id);
+            if core.config.metrics {
+                core.note_started(&task, id);
+            }
             let tracked = task.batch.is_none() || task.timeout.is_some();
             if tracked {
                 *lock(&slot.running) = Some(Running {
@@ -412,7 +414,9 @@ impl Threads {
             // Phase 3: answer, unless someone settled it meanwhile.
             if task.state.settle() {
                 counters.finish_n(jobs - failed, failed);
-                core.note_answered(&task.state, jobs, failed, id);
+                if core.config.metrics {
+                    core.note_answered(&task.state, jobs, failed, id);
+                }
                 log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
                 // Its last word: the outcome and the mailbox's close at once.
                 task.reply.finish(Event::Done(outcome));

@@ -106,7 +106,10 @@ impl Threads {
         if !core.ranked.is_empty() {
             match core.pop() {
                 Some(Work::Task(t)) => {
-                    core.note_taken();
+                    // Relaxed: a hint, as in `note_taken`, which decides.
+                    if core.saturated.load(Ordering::Relaxed) {
+                        core.note_taken();
+                    }
                     return Taken::Task(t);
                 }
                 Some(Work::Stop) => return Taken::Stop,
@@ -141,7 +144,10 @@ impl Threads {
     fn taken(core: &Core, got: Result<Work, bool>) -> Taken {
         match got {
             Ok(Work::Task(t)) => {
-                core.note_taken();
+                // Relaxed: a hint, as in `note_taken`, which decides.
+                if core.saturated.load(Ordering::Relaxed) {
+                    core.note_taken();
+                }
                 Taken::Task(t)
             }
             Ok(Work::Wake) | Err(false) => Taken::Nothing,
