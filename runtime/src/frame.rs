@@ -11,6 +11,9 @@ pub const MAGIC: [u8; 8] = *b"PORTPOOL";
 /// The protocol version this build speaks. Peers must speak the same one.
 pub const PROTOCOL_VERSION: u16 = 1;
 
+/// Bit 0 of the hello's flags byte: the sender can use shared memory.
+const SHM_FLAG: u8 = 1;
+
 /// Length of the hello each side sends first.
 pub const HELLO_LEN: usize = 16;
 
@@ -91,6 +94,13 @@ pub struct Hello {
     pub role: Role,
     /// The codec the sender's frames use.
     pub codec: Codec,
+    /// The sender can move this connection to shared memory (byte 12, bit
+    /// 0). It moves when both sides can: the supervisor, or else the side
+    /// with the larger `nonce`, makes the segment (equal nonces: it stays).
+    pub shared_memory: bool,
+    /// A random number that picks who makes the segment between equals
+    /// (bytes 13..15, little-endian).
+    pub nonce: u16,
 }
 
 /// Why a peer's hello was refused.
@@ -161,16 +171,36 @@ impl Hello {
             version: PROTOCOL_VERSION,
             role,
             codec,
+            shared_memory: false,
+            nonce: 0,
         }
     }
 
-    /// Encodes the hello: magic, version (u16 LE), role, codec, 4 reserved zero bytes.
+    /// Whether this connection moves to shared memory, and if so whether
+    /// the side that sent `self` makes the segment: `Some(true)` it makes
+    /// it, `Some(false)` the peer does, `None` it stays on the socket.
+    pub fn shared_memory_maker(&self, peer: &Hello) -> Option<bool> {
+        if !(self.shared_memory && peer.shared_memory) {
+            return None;
+        }
+        match (self.role, peer.role) {
+            (Role::Supervisor, r) if r != Role::Supervisor => Some(true),
+            (r, Role::Supervisor) if r != Role::Supervisor => Some(false),
+            _ if self.nonce == peer.nonce => None,
+            _ => Some(self.nonce > peer.nonce),
+        }
+    }
+
+    /// Encodes the hello: magic, version (u16 LE), role, codec, a flags
+    /// byte (bit 0: shared memory), the nonce (u16 LE), a reserved zero byte.
     pub fn encode(&self) -> [u8; HELLO_LEN] {
         let mut b = [0u8; HELLO_LEN];
         b[..8].copy_from_slice(&MAGIC);
         b[8..10].copy_from_slice(&self.version.to_le_bytes());
         b[10] = self.role as u8;
         b[11] = self.codec as u8;
+        b[12] = u8::from(self.shared_memory);
+        b[13..15].copy_from_slice(&self.nonce.to_le_bytes());
         b
     }
 
@@ -190,10 +220,16 @@ impl Hello {
         }
         let role = Role::from_byte(b[10]).ok_or(HelloError::UnknownRole(b[10]))?;
         let codec = Codec::from_byte(b[11]).ok_or(HelloError::UnknownCodec(b[11]))?;
-        if b[12..].iter().any(|&x| x != 0) {
+        if b[12] & !SHM_FLAG != 0 || b[15] != 0 {
             return Err(HelloError::Reserved);
         }
-        Ok(Hello { version, role, codec })
+        Ok(Hello {
+            version,
+            role,
+            codec,
+            shared_memory: b[12] & SHM_FLAG != 0,
+            nonce: u16::from_le_bytes([b[13], b[14]]),
+        })
     }
 }
 

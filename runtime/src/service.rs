@@ -39,6 +39,8 @@ enum Answer {
     Failed(Failure),
 }
 
+// One per service, made once and never moved on a hot path: its size is no cost.
+#[allow(clippy::large_enum_variant)]
 enum Kind {
     Thread {
         ports: Option<Sender<Port>>,
@@ -125,6 +127,7 @@ impl Service {
     pub fn process(command: Command) -> io::Result<Service> {
         let opts = ConnectOptions {
             role: Role::Supervisor,
+            shared_memory: true,
             ..ConnectOptions::default()
         };
         let started =

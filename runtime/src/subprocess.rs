@@ -100,6 +100,7 @@ impl SubprocessBuilder {
             crate::child::Via::Inherit,
             crate::port::ConnectOptions {
                 codec: self.codec,
+                shared_memory: true,
                 ..crate::port::ConnectOptions::default()
             },
             !self.quiet_stderr,

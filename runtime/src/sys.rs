@@ -25,6 +25,9 @@ macro_rules! syscall {
 }
 pub(crate) use syscall;
 
+#[cfg(target_os = "linux")]
+pub(crate) mod shm;
+
 /// Creates a connected `AF_UNIX` stream socket pair, both ends close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];

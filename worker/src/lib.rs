@@ -40,6 +40,8 @@ pub fn connect() -> io::Result<Ipc> {
     }
     port.connect_with(ConnectOptions {
         role: Role::Worker,
+        // The supervisor decides: it offers shared memory unless told not to.
+        shared_memory: true,
         ..ConnectOptions::default()
     })
 }
@@ -62,6 +64,8 @@ fn open_link(ipc: &mut Ipc) -> io::Result<()> {
         .map_err(|e| io::Error::other(format!("the supervisor's link port did not come: {e}")))?;
     let conn = port.connect_with(ConnectOptions {
         role: Role::Worker,
+        // The supervisor decides: it offers shared memory unless told not to.
+        shared_memory: true,
         ..ConnectOptions::default()
     })?;
     let _ = LINK.set(Link::new(conn));

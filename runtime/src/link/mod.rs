@@ -190,6 +190,7 @@ impl Link {
     pub fn from_env(codec: Codec) -> std::io::Result<Link> {
         let opts = crate::port::ConnectOptions {
             codec,
+            shared_memory: true,
             ..crate::port::ConnectOptions::default()
         };
         let ipc = crate::port::Port::from_env()?.connect_with(opts)?;

@@ -23,6 +23,7 @@ pub struct PoolBuilder {
     worker_links: bool,
     /// `forward_worker_stderr(false)`.
     quiet_stderr: bool,
+    socket_only: bool,
     job_codec: crate::frame::Codec,
     /// Workers started through launchers, beside the local ones.
     launches: Vec<(Launcher, usize)>,
@@ -363,6 +364,19 @@ impl PoolBuilder {
         self
     }
 
+    /// Whether each process worker's connection moves to shared memory
+    /// (default: yes, on Linux, when the worker is built with portpool; a
+    /// worker in another language stays on its socket). The bytes then
+    /// cross through two rings in a sealed memfd instead of the kernel's
+    /// socket buffers: no system call per job while both sides are busy.
+    /// `PORTPOOL_TRANSPORT=socket` in the environment turns it off too;
+    /// [`Ipc::transport`](crate::port::Ipc::transport) and the log (debug)
+    /// say which is in use.
+    pub fn shared_memory(mut self, on: bool) -> Self {
+        self.socket_only = !on;
+        self
+    }
+
     /// How jobs, results and progress cross to process workers: postcard
     /// (the default; workers built with portpool) or JSON, for workers in
     /// other languages (`python/portpool_worker.py`, or any that follows
@@ -536,6 +550,7 @@ impl PoolBuilder {
                 recycle: self.recycle,
                 metrics: self.metrics.unwrap_or(false),
                 forward_stderr: !self.quiet_stderr,
+                shared_memory: !self.socket_only,
                 job_codec: self.job_codec,
             },
             handlers: handlers.clone(),

@@ -58,6 +58,9 @@ pub(crate) struct Config {
     /// Whether process workers' stderr lines are passed on
     /// (`PoolBuilder::forward_worker_stderr`).
     pub(crate) forward_stderr: bool,
+    /// Whether process workers' connections may move to shared memory
+    /// (`PoolBuilder::shared_memory`).
+    pub(crate) shared_memory: bool,
     /// How jobs and results cross to process workers
     /// (`PoolBuilder::job_codec`).
     pub(crate) job_codec: crate::frame::Codec,

@@ -453,6 +453,12 @@ impl IpcReceiver {
     pub fn peer_role(&self) -> Role {
         self.peer.role
     }
+
+    /// What carries the bytes: `"socket"`, `"pipes"` or `"shared memory"`
+    /// (see [`ConnectOptions::shared_memory`](crate::port::ConnectOptions::shared_memory)).
+    pub fn transport(&self) -> &'static str {
+        self.reader.flavor()
+    }
 }
 
 impl Ipc {
@@ -523,6 +529,11 @@ impl Ipc {
     /// The role the peer announced.
     pub fn peer_role(&self) -> Role {
         self.tx.peer.role
+    }
+
+    /// What carries the bytes: `"socket"`, `"pipes"` or `"shared memory"`.
+    pub fn transport(&self) -> &'static str {
+        self.rx.transport()
     }
 
     /// The codec both sides announced (the handshake refuses a mismatch).

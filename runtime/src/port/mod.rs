@@ -116,6 +116,14 @@ pub struct ConnectOptions {
     /// (default postcard; JSON for a [`Link`](crate::link::Link) with a
     /// peer in another language).
     pub codec: frame::Codec,
+    /// Move the connection to shared memory when the peer can too (Linux,
+    /// socket ports; see [`transport`](crate::transport), "A shared-memory
+    /// connection"). Off by default for a plain port, since its fd
+    /// ([`AsFd`](std::os::fd::AsFd)) then stops telling when a message
+    /// waits; on when the environment says `PORTPOOL_TRANSPORT=shm`.
+    /// Pools, links, subprocesses and services turn it on; the environment
+    /// variable `PORTPOOL_TRANSPORT=socket` turns it off everywhere.
+    pub shared_memory: bool,
 }
 
 impl Default for ConnectOptions {
@@ -126,8 +134,27 @@ impl Default for ConnectOptions {
             max_frame_len: frame::DEFAULT_MAX_FRAME,
             spin: transport::DEFAULT_SPIN,
             codec: frame::Codec::Postcard,
+            shared_memory: std::env::var_os(TRANSPORT_ENV).is_some_and(|v| v == "shm"),
         }
     }
+}
+
+/// The environment variable that, set to `socket`, keeps every connection
+/// of this process (and of the workers it starts) on its socket.
+pub const TRANSPORT_ENV: &str = "PORTPOOL_TRANSPORT";
+
+/// Whether this process may move connections to shared memory.
+fn shared_memory_allowed() -> bool {
+    cfg!(target_os = "linux") && std::env::var_os(TRANSPORT_ENV).is_none_or(|v| v != "socket")
+}
+
+/// A number that differs between two connecting processes (it picks who
+/// makes a shared segment between equals).
+fn hello_nonce() -> u16 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(std::process::id());
+    h.finish() as u16
 }
 
 /// Set once the environment's port has been taken, so two `Port`s never
@@ -313,7 +340,8 @@ impl Port {
 
     /// Connects with the given options (see [`Port::connect`]).
     pub fn connect_with(self, opts: ConnectOptions) -> io::Result<Ipc> {
-        let (mut reader, writer) = match self.fds {
+        let on_socket = matches!(self.fds, PortFds::Socket(_));
+        let (mut reader, mut writer) = match self.fds {
             PortFds::Socket(fd) => transport::over_socket(fd),
             PortFds::Pipes { incoming, outgoing } => transport::over_pipes(incoming, outgoing),
         };
@@ -324,7 +352,11 @@ impl Port {
         // last messages too) refuses our hello with EPIPE. That is not yet a
         // failure: its hello and messages are still ours to read, and the
         // writer stays marked disconnected for later sends.
-        match writer.write_raw(&frame::Hello::with_codec(opts.role, opts.codec).encode()) {
+        let deadline = std::time::Instant::now().checked_add(opts.timeout);
+        let mut ours = frame::Hello::with_codec(opts.role, opts.codec);
+        ours.shared_memory = opts.shared_memory && on_socket && shared_memory_allowed();
+        ours.nonce = hello_nonce();
+        match writer.write_raw(&ours.encode()) {
             Ok(()) | Err(crate::error::SendError::Disconnected) => {}
             Err(other) => return Err(other.into()),
         }
@@ -342,6 +374,14 @@ impl Port {
                 theirs: peer.codec,
             };
             return Err(HandshakeError::Hello(e).into_io());
+        }
+        if let Some(create) = ours.shared_memory_maker(&peer) {
+            // Both can: the maker offers a segment, the other accepts it or
+            // says why not; either way both know where the bytes go next.
+            let deadline = deadline.unwrap_or_else(|| std::time::Instant::now() + DEFAULT_CONNECT_TIMEOUT);
+            if transport::upgrade_to_shm(&mut reader, &mut writer, create, deadline)? {
+                log::debug!("connection moved to shared memory (this side made it: {create})");
+            }
         }
         Ok(Ipc::new(reader, writer, peer))
     }

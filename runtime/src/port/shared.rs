@@ -3,22 +3,22 @@
 //! (a [`Turn`]) and reads the connection itself while no other thread
 //! does, so a reply reaches the thread that wants it without a hand-off.
 //! A background reader ([`SharedReceiver::background`]) reads only while
-//! nobody waits; when nothing comes it sleeps on a duplicate of the fd,
+//! nobody waits; when nothing comes it sleeps on a wait handle (a
+//! duplicate of the fd, or a shared-memory connection's doorbell),
 //! without holding the receiver, so a caller can take it at any moment.
 //!
 //! Its users (a `Link`, a pool's process worker) say only what a read
 //! means to them ([`Reader`]) and when the background reader should leave
 //! reading to their waiters; the turn, the hand-off spin, the nap and the
-//! sleep on the fd are here, once.
+//! sleep on the wait handle are here, once.
 
 use std::ops::{Deref, DerefMut};
-use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 use super::IpcReceiver;
-use crate::transport::Wait;
+use crate::transport::{Wait, WaitHandle};
 use crate::util::lock;
 
 /// How long a thread that wants to read waits, spinning, for the thread
@@ -77,10 +77,10 @@ pub(crate) struct SharedReceiver {
     nap: Condvar,
     /// The background reader is napping on `nap`.
     napping: AtomicBool,
-    /// A duplicate of the connection's fd, to sleep until it is readable
-    /// without holding the receiver (`None`: the kernel refused one, and
-    /// the background reader polls).
-    fd: Option<OwnedFd>,
+    /// Something to sleep on until the connection is readable without
+    /// holding the receiver (`None`: the kernel refused one, and the
+    /// background reader polls).
+    waiter: Option<WaitHandle>,
 }
 
 /// The right to read: the receiver, taken out of its [`SharedReceiver`]
@@ -112,8 +112,8 @@ impl Drop for Turn<'_> {
 impl SharedReceiver {
     /// Shares `rx`. `who` names the connection in the log.
     pub(crate) fn new(rx: IpcReceiver, who: &str) -> SharedReceiver {
-        let fd = match rx.dup_fd() {
-            Ok(fd) => Some(fd),
+        let waiter = match rx.reader.wait_handle() {
+            Ok(w) => Some(w),
             Err(e) => {
                 log::warn!("{who}: could not duplicate the connection's fd ({e}); its reader polls");
                 None
@@ -123,7 +123,7 @@ impl SharedReceiver {
             slot: Mutex::new(Some(rx)),
             nap: Condvar::new(),
             napping: AtomicBool::new(false),
-            fd,
+            waiter,
         }
     }
 
@@ -187,8 +187,8 @@ impl SharedReceiver {
     /// Shuts the reading side down, so a reader asleep on the fd (and the
     /// receiver) sees the end at once (sockets only; a no-op otherwise).
     pub(crate) fn shutdown_read(&self) {
-        if let Some(fd) = &self.fd {
-            crate::sys::shutdown_read(fd.as_fd());
+        if let Some(w) = &self.waiter {
+            w.shutdown_read();
         }
     }
 
@@ -227,13 +227,11 @@ impl SharedReceiver {
                 Step::Nothing => {}
             }
             // Idle: sleep until the fd is readable, without the receiver.
-            let slept = match &self.fd {
-                Some(fd) => crate::sys::poll_readable(fd.as_fd(), None)
-                    .map(|_| true)
-                    .unwrap_or_else(|e| {
-                        log::debug!("waiting on a connection failed ({e}); its reader polls");
-                        false
-                    }),
+            let slept = match &self.waiter {
+                Some(w) => w.wait().map(|()| true).unwrap_or_else(|e| {
+                    log::debug!("waiting on a connection failed ({e}); its reader polls");
+                    false
+                }),
                 None => false,
             };
             if !slept {

@@ -29,6 +29,9 @@ pub use crate::frame;
 #[allow(unsafe_code)] // the OS layer: read/write on pipes into spare capacity
 mod pipe;
 mod reader;
+#[cfg(target_os = "linux")]
+#[allow(unsafe_code)] // the OS layer: the rings in a mapping both processes write
+mod shm;
 #[allow(unsafe_code)] // the OS layer: sendmsg/recvmsg with SCM_RIGHTS
 mod socket;
 mod writer;
@@ -65,6 +68,9 @@ pub(crate) enum ReadOutcome {
 pub(crate) enum ReadIo {
     Socket(Arc<OwnedFd>),
     Pipe(OwnedFd),
+    /// The peer's ring in shared memory (the socket stays beside it).
+    #[cfg(target_os = "linux")]
+    Shm(shm::ShmRead),
 }
 
 /// The write side of a connection.
@@ -72,6 +78,63 @@ pub(crate) enum ReadIo {
 pub(crate) enum WriteIo {
     Socket(Arc<OwnedFd>),
     Pipe(OwnedFd),
+    /// Our ring in shared memory.
+    #[cfg(target_os = "linux")]
+    Shm(shm::ShmWrite),
+}
+
+/// A way to sleep until a connection has something to read, without
+/// holding its [`Reader`] (a background reader sleeps on it while another
+/// thread may take the reader at any moment).
+#[derive(Debug)]
+pub(crate) enum WaitHandle {
+    /// A duplicate of a socket's or a pipe's fd: readable means readable.
+    Fd(OwnedFd),
+    /// A shared-memory connection: its doorbell and flags.
+    #[cfg(target_os = "linux")]
+    Shm(Arc<shm::Conn>),
+}
+
+impl WaitHandle {
+    /// Sleeps until the connection has something to read (or has ended).
+    pub(crate) fn wait(&self) -> std::io::Result<()> {
+        match self {
+            WaitHandle::Fd(fd) => crate::sys::poll_readable(std::os::fd::AsFd::as_fd(fd), None).map(drop),
+            #[cfg(target_os = "linux")]
+            WaitHandle::Shm(conn) => conn.wait_readable(None).map(drop),
+        }
+    }
+
+    /// Shuts the reading side down, so whoever sleeps on it or reads sees
+    /// the end at once (a pipe: nothing happens).
+    pub(crate) fn shutdown_read(&self) {
+        match self {
+            WaitHandle::Fd(fd) => crate::sys::shutdown_read(std::os::fd::AsFd::as_fd(fd)),
+            #[cfg(target_os = "linux")]
+            WaitHandle::Shm(conn) => conn.shutdown_read(),
+        }
+    }
+}
+
+/// Moves a connection whose hellos were just exchanged onto shared memory
+/// (Linux, socket connections only); `create`: this side makes the
+/// segment, the other accepts it. `Ok(false)`: it stays on the socket, as
+/// both sides know. Elsewhere it always stays.
+pub(crate) fn upgrade_to_shm(
+    reader: &mut Reader,
+    writer: &mut Writer,
+    create: bool,
+    deadline: std::time::Instant,
+) -> std::io::Result<bool> {
+    #[cfg(target_os = "linux")]
+    {
+        shm::upgrade(reader, writer, create, deadline)
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (reader, writer, create, deadline);
+        Ok(false)
+    }
 }
 
 /// Builds the two halves of a connection over a socket (both directions on

@@ -35,12 +35,14 @@ impl ReadIo {
         match self {
             ReadIo::Socket(fd) => fd.as_fd(),
             ReadIo::Pipe(fd) => fd.as_fd(),
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(r) => r.conn().socket(),
         }
     }
 
     /// Appends at most `max` bytes (and any fds) without blocking.
     fn read_nonblocking(
-        &self,
+        &mut self,
         buf: &mut Vec<u8>,
         max: usize,
         fds: &mut VecDeque<OwnedFd>,
@@ -48,6 +50,31 @@ impl ReadIo {
         match self {
             ReadIo::Socket(fd) => super::socket::recv_nonblocking(fd.as_fd(), buf, max, fds),
             ReadIo::Pipe(fd) => super::pipe::read_nonblocking(fd.as_fd(), buf, max),
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(r) => r.read_nonblocking(buf, max, fds),
+        }
+    }
+
+    /// Sleeps until there is something to read, or `deadline`.
+    fn wait_readable(&self, deadline: Option<Instant>) -> io::Result<()> {
+        match self {
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(r) => r.conn().wait_readable(deadline).map(drop),
+            _ => {
+                let timeout = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+                sys::poll_readable(self.fd(), timeout).map(drop)
+            }
+        }
+    }
+
+    /// Sleeps until there is something to read here or room to write on
+    /// `write` (the other half of this connection). Returns whether it may
+    /// be readable.
+    fn wait_read_or_write(&self, write: BorrowedFd<'_>) -> io::Result<bool> {
+        match self {
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(r) => r.conn().wait_read_or_write().map(|()| true),
+            _ => sys::poll_read_or_write(self.fd(), write).map(|(readable, _)| readable),
         }
     }
 }
@@ -200,16 +227,58 @@ impl Reader {
         self.io.fd()
     }
 
-    /// A duplicate of the fd this reader reads from.
+    /// A duplicate of the fd this reader reads from (for a shared-memory
+    /// connection, its socket).
     pub(crate) fn dup_fd(&self) -> io::Result<std::os::fd::OwnedFd> {
         self.io.fd().try_clone_to_owned()
     }
 
-    /// Waits until this connection's fd is readable or writable; if it is
+    /// A handle to sleep on until this connection has something to read,
+    /// without holding the reader.
+    pub(crate) fn wait_handle(&self) -> io::Result<super::WaitHandle> {
+        match &self.io {
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(r) => Ok(super::WaitHandle::Shm(r.conn().clone())),
+            _ => Ok(super::WaitHandle::Fd(self.dup_fd()?)),
+        }
+    }
+
+    /// Which kind of connection this is: "socket", "pipes" or "shared memory".
+    pub(crate) fn flavor(&self) -> &'static str {
+        match &self.io {
+            ReadIo::Socket(_) => "socket",
+            ReadIo::Pipe(_) => "pipes",
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(_) => "shared memory",
+        }
+    }
+
+    /// The socket under a socket connection (to move it to shared memory).
+    pub(crate) fn socket(&self) -> Option<std::sync::Arc<OwnedFd>> {
+        match &self.io {
+            ReadIo::Socket(fd) => Some(fd.clone()),
+            _ => None,
+        }
+    }
+
+    /// Takes the bytes buffered but not consumed (after a raw handshake).
+    pub(crate) fn take_raw_leftover(&mut self) -> Vec<u8> {
+        let rest = self.buf[self.head..].to_vec();
+        self.buf.clear();
+        self.head = 0;
+        rest
+    }
+
+    /// Reads from `io` from now on.
+    pub(crate) fn set_io(&mut self, io: ReadIo) {
+        self.io = io;
+    }
+
+    /// Waits until this connection is readable or writable; if it is
     /// readable, reads what is there into the buffer (to be received
     /// later). For a writer that must keep reading while it waits to write.
     pub fn buffer_while_waiting_to_write(&mut self, write: std::os::fd::BorrowedFd<'_>) -> io::Result<()> {
-        let (readable, _) = sys::poll_read_or_write(self.io.fd(), write)?;
+        let readable = self.io.wait_read_or_write(write)?;
         if readable && matches!(self.state, State::Open) {
             self.reserve(READ_CHUNK);
             if self
@@ -467,8 +536,7 @@ impl Reader {
                 continue;
             }
             // Phase 2: sleep until readable or the deadline.
-            let timeout = deadline.map(|d| d.saturating_duration_since(now));
-            sys::poll_readable(self.io.fd(), timeout).map_err(RecvError::from_io)?;
+            self.io.wait_readable(deadline).map_err(RecvError::from_io)?;
         }
     }
 }

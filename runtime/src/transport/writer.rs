@@ -31,6 +31,8 @@ impl WriteIo {
                 }
                 super::pipe::write_all(fd.as_fd(), bufs)
             }
+            #[cfg(target_os = "linux")]
+            WriteIo::Shm(w) => w.write_all(bufs, fds),
         }
     }
 
@@ -41,6 +43,8 @@ impl WriteIo {
         match self {
             WriteIo::Socket(fd) => super::socket::send_nonblocking(fd.as_fd(), buf),
             WriteIo::Pipe(fd) => super::pipe::write_some(fd.as_fd(), buf),
+            #[cfg(target_os = "linux")]
+            WriteIo::Shm(w) => w.write_some(buf),
         }
     }
 
@@ -48,11 +52,18 @@ impl WriteIo {
         match self {
             WriteIo::Socket(fd) => fd.as_fd(),
             WriteIo::Pipe(fd) => fd.as_fd(),
+            #[cfg(target_os = "linux")]
+            WriteIo::Shm(w) => w.conn().socket(),
         }
     }
 
     fn can_pass_fds(&self) -> bool {
-        matches!(self, WriteIo::Socket(_))
+        match self {
+            WriteIo::Socket(_) => true,
+            WriteIo::Pipe(_) => false,
+            #[cfg(target_os = "linux")]
+            WriteIo::Shm(_) => true,
+        }
     }
 }
 
@@ -284,10 +295,28 @@ impl Writer {
 
     /// Writes raw bytes (the handshake hello) after whatever was pending.
     pub(crate) fn write_raw(&self, bytes: &[u8]) -> Result<(), SendError> {
+        self.write_raw_with_fds(bytes, &[])
+    }
+
+    /// Writes raw bytes with `fds` attached to the first (the handshake's
+    /// move to shared memory).
+    pub(crate) fn write_raw_with_fds(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
         let mut f = lock(&self.shared.flush);
         self.write_pending(&mut f)?;
-        let res = self.shared.io.write_all(&[bytes], &[]);
+        let res = self.shared.io.write_all(&[bytes], fds);
         self.record(&mut f, res, 0)
+    }
+
+    /// Writes to `io` from now on. Only while this is the one handle on the
+    /// connection (during the handshake).
+    pub(crate) fn set_io(&mut self, io: WriteIo) -> std::io::Result<()> {
+        match Arc::get_mut(&mut self.shared) {
+            Some(shared) => {
+                shared.io = io;
+                Ok(())
+            }
+            None => Err(std::io::Error::other("the connection's writer is shared already")),
+        }
     }
 
     /// Moves the pending frames (whole ones only) into `f.spare` for

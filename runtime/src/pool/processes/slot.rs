@@ -214,6 +214,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         role: Role::Supervisor,
         timeout: START_TIMEOUT,
         codec: core.config.job_codec,
+        shared_memory: core.config.shared_memory,
         ..ConnectOptions::default()
     };
     // A process group of its own: the terminal's Ctrl-C, Ctrl-\ and Ctrl-Z
@@ -428,6 +429,7 @@ pub(super) fn open_link(ipc: &crate::port::Ipc) -> std::io::Result<crate::link::
     let conn = ours.connect_with(ConnectOptions {
         role: Role::Supervisor,
         timeout: START_TIMEOUT,
+        shared_memory: true,
         ..ConnectOptions::default()
     })?;
     let mut link = crate::link::Link::new(conn);

@@ -1,0 +1,268 @@
+//! The OS calls under shared memory: sealed memfds, their mappings, and
+//! eventfd doorbells (Linux). The shared-memory transport
+//! (`transport/shm.rs`) is built on these and on nothing else of libc.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::ptr::NonNull;
+use std::time::{Duration, Instant};
+
+/// Seals that make a memfd's size final: it can neither shrink (which
+/// would make a peer's mapping fault) nor grow, and no seal can be added
+/// or removed later.
+pub(crate) const SEALS_SIZE: libc::c_int = libc::F_SEAL_SHRINK | libc::F_SEAL_GROW | libc::F_SEAL_SEAL;
+
+/// Creates an anonymous memory file of `len` bytes (zeroed) that can be
+/// sealed, close-on-exec. `name` shows in `/proc/<pid>/fd` only.
+pub(crate) fn memfd_create(name: &std::ffi::CStr, len: u64) -> io::Result<OwnedFd> {
+    let flags = libc::MFD_CLOEXEC | libc::MFD_ALLOW_SEALING;
+    // `name` is a NUL-terminated string that outlives the call.
+    let fd = syscall!(memfd_create(name.as_ptr(), flags))?;
+    // SAFETY: memfd_create just returned this fd; nothing else owns it.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let len = libc::off_t::try_from(len)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "memory file too large"))?;
+    // `fd` is the memfd we own.
+    syscall!(ftruncate(fd.as_raw_fd(), len))?;
+    Ok(fd)
+}
+
+/// Adds `seals` to a memfd.
+pub(crate) fn add_seals(fd: BorrowedFd<'_>, seals: libc::c_int) -> io::Result<()> {
+    // `fd` is open (borrowed); F_ADD_SEALS takes an int argument.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, seals))?;
+    Ok(())
+}
+
+/// The seals a memfd carries (an error if it is no memfd).
+pub(crate) fn seals(fd: BorrowedFd<'_>) -> io::Result<libc::c_int> {
+    // `fd` is open (borrowed); F_GET_SEALS takes no argument.
+    syscall!(fcntl(fd.as_raw_fd(), libc::F_GET_SEALS))
+}
+
+/// The size of the file behind `fd`.
+pub(crate) fn file_len(fd: BorrowedFd<'_>) -> io::Result<u64> {
+    // SAFETY: `stat` is plain old data; all-zero is a valid value for
+    // fstat to overwrite.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // `fd` is open (borrowed) and `st` is a writable stat.
+    syscall!(fstat(fd.as_raw_fd(), &mut st))?;
+    u64::try_from(st.st_size).map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "negative file size"))
+}
+
+/// A shared mapping of a whole memory file, unmapped on drop. It hands out
+/// a raw pointer only: memory another process may write is never made a
+/// Rust reference (the transport copies bytes in and out through it).
+#[derive(Debug)]
+pub(crate) struct Mapping {
+    ptr: NonNull<u8>,
+    len: usize,
+}
+
+// SAFETY: a Mapping is an address range owned by this value; it has no
+// thread affinity, and all access through its pointer is by atomics or by
+// copies whose callers serialise themselves.
+unsafe impl Send for Mapping {}
+// SAFETY: as for Send: `&Mapping` only gives out the pointer.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps `len` bytes of `fd` shared, read-write or read-only. The caller
+    /// has checked that the file is at least `len` long and cannot shrink
+    /// (its seals), or a later access past its end would fault.
+    pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        if len == 0 {
+            return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"));
+        }
+        let prot = if writable {
+            libc::PROT_READ | libc::PROT_WRITE
+        } else {
+            libc::PROT_READ
+        };
+        // SAFETY: a fresh mapping chosen by the kernel (address null), of
+        // an open fd (borrowed); it overlaps no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                libc::MAP_SHARED,
+                fd.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return Err(io::Error::last_os_error());
+        }
+        let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        Ok(Mapping { ptr, len })
+    }
+
+    /// The first byte of the mapping.
+    pub(crate) fn as_ptr(&self) -> *mut u8 {
+        self.ptr.as_ptr()
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: exactly the range `map` created, unmapped once; no
+        // reference into it outlives this value (only raw pointers are
+        // given out, and their users hold this mapping alive).
+        unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// Creates a non-blocking, close-on-exec eventfd (a doorbell: a write
+/// makes it readable until it is drained).
+pub(crate) fn eventfd() -> io::Result<OwnedFd> {
+    // No pointers; plain flags.
+    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
+    // SAFETY: eventfd just returned this fd; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+/// Rings a doorbell: adds 1 to the eventfd's count. A count already at its
+/// maximum (`EAGAIN`) is readable anyway, so that is not an error.
+pub(crate) fn eventfd_ring(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one: u64 = 1;
+    loop {
+        // `fd` is open (borrowed); we write the 8 bytes of `one`.
+        match syscall!(write(fd.as_raw_fd(), (&one as *const u64).cast(), 8)) {
+            Ok(_) => return Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+/// Drains a doorbell (reads its count to 0) without blocking.
+pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
+    let mut count: u64 = 0;
+    // `fd` is open (borrowed); we read at most 8 bytes into `count`. EAGAIN
+    // (nothing rung) and other errors leave nothing to do.
+    let _ = syscall!(read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8));
+}
+
+/// What [`poll_doorbell`] saw.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Rang {
+    /// The doorbell is readable.
+    pub(crate) bell: bool,
+    /// The peer shut its sending side down (or left).
+    pub(crate) peer_done_sending: bool,
+    /// The connection is gone both ways (the peer closed or died).
+    pub(crate) hung_up: bool,
+}
+
+/// Sleeps until the doorbell `bell` is rung, the socket reports its peer's
+/// end (`POLLRDHUP`, only while `watch_rdhup`; a hang-up always), or
+/// `timeout` passes (`None`: no limit).
+pub(crate) fn poll_doorbell(
+    bell: BorrowedFd<'_>,
+    socket: BorrowedFd<'_>,
+    watch_rdhup: bool,
+    timeout: Option<Duration>,
+) -> io::Result<Rang> {
+    let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+    loop {
+        let ms: libc::c_int = match deadline {
+            None => -1,
+            Some(d) => {
+                let left = d.saturating_duration_since(Instant::now());
+                left.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int
+            }
+        };
+        let mut fds = [
+            libc::pollfd {
+                fd: bell.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: socket.as_raw_fd(),
+                events: if watch_rdhup { libc::POLLRDHUP } else { 0 },
+                revents: 0,
+            },
+        ];
+        // `fds` holds two valid pollfds and we pass a count of 2.
+        match syscall!(poll(fds.as_mut_ptr(), 2, ms)) {
+            Ok(0) => {
+                if deadline.is_some_and(|d| Instant::now() >= d) {
+                    return Ok(Rang::default());
+                }
+            }
+            Ok(_) => {
+                if fds.iter().any(|p| p.revents & libc::POLLNVAL != 0) {
+                    return Err(io::Error::from_raw_os_error(libc::EBADF));
+                }
+                let s = fds[1].revents;
+                let hung_up = s & (libc::POLLHUP | libc::POLLERR) != 0;
+                return Ok(Rang {
+                    bell: fds[0].revents & libc::POLLIN != 0,
+                    peer_done_sending: hung_up || s & libc::POLLRDHUP != 0,
+                    hung_up,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_sealed_memfd_keeps_its_size_and_maps_shared() {
+        let fd = memfd_create(c"portpool-test", 8192).unwrap();
+        assert_eq!(file_len(fd.as_fd()).unwrap(), 8192);
+        add_seals(fd.as_fd(), SEALS_SIZE).unwrap();
+        assert_eq!(seals(fd.as_fd()).unwrap() & SEALS_SIZE, SEALS_SIZE);
+        // Shrinking is refused once sealed.
+        // `fd` is the memfd we own.
+        assert!(syscall!(ftruncate(fd.as_raw_fd(), 0)).is_err());
+        let a = Mapping::map(fd.as_fd(), 8192, true).unwrap();
+        let b = Mapping::map(fd.as_fd(), 8192, false).unwrap();
+        // SAFETY: both mappings are 8192 bytes of the same file, alive here;
+        // byte 100 is inside both, and no reference into them exists.
+        unsafe {
+            a.as_ptr().add(100).write_volatile(42);
+            assert_eq!(b.as_ptr().add(100).read_volatile(), 42);
+        }
+    }
+
+    #[test]
+    fn a_frozen_memfd_cannot_be_mapped_writable() {
+        let fd = memfd_create(c"portpool-test", 4096).unwrap();
+        add_seals(fd.as_fd(), SEALS_SIZE | libc::F_SEAL_WRITE).unwrap();
+        assert!(Mapping::map(fd.as_fd(), 4096, true).is_err());
+        assert!(Mapping::map(fd.as_fd(), 4096, false).is_ok());
+    }
+
+    #[test]
+    fn a_rung_doorbell_wakes_a_poll_until_drained() {
+        let (a, _b) = crate::sys::socketpair().unwrap();
+        let bell = eventfd().unwrap();
+        let quiet = poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::from_millis(1))).unwrap();
+        assert_eq!(quiet, Rang::default());
+        eventfd_ring(bell.as_fd()).unwrap();
+        eventfd_ring(bell.as_fd()).unwrap();
+        assert!(poll_doorbell(bell.as_fd(), a.as_fd(), true, None).unwrap().bell);
+        eventfd_drain(bell.as_fd());
+        let drained = poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::from_millis(1))).unwrap();
+        assert!(!drained.bell);
+    }
+
+    #[test]
+    fn a_peer_that_leaves_wakes_the_doorbell_poll() {
+        let (a, b) = crate::sys::socketpair().unwrap();
+        let bell = eventfd().unwrap();
+        drop(b);
+        let r = poll_doorbell(bell.as_fd(), a.as_fd(), true, None).unwrap();
+        assert!(r.peer_done_sending && r.hung_up && !r.bell);
+    }
+}
