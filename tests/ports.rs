@@ -384,7 +384,7 @@ fn poll_readable(fd: std::os::fd::RawFd, ms: i32) -> bool {
 // again at the peer's end.
 #[test]
 fn a_connection_is_polled_from_a_loop_of_ones_own() {
-    let (mut child, mut ipc) = Fixture::connected("echo");
+    let (mut child, mut ipc) = Fixture::connected_on_socket("echo");
     let bound = BOUND.as_millis() as i32;
     for round in 0..3u32 {
         for i in 0..4u32 {

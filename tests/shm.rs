@@ -48,7 +48,11 @@ fn two_willing_ends_move_to_shared_memory_and_talk() {
 #[test]
 fn one_unwilling_end_keeps_both_on_the_socket() {
     let (a, b) = port::open().unwrap();
-    let t = thread::spawn(move || b.connect().unwrap());
+    let unwilling = ConnectOptions {
+        shared_memory: false,
+        ..ConnectOptions::default()
+    };
+    let t = thread::spawn(move || b.connect_with(unwilling).unwrap());
     let a = a.connect_with(shm()).unwrap();
     let mut b = t.join().unwrap();
     assert_eq!(a.transport(), "socket");

@@ -34,6 +34,21 @@ impl Fixture {
         Self::connected_with(fixture(mode))
     }
 
+    /// Spawns a fixture in `mode` and connects to it over its socket
+    /// whatever `PORTPOOL_TRANSPORT` says (for what only a socket gives:
+    /// an fd that is readable when a message waits).
+    #[allow(dead_code)] // not every test binary uses it
+    pub(crate) fn connected_on_socket(mode: &str) -> (Fixture, Ipc) {
+        let (ours, theirs) = port::open().expect("open");
+        let f = Fixture::spawn(fixture(mode), theirs);
+        let opts = port::ConnectOptions {
+            shared_memory: false,
+            ..port::ConnectOptions::default()
+        };
+        let ipc = ours.connect_with(opts).expect("connect to fixture");
+        (f, ipc)
+    }
+
     /// Spawns `command` and connects to it.
     pub(crate) fn connected_with(command: Command) -> (Fixture, Ipc) {
         let (ours, theirs) = port::open().expect("open");
