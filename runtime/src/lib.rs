@@ -56,4 +56,11 @@ pub mod fuzzing {
     pub fn decode_json_worker_frame(frame: &[u8]) -> Result<(), String> {
         crate::proto::json::decode(frame).map(drop)
     }
+
+    /// Plays a hostile shared-memory peer following `script` against our
+    /// reader and writer (Linux); returns when the script ends.
+    #[cfg(target_os = "linux")]
+    pub fn shm_hostile_peer(script: &[u8]) {
+        crate::transport::shm_hostile_peer(script);
+    }
 }

@@ -116,6 +116,12 @@ impl WaitHandle {
     }
 }
 
+/// The shared-memory fuzz harness (`crate::fuzzing`).
+#[cfg(target_os = "linux")]
+pub(crate) fn shm_hostile_peer(script: &[u8]) {
+    shm::hostile_peer(script);
+}
+
 /// Moves a connection whose hellos were just exchanged onto shared memory
 /// (Linux, socket connections only); `create`: this side makes the
 /// segment, the other accepts it. `Ok(false)`: it stays on the socket, as

@@ -338,8 +338,10 @@ impl Conn {
         let o = self.out;
         // Acquire: pairs with the consumer's Release stores.
         let head = self.seg.word64(o, HEAD).load(Ordering::Acquire);
-        let used = self.write_pos.load(Ordering::Relaxed).wrapping_sub(head);
-        used < self.cap(o)
+        // A head past our tail, or further behind than the ring holds, is a
+        // lie: "ready", so the writer goes on to the check that reports it.
+        let used = self.write_pos.load(Ordering::Relaxed).checked_sub(head);
+        used.is_none_or(|used| used != self.cap(o))
             || self.hung_up.load(Ordering::Acquire)
             || self.seg.word64(o, CONSUMER_CLOSED).load(Ordering::Acquire) != 0
     }
@@ -509,10 +511,14 @@ impl ShmRead {
         // Acquire: pairs with the producer's Release store and the poller's.
         let done = c.peer_done.load(Ordering::Acquire)
             || seg.word64(ring, PRODUCER_CLOSED).load(Ordering::Acquire) != 0;
-        if self.tail == self.head {
+        let spare = buf.capacity() - buf.len();
+        let want = max.min(spare) as u64;
+        if self.tail - self.head < want {
+            // Less than wanted in the cached view: look at the peer's tail
+            // (a cache line it writes; not loaded while enough is known).
             // Acquire: the bytes up to the tail are published with it.
             let tail = seg.word64(ring, TAIL).load(Ordering::Acquire);
-            if tail.wrapping_sub(self.head) > c.cap(ring) {
+            if tail.checked_sub(self.head).is_none_or(|n| n > c.cap(ring)) {
                 return Err(corrupt("ring position"));
             }
             self.tail = tail;
@@ -531,7 +537,6 @@ impl ShmRead {
         if sent != self.carriers {
             take_carriers(c, &mut self.carriers, sent, fds)?;
         }
-        let spare = buf.capacity() - buf.len();
         let n = (avail as usize).min(max).min(spare);
         if n == 0 {
             return Ok(ReadOutcome::WouldBlock);
@@ -610,14 +615,16 @@ pub(crate) struct ShmWrite {
 
 impl ShmWrite {
     /// Room in the ring now, reloading (and checking) the peer's head only
-    /// when the cached one says it is full.
-    fn free(&self, p: &mut Produce) -> io::Result<u64> {
+    /// when the cached one says there is less than `want`.
+    fn free(&self, p: &mut Produce, want: usize) -> io::Result<u64> {
         let c = &*self.conn;
         let cap = c.cap(c.out);
-        if p.tail - p.head == cap {
+        if cap - (p.tail - p.head) < want as u64 {
             // Acquire: the consumer is done with the space it released.
             let head = c.seg.word64(c.out, HEAD).load(Ordering::Acquire);
-            if p.tail.wrapping_sub(head) > cap {
+            // Positions only grow and never wrap: a head past our tail (even
+            // one that wrapping arithmetic would call close) is a lie.
+            if p.tail.checked_sub(head).is_none_or(|used| used > cap) {
                 return Err(corrupt("ring position"));
             }
             p.head = head;
@@ -627,7 +634,7 @@ impl ShmWrite {
 
     /// Copies as much of `src` as fits, without publishing.
     fn put(&self, p: &mut Produce, src: &[u8]) -> io::Result<usize> {
-        let n = (self.free(p)? as usize).min(src.len());
+        let n = (self.free(p, src.len())? as usize).min(src.len());
         if n > 0 {
             self.conn.seg.copy_in(self.conn.out, p.tail, &src[..n]);
             p.tail += n as u64;
@@ -830,20 +837,7 @@ fn switch(
     bell: OwnedFd,
     peer_bell: OwnedFd,
 ) -> io::Result<()> {
-    let conn = Arc::new(Conn {
-        seg,
-        out,
-        socket,
-        bell,
-        peer_bell,
-        sleep: Mutex::new(Sleep::default()),
-        woke: Condvar::new(),
-        peer_done: AtomicBool::new(false),
-        hung_up: AtomicBool::new(false),
-        closed_here: AtomicBool::new(false),
-        read_pos: AtomicU64::new(0),
-        write_pos: AtomicU64::new(0),
-    });
+    let conn = Conn::new(seg, out, socket, bell, peer_bell);
     // Carriers the peer sent right after its answer may already sit in the
     // reader's buffer (their fds in its queue): they count as taken.
     let leftover = reader.take_raw_leftover();
@@ -852,25 +846,251 @@ fn switch(
             "the peer sent bytes on the socket after moving to shared memory",
         ));
     }
-    reader.set_io(super::ReadIo::Shm(ShmRead {
-        conn: conn.clone(),
-        head: 0,
-        tail: 0,
-        carriers: leftover.len() as u64,
-    }));
-    writer.set_io(super::WriteIo::Shm(ShmWrite {
-        conn,
-        state: Mutex::new(Produce {
-            tail: 0,
+    reader.set_io(super::ReadIo::Shm(ShmRead::new(
+        conn.clone(),
+        leftover.len() as u64,
+    )));
+    writer.set_io(super::WriteIo::Shm(ShmWrite::new(conn)))
+}
+
+impl Conn {
+    fn new(seg: Segment, out: usize, socket: Arc<OwnedFd>, bell: OwnedFd, peer_bell: OwnedFd) -> Arc<Conn> {
+        Arc::new(Conn {
+            seg,
+            out,
+            socket,
+            bell,
+            peer_bell,
+            sleep: Mutex::new(Sleep::default()),
+            woke: Condvar::new(),
+            peer_done: AtomicBool::new(false),
+            hung_up: AtomicBool::new(false),
+            closed_here: AtomicBool::new(false),
+            read_pos: AtomicU64::new(0),
+            write_pos: AtomicU64::new(0),
+        })
+    }
+}
+
+impl ShmRead {
+    fn new(conn: Arc<Conn>, carriers: u64) -> ShmRead {
+        ShmRead {
+            conn,
             head: 0,
-            carriers: 0,
-        }),
-    }))
+            tail: 0,
+            carriers,
+        }
+    }
+}
+
+impl ShmWrite {
+    fn new(conn: Arc<Conn>) -> ShmWrite {
+        ShmWrite {
+            conn,
+            state: Mutex::new(Produce {
+                tail: 0,
+                head: 0,
+                carriers: 0,
+            }),
+        }
+    }
+}
+
+/// Both sides of one connection in this process, rings of `cap` bytes:
+/// (the maker's read and write halves, the accepter's).
+fn pair(cap: usize) -> io::Result<(ShmRead, ShmWrite, ShmRead, ShmWrite)> {
+    let (a, b) = crate::sys::socketpair()?;
+    let (seg_a, memfd) = Segment::create(cap)?;
+    let seg_b = Segment::open(&memfd, LAYOUT_VERSION, [cap as u32, cap as u32]).map_err(io::Error::other)?;
+    let (bell_a, bell_b) = (os::eventfd()?, os::eventfd()?);
+    let a = Conn::new(seg_a, 0, Arc::new(a), bell_a.try_clone()?, bell_b.try_clone()?);
+    let b = Conn::new(seg_b, 1, Arc::new(b), bell_b, bell_a);
+    Ok((
+        ShmRead::new(a.clone(), 0),
+        ShmWrite::new(a),
+        ShmRead::new(b.clone(), 0),
+        ShmWrite::new(b),
+    ))
+}
+
+/// The fuzz harness (`fuzz/fuzz_targets/shm_ring.rs`, and a test that
+/// replays generated scripts): a hostile peer writes whatever the script
+/// says into the shared mapping (positions, flags, counts, bytes) between
+/// steps of our reader (framing included) and our writer. Nothing it does
+/// may make our side panic, hang or allocate past its frame limit; an
+/// impossible position must end in an error.
+pub(crate) fn hostile_peer(script: &[u8]) {
+    const CAP: usize = 4096;
+    let Ok((ra, wa, _rb, wb)) = pair(CAP) else { return };
+    let peer = wb.conn.clone();
+    let mut reader = Reader::new(super::ReadIo::Shm(ra));
+    reader.set_max_frame_len(64 << 10);
+    reader.set_spin(std::time::Duration::ZERO);
+    let writer = Writer::new(super::WriteIo::Shm(wa));
+    let mut s = script.iter().copied();
+    let word = |s: &mut dyn Iterator<Item = u8>| {
+        let mut b = [0u8; 8];
+        for x in &mut b {
+            *x = s.next().unwrap_or(0);
+        }
+        u64::from_le_bytes(b)
+    };
+    while let Some(op) = s.next() {
+        let seg = &peer.seg;
+        match op % 8 {
+            // The positions and counts our side reads from the peer's lines.
+            0 => seg.word64(1, TAIL).store(word(&mut s), Ordering::Release),
+            1 => seg.word64(0, HEAD).store(word(&mut s), Ordering::Release),
+            2 => seg.word64(1, CARRIERS).store(word(&mut s), Ordering::Release),
+            3 => {
+                let v = u32::from(s.next().unwrap_or(0));
+                match v % 4 {
+                    0 => seg
+                        .word64(1, PRODUCER_CLOSED)
+                        .store(u64::from(v), Ordering::Release),
+                    1 => seg
+                        .word64(0, CONSUMER_CLOSED)
+                        .store(u64::from(v), Ordering::Release),
+                    2 => seg.word32(1, READER_WAITING).store(v, Ordering::Release),
+                    _ => seg.word32(0, WRITER_WAITING).store(v, Ordering::Release),
+                }
+            }
+            // Bytes anywhere in the ring it writes.
+            4 => {
+                let at = u64::from(s.next().unwrap_or(0)) << 4;
+                let n = usize::from(s.next().unwrap_or(0));
+                let bytes: Vec<u8> = (&mut s).take(n).collect();
+                seg.copy_in(1, at, &bytes);
+            }
+            // Our reader takes what it finds, frame by frame, never waiting.
+            5 => {
+                if let Ok(Some(_)) = reader.next_frame(Wait::Now) {
+                    let _ = reader.payload().len();
+                    let _ = reader.take_fds(1);
+                    reader.consume();
+                }
+            }
+            // Our writer writes what fits now.
+            6 => {
+                let n = usize::from(s.next().unwrap_or(0)) * 8;
+                let _ = writer.append(super::frame::Kind::Message, |buf| {
+                    buf.resize(buf.len() + n, 0);
+                    Ok::<(), ()>(())
+                });
+                // (Never waits: a full ring ends the flush.)
+                let _ = writer.flush_with(|| Err(io::ErrorKind::WouldBlock.into()));
+            }
+            // The peer also writes by the protocol, to reach deeper states.
+            _ => {
+                let n = usize::from(s.next().unwrap_or(0));
+                let mut frame = Vec::new();
+                super::frame::encode_frame(super::frame::Kind::Message, &vec![9u8; n], &mut frame);
+                let _ = wb.write_some(&frame);
+            }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    fn pair(cap: usize) -> (ShmRead, ShmWrite, ShmRead, ShmWrite) {
+        super::pair(cap).unwrap()
+    }
+
+    proptest! {
+        /// The fuzz target's harness over generated scripts: no panic, no
+        /// hang, whatever the peer writes.
+        #[test]
+        fn a_hostile_peer_never_breaks_more_than_its_connection(script in proptest::collection::vec(any::<u8>(), 0..600)) {
+            hostile_peer(&script);
+        }
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        /// The producer writes what fits of this many bytes.
+        Write(usize),
+        /// The consumer reads at most this many (into a buffer with room
+        /// for at most `room`).
+        Read { max: usize, room: usize },
+    }
+
+    fn op(cap: usize) -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0..3 * cap).prop_map(Op::Write),
+            (1..2 * cap, 1..2 * cap).prop_map(|(max, room)| Op::Read { max, room }),
+        ]
+    }
+
+    proptest! {
+        /// Random writes and reads of random sizes, against a `VecDeque`:
+        /// the same bytes in the same order, never more than the capacity
+        /// in flight, wrapping at every offset.
+        #[test]
+        fn the_ring_is_a_fifo_of_bytes(cap_shift in 12u32..14, ops in proptest::collection::vec(op(16 << 10), 1..80)) {
+            let cap = 1usize << cap_shift;
+            let (_ra, wa, mut rb, _wb) = pair(cap);
+            let mut model = std::collections::VecDeque::new();
+            let mut next = 0u8;
+            let mut fds = VecDeque::new();
+            for op in ops {
+                match op {
+                    Op::Write(n) => {
+                        let bytes: Vec<u8> = (0..n).map(|i| next.wrapping_add(i as u8)).collect();
+                        let took = wa.write_some(&bytes).unwrap();
+                        prop_assert!(took <= n);
+                        prop_assert!(model.len() + took <= cap, "more than the capacity in flight");
+                        if took < n {
+                            prop_assert_eq!(model.len() + took, cap, "a short write with room left");
+                        }
+                        model.extend(&bytes[..took]);
+                        next = next.wrapping_add(took as u8);
+                    }
+                    Op::Read { max, room } => {
+                        let mut buf = Vec::with_capacity(room);
+                        let room = buf.capacity();
+                        match rb.read_nonblocking(&mut buf, max, &mut fds).unwrap() {
+                            ReadOutcome::Data(n) => {
+                                prop_assert_eq!(n, buf.len());
+                                prop_assert_eq!(n, model.len().min(max).min(room));
+                                let want: Vec<u8> = model.drain(..n).collect();
+                                prop_assert_eq!(buf, want);
+                            }
+                            ReadOutcome::WouldBlock => prop_assert!(model.is_empty()),
+                            ReadOutcome::Eof => prop_assert!(false, "an end nobody made"),
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_closed_producer_is_an_end_after_its_bytes() {
+        let (_ra, wa, mut rb, _wb) = pair(4096);
+        assert_eq!(wa.write_some(b"last words").unwrap(), 10);
+        drop(wa);
+        let mut buf = Vec::with_capacity(64);
+        let mut fds = VecDeque::new();
+        assert_eq!(
+            rb.read_nonblocking(&mut buf, 64, &mut fds).unwrap(),
+            ReadOutcome::Data(10)
+        );
+        assert_eq!(
+            rb.read_nonblocking(&mut buf, 64, &mut fds).unwrap(),
+            ReadOutcome::Eof
+        );
+    }
+
+    #[test]
+    fn a_closed_consumer_fails_the_writer() {
+        let (_ra, wa, rb, _wb) = pair(4096);
+        drop(rb);
+        assert_eq!(wa.write_some(b"x").unwrap_err().kind(), io::ErrorKind::BrokenPipe);
+    }
 
     #[test]
     fn setup_messages_round_trip_and_garbage_is_none() {
