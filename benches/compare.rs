@@ -132,6 +132,12 @@ fn main() {
     if wanted("port_idle_cpu") {
         idle_cpu();
     }
+    if wanted("shm_roundtrip_64B") {
+        shm_roundtrip(reps, if quick { 20_000 } else { 100_000 });
+    }
+    if wanted("shm_idle_cpu") {
+        shm_idle_cpu();
+    }
     if wanted("port_bandwidth_1MiB") {
         let count = if quick { 128 } else { 512 };
         bandwidth(reps, count);
@@ -856,6 +862,36 @@ fn peer(role: &str) {
                 }
             }
         }
+        // Baseline: the raw shared-memory ring's echo (see `RawRing`).
+        "raw-ring-echo" => {
+            let path = std::env::args().nth(1).expect("ring path");
+            let ring = RawRing::open(&path);
+            let mut msg = [0u8; MSG];
+            let mut seen = 0u64;
+            loop {
+                let seq = ring.wait_seq(0, seen);
+                if seq == u64::MAX {
+                    return;
+                }
+                ring.read_msg(0, &mut msg);
+                ring.write_msg(1, &msg);
+                ring.publish(1, seq);
+                seen = seq;
+            }
+        }
+        "port-echo-shm" => {
+            let opts = port::ConnectOptions {
+                shared_memory: true,
+                ..port::ConnectOptions::default()
+            };
+            let mut ipc = port.connect_with(opts).expect("connect");
+            let mut buf = Vec::new();
+            while ipc.recv_bytes_into(&mut buf).is_ok() {
+                if ipc.send_bytes(&buf).is_err() {
+                    return;
+                }
+            }
+        }
         "port-echo" => {
             let mut ipc = port.connect().expect("connect");
             let mut buf = Vec::new();
@@ -1015,6 +1051,199 @@ fn restore_affinity(set: &libc::cpu_set_t) {
     // SAFETY: pid 0 is the calling thread; `set` is a valid cpu_set_t.
     let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), set) };
     assert_eq!(rc, 0, "sched_setaffinity");
+}
+
+/// The strongest raw technique for a shared-memory round trip, as a
+/// baseline: a file in /dev/shm mapped by both processes, one 64-byte
+/// message slot and one sequence word per direction, both sides spinning
+/// on the other's word (no sleeping, no validation, no framing).
+struct RawRing {
+    ptr: *mut u8,
+    path: Option<String>,
+}
+
+impl RawRing {
+    const LEN: usize = 4096;
+    /// Offsets: sequence words on their own lines, then the two slots.
+    const SEQ: [usize; 2] = [0, 128];
+    const SLOT: [usize; 2] = [256, 512];
+
+    fn create() -> RawRing {
+        let path = format!("/dev/shm/portpool-bench-ring-{}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create ring file");
+        f.set_len(Self::LEN as u64).expect("size ring file");
+        let mut r = Self::map(&f);
+        r.path = Some(path);
+        r
+    }
+
+    fn open(path: &str) -> RawRing {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open ring file");
+        Self::map(&f)
+    }
+
+    fn map(f: &std::fs::File) -> RawRing {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of an open file of LEN bytes, at an
+        // address the kernel picks; it overlaps no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap ring");
+        RawRing {
+            ptr: p.cast(),
+            path: None,
+        }
+    }
+
+    fn seq(&self, dir: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: SEQ offsets are 8-aligned and inside the LEN-byte mapping,
+        // which lives as long as `self`; both processes use it atomically.
+        unsafe { &*self.ptr.add(Self::SEQ[dir]).cast() }
+    }
+
+    /// Spins until direction `dir`'s sequence word differs from `seen`.
+    fn wait_seq(&self, dir: usize, seen: u64) -> u64 {
+        loop {
+            let s = self.seq(dir).load(std::sync::atomic::Ordering::Acquire);
+            if s != seen {
+                return s;
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    fn publish(&self, dir: usize, seq: u64) {
+        self.seq(dir).store(seq, std::sync::atomic::Ordering::Release);
+    }
+
+    fn write_msg(&self, dir: usize, msg: &[u8; MSG]) {
+        // SAFETY: the slot is MSG bytes inside the mapping; the peer does not
+        // touch it until the sequence word says so (the protocol).
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.ptr.add(Self::SLOT[dir]), MSG) };
+    }
+
+    fn read_msg(&self, dir: usize, msg: &mut [u8; MSG]) {
+        // SAFETY: as in `write_msg`, reading the published slot.
+        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(Self::SLOT[dir]), msg.as_mut_ptr(), MSG) };
+    }
+}
+
+impl Drop for RawRing {
+    fn drop(&mut self) {
+        // SAFETY: the range `map` created, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), Self::LEN) };
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// µs per 64-byte round trip: our `Ipc` over shared memory against the raw
+/// ring, and against the raw busy-polling socketpair of `port_roundtrip_64B`.
+fn shm_roundtrip(reps: usize, iters: usize) {
+    let run_raw_ring = || {
+        let ring = RawRing::create();
+        let (_a, b) = port::open().expect("open");
+        let path = ring.path.clone().expect("path");
+        let child = spawn_peer("raw-ring-echo", b, false, &[path]);
+        let msg = [1u8; MSG];
+        let mut back = [0u8; MSG];
+        let mut seq = 0u64;
+        let mut time = |n: usize| {
+            let t = Instant::now();
+            for _ in 0..n {
+                seq += 1;
+                ring.write_msg(0, &msg);
+                ring.publish(0, seq);
+                ring.wait_seq(1, seq - 1);
+                ring.read_msg(1, &mut back);
+            }
+            t.elapsed()
+        };
+        time(iters / 10);
+        let d = time(iters);
+        ring.publish(0, u64::MAX);
+        finish(child);
+        d.as_secs_f64() * 1e6 / iters as f64
+    };
+    let run_shm = || {
+        let (a, b) = port::open().expect("open");
+        let child = spawn_peer("port-echo-shm", b, false, &[]);
+        let opts = port::ConnectOptions {
+            shared_memory: true,
+            role: port::Role::Supervisor,
+            ..port::ConnectOptions::default()
+        };
+        let mut ipc: Ipc = a.connect_with(opts).expect("connect");
+        assert_eq!(ipc.transport(), "shared memory", "the bench needs shared memory");
+        let msg = [1u8; MSG];
+        let mut buf = Vec::new();
+        let mut time = |n: usize| {
+            let t = Instant::now();
+            for _ in 0..n {
+                ipc.send_bytes(&msg).expect("send");
+                ipc.recv_bytes_into(&mut buf).expect("recv");
+            }
+            t.elapsed()
+        };
+        time(iters / 10);
+        let d = time(iters);
+        drop(ipc);
+        finish(child);
+        d.as_secs_f64() * 1e6 / iters as f64
+    };
+    let run_socket = || raw_roundtrip(iters / 4, false);
+    let (mut ring, mut ours, mut sock) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        ring.push(run_raw_ring());
+        ours.push(run_shm());
+        sock.push(run_socket());
+    }
+    let ours = median(ours);
+    report("shm_roundtrip_64B", ours, median(ring), "us");
+    report("shm_roundtrip_64B_vs_socket", ours, median(sock), "us");
+}
+
+/// CPU seconds an idle shared-memory connection (blocked in `recv`) uses
+/// over 2 s of wall time.
+fn shm_idle_cpu() {
+    let (a, b) = port::open().expect("open");
+    let opts = port::ConnectOptions {
+        shared_memory: true,
+        ..port::ConnectOptions::default()
+    };
+    let peer = std::thread::spawn(move || b.connect_with(opts).expect("connect"));
+    let mut ipc = a.connect_with(opts).expect("connect");
+    let _keep = peer.join().expect("peer");
+    assert_eq!(ipc.transport(), "shared memory", "the bench needs shared memory");
+    let wall = Duration::from_secs(2);
+    let cpu = std::thread::spawn(move || {
+        let before = thread_cpu();
+        let res = ipc.recv_timeout::<u8>(wall);
+        assert!(res.is_err(), "nothing was sent");
+        thread_cpu() - before
+    })
+    .join()
+    .expect("idle thread");
+    report("shm_idle_cpu", cpu, wall.as_secs_f64(), "s");
 }
 
 /// CPU seconds a connection blocked in `recv` uses over 2 s of wall time.

@@ -26,6 +26,10 @@ const SHRINK_ABOVE: usize = 16 << 20;
 /// by [`Reader::recv_message_into`].
 const DIRECT_READ: usize = 256 << 10;
 
+/// How long a receive on shared memory spins before it starts yielding
+/// (a round trip with a busy peer on another core takes well under it).
+const PURE_SPIN: Duration = Duration::from_micros(5);
+
 /// Most received fds held before the frames that own them are read.
 const MAX_QUEUED_FDS: usize = 64;
 
@@ -52,6 +56,15 @@ impl ReadIo {
             ReadIo::Pipe(fd) => super::pipe::read_nonblocking(fd.as_fd(), buf, max),
             #[cfg(target_os = "linux")]
             ReadIo::Shm(r) => r.read_nonblocking(buf, max, fds),
+        }
+    }
+
+    /// Whether a read try costs a load rather than a system call.
+    fn tries_are_loads(&self) -> bool {
+        match self {
+            #[cfg(target_os = "linux")]
+            ReadIo::Shm(_) => true,
+            _ => false,
         }
     }
 
@@ -526,9 +539,15 @@ impl Reader {
             // answer, while a peer on the other core is not kept waiting on
             // a yield after each try.
             let start = *spin_start.get_or_insert(now);
-            if now.duration_since(start) < self.spin {
+            let spun = now.duration_since(start);
+            if spun < self.spin {
                 tries = tries.wrapping_add(1);
-                if tries % 2 == 0 {
+                // A try on shared memory is a load, not a system call: the
+                // first microseconds spin without yielding, since a peer on
+                // the other core answers within them.
+                if spun < PURE_SPIN && self.io.tries_are_loads() {
+                    std::hint::spin_loop();
+                } else if tries % 2 == 0 {
                     std::thread::yield_now();
                 } else {
                     std::hint::spin_loop();
