@@ -117,9 +117,9 @@ pub struct ConnectOptions {
     /// peer in another language).
     pub codec: frame::Codec,
     /// Move the connection to shared memory when the peer can too (Linux,
-    /// socket ports; see [`transport`](crate::transport), "A shared-memory
+    /// socket ports; see [`crate::transport`], "A shared-memory
     /// connection"). Off by default for a plain port, since its fd
-    /// ([`AsFd`](std::os::fd::AsFd)) then stops telling when a message
+    /// ([`std::os::fd::AsFd`]) then stops telling when a message
     /// waits; on when the environment says `PORTPOOL_TRANSPORT=shm`.
     /// Pools, links, subprocesses and services turn it on; the environment
     /// variable `PORTPOOL_TRANSPORT=socket` turns it off everywhere.
