@@ -25,6 +25,9 @@ pub(crate) fn is_disconnect(e: &io::Error) -> bool {
 pub struct EncodeError {
     pub(crate) type_name: &'static str,
     pub(crate) source: postcard::Error,
+    /// What the value's own Serialize said, when postcard keeps only
+    /// "custom error" (a `Buffer` that cannot go this way).
+    pub(crate) detail: Option<String>,
 }
 
 impl EncodeError {
@@ -36,7 +39,10 @@ impl EncodeError {
 
 impl fmt::Display for EncodeError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "could not encode a `{}`: {}", self.type_name, self.source)
+        match &self.detail {
+            Some(d) => write!(f, "could not encode a `{}`: {d}", self.type_name),
+            None => write!(f, "could not encode a `{}`: {}", self.type_name, self.source),
+        }
     }
 }
 

@@ -242,6 +242,10 @@ pub enum Kind {
     /// A transferred port: a one-byte payload naming its flavor, its fds
     /// attached with `SCM_RIGHTS` to the frame's first byte.
     Port = 2,
+    /// The fds of the message frame that follows (the files of its
+    /// [`Buffer`](crate::port::Buffer)s): a one-byte payload, their count,
+    /// the fds attached to the frame's first byte. Both frames go in one write.
+    Fds = 3,
 }
 
 impl fmt::Display for Kind {
@@ -249,6 +253,7 @@ impl fmt::Display for Kind {
         f.write_str(match self {
             Kind::Message => "message",
             Kind::Port => "port",
+            Kind::Fds => "fds",
         })
     }
 }
@@ -322,6 +327,7 @@ impl Header {
         let kind = match h[4] {
             1 => Kind::Message,
             2 => Kind::Port,
+            3 => Kind::Fds,
             k => return Err(HeaderError::UnknownKind(k)),
         };
         Ok(Some(Header {

@@ -25,6 +25,13 @@ pub struct Ipc {
     pub(super) rx: IpcReceiver,
 }
 
+/// Why a message was not appended: its encoding failed, or it carries
+/// buffers' fds and goes its own way.
+enum Append {
+    Encode(postcard::Error),
+    WithFds(Vec<u8>, Vec<std::os::fd::OwnedFd>),
+}
+
 /// The sending half of an [`Ipc`]. Clones share the connection; frames from
 /// concurrent senders are coalesced into as few writes as possible, and each
 /// `send` returns only once its message has been handed to the kernel.
@@ -38,6 +45,8 @@ pub struct IpcSender {
 pub struct IpcReceiver {
     pub(super) reader: Reader,
     peer: Hello,
+    /// The fds of the message frame at the front (from its `Fds` frame).
+    attached: Vec<std::os::fd::OwnedFd>,
     /// This connection's place in its runtime's count (the receiving half
     /// holds it: a connection that can still receive keeps a loop alive).
     rt_ref: crate::runtime::RefCount,
@@ -126,7 +135,16 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RecvError> {
     match postcard::take_from_bytes::<T>(payload) {
         Ok((v, [])) => Ok(v),
         Ok((_, rest)) => Err(fail(format!("{} bytes left over after the value", rest.len()))),
-        Err(e) => Err(fail(e.to_string())),
+        Err(e) => {
+            // A buffer's refusal says more than postcard's "custom error".
+            #[cfg(target_os = "linux")]
+            if matches!(e, postcard::Error::SerdeDeCustom) {
+                if let Some(why) = super::buffer::take_refusal() {
+                    return Err(fail(why));
+                }
+            }
+            Err(fail(e.to_string()))
+        }
     }
 }
 
@@ -179,10 +197,42 @@ impl IpcSender {
         type_name: &'static str,
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), postcard::Error>,
     ) -> Result<u64, SendError> {
-        self.writer.append(Kind::Message, encode).map_err(|e| match e {
-            AppendError::Encode(source) => SendError::Encode(EncodeError { type_name, source }),
-            AppendError::TooLarge { len, limit } => SendError::TooLarge { len, limit },
-        })
+        let res = self.writer.append(Kind::Message, |buf| {
+            #[cfg(target_os = "linux")]
+            if self.writer.can_pass_fds() {
+                // Buffers in the value attach their files: such a message
+                // leaves the pending queue and goes at once, fds with it.
+                let start = buf.len();
+                let (r, fds) = super::buffer::collecting(|| encode(&mut *buf));
+                r.map_err(Append::Encode)?;
+                return match fds.is_empty() {
+                    true => Ok(()),
+                    false => Err(Append::WithFds(buf[start..].to_vec(), fds)),
+                };
+            }
+            encode(buf).map_err(Append::Encode)
+        });
+        match res {
+            Ok(seq) => Ok(seq),
+            Err(AppendError::Encode(Append::Encode(source))) => {
+                #[cfg(target_os = "linux")]
+                let detail = matches!(source, postcard::Error::SerdeSerCustom)
+                    .then(super::buffer::take_refusal)
+                    .flatten();
+                #[cfg(not(target_os = "linux"))]
+                let detail = None;
+                Err(SendError::Encode(EncodeError {
+                    type_name,
+                    source,
+                    detail,
+                }))
+            }
+            Err(AppendError::Encode(Append::WithFds(bytes, fds))) => {
+                let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+                self.writer.send_message_with_fds(&bytes, &fds).map(|()| 0)
+            }
+            Err(AppendError::TooLarge { len, limit }) => Err(SendError::TooLarge { len, limit }),
+        }
     }
 
     /// Writes every queued message.
@@ -329,7 +379,14 @@ impl IpcReceiver {
         if !self.next(Kind::Message, wait)? {
             return Ok(None);
         }
-        let res = decode(self.reader.payload());
+        let fds = std::mem::take(&mut self.attached);
+        #[cfg(target_os = "linux")]
+        let res = super::buffer::providing(fds, || decode(self.reader.payload()));
+        #[cfg(not(target_os = "linux"))]
+        let res = {
+            drop(fds);
+            decode(self.reader.payload())
+        };
         self.reader.consume();
         res.map(Some)
     }
@@ -354,6 +411,8 @@ impl IpcReceiver {
         out.clear();
         out.extend_from_slice(self.reader.payload());
         self.reader.consume();
+        // Raw bytes have no buffers to give fds to: they close.
+        self.attached.clear();
         Ok(true)
     }
 
@@ -427,13 +486,27 @@ impl IpcReceiver {
     /// Waits for the next frame and checks that it is of kind `want`
     /// (leaving it in place if not). `Ok(false)`: the wait ran out.
     fn next(&mut self, want: Kind, wait: Wait) -> Result<bool, RecvError> {
-        match self.reader.next_frame(wait)? {
-            None => Ok(false),
-            Some(h) if h.kind == want => Ok(true),
-            Some(h) => Err(RecvError::Unexpected {
-                expected: want,
-                found: h.kind,
-            }),
+        loop {
+            return match self.reader.next_frame(wait)? {
+                None => Ok(false),
+                Some(h) if h.kind == Kind::Fds => {
+                    // The next message's fds: kept for its buffers.
+                    let n = match self.reader.payload() {
+                        &[n] if usize::from(n) <= crate::transport::MAX_FDS_PER_FRAME => usize::from(n),
+                        _ => return Err(RecvError::Protocol(ProtocolError::new("malformed fds frame"))),
+                    };
+                    self.reader.consume();
+                    self.attached = self.reader.take_fds(n).ok_or_else(|| {
+                        RecvError::Protocol(ProtocolError::new("an fds frame arrived without its fds"))
+                    })?;
+                    continue;
+                }
+                Some(h) if h.kind == want => Ok(true),
+                Some(h) => Err(RecvError::Unexpected {
+                    expected: want,
+                    found: h.kind,
+                }),
+            };
         }
     }
 
@@ -468,6 +541,7 @@ impl Ipc {
             rx: IpcReceiver {
                 reader,
                 peer,
+                attached: Vec::new(),
                 rt_ref: crate::runtime::Runtime::global().new_ref(),
             },
         }

@@ -29,6 +29,8 @@
 //! For request/reply and picking messages, put a [`Link`](crate::link::Link)
 //! on the connection; for jobs, use a [`Pool`](crate::pool::Pool).
 
+#[cfg(target_os = "linux")]
+mod buffer;
 mod ipc;
 mod poll;
 pub(crate) mod shared;
@@ -41,6 +43,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use crate::frame::Role;
+#[cfg(target_os = "linux")]
+pub(crate) use buffer::take_refusal as take_buffer_refusal;
+#[cfg(target_os = "linux")]
+pub use buffer::{Buffer, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
 pub(crate) use ipc::encode_into;
 pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};
 

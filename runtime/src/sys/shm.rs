@@ -3,7 +3,7 @@
 //! (`transport/shm.rs`) is built on these and on nothing else of libc.
 
 use std::io;
-use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::ptr::NonNull;
 use std::time::{Duration, Instant};
 
@@ -110,6 +110,164 @@ impl Drop for Mapping {
         // reference into it outlives this value (only raw pointers are
         // given out, and their users hold this mapping alive).
         unsafe { libc::munmap(self.ptr.as_ptr().cast(), self.len) };
+    }
+}
+
+/// A memory file and its mapping, for `port::Buffer`: written in place
+/// by its owner, then frozen (sealed read-only) before its fd leaves this
+/// process; or a peer's frozen file, checked and mapped read-only.
+#[derive(Debug)]
+pub(crate) struct Region {
+    fd: OwnedFd,
+    /// `None` for an empty region (a 0-byte file cannot be mapped).
+    map: Option<Mapping>,
+    cap: usize,
+    frozen: std::sync::atomic::AtomicBool,
+    freezing: std::sync::Mutex<()>,
+}
+
+impl Region {
+    /// A writable region of `cap` bytes (zeroed).
+    pub(crate) fn new(cap: usize) -> io::Result<Region> {
+        let fd = memfd_create(c"portpool-buffer", cap as u64)?;
+        let map = if cap == 0 {
+            None
+        } else {
+            Some(Mapping::map(fd.as_fd(), cap, true)?)
+        };
+        Ok(Region {
+            fd,
+            map,
+            cap,
+            frozen: std::sync::atomic::AtomicBool::new(false),
+            freezing: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// A peer's region of `len` bytes, after checking that nobody can write,
+    /// shrink or grow it any more (its seals) and that it holds `len` bytes.
+    pub(crate) fn open_frozen(fd: OwnedFd, len: usize) -> Result<Region, String> {
+        let need = libc::F_SEAL_WRITE | libc::F_SEAL_SHRINK | libc::F_SEAL_GROW;
+        let have = seals(fd.as_fd()).map_err(|e| format!("it is not a sealable memory file ({e})"))?;
+        if have & need != need {
+            return Err("its memory file is not sealed against writes and resizing".into());
+        }
+        let size = file_len(fd.as_fd()).map_err(|e| format!("cannot size it ({e})"))?;
+        if size < len as u64 {
+            return Err(format!("it says {len} bytes but its file holds {size}"));
+        }
+        let map = if len == 0 {
+            None
+        } else {
+            Some(Mapping::map(fd.as_fd(), len, false).map_err(|e| format!("cannot map it ({e})"))?)
+        };
+        Ok(Region {
+            fd,
+            map,
+            cap: len,
+            frozen: std::sync::atomic::AtomicBool::new(true),
+            freezing: std::sync::Mutex::new(()),
+        })
+    }
+
+    /// Its size in bytes.
+    pub(crate) fn capacity(&self) -> usize {
+        self.cap
+    }
+
+    /// Whether it is sealed read-only.
+    pub(crate) fn is_frozen(&self) -> bool {
+        // Acquire: pairs with the Release store in `freeze`.
+        self.frozen.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The first `len` bytes (`len <= capacity`).
+    pub(crate) fn bytes(&self, len: usize) -> &[u8] {
+        let len = len.min(self.cap);
+        match &self.map {
+            // SAFETY: the mapping is `cap >= len` bytes and lives as long as
+            // `self`. Its bytes change only through `bytes_mut` (which needs
+            // `&mut self`, so no shared slice is alive then) while the file
+            // is ours alone; once frozen (ours, sealed before its fd left;
+            // or a peer's, whose seals `open_frozen` checked) nobody can
+            // write it or shrink it.
+            Some(m) => unsafe { std::slice::from_raw_parts(m.as_ptr(), len) },
+            None => &[],
+        }
+    }
+
+    /// The first `len` bytes, writable; `None` once frozen.
+    pub(crate) fn bytes_mut(&mut self, len: usize) -> Option<&mut [u8]> {
+        if self.is_frozen() {
+            return None;
+        }
+        let len = len.min(self.cap);
+        match &self.map {
+            // SAFETY: as in `bytes`; `&mut self` makes this the only slice,
+            // and an unfrozen file has not left this process.
+            Some(m) => Some(unsafe { std::slice::from_raw_parts_mut(m.as_ptr(), len) }),
+            None => Some(&mut []),
+        }
+    }
+
+    /// Grows an unfrozen region to `cap` bytes, keeping its content.
+    pub(crate) fn grow(&mut self, cap: usize) -> io::Result<()> {
+        if self.is_frozen() {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the buffer is sealed",
+            ));
+        }
+        let len = libc::off_t::try_from(cap)
+            .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "buffer too large"))?;
+        // `fd` is our own memfd, not yet sealed.
+        syscall!(ftruncate(self.fd.as_raw_fd(), len))?;
+        self.map = Some(Mapping::map(self.fd.as_fd(), cap, true)?);
+        self.cap = cap;
+        Ok(())
+    }
+
+    /// Seals the region read-only, once: the writable mapping is replaced
+    /// in place by a read-only one of the same pages (slices into it stay
+    /// valid and unchanged), then the file is sealed against writes and
+    /// resizing, so a receiver can trust it.
+    pub(crate) fn freeze(&self) -> io::Result<()> {
+        let _g = self.freezing.lock().unwrap_or_else(|p| p.into_inner());
+        if self.is_frozen() {
+            return Ok(());
+        }
+        if let Some(m) = &self.map {
+            // The new mapping is made through a read-only open of the same
+            // file: a shared mapping of a writable fd would still count as
+            // writable, and the kernel would refuse the write seal (EBUSY).
+            let ro = std::fs::File::open(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
+            // SAFETY: MAP_FIXED over exactly the range our own mapping holds
+            // (same address, same length), with the same file at offset 0:
+            // the pages and their content stay, only writing is taken away;
+            // no `&mut` slice can be alive (this takes `&self`).
+            let p = unsafe {
+                libc::mmap(
+                    m.as_ptr().cast(),
+                    self.cap,
+                    libc::PROT_READ,
+                    libc::MAP_SHARED | libc::MAP_FIXED,
+                    ro.as_raw_fd(),
+                    0,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        add_seals(self.fd.as_fd(), SEALS_SIZE | libc::F_SEAL_WRITE)?;
+        // Release: pairs with the Acquire loads in `is_frozen`.
+        self.frozen.store(true, std::sync::atomic::Ordering::Release);
+        Ok(())
+    }
+
+    /// The memory file (to send, once frozen).
+    pub(crate) fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
     }
 }
 

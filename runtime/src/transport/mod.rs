@@ -42,8 +42,9 @@ use std::sync::Arc;
 pub use reader::{Reader, Wait};
 pub use writer::{AppendError, SendStats, Writer};
 
-/// Most fds one frame may carry (a pipe-pair port carries two).
-pub(crate) const MAX_FDS_PER_FRAME: usize = 2;
+/// Most fds one frame may carry (a pipe-pair port carries two; a message,
+/// one per `Buffer` in it).
+pub(crate) const MAX_FDS_PER_FRAME: usize = 16;
 
 /// Default time a blocked receive spins (polling without sleeping) before
 /// it sleeps in the kernel. Long enough to cover a round trip between two

@@ -256,6 +256,45 @@ impl Writer {
         self.record(&mut f, res, 1)
     }
 
+    /// Sends a message frame whose `fds` travel with it: a [`Kind::Fds`]
+    /// frame carrying them, then the message, in one write after whatever
+    /// was pending (so no other sender's frame comes between).
+    pub fn send_message_with_fds(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        let limit = self.max_frame_len();
+        if payload.len() > limit {
+            return Err(SendError::TooLarge {
+                len: payload.len(),
+                limit,
+            });
+        }
+        if !self.can_pass_fds() {
+            return Err(SendError::Unsupported("passing file descriptors over pipes"));
+        }
+        let count = u8::try_from(fds.len())
+            .ok()
+            .filter(|&n| usize::from(n) <= super::MAX_FDS_PER_FRAME)
+            .ok_or(SendError::Unsupported("more than 16 buffers in one message"))?;
+        let mut f = lock(&self.shared.flush);
+        self.write_pending(&mut f)?;
+        // The fds frame (header, count) and the message's header, then its payload.
+        let mut head = [0u8; 2 * HEADER_LEN + 1];
+        head[..HEADER_LEN].copy_from_slice(
+            &Header {
+                len: 1,
+                kind: Kind::Fds,
+            }
+            .encode(),
+        );
+        head[HEADER_LEN] = count;
+        let message = Header {
+            len: payload.len(),
+            kind: Kind::Message,
+        };
+        head[HEADER_LEN + 1..].copy_from_slice(&message.encode());
+        let res = self.shared.io.write_all(&[&head, payload], fds);
+        self.record(&mut f, res, 2)
+    }
+
     /// Writes every frame appended so far without ever blocking in the
     /// kernel: when the socket is full it calls `wait`, which must return
     /// once the socket may take more, and may do other work meanwhile (a

@@ -1,0 +1,116 @@
+//! `Buffer`: bytes that cross to a real child process without a copy,
+//! sealed on the way; what moves on threads; where it cannot go.
+
+mod common;
+
+use std::io::Write;
+
+use common::{Fixture, assert_pid_gone};
+use portpool::port::{self, Buffer, ConnectOptions};
+use portpool::{Handlers, Pool};
+
+fn filled(len: usize, seed: u8) -> Buffer {
+    let mut b = Buffer::with_capacity(len / 2).unwrap();
+    let bytes: Vec<u8> = (0..len)
+        .map(|i| (i as u8).wrapping_mul(13).wrapping_add(seed))
+        .collect();
+    b.write_all(&bytes).unwrap();
+    b
+}
+
+/// Both flavors that pass fds: the socket, and shared memory beside it.
+fn each_flavor(body: impl Fn(&mut Fixture, &mut port::Ipc)) {
+    for shm in [false, true] {
+        let (ours, theirs) = port::open().unwrap();
+        let mut f = Fixture::spawn(common::fixture("buffers"), theirs);
+        let opts = ConnectOptions {
+            shared_memory: shm,
+            role: port::Role::Supervisor,
+            ..ConnectOptions::default()
+        };
+        let mut ipc = ours.connect_with(opts).unwrap();
+        body(&mut f, &mut ipc);
+        drop(ipc);
+        assert!(f.wait().success());
+        assert_pid_gone(f.pid());
+    }
+}
+
+#[test]
+fn a_buffer_reaches_a_child_without_a_copy_and_one_comes_back() {
+    each_flavor(|_, ipc| {
+        for (i, len) in [0usize, 1, 4096, 100_000, 8 << 20].into_iter().enumerate() {
+            let buf = filled(len, i as u8);
+            let sum: u64 = buf.iter().map(|&b| u64::from(b)).sum();
+            ipc.send(&(format!("#{i}"), &buf)).unwrap();
+            let (label, n, their_sum, mapped, back): (String, u64, u64, bool, Buffer) = ipc.recv().unwrap();
+            assert_eq!((label, n, their_sum), (format!("#{i}"), len as u64, sum));
+            assert!(
+                mapped,
+                "len {len}: the child's bytes are not in the sender's memory file"
+            );
+            assert!(back.is_sealed());
+            assert!(back.iter().eq(buf.iter().rev()), "len {len}: the reply differs");
+        }
+    });
+}
+
+#[test]
+fn a_sent_buffer_is_read_only_for_its_sender() {
+    each_flavor(|_, ipc| {
+        let mut buf = filled(10_000, 1);
+        assert!(!buf.is_sealed());
+        buf.as_mut().unwrap()[0] = 99;
+        ipc.send(&("x".to_string(), &buf)).unwrap();
+        let _: (String, u64, u64, bool, Buffer) = ipc.recv().unwrap();
+        assert!(buf.is_sealed());
+        assert!(buf.as_mut().is_err());
+        assert!(buf.write(b"more").is_err());
+        assert!(buf.resize(1).is_err());
+        assert_eq!(buf[0], 99, "its bytes are still readable");
+    });
+}
+
+#[test]
+fn a_buffer_cannot_go_where_no_fd_can_and_says_so() {
+    let buf = filled(16, 0);
+    // A pipe pair passes no fds.
+    let (a, b) = port::open_pipes().unwrap();
+    let t = std::thread::spawn(move || b.connect().unwrap());
+    let a = a.connect().unwrap();
+    let _b = t.join().unwrap();
+    let e = a.send(&buf).unwrap_err();
+    assert!(e.to_string().contains("passes fds"), "{e}");
+    // Nor a format of one's own.
+    let e = serde_json::to_string(&buf).unwrap_err().to_string();
+    assert!(e.contains("crosses only a portpool connection"), "{e}");
+}
+
+#[path = "../fixtures/jobs.rs"]
+mod jobs;
+use jobs::Checksum;
+
+#[test]
+fn a_buffer_in_a_thread_pools_job_moves() {
+    let pool = Pool::builder()
+        .threads(2)
+        .handlers(Handlers::new().on::<Checksum>(|Checksum(b), _| Ok(b.iter().map(|&x| u64::from(x)).sum())))
+        .build()
+        .unwrap();
+    let buf = filled(1 << 20, 3);
+    let want: u64 = buf.iter().map(|&x| u64::from(x)).sum();
+    assert_eq!(pool.submit(Checksum(buf)).unwrap().wait().unwrap(), want);
+}
+
+#[test]
+fn a_buffer_in_a_process_pools_job_fails_that_job_saying_why() {
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_command(common::fixture("pool-worker"))
+        .build()
+        .unwrap();
+    let e = pool.submit(Checksum(filled(64, 0))).unwrap().wait().unwrap_err();
+    assert!(e.to_string().contains("cannot carry a Buffer yet"), "{e}");
+    // The pool goes on.
+    drop(pool);
+}
