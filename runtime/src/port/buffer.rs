@@ -344,7 +344,7 @@ mod tests {
 
     #[test]
     fn a_buffer_longer_than_its_file_or_the_limit_or_without_a_file_is_refused() {
-        let mut b = Buffer::zeroed(4096).unwrap();
+        let b = Buffer::zeroed(4096).unwrap();
         b.region.freeze().unwrap();
         let fd = b.region.fd().try_clone_to_owned().unwrap();
         let e = receive(8192, vec![fd]).unwrap_err();
