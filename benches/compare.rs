@@ -142,6 +142,9 @@ fn main() {
         let count = if quick { 128 } else { 512 };
         bandwidth(reps, count);
     }
+    if wanted("transfer_64MiB") {
+        transfer(if quick { 3 } else { 7 });
+    }
     if wanted("pool_thread_tiny_jobs") {
         thread_tiny(reps, 1_000_000);
     }
@@ -879,6 +882,46 @@ fn peer(role: &str) {
                 seen = seq;
             }
         }
+        // Sums every byte of each Buffer it receives and answers the sum.
+        "buffer-sum" => {
+            let mut ipc = port.connect_with(shm_options()).expect("connect");
+            while let Ok(buf) = ipc.recv::<portpool::port::Buffer>() {
+                if ipc.send(&byte_sum(&buf)).is_err() {
+                    return;
+                }
+            }
+        }
+        // The same for bytes sent as a message (a copy through the rings).
+        "vec-sum" => {
+            let mut ipc = port.connect_with(shm_options()).expect("connect");
+            let mut buf = Vec::new();
+            while ipc.recv_bytes_into(&mut buf).is_ok() {
+                if ipc.send(&byte_sum(&buf)).is_err() {
+                    return;
+                }
+            }
+        }
+        // Baseline: sums a mapping kept from round to round, told by the ring.
+        "kept-sum" => {
+            let mut args = std::env::args().skip(1);
+            let ring = RawRing::open(&args.next().expect("ring path"));
+            let data = RawData::open(&args.next().expect("data path"));
+            let mut seen = 0u64;
+            loop {
+                let seq = ring.wait_seq(0, seen);
+                if seq == u64::MAX {
+                    return;
+                }
+                let sum = byte_sum(data.bytes());
+                ring.write_msg(1, &{
+                    let mut m = [0u8; MSG];
+                    m[..8].copy_from_slice(&sum.to_le_bytes());
+                    m
+                });
+                ring.publish(1, seq);
+                seen = seq;
+            }
+        }
         "port-echo-shm" => {
             let opts = port::ConnectOptions {
                 shared_memory: true,
@@ -1154,6 +1197,196 @@ impl Drop for RawRing {
             let _ = std::fs::remove_file(p);
         }
     }
+}
+
+/// Options for a connection that moves to shared memory.
+fn shm_options() -> port::ConnectOptions {
+    port::ConnectOptions {
+        shared_memory: true,
+        ..port::ConnectOptions::default()
+    }
+}
+
+/// A checksum that reads every byte: the wrapping sum of its 8-byte words
+/// (and of a short tail's bytes).
+fn byte_sum(b: &[u8]) -> u64 {
+    let words = b.chunks_exact(8);
+    let tail = words
+        .remainder()
+        .iter()
+        .fold(0u64, |a, &x| a.wrapping_add(u64::from(x)));
+    words
+        .map(|w| u64::from_le_bytes([w[0], w[1], w[2], w[3], w[4], w[5], w[6], w[7]]))
+        .fold(tail, u64::wrapping_add)
+}
+
+/// A file in /dev/shm of `LEN` bytes mapped read-write, kept from round to
+/// round (the "memfd kept mapped" baseline of `transfer_64MiB`).
+struct RawData {
+    ptr: *mut u8,
+    path: Option<String>,
+}
+
+impl RawData {
+    const LEN: usize = 64 << 20;
+
+    fn create() -> RawData {
+        let path = format!("/dev/shm/portpool-bench-data-{}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create data file");
+        f.set_len(Self::LEN as u64).expect("size data file");
+        let mut d = Self::map(&f);
+        d.path = Some(path);
+        d
+    }
+
+    fn open(path: &str) -> RawData {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open data file");
+        Self::map(&f)
+    }
+
+    fn map(f: &std::fs::File) -> RawData {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of an open file of LEN bytes, at an
+        // address the kernel picks; it overlaps no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                Self::LEN,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap data");
+        RawData {
+            ptr: p.cast(),
+            path: None,
+        }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: LEN bytes mapped for as long as `self`; the baseline's
+        // protocol (the ring's sequence words) keeps writer and reader apart.
+        unsafe { std::slice::from_raw_parts(self.ptr, Self::LEN) }
+    }
+
+    fn fill(&mut self, pattern: &[u8]) {
+        // SAFETY: as in `bytes`; `&mut self` and the protocol make this the
+        // only access while it writes.
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr, Self::LEN) };
+        for c in dst.chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+    }
+}
+
+impl Drop for RawData {
+    fn drop(&mut self) {
+        // SAFETY: the range `map` created, unmapped once.
+        unsafe { libc::munmap(self.ptr.cast(), Self::LEN) };
+        if let Some(p) = &self.path {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// ms to fill 64 MiB and have a child process read every byte: in a
+/// `Buffer` (sealed, its file passed, mapped by the child), as a message's
+/// bytes (`Vec<u8>`, copied through the connection), and in a mapping both
+/// keep from round to round (the floor: no copy, no new pages).
+fn transfer(reps: usize) {
+    const LEN: usize = 64 << 20;
+    let pattern: Vec<u8> = (0..4096u32).map(|i| (i * 7) as u8).collect();
+    let want = byte_sum(&pattern).wrapping_mul((LEN / pattern.len()) as u64);
+    let connect = |role: &str| {
+        let (a, b) = port::open().expect("open");
+        let child = spawn_peer(role, b, false, &[]);
+        let opts = port::ConnectOptions {
+            role: port::Role::Supervisor,
+            ..shm_options()
+        };
+        let ipc = a.connect_with(opts).expect("connect");
+        (child, ipc)
+    };
+    let (buffer_child, mut buffer_ipc) = connect("buffer-sum");
+    let (vec_child, mut vec_ipc) = connect("vec-sum");
+    let ring = RawRing::create();
+    let mut data = RawData::create();
+    let (_a, b) = port::open().expect("open");
+    let kept_child = spawn_peer(
+        "kept-sum",
+        b,
+        false,
+        &[ring.path.clone().expect("ring"), data.path.clone().expect("data")],
+    );
+    let mut seq = 0u64;
+    let mut kept = || {
+        let t = Instant::now();
+        data.fill(&pattern);
+        seq += 1;
+        ring.publish(0, seq);
+        ring.wait_seq(1, seq - 1);
+        let mut m = [0u8; MSG];
+        ring.read_msg(1, &mut m);
+        let d = t.elapsed();
+        assert_eq!(u64::from_le_bytes(m[..8].try_into().expect("8 bytes")), want);
+        d.as_secs_f64() * 1e3
+    };
+    let mut buffer = || {
+        let t = Instant::now();
+        let mut buf = portpool::port::Buffer::with_capacity(LEN).expect("buffer");
+        buf.resize(LEN).expect("resize");
+        for c in buf.as_mut().expect("writable").chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+        buffer_ipc.send(&buf).expect("send buffer");
+        let sum: u64 = buffer_ipc.recv().expect("sum");
+        let d = t.elapsed();
+        assert_eq!(sum, want);
+        d.as_secs_f64() * 1e3
+    };
+    let mut vec = || {
+        let t = Instant::now();
+        let mut v = vec![0u8; LEN];
+        for c in v.chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+        vec_ipc.send_bytes(&v).expect("send bytes");
+        let sum: u64 = vec_ipc.recv().expect("sum");
+        let d = t.elapsed();
+        assert_eq!(sum, want);
+        d.as_secs_f64() * 1e3
+    };
+    // One warm-up round each (the kept mapping's pages fault in here, once).
+    kept();
+    buffer();
+    vec();
+    let (mut k, mut b, mut v) = (Vec::new(), Vec::new(), Vec::new());
+    for _ in 0..reps {
+        k.push(kept());
+        b.push(buffer());
+        v.push(vec());
+    }
+    let ours = median(b);
+    report("transfer_64MiB", ours, median(k), "ms");
+    report("transfer_64MiB_vs_vec", ours, median(v), "ms");
+    ring.publish(0, u64::MAX);
+    finish(kept_child);
+    drop(buffer_ipc);
+    drop(vec_ipc);
+    finish(buffer_child);
+    finish(vec_child);
 }
 
 /// µs per 64-byte round trip: our `Ipc` over shared memory against the raw

@@ -112,6 +112,8 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 pub struct Buffer {
     region: Region,
     len: usize,
+    /// Bytes past this were never exposed: still the file's zeros.
+    touched: usize,
     /// Counted in `RECEIVED` (a peer's).
     received: bool,
 }
@@ -122,6 +124,7 @@ impl Buffer {
         Ok(Buffer {
             region: Region::new(capacity)?,
             len: 0,
+            touched: 0,
             received: false,
         })
     }
@@ -130,6 +133,7 @@ impl Buffer {
     pub fn zeroed(len: usize) -> io::Result<Buffer> {
         let mut b = Buffer::with_capacity(len)?;
         b.len = len;
+        b.touched = len;
         Ok(b)
     }
 
@@ -168,13 +172,17 @@ impl Buffer {
         if len > self.capacity() {
             self.region.grow(len)?;
         }
-        if len > self.len {
+        // Bytes once exposed and cut off are zeroed again; past those the
+        // file is still zero (a fresh file, or grown by ftruncate).
+        let dirty = len.min(self.touched);
+        if dirty > self.len {
             let old = self.len;
-            if let Some(b) = self.region.bytes_mut(len) {
+            if let Some(b) = self.region.bytes_mut(dirty) {
                 b[old..].fill(0);
             }
         }
         self.len = len;
+        self.touched = self.touched.max(len);
         Ok(())
     }
 }
@@ -217,6 +225,7 @@ impl io::Write for Buffer {
         let dst = self.region.bytes_mut(end).ok_or_else(sealed)?;
         dst[start..].copy_from_slice(data);
         self.len = end;
+        self.touched = self.touched.max(end);
         Ok(data.len())
     }
 
@@ -314,6 +323,7 @@ impl<'de> serde::Deserialize<'de> for Buffer {
             Ok(region) => Ok(Buffer {
                 region,
                 len,
+                touched: len,
                 received: true,
             }),
             Err(why) => {
