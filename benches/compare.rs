@@ -417,9 +417,21 @@ fn ssh_spawn(reps: usize) {
 /// µs for one 64-byte request and its reply over a `Link` between two
 /// processes, beside the busy-polling raw socketpair ping-pong.
 fn request_roundtrip(reps: usize, iters: usize) {
+    link_roundtrip("request_roundtrip", reps, iters, false);
+    link_roundtrip("request_roundtrip_shm", reps, iters, true);
+}
+
+/// [`request_roundtrip`] over a socket, or (`shm`) over shared memory
+/// beside the raw ring.
+fn link_roundtrip(metric: &str, reps: usize, iters: usize, shm: bool) {
     let (a, b) = port::open().expect("open");
-    let child = spawn_peer("link-echo", b, false, &[]);
-    let link = portpool::link::Link::new(a.connect().expect("connect"));
+    let child = spawn_peer(if shm { "link-echo:shm" } else { "link-echo" }, b, false, &[]);
+    let opts = port::ConnectOptions {
+        shared_memory: shm,
+        role: port::Role::Supervisor,
+        ..port::ConnectOptions::default()
+    };
+    let link = portpool::link::Link::new(a.connect_with(opts).expect("connect"));
     let msg = serde_bytes::ByteBuf::from(vec![1u8; MSG]);
     let run = || {
         let time = || {
@@ -435,12 +447,16 @@ fn request_roundtrip(reps: usize, iters: usize) {
     };
     let (mut base, mut ours) = (Vec::new(), Vec::new());
     for _ in 0..reps {
-        base.push(raw_roundtrip(iters, false));
+        base.push(if shm {
+            raw_ring_roundtrip(iters)
+        } else {
+            raw_roundtrip(iters, false)
+        });
         ours.push(run());
     }
     drop(link);
     finish(child);
-    report("request_roundtrip", median(ours), median(base), "us");
+    report(metric, median(ours), median(base), "us");
 }
 
 /// 64-byte messages per second one way over a `Link` (the receiver takes
@@ -487,6 +503,126 @@ fn messages_pipelined(reps: usize, n: usize) {
         ours.push(run_link());
     }
     report("messages_pipelined", median(ours), median(base), "msgs/s");
+
+    // The same over shared memory, beside a raw byte ring: each message
+    // copied in and published on its own, the reader spinning.
+    let run_raw_ring = || {
+        let ring = RawByteRing::create();
+        let (_a, b) = port::open().expect("open");
+        let path = ring.map.path.clone().expect("path");
+        let child = spawn_peer(
+            "raw-ring-sink",
+            b,
+            false,
+            &[n.to_string(), BYTES.to_string(), path],
+        );
+        let msg = [7u8; BYTES];
+        let t = Instant::now();
+        let mut tail = 0u64;
+        for _ in 0..n {
+            tail = ring.put(tail, &msg);
+        }
+        while ring.done().load(std::sync::atomic::Ordering::Acquire) == 0 {
+            std::hint::spin_loop();
+        }
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        finish(child);
+        rate
+    };
+    let run_link_shm = || {
+        let (a, b) = port::open().expect("open");
+        let child = spawn_peer("link-sink:shm", b, false, &[n.to_string()]);
+        let opts = port::ConnectOptions {
+            role: port::Role::Supervisor,
+            ..shm_options()
+        };
+        let link = portpool::link::Link::new(a.connect_with(opts).expect("connect"));
+        let msg = serde_bytes::Bytes::new(&[7u8; MSG]);
+        let t = Instant::now();
+        for _ in 0..n {
+            link.send_message(&msg).expect("send");
+        }
+        let got: u64 = link.recv_message().expect("count");
+        let rate = n as f64 / t.elapsed().as_secs_f64();
+        assert_eq!(got, n as u64);
+        drop(link);
+        finish(child);
+        rate
+    };
+    alternate(
+        "messages_pipelined_shm",
+        "msgs/s",
+        reps,
+        run_raw_ring,
+        run_link_shm,
+    );
+}
+
+/// A raw single-producer byte ring in a /dev/shm file, both sides
+/// spinning (the baseline of `messages_pipelined_shm`): tail and head words
+/// on their own lines, a done word, then `CAP` bytes of data.
+struct RawByteRing {
+    map: RawRing,
+}
+
+impl RawByteRing {
+    const CAP: u64 = 2048;
+    const DATA: usize = 1024;
+
+    fn create() -> RawByteRing {
+        RawByteRing {
+            map: RawRing::create(),
+        }
+    }
+
+    fn open(path: &str) -> RawByteRing {
+        RawByteRing {
+            map: RawRing::open(path),
+        }
+    }
+
+    fn word(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
+        // SAFETY: offsets 0, 128 and 640 are 8-aligned and inside the
+        // mapping of RawRing::LEN (4096) bytes, alive as long as `self`.
+        unsafe { &*self.map.ptr.add(off).cast() }
+    }
+
+    fn done(&self) -> &std::sync::atomic::AtomicU64 {
+        self.word(640)
+    }
+
+    /// Copies `msg` in at `tail` (waiting for room) and publishes it.
+    fn put(&self, tail: u64, msg: &[u8]) -> u64 {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        while tail + msg.len() as u64 - self.word(128).load(Acquire) > Self::CAP {
+            std::hint::spin_loop();
+        }
+        for (i, &b) in msg.iter().enumerate() {
+            let at = Self::DATA + ((tail + i as u64) % Self::CAP) as usize;
+            // SAFETY: `at` is inside the data area of the mapping; the
+            // protocol gives this byte to the producer until published.
+            unsafe { self.map.ptr.add(at).write(b) };
+        }
+        let end = tail + msg.len() as u64;
+        self.word(0).store(end, Release);
+        end
+    }
+
+    /// Takes `out.len()` bytes from `head` (waiting for them).
+    fn take(&self, head: u64, out: &mut [u8]) -> u64 {
+        use std::sync::atomic::Ordering::{Acquire, Release};
+        while self.word(0).load(Acquire) - head < out.len() as u64 {
+            std::hint::spin_loop();
+        }
+        for (i, b) in out.iter_mut().enumerate() {
+            let at = Self::DATA + ((head + i as u64) % Self::CAP) as usize;
+            // SAFETY: as in `put`, for a published byte.
+            *b = unsafe { self.map.ptr.add(at).read() };
+        }
+        let end = head + out.len() as u64;
+        self.word(128).store(end, Release);
+        end
+    }
 }
 
 /// ms from a worker's SIGKILL to its replacement answering a job, beside
@@ -811,6 +947,10 @@ fn spawn_peer(role: &str, port: Port, pinned: bool, args: &[String]) -> Child {
     let exe = std::env::current_exe().expect("current_exe");
     let mut cmd = Command::new(exe);
     cmd.env(PEER_ENV, role).args(args);
+    // `link-echo:shm` is `link-echo` with its connection on shared memory.
+    if let Some(plain) = role.strip_suffix(":shm") {
+        cmd.env(PEER_ENV, plain).env(port::TRANSPORT_ENV, "shm");
+    }
     if pinned {
         cmd.env(PIN_ENV, "1");
     }
@@ -981,6 +1121,19 @@ fn peer(role: &str) {
             }
             link.send_message(&got).expect("send");
             link.wait_closed();
+        }
+        // Baseline: takes `n` messages of `size` bytes off the raw byte ring,
+        // then raises the done word.
+        "raw-ring-sink" => {
+            let (n, size) = (arg(1), arg(2));
+            let path = std::env::args().nth(3).expect("ring path");
+            let ring = RawByteRing::open(&path);
+            let mut buf = vec![0u8; size];
+            let mut head = 0u64;
+            for _ in 0..n {
+                head = ring.take(head, &mut buf);
+            }
+            ring.done().store(1, std::sync::atomic::Ordering::Release);
         }
         // Baseline: reads `n` messages of `size` bytes as raw bytes, then
         // writes one byte back.
@@ -1199,6 +1352,34 @@ impl Drop for RawRing {
     }
 }
 
+/// µs per 64-byte round trip over the raw shared-memory ring (`RawRing`),
+/// two processes, both spinning.
+fn raw_ring_roundtrip(iters: usize) -> f64 {
+    let ring = RawRing::create();
+    let (_a, b) = port::open().expect("open");
+    let path = ring.path.clone().expect("path");
+    let child = spawn_peer("raw-ring-echo", b, false, &[path]);
+    let msg = [1u8; MSG];
+    let mut back = [0u8; MSG];
+    let mut seq = 0u64;
+    let mut time = |n: usize| {
+        let t = Instant::now();
+        for _ in 0..n {
+            seq += 1;
+            ring.write_msg(0, &msg);
+            ring.publish(0, seq);
+            ring.wait_seq(1, seq - 1);
+            ring.read_msg(1, &mut back);
+        }
+        t.elapsed()
+    };
+    time(iters / 10);
+    let d = time(iters);
+    ring.publish(0, u64::MAX);
+    finish(child);
+    d.as_secs_f64() * 1e6 / iters as f64
+}
+
 /// Options for a connection that moves to shared memory.
 fn shm_options() -> port::ConnectOptions {
     port::ConnectOptions {
@@ -1392,31 +1573,7 @@ fn transfer(reps: usize) {
 /// µs per 64-byte round trip: our `Ipc` over shared memory against the raw
 /// ring, and against the raw busy-polling socketpair of `port_roundtrip_64B`.
 fn shm_roundtrip(reps: usize, iters: usize) {
-    let run_raw_ring = || {
-        let ring = RawRing::create();
-        let (_a, b) = port::open().expect("open");
-        let path = ring.path.clone().expect("path");
-        let child = spawn_peer("raw-ring-echo", b, false, &[path]);
-        let msg = [1u8; MSG];
-        let mut back = [0u8; MSG];
-        let mut seq = 0u64;
-        let mut time = |n: usize| {
-            let t = Instant::now();
-            for _ in 0..n {
-                seq += 1;
-                ring.write_msg(0, &msg);
-                ring.publish(0, seq);
-                ring.wait_seq(1, seq - 1);
-                ring.read_msg(1, &mut back);
-            }
-            t.elapsed()
-        };
-        time(iters / 10);
-        let d = time(iters);
-        ring.publish(0, u64::MAX);
-        finish(child);
-        d.as_secs_f64() * 1e6 / iters as f64
-    };
+    let run_raw_ring = || raw_ring_roundtrip(iters);
     let run_shm = || {
         let (a, b) = port::open().expect("open");
         let child = spawn_peer("port-echo-shm", b, false, &[]);
