@@ -114,3 +114,26 @@ fn a_buffer_in_a_process_pools_job_fails_that_job_saying_why() {
     // The pool goes on.
     drop(pool);
 }
+
+#[test]
+fn many_messages_with_buffers_in_flight_at_once_all_arrive() {
+    // More frames with fds queued than any limit on fds held at once:
+    // each frame's fds are taken only when it is read.
+    each_flavor(|_, ipc| {
+        let n = 200;
+        let bufs: Vec<Buffer> = (0..n).map(|i| filled(100 + i, i as u8)).collect();
+        let tx = ipc.sender().clone();
+        let sender = std::thread::spawn(move || {
+            for (i, b) in bufs.iter().enumerate() {
+                tx.send(&(format!("#{i}"), b)).unwrap();
+            }
+            bufs
+        });
+        for i in 0..n {
+            let (label, len, _, mapped, _back): (String, u64, u64, bool, Buffer) = ipc.recv().unwrap();
+            assert_eq!((label, len), (format!("#{i}"), (100 + i) as u64));
+            assert!(mapped);
+        }
+        sender.join().unwrap();
+    });
+}

@@ -308,3 +308,22 @@ fn an_idle_shared_memory_connection_uses_no_cpu() {
     f.wait();
     assert_pid_gone(f.pid());
 }
+
+#[test]
+fn a_side_that_cannot_use_shared_memory_sends_the_hello_of_before() {
+    // Bytes 12..16 stay zero unless this side offers shared memory, so a
+    // peer built before the flags existed still accepts the hello.
+    use std::io::{Read, Write};
+    let (mut raw, ours) = std::os::unix::net::UnixStream::pair().unwrap();
+    let port = port::Port::from_socket(std::os::fd::OwnedFd::from(ours));
+    let plain = ConnectOptions {
+        shared_memory: false,
+        ..ConnectOptions::default()
+    };
+    let t = thread::spawn(move || port.connect_with(plain).map(drop));
+    let mut hello = [0u8; 16];
+    raw.read_exact(&mut hello).unwrap();
+    assert_eq!(&hello[12..], &[0, 0, 0, 0], "{hello:?}");
+    raw.write_all(&hello).unwrap();
+    t.join().unwrap().unwrap();
+}

@@ -59,8 +59,18 @@ pub(crate) fn take_refusal() -> Option<String> {
 /// result and those fds.
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     REFUSED.with(|r| r.borrow_mut().take());
-    let outer = SINK.with(|s| s.replace(Some(Vec::new())));
+    // Restored on the way out, even if a Serialize impl panics.
+    struct Restore(Option<Option<Vec<OwnedFd>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                SINK.with(|s| s.replace(outer));
+            }
+        }
+    }
+    let mut guard = Restore(Some(SINK.with(|s| s.replace(Some(Vec::new())))));
     let r = encode();
+    let outer = guard.0.take().unwrap_or_default();
     let fds = SINK.with(|s| s.replace(outer)).unwrap_or_default();
     (r, fds)
 }
@@ -68,10 +78,20 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
 /// Runs `decode` with `fds` (those that came with the message) for its
 /// buffers to take; any it leaves are closed.
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    let outer = SOURCE.with(|s| s.replace(Some(fds.into_iter().map(Some).collect())));
-    let r = decode();
-    SOURCE.with(|s| s.replace(outer));
-    r
+    REFUSED.with(|r| r.borrow_mut().take());
+    // Restored on the way out (closing what is left), even on a panic.
+    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                SOURCE.with(|s| s.replace(outer));
+            }
+        }
+    }
+    let _guard = Restore(Some(
+        SOURCE.with(|s| s.replace(Some(fds.into_iter().map(Some).collect()))),
+    ));
+    decode()
 }
 
 /// Bytes in shared memory that move to another process without a copy.
@@ -270,7 +290,7 @@ impl serde::Serialize for Buffer {
                     .into());
             };
             self.region
-                .freeze()
+                .freeze(self.len)
                 .map_err(|e| format!("cannot seal the buffer: {e}"))?;
             let fd = self
                 .region
@@ -355,7 +375,7 @@ mod tests {
     #[test]
     fn a_buffer_longer_than_its_file_or_the_limit_or_without_a_file_is_refused() {
         let b = Buffer::zeroed(4096).unwrap();
-        b.region.freeze().unwrap();
+        b.region.freeze(4096).unwrap();
         let fd = b.region.fd().try_clone_to_owned().unwrap();
         let e = receive(8192, vec![fd]).unwrap_err();
         assert!(e.contains("file holds 4096"), "{e}");
@@ -367,6 +387,17 @@ mod tests {
         let fd = b.region.fd().try_clone_to_owned().unwrap();
         let got = receive(4096, vec![fd]).unwrap();
         assert!(got.is_sealed() && got.len() == 4096 && got.iter().all(|&x| x == 0));
+    }
+
+    #[test]
+    fn bytes_cut_off_before_sending_do_not_go_with_the_file() {
+        use std::io::Write;
+        let mut b = Buffer::with_capacity(0).unwrap();
+        b.write_all(&[9u8; 8192]).unwrap();
+        b.resize(100).unwrap();
+        b.region.freeze(b.len).unwrap();
+        assert_eq!(crate::sys::shm::file_len(b.region.fd()).unwrap(), 100);
+        assert!(b.iter().all(|&x| x == 9));
     }
 
     #[test]

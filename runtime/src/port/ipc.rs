@@ -456,7 +456,17 @@ impl IpcReceiver {
     /// (replacing what was there, reusing its allocation). Returns the length.
     /// Long messages are read from the kernel straight into `out`.
     pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
-        self.reader.recv_message_into(out)
+        loop {
+            match self.reader.recv_message_into(out) {
+                // A message with buffers: its fds frame first (raw bytes
+                // have no buffers to give them to, so they close).
+                Err(RecvError::Unexpected { found: Kind::Fds, .. }) => {
+                    self.next(Kind::Message, Wait::Now)?;
+                    self.attached.clear();
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Blocks until a port arrives and returns it.
@@ -501,7 +511,13 @@ impl IpcReceiver {
                     })?;
                     continue;
                 }
-                Some(h) if h.kind == want => Ok(true),
+                Some(h) if h.kind == want => {
+                    if want != Kind::Message {
+                        // Fds announced for a message, then no message: closed.
+                        self.attached.clear();
+                    }
+                    Ok(true)
+                }
                 Some(h) => Err(RecvError::Unexpected {
                     expected: want,
                     found: h.kind,

@@ -361,7 +361,11 @@ impl Port {
         let deadline = std::time::Instant::now().checked_add(opts.timeout);
         let mut ours = frame::Hello::with_codec(opts.role, opts.codec);
         ours.shared_memory = opts.shared_memory && on_socket && shared_memory_allowed();
-        ours.nonce = hello_nonce();
+        // Zero unless it matters: a peer built before the flags existed
+        // refuses a hello whose bytes 12..16 are not zero.
+        if ours.shared_memory {
+            ours.nonce = hello_nonce();
+        }
         match writer.write_raw(&ours.encode()) {
             Ok(()) | Err(crate::error::SendError::Disconnected) => {}
             Err(other) => return Err(other.into()),

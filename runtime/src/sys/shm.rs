@@ -1,5 +1,5 @@
 //! The OS calls under shared memory: sealed memfds, their mappings, and
-//! eventfd doorbells (Linux). The shared-memory transport
+//! datagram-socket doorbells (Linux). The shared-memory transport
 //! (`transport/shm.rs`) is built on these and on nothing else of libc.
 
 use std::io;
@@ -71,6 +71,18 @@ impl Mapping {
     /// has checked that the file is at least `len` long and cannot shrink
     /// (its seals), or a later access past its end would fault.
     pub(crate) fn map(fd: BorrowedFd<'_>, len: usize, writable: bool) -> io::Result<Mapping> {
+        Mapping::map_with(fd, len, writable, libc::MAP_SHARED)
+    }
+
+    /// Maps `len` bytes of a write-sealed file read-only and private: the
+    /// content cannot change, and (unlike a shared mapping of a writable
+    /// fd on kernels before 6.7) the kernel does not count it as one that
+    /// could be made writable.
+    pub(crate) fn map_sealed(fd: BorrowedFd<'_>, len: usize) -> io::Result<Mapping> {
+        Mapping::map_with(fd, len, false, libc::MAP_PRIVATE)
+    }
+
+    fn map_with(fd: BorrowedFd<'_>, len: usize, writable: bool, share: libc::c_int) -> io::Result<Mapping> {
         if len == 0 {
             return Err(io::Error::new(io::ErrorKind::InvalidInput, "cannot map 0 bytes"));
         }
@@ -81,16 +93,7 @@ impl Mapping {
         };
         // SAFETY: a fresh mapping chosen by the kernel (address null), of
         // an open fd (borrowed); it overlaps no Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                prot,
-                libc::MAP_SHARED,
-                fd.as_raw_fd(),
-                0,
-            )
-        };
+        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, share, fd.as_raw_fd(), 0) };
         if p == libc::MAP_FAILED {
             return Err(io::Error::last_os_error());
         }
@@ -159,7 +162,7 @@ impl Region {
         let map = if len == 0 {
             None
         } else {
-            Some(Mapping::map(fd.as_fd(), len, false).map_err(|e| format!("cannot map it ({e})"))?)
+            Some(Mapping::map_sealed(fd.as_fd(), len).map_err(|e| format!("cannot map it ({e})"))?)
         };
         Ok(Region {
             fd,
@@ -227,42 +230,75 @@ impl Region {
         Ok(())
     }
 
-    /// Seals the region read-only, once: the writable mapping is replaced
-    /// in place by a read-only one of the same pages (slices into it stay
-    /// valid and unchanged), then the file is sealed against writes and
-    /// resizing, so a receiver can trust it.
-    pub(crate) fn freeze(&self) -> io::Result<()> {
+    /// Seals the region read-only at `len` bytes, once: the file is cut to
+    /// `len` (nothing past it, written once and cut off, can reach a
+    /// receiver), the writable mapping is replaced in place by a read-only
+    /// one of the same pages (slices into its first `len` bytes stay valid
+    /// and unchanged), then the file is sealed against writes and
+    /// resizing, so a receiver can trust it. If sealing fails, the region
+    /// is left as it was: writable, its size restored.
+    pub(crate) fn freeze(&self, len: usize) -> io::Result<()> {
         let _g = self.freezing.lock().unwrap_or_else(|p| p.into_inner());
         if self.is_frozen() {
             return Ok(());
         }
+        let size = |n: usize| -> io::Result<()> {
+            let n = libc::off_t::try_from(n).map_err(|_| io::Error::other("buffer too large"))?;
+            // `fd` is our own memfd, not yet sealed.
+            syscall!(ftruncate(self.fd.as_raw_fd(), n)).map(drop)
+        };
+        size(len.min(self.cap))?;
         if let Some(m) = &self.map {
             // The new mapping is made through a read-only open of the same
             // file: a shared mapping of a writable fd would still count as
             // writable, and the kernel would refuse the write seal (EBUSY).
-            let ro = std::fs::File::open(format!("/proc/self/fd/{}", self.fd.as_raw_fd()))?;
-            // SAFETY: MAP_FIXED over exactly the range our own mapping holds
-            // (same address, same length), with the same file at offset 0:
-            // the pages and their content stay, only writing is taken away;
-            // no `&mut` slice can be alive (this takes `&self`).
-            let p = unsafe {
-                libc::mmap(
-                    m.as_ptr().cast(),
-                    self.cap,
-                    libc::PROT_READ,
-                    libc::MAP_SHARED | libc::MAP_FIXED,
-                    ro.as_raw_fd(),
-                    0,
-                )
+            let ro = match std::fs::File::open(format!("/proc/self/fd/{}", self.fd.as_raw_fd())) {
+                Ok(f) => f,
+                Err(e) => {
+                    size(self.cap)?;
+                    return Err(e);
+                }
             };
-            if p == libc::MAP_FAILED {
-                return Err(io::Error::last_os_error());
+            self.remap(m, &ro, libc::PROT_READ);
+            if let Err(e) = add_seals(self.fd.as_fd(), SEALS_SIZE | libc::F_SEAL_WRITE) {
+                // Writable again, whole again: as if nothing happened.
+                self.remap(m, &self.fd, libc::PROT_READ | libc::PROT_WRITE);
+                size(self.cap)?;
+                return Err(e);
             }
+        } else {
+            add_seals(self.fd.as_fd(), SEALS_SIZE | libc::F_SEAL_WRITE)?;
         }
-        add_seals(self.fd.as_fd(), SEALS_SIZE | libc::F_SEAL_WRITE)?;
         // Release: pairs with the Acquire loads in `is_frozen`.
         self.frozen.store(true, std::sync::atomic::Ordering::Release);
         Ok(())
+    }
+
+    /// Replaces our mapping `m` in place with one of `file` (the same
+    /// memory file) with protection `prot`. Slices into `m` must stay
+    /// valid, so a failure (the range could be left unmapped) aborts.
+    fn remap(&self, m: &Mapping, file: &impl AsRawFd, prot: libc::c_int) {
+        // SAFETY: MAP_FIXED over exactly the range our own mapping holds
+        // (same address, same length), with the same file at offset 0: the
+        // pages and their content stay; only the protection changes. No
+        // `&mut` slice can be alive (the callers take `&self`).
+        let p = unsafe {
+            libc::mmap(
+                m.as_ptr().cast(),
+                self.cap,
+                prot,
+                libc::MAP_SHARED | libc::MAP_FIXED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            eprintln!(
+                "portpool: could not remap a Buffer in place ({}); slices into it may dangle, aborting",
+                io::Error::last_os_error()
+            );
+            std::process::abort();
+        }
     }
 
     /// The memory file (to send, once frozen).
@@ -271,36 +307,63 @@ impl Region {
     }
 }
 
-/// Creates a non-blocking, close-on-exec eventfd (a doorbell: a write
-/// makes it readable until it is drained).
-pub(crate) fn eventfd() -> io::Result<OwnedFd> {
-    // No pointers; plain flags.
-    let fd = syscall!(eventfd(0, libc::EFD_CLOEXEC | libc::EFD_NONBLOCK))?;
-    // SAFETY: eventfd just returned this fd; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+/// Creates a doorbell: a datagram socket pair, close-on-exec: `(ours, the
+/// peer's)`. We sleep on ours; the peer rings it by sending on its end. A
+/// socket, not an eventfd, because every ring and drain says "do not
+/// block" in the call itself: a peer that shares a file description with
+/// us (it holds the other end of a pair, never our end) cannot make either
+/// block by changing flags.
+pub(crate) fn doorbell() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as std::os::fd::RawFd; 2];
+    // `fds` is a valid out-array of two ints.
+    syscall!(socketpair(
+        libc::AF_UNIX,
+        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+        0,
+        fds.as_mut_ptr()
+    ))?;
+    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody
+    // else; wrapping them at once makes them close exactly once.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
-/// Rings a doorbell: adds 1 to the eventfd's count. A count already at its
-/// maximum (`EAGAIN`) is readable anyway, so that is not an error.
-pub(crate) fn eventfd_ring(fd: BorrowedFd<'_>) -> io::Result<()> {
-    let one: u64 = 1;
+/// Rings a doorbell (one byte, never blocking). A full queue is rung
+/// already; an fd that is no socket or whose other end is gone is an error.
+pub(crate) fn ring(fd: BorrowedFd<'_>) -> io::Result<()> {
+    let one = [1u8];
     loop {
-        // `fd` is open (borrowed); we write the 8 bytes of `one`.
-        match syscall!(write(fd.as_raw_fd(), (&one as *const u64).cast(), 8)) {
+        // `fd` is open (borrowed); we send the one byte of `one`.
+        match syscall!(send(
+            fd.as_raw_fd(),
+            one.as_ptr().cast(),
+            1,
+            libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL
+        )) {
             Ok(_) => return Ok(()),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+            Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => return Ok(()),
             Err(e) => return Err(e),
         }
     }
 }
 
-/// Drains a doorbell (reads its count to 0) without blocking.
-pub(crate) fn eventfd_drain(fd: BorrowedFd<'_>) {
-    let mut count: u64 = 0;
-    // `fd` is open (borrowed); we read at most 8 bytes into `count`. EAGAIN
-    // (nothing rung) and other errors leave nothing to do.
-    let _ = syscall!(read(fd.as_raw_fd(), (&mut count as *mut u64).cast(), 8));
+/// Drains our doorbell without blocking (at most 64 rings at a time, so a
+/// peer that rings without pause cannot keep us here).
+pub(crate) fn drain(fd: BorrowedFd<'_>) {
+    let mut buf = [0u8; 8];
+    for _ in 0..64 {
+        // `fd` is open (borrowed); we read at most 8 bytes into `buf`.
+        let got = syscall!(recv(
+            fd.as_raw_fd(),
+            buf.as_mut_ptr().cast(),
+            buf.len(),
+            libc::MSG_DONTWAIT
+        ));
+        if !matches!(got, Ok(n) if n > 0) {
+            return;
+        }
+    }
 }
 
 /// What [`poll_doorbell`] saw.
@@ -315,8 +378,8 @@ pub(crate) struct Rang {
 }
 
 /// Sleeps until the doorbell `bell` is rung, the socket reports its peer's
-/// end (`POLLRDHUP`, only while `watch_rdhup`; a hang-up always), or
-/// `timeout` passes (`None`: no limit).
+/// end (`POLLRDHUP`, only while `watch_rdhup`; a hang-up of it or of the
+/// doorbell always), or `timeout` passes (`None`: no limit).
 pub(crate) fn poll_doorbell(
     bell: BorrowedFd<'_>,
     socket: BorrowedFd<'_>,
@@ -356,7 +419,8 @@ pub(crate) fn poll_doorbell(
                     return Err(io::Error::from_raw_os_error(libc::EBADF));
                 }
                 let s = fds[1].revents;
-                let hung_up = s & (libc::POLLHUP | libc::POLLERR) != 0;
+                // A doorbell in error (not a ring) ends the connection too.
+                let hung_up = (s | fds[0].revents) & (libc::POLLHUP | libc::POLLERR) != 0;
                 return Ok(Rang {
                     bell: fds[0].revents & libc::POLLIN != 0,
                     peer_done_sending: hung_up || s & libc::POLLRDHUP != 0,
@@ -404,13 +468,13 @@ mod tests {
     #[test]
     fn a_rung_doorbell_wakes_a_poll_until_drained() {
         let (a, _b) = crate::sys::socketpair().unwrap();
-        let bell = eventfd().unwrap();
+        let (bell, theirs) = doorbell().unwrap();
         let quiet = poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::from_millis(1))).unwrap();
         assert_eq!(quiet, Rang::default());
-        eventfd_ring(bell.as_fd()).unwrap();
-        eventfd_ring(bell.as_fd()).unwrap();
+        ring(theirs.as_fd()).unwrap();
+        ring(theirs.as_fd()).unwrap();
         assert!(poll_doorbell(bell.as_fd(), a.as_fd(), true, None).unwrap().bell);
-        eventfd_drain(bell.as_fd());
+        drain(bell.as_fd());
         let drained = poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::from_millis(1))).unwrap();
         assert!(!drained.bell);
     }
@@ -418,9 +482,40 @@ mod tests {
     #[test]
     fn a_peer_that_leaves_wakes_the_doorbell_poll() {
         let (a, b) = crate::sys::socketpair().unwrap();
-        let bell = eventfd().unwrap();
+        let (bell, _theirs) = doorbell().unwrap();
         drop(b);
         let r = poll_doorbell(bell.as_fd(), a.as_fd(), true, None).unwrap();
         assert!(r.peer_done_sending && r.hung_up && !r.bell);
+    }
+}
+
+#[cfg(test)]
+mod bell_tests {
+    use super::*;
+    use std::os::fd::AsFd;
+
+    #[test]
+    fn a_flooded_or_abandoned_doorbell_neither_blocks_nor_spins() {
+        let (bell, theirs) = doorbell().unwrap();
+        let (a, _b) = crate::sys::socketpair().unwrap();
+        // Ringing a full queue returns at once.
+        for _ in 0..100_000 {
+            ring(theirs.as_fd()).unwrap();
+        }
+        // Draining takes a bounded bite; enough bites empty it.
+        let mut bites = 0;
+        while poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::ZERO))
+            .unwrap()
+            .bell
+        {
+            drain(bell.as_fd());
+            bites += 1;
+            assert!(bites < 100_000, "the doorbell never drained");
+        }
+        // The other end gone: nothing to wake for (the connection's socket
+        // tells the peer's end), so a poll sleeps rather than spins.
+        drop(theirs);
+        let r = poll_doorbell(bell.as_fd(), a.as_fd(), true, Some(Duration::from_millis(5))).unwrap();
+        assert_eq!(r, Rang::default());
     }
 }

@@ -331,6 +331,14 @@ impl Reader {
     /// byte of the frame that carries them, so they are queued by the time
     /// that frame is complete.
     pub fn take_fds(&mut self, n: usize) -> Option<Vec<OwnedFd>> {
+        #[cfg(target_os = "linux")]
+        if let (ReadIo::Shm(r), true) = (&mut self.io, self.fds.len() < n) {
+            // On shared memory the fds wait on the socket until asked for.
+            if let Err(e) = r.pull_fds(n, &mut self.fds) {
+                self.state = State::Broken(e.to_string());
+                return None;
+            }
+        }
         if self.fds.len() < n {
             return None;
         }

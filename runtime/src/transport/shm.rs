@@ -11,9 +11,9 @@
 //! looks at them: no Rust reference into the mapping is ever formed.
 //!
 //! Waiting: spin (in the `Reader`), then announce "I wait" in a shared
-//! flag, fence, look again, and sleep in one `poll` on this side's eventfd
+//! flag, fence, look again, and sleep in one `poll` on this side's doorbell (a datagram socket)
 //! and the socket. The peer, after publishing, fences, reads the flag and
-//! only if it is set rings our eventfd. One thread per process sleeps in
+//! only if it is set rings our doorbell. One thread per process sleeps in
 //! the kernel for a connection; others wait on a condvar it signals
 //! (`Conn::wait`). With both sides busy no system call happens.
 
@@ -69,9 +69,6 @@ const WRITER_WAITING: usize = 260;
 /// The one byte sent on the socket with each frame that carries fds.
 const CARRIER: u8 = 0xFD;
 
-/// Most fd carriers the peer may say are on their way at once.
-const MAX_CARRIERS_AHEAD: u64 = 64;
-
 /// The offer, the answers and "no offer", each this long on the socket.
 pub(crate) const SETUP_LEN: usize = 24;
 const OFFER: [u8; 8] = *b"PPSHMOFR";
@@ -83,11 +80,11 @@ const REFUSE: [u8; 8] = *b"PPSHMNAK";
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Setup {
     /// A segment with these ring capacities (ring 0, ring 1); the memfd and
-    /// the offerer's eventfd travel with it.
+    /// the offerer's doorbell travel with it.
     Offer { version: u32, caps: [u32; 2] },
     /// The offerer could not make a segment: stay on the socket.
     NoOffer,
-    /// Accepted; the accepter's eventfd travels with it.
+    /// Accepted; the accepter's doorbell travels with it.
     Accept,
     /// Refused: stay on the socket.
     Refuse,
@@ -233,7 +230,10 @@ impl Segment {
         let base = self.data(ring);
         // SAFETY: `at + first <= cap` and `src.len() - first <= at`, so
         // both copies stay inside the ring's `cap` bytes; `src` is private
-        // memory that cannot overlap the mapping.
+        // memory that cannot overlap the mapping. The peer does not touch
+        // this free space until we publish it, if it follows the protocol;
+        // if it does not, the race is on memory it shares with us on
+        // purpose and harms only the bytes it will read (see `copy_out`).
         unsafe {
             std::ptr::copy_nonoverlapping(src.as_ptr(), base.add(at), first);
             std::ptr::copy_nonoverlapping(src.as_ptr().add(first), base, src.len() - first);
@@ -255,9 +255,16 @@ impl Segment {
         let first = n.min(cap - at);
         let base = self.data(ring);
         debug_assert!(dst.capacity() - dst.len() >= n);
-        // SAFETY: as in `copy_in` for the ring side; `dst` has `n` bytes of
+        // SAFETY: the bounds are as in `copy_in`; `dst` has `n` bytes of
         // spare capacity (the caller's check), which the copies fill before
-        // `set_len` exposes them.
+        // `set_len` exposes them. A peer that follows the protocol does not
+        // write published bytes before we release them. One that does races
+        // with this copy: in Rust's model a data race on memory another
+        // process writes, which this design accepts (as the unsafe-code
+        // guidelines' advice for untrusted shared memory does, with
+        // volatile copies as the stricter choice); the bytes land in private
+        // memory and are only used after the frame checks, so a wrong value
+        // is garbage that the checks refuse, never an access out of bounds.
         unsafe {
             let out = dst.as_mut_ptr().add(dst.len());
             std::ptr::copy_nonoverlapping(base.add(at), out, first);
@@ -285,6 +292,8 @@ pub(crate) struct Conn {
     socket: Arc<OwnedFd>,
     /// Ours: the peer rings it, we sleep on it.
     bell: OwnedFd,
+    /// The other end of ours, to wake our own sleeper (`shutdown_read`).
+    self_bell: OwnedFd,
     /// The peer's: we ring it.
     peer_bell: OwnedFd,
     sleep: Mutex<Sleep>,
@@ -317,7 +326,7 @@ impl Conn {
         fence(Ordering::SeqCst);
         // Relaxed: ordered by the fences; the swap decides who rings.
         if flag.load(Ordering::Relaxed) != 0 && flag.swap(0, Ordering::Relaxed) != 0 {
-            if let Err(e) = os::eventfd_ring(self.peer_bell.as_fd()) {
+            if let Err(e) = os::ring(self.peer_bell.as_fd()) {
                 log::debug!("shared-memory connection: cannot ring the peer ({e})");
             }
         }
@@ -402,7 +411,7 @@ impl Conn {
             let res = os::poll_doorbell(self.bell.as_fd(), self.socket.as_fd(), watch, timeout);
             if let Ok(rang) = &res {
                 if rang.bell {
-                    os::eventfd_drain(self.bell.as_fd());
+                    os::drain(self.bell.as_fd());
                 }
                 if rang.peer_done_sending {
                     // Release: seen by `read_ready` and the readers' end check.
@@ -456,7 +465,7 @@ impl Conn {
         let i = self.input();
         self.seg.word64(i, CONSUMER_CLOSED).store(1, Ordering::Release);
         self.wake_peer(self.seg.word32(i, WRITER_WAITING));
-        if let Err(e) = os::eventfd_ring(self.bell.as_fd()) {
+        if let Err(e) = os::ring(self.self_bell.as_fd()) {
             log::debug!("shared-memory connection: cannot wake our own sleeper ({e})");
         }
         crate::sys::shutdown_read(self.socket.as_fd());
@@ -497,7 +506,7 @@ impl ShmRead {
         &mut self,
         buf: &mut Vec<u8>,
         max: usize,
-        fds: &mut VecDeque<OwnedFd>,
+        _fds: &mut VecDeque<OwnedFd>,
     ) -> io::Result<ReadOutcome> {
         let c = &*self.conn;
         let seg = &c.seg;
@@ -531,12 +540,7 @@ impl ShmRead {
                 ReadOutcome::WouldBlock
             });
         }
-        // Acquire, after the tail: a carrier counted before a frame's bytes
-        // were published is seen with them.
-        let sent = seg.word64(ring, CARRIERS).load(Ordering::Acquire);
-        if sent != self.carriers {
-            take_carriers(c, &mut self.carriers, sent, fds)?;
-        }
+        // (Fds wait on the socket until their frame asks: `pull_fds`.)
         let n = (avail as usize).min(max).min(spare);
         if n == 0 {
             return Ok(ReadOutcome::WouldBlock);
@@ -551,36 +555,40 @@ impl ShmRead {
     }
 }
 
-/// Reads the fd carriers the peer says it sent (one marker byte each,
-/// its fds attached) into `fds`.
-fn take_carriers(c: &Conn, taken: &mut u64, sent: u64, fds: &mut VecDeque<OwnedFd>) -> io::Result<()> {
-    let ahead = sent.wrapping_sub(*taken);
-    if ahead > MAX_CARRIERS_AHEAD {
-        return Err(corrupt("count of fd carriers"));
-    }
-    let mut bytes = Vec::with_capacity(ahead as usize);
-    while *taken < sent {
-        bytes.clear();
-        let want = (sent - *taken) as usize;
-        match super::socket::recv_nonblocking(c.socket.as_fd(), &mut bytes, want, fds)? {
-            ReadOutcome::Data(k) => {
-                if bytes.iter().any(|&b| b != CARRIER) {
+impl ShmRead {
+    /// Takes fd carriers off the socket, one at a time, until `fds` holds
+    /// `need` or the peer has sent no more (its count in shared memory):
+    /// only when a frame that owns fds is read, so however many frames
+    /// with fds the peer queues, we hold only the fds of the one at hand.
+    pub(crate) fn pull_fds(&mut self, need: usize, fds: &mut VecDeque<OwnedFd>) -> io::Result<()> {
+        let c = &*self.conn;
+        // Acquire: a carrier counted before its frame's bytes were
+        // published is in our socket by the time we read the frame.
+        let sent = c.seg.word64(c.input(), CARRIERS).load(Ordering::Acquire);
+        if sent < self.carriers {
+            return Err(corrupt("count of fd carriers"));
+        }
+        let mut byte = Vec::with_capacity(1);
+        while fds.len() < need && self.carriers < sent {
+            byte.clear();
+            match super::socket::recv_nonblocking(c.socket.as_fd(), &mut byte, 1, fds)? {
+                ReadOutcome::Data(_) if byte == [CARRIER] => self.carriers += 1,
+                ReadOutcome::Data(_) => {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
                         "the peer sent bytes on the socket of a shared-memory connection",
                     ));
                 }
-                *taken += k as u64;
-            }
-            // Not there (yet): a frame that needs them will say so.
-            ReadOutcome::WouldBlock => return Ok(()),
-            ReadOutcome::Eof => {
-                c.peer_done.store(true, Ordering::Release);
-                return Ok(());
+                // Not there: the frame that needs them will say so.
+                ReadOutcome::WouldBlock => return Ok(()),
+                ReadOutcome::Eof => {
+                    c.peer_done.store(true, Ordering::Release);
+                    return Ok(());
+                }
             }
         }
+        Ok(())
     }
-    Ok(())
 }
 
 impl Drop for ShmRead {
@@ -739,8 +747,8 @@ pub(crate) fn upgrade(
     };
     let wait = Wait::Until(deadline);
     if create {
-        let made = Segment::create(DEFAULT_RING).and_then(|(seg, fd)| Ok((seg, fd, os::eventfd()?)));
-        let (seg, memfd, bell) = match made {
+        let made = Segment::create(DEFAULT_RING).and_then(|(seg, fd)| Ok((seg, fd, os::doorbell()?)));
+        let (seg, memfd, (bell, bell_theirs)) = match made {
             Ok(m) => m,
             Err(e) => {
                 log::debug!("shared memory unavailable ({e}); staying on the socket");
@@ -752,7 +760,7 @@ pub(crate) fn upgrade(
             version: LAYOUT_VERSION,
             caps: [seg.caps[0] as u32, seg.caps[1] as u32],
         };
-        writer.write_raw_with_fds(&offer.encode(), &[memfd.as_fd(), bell.as_fd()])?;
+        writer.write_raw_with_fds(&offer.encode(), &[memfd.as_fd(), bell_theirs.as_fd()])?;
         drop(memfd);
         let answer = read_setup(reader, wait)?;
         match answer {
@@ -761,7 +769,7 @@ pub(crate) fn upgrade(
                     .take_fds(1)
                     .and_then(|mut v| v.pop())
                     .ok_or_else(|| setup_error("the peer accepted shared memory without its doorbell"))?;
-                switch(reader, writer, seg, 0, socket, bell, peer_bell)?;
+                switch(reader, writer, seg, 0, socket, (bell, bell_theirs), peer_bell)?;
                 Ok(true)
             }
             Setup::Refuse => Ok(false),
@@ -787,12 +795,12 @@ pub(crate) fn upgrade(
                 let peer_bell = fds.pop().ok_or("no doorbell")?;
                 let memfd = fds.pop().ok_or("no memfd")?;
                 let seg = Segment::open(&memfd, version, caps)?;
-                let bell = os::eventfd().map_err(|e| format!("cannot make a doorbell: {e}"))?;
+                let bell = os::doorbell().map_err(|e| format!("cannot make a doorbell: {e}"))?;
                 Ok((seg, peer_bell, bell))
             });
         match accepted {
             Ok((seg, peer_bell, bell)) => {
-                writer.write_raw_with_fds(&Setup::Accept.encode(), &[bell.as_fd()])?;
+                writer.write_raw_with_fds(&Setup::Accept.encode(), &[bell.1.as_fd()])?;
                 switch(reader, writer, seg, 1, socket, bell, peer_bell)?;
                 Ok(true)
             }
@@ -834,7 +842,7 @@ fn switch(
     seg: Segment,
     out: usize,
     socket: Arc<OwnedFd>,
-    bell: OwnedFd,
+    bell: (OwnedFd, OwnedFd),
     peer_bell: OwnedFd,
 ) -> io::Result<()> {
     let conn = Conn::new(seg, out, socket, bell, peer_bell);
@@ -854,12 +862,19 @@ fn switch(
 }
 
 impl Conn {
-    fn new(seg: Segment, out: usize, socket: Arc<OwnedFd>, bell: OwnedFd, peer_bell: OwnedFd) -> Arc<Conn> {
+    fn new(
+        seg: Segment,
+        out: usize,
+        socket: Arc<OwnedFd>,
+        bell: (OwnedFd, OwnedFd),
+        peer_bell: OwnedFd,
+    ) -> Arc<Conn> {
         Arc::new(Conn {
             seg,
             out,
             socket,
-            bell,
+            bell: bell.0,
+            self_bell: bell.1,
             peer_bell,
             sleep: Mutex::new(Sleep::default()),
             woke: Condvar::new(),
@@ -902,9 +917,10 @@ fn pair(cap: usize) -> io::Result<(ShmRead, ShmWrite, ShmRead, ShmWrite)> {
     let (a, b) = crate::sys::socketpair()?;
     let (seg_a, memfd) = Segment::create(cap)?;
     let seg_b = Segment::open(&memfd, LAYOUT_VERSION, [cap as u32, cap as u32]).map_err(io::Error::other)?;
-    let (bell_a, bell_b) = (os::eventfd()?, os::eventfd()?);
-    let a = Conn::new(seg_a, 0, Arc::new(a), bell_a.try_clone()?, bell_b.try_clone()?);
-    let b = Conn::new(seg_b, 1, Arc::new(b), bell_b, bell_a);
+    let (bell_a, bell_b) = (os::doorbell()?, os::doorbell()?);
+    let (ring_a, ring_b) = (bell_a.1.try_clone()?, bell_b.1.try_clone()?);
+    let a = Conn::new(seg_a, 0, Arc::new(a), bell_a, ring_b);
+    let b = Conn::new(seg_b, 1, Arc::new(b), bell_b, ring_a);
     Ok((
         ShmRead::new(a.clone(), 0),
         ShmWrite::new(a),
