@@ -388,6 +388,34 @@
 //! limit (`memory_limit`): an allocation past it fails the job with a
 //! message that names the limit, and the worker is replaced.
 //!
+//! # Shared memory and buffers that move without a copy
+//!
+//! On Linux a process pool's workers (and links, subprocesses and
+//! services) talk through two rings in shared memory once both sides
+//! agree in their hello; `stats().workers[i].transport` says
+//! `"shared memory"`, and `PoolBuilder::shared_memory(false)` or
+//! `PORTPOOL_TRANSPORT=socket` keep the socket. Large bytes can move
+//! between processes without a copy in a [`port::Buffer`]: fill it in
+//! place, send it in a message, and the receiver reads the same pages.
+//!
+//! ```
+//! use std::io::Write;
+//! use portpool::port::{self, Buffer};
+//!
+//! let (a, b) = port::open()?;
+//! let reader = std::thread::spawn(move || {
+//!     let mut b = b.connect().expect("connect");
+//!     let frame: Buffer = b.recv().expect("a buffer");
+//!     frame.iter().map(|&x| u64::from(x)).sum::<u64>()
+//! });
+//! let a = a.connect()?;
+//! let mut frame = Buffer::with_capacity(1 << 20)?;
+//! frame.write_all(&[1u8; 1 << 20])?;
+//! a.send(&frame)?; // sealed: read-only from now on, here and there
+//! assert_eq!(reader.join().unwrap(), 1 << 20);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The runtime: keep-alive, suspend, signals
 //!
 //! A [`Runtime`] counts the handles that keep a program alive: a pool

@@ -80,10 +80,43 @@ fn a_buffer_cannot_go_where_no_fd_can_and_says_so() {
     let a = a.connect().unwrap();
     let _b = t.join().unwrap();
     let e = a.send(&buf).unwrap_err();
-    assert!(e.to_string().contains("passes fds"), "{e}");
-    // Nor a format of one's own.
+    assert!(
+        e.to_string()
+            .contains("travels only in a message sent with Ipc::send"),
+        "{e}"
+    );
+    assert!(
+        !buf.is_sealed(),
+        "a send that could not encode leaves it writable"
+    );
+    // Nor a format of one's own, either way.
     let e = serde_json::to_string(&buf).unwrap_err().to_string();
-    assert!(e.contains("crosses only a portpool connection"), "{e}");
+    assert!(e.contains("not over pipes"), "{e}");
+    let e = serde_json::from_str::<Buffer>(r#"{"fd":0,"len":5}"#)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("decoded only from a message received with Ipc::recv"),
+        "{e}"
+    );
+    // Nor a Link's messages (yet), with the same sentence.
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || b.connect().unwrap());
+    let link = portpool::link::Link::new(a.connect().unwrap());
+    let _b = t.join().unwrap();
+    let e = link.send_message(&buf).unwrap_err().to_string();
+    assert!(e.contains("in a Link's messages"), "{e}");
+}
+
+#[test]
+fn a_buffer_over_what_a_receiver_takes_is_refused_by_its_sender() {
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || b.connect().unwrap());
+    let a = a.connect().unwrap();
+    let _b = t.join().unwrap();
+    let big = Buffer::zeroed(port::MAX_RECEIVED_BUFFER + 1).unwrap();
+    let e = a.send(&big).unwrap_err().to_string();
+    assert!(e.contains("over the 1073741824 bytes a receiver takes"), "{e}");
 }
 
 #[path = "../fixtures/jobs.rs"]

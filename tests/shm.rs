@@ -327,3 +327,25 @@ fn a_side_that_cannot_use_shared_memory_sends_the_hello_of_before() {
     raw.write_all(&hello).unwrap();
     t.join().unwrap().unwrap();
 }
+
+#[test]
+fn a_pool_says_which_transport_each_worker_uses() {
+    for (on, want) in [(true, "shared memory"), (false, "socket")] {
+        let pool = portpool::Pool::builder()
+            .processes(1)
+            .worker_command(fixture("pool-worker"))
+            .shared_memory(on)
+            .build()
+            .unwrap();
+        // (Up once it has said hello and announced its routes.)
+        let deadline = std::time::Instant::now() + common::BOUND;
+        while pool.stats().workers[0].transport.is_empty() {
+            assert!(std::time::Instant::now() < deadline, "the worker never came up");
+            thread::yield_now();
+        }
+        assert_eq!(pool.stats().workers[0].transport, want);
+        drop(pool);
+    }
+    let threads = portpool::Pool::builder().threads(1).build().unwrap();
+    assert_eq!(threads.stats().workers[0].transport, "in-process");
+}

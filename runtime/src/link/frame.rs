@@ -27,9 +27,7 @@ impl Payload {
         match codec {
             Codec::Postcard => postcard::to_allocvec(v)
                 .map(|b| Payload(Encoded::Postcard(b)))
-                .map_err(|e| {
-                    LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
-                }),
+                .map_err(|e| LinkError::Codec(crate::codec::encode_failure(v, &e))),
             Codec::Json => serde_json::to_value(v)
                 .map(|v| Payload(Encoded::Json(v)))
                 .map_err(|e| {

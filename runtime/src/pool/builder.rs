@@ -364,14 +364,9 @@ impl PoolBuilder {
         self
     }
 
-    /// Whether each process worker's connection moves to shared memory
-    /// (default: yes, on Linux, when the worker is built with portpool; a
-    /// worker in another language stays on its socket). The bytes then
-    /// cross through two rings in a sealed memfd instead of the kernel's
-    /// socket buffers: no system call per job while both sides are busy.
-    /// `PORTPOOL_TRANSPORT=socket` in the environment turns it off too;
-    /// [`Ipc::transport`](crate::port::Ipc::transport) and the log (debug)
-    /// say which is in use.
+    /// Whether process workers' connections move to shared memory (default yes, on
+    /// Linux, for workers built with portpool): no system call per job while both
+    /// sides are busy. Also off with `PORTPOOL_TRANSPORT=socket`.
     pub fn shared_memory(mut self, on: bool) -> Self {
         self.socket_only = !on;
         self

@@ -477,7 +477,7 @@ impl Pool {
             Backend::Threads(t) => t
                 .restarts()
                 .into_iter()
-                .map(|r| (None, r, "thread".to_string()))
+                .map(|r| (None, r, "thread".to_string(), "in-process"))
                 .collect(),
             Backend::Processes(p) => p.slot_stats(),
         };
@@ -489,12 +489,13 @@ impl Pool {
             .iter()
             .enumerate()
             .map(|(id, c)| {
-                let (pid, restarts, launcher) = slots.get(id).cloned().unwrap_or_default();
+                let (pid, restarts, launcher, transport) = slots.get(id).cloned().unwrap_or_default();
                 WorkerStats {
                     id,
                     pid,
                     restarts,
                     launcher,
+                    transport,
                     done: c.done.load(Ordering::Relaxed),
                     failed: c.failed.load(Ordering::Relaxed),
                     running: c.running.load(Ordering::Relaxed),

@@ -71,6 +71,11 @@ pub struct WorkerStats {
     /// Where it runs: `"thread"`, `"local"`, or its launcher, such as
     /// `"ssh me@node1"` or `"srun"` ([`Launcher`](crate::launch::Launcher)'s `Display`).
     pub launcher: String,
+    /// What carries its jobs and results: `"shared memory"`, `"socket"`
+    /// or `"pipes"` (a launcher's), `"in-process"` for a thread worker, and
+    /// `""` while a process worker restarts
+    /// ([`PoolBuilder::shared_memory`](super::PoolBuilder::shared_memory)).
+    pub transport: &'static str,
     /// How many times this worker was replaced: restarts after a crash,
     /// and replacements the pool chose (a recycle, a worker ended for a
     /// stubborn cancelled job).

@@ -19,6 +19,11 @@ use serde::ser::Error as _;
 
 use crate::sys::shm::Region;
 
+/// Why a Buffer cannot be encoded here.
+const NOT_HERE: &str = "a Buffer travels only in a message sent with Ipc::send or IpcSender::send \
+     over a socket or shared-memory port, where its memory file goes beside the message; not over \
+     pipes, in a Link's messages, a process pool's jobs or results (not yet), JSON or a file";
+
 /// The largest `Buffer` a peer may send (1 GiB).
 pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
 
@@ -102,6 +107,9 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 /// passes its memory file with the frame; the receiver maps the same pages
 /// read-only. After sending, the sender's copy is read-only too (writes
 /// fail). It reads as a `&[u8]` everywhere ([`Deref`](std::ops::Deref)).
+/// Encoding seals it, whether or not the send then succeeds (a send to a
+/// peer that left still seals it); a value that cannot be encoded where
+/// it goes leaves it writable.
 ///
 /// ```
 /// # extern crate portpool_runtime as portpool;
@@ -124,9 +132,10 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 /// ```
 ///
 /// It crosses connections that pass fds: socket ports, and through them
-/// shared-memory ones, not pipes (a launcher's workers). Encoding one
-/// anywhere else (a JSON connection, a file, a process pool's job for
-/// now) fails with an error that says so. A receiver refuses a buffer
+/// shared-memory ones, not pipes (a launcher's workers). A thread pool's
+/// jobs carry it by moving it. Encoding one anywhere else (a `Link`'s
+/// messages, a process pool's jobs or results, for now; JSON; a file)
+/// fails with an error that says so. A receiver refuses a buffer
 /// over [`MAX_RECEIVED_BUFFER`], or past [`MAX_RECEIVED_TOTAL`] held at
 /// once, or whose file is not sealed.
 pub struct Buffer {
@@ -285,10 +294,14 @@ impl serde::Serialize for Buffer {
         let index = SINK.with(|sink| -> Result<u32, String> {
             let mut sink = sink.borrow_mut();
             let Some(fds) = sink.as_mut() else {
-                return Err("a Buffer crosses only a portpool connection that passes fds \
-                            (a socket or shared-memory port, not pipes, JSON or a file)"
-                    .into());
+                return Err(NOT_HERE.into());
             };
+            if self.len > MAX_RECEIVED_BUFFER {
+                return Err(format!(
+                    "a Buffer of {} bytes is over the {MAX_RECEIVED_BUFFER} bytes a receiver takes",
+                    self.len
+                ));
+            }
             self.region
                 .freeze(self.len)
                 .map_err(|e| format!("cannot seal the buffer: {e}"))?;
@@ -311,6 +324,13 @@ impl serde::Serialize for Buffer {
 
 impl<'de> serde::Deserialize<'de> for Buffer {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Buffer, D::Error> {
+        if SOURCE.with(|s| s.borrow().is_none()) {
+            return Err(D::Error::custom(refuse(
+                "a Buffer is decoded only from a message received with Ipc::recv (or IpcReceiver::recv), \
+                 which brings its memory file; not from JSON, a file or bytes alone"
+                    .into(),
+            )));
+        }
         let w = Wire::deserialize(d)?;
         let len = usize::try_from(w.len)
             .ok()

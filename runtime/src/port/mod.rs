@@ -33,6 +33,7 @@
 mod buffer;
 mod ipc;
 mod poll;
+mod receiver;
 pub(crate) mod shared;
 
 use std::fmt;
@@ -140,7 +141,7 @@ impl Default for ConnectOptions {
             max_frame_len: frame::DEFAULT_MAX_FRAME,
             spin: transport::DEFAULT_SPIN,
             codec: frame::Codec::Postcard,
-            shared_memory: std::env::var_os(TRANSPORT_ENV).is_some_and(|v| v == "shm"),
+            shared_memory: transport_env() == Some(false),
         }
     }
 }
@@ -151,7 +152,25 @@ pub const TRANSPORT_ENV: &str = "PORTPOOL_TRANSPORT";
 
 /// Whether this process may move connections to shared memory.
 fn shared_memory_allowed() -> bool {
-    cfg!(target_os = "linux") && std::env::var_os(TRANSPORT_ENV).is_none_or(|v| v != "socket")
+    cfg!(target_os = "linux") && transport_env() != Some(true)
+}
+
+/// What `PORTPOOL_TRANSPORT` says: `Some(true)` socket only, `Some(false)`
+/// shared memory for plain ports too, `None` unset. A value it does not
+/// know is said once in the log (warn) and ignored.
+fn transport_env() -> Option<bool> {
+    let v = std::env::var_os(TRANSPORT_ENV)?;
+    match v.to_str().map(str::to_ascii_lowercase).as_deref() {
+        Some("socket") => Some(true),
+        Some("shm") => Some(false),
+        _ => {
+            static SAID: AtomicBool = AtomicBool::new(false);
+            if !SAID.swap(true, Ordering::Relaxed) {
+                log::warn!("{TRANSPORT_ENV}={v:?} is neither \"socket\" nor \"shm\"; ignored");
+            }
+            None
+        }
+    }
 }
 
 /// A number that differs between two connecting processes (it picks who

@@ -209,16 +209,18 @@ impl Processes {
     }
 
     /// Each slot's worker pid (if one is up), restart count and launcher.
-    pub(crate) fn slot_stats(&self) -> Vec<(Option<u32>, u64, String)> {
+    pub(crate) fn slot_stats(&self) -> Vec<(Option<u32>, u64, String, &'static str)> {
         self.shared
             .slots
             .iter()
             .map(|s| {
+                let w = s.current();
                 (
-                    s.current().map(|w| w.pid),
+                    w.as_ref().map(|w| w.pid),
                     // Relaxed: statistics only.
                     s.restarts.load(Ordering::Relaxed),
                     s.launcher.to_string(),
+                    w.map_or("", |w| w.transport),
                 )
             })
             .collect()

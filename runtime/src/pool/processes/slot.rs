@@ -317,9 +317,12 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
             return Err(fail(child, what, None));
         }
     }
+    let transport = ipc.transport();
+    log::debug!("worker {id} (pid {pid}): its connection is on {transport}");
     let (tx, rx) = ipc.split();
     Ok(Arc::new_cyclic(|me| Worker {
         id,
+        transport,
         epoch,
         pid,
         tx,

@@ -58,6 +58,8 @@ pub(super) struct Worker {
     pub(super) recycle_why: Mutex<Option<String>>,
     /// It runs on this machine (its pid is its own, not a launcher's).
     pub(super) local: bool,
+    /// What carries its bytes (`Ipc::transport`).
+    pub(super) transport: &'static str,
     /// When it last held no job, on the pool's clock (`Core::clock`; scaling pools).
     pub(super) idle_since: AtomicU64,
     /// It was chosen to leave for being idle (scenario "scale"): it
