@@ -24,6 +24,8 @@
 //! and the tests.
 
 mod harness;
+#[cfg(all(test, loom))]
+mod loom_model;
 mod ring;
 mod setup;
 
