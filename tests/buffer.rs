@@ -136,16 +136,33 @@ fn a_buffer_in_a_thread_pools_job_moves() {
 }
 
 #[test]
-fn a_buffer_in_a_process_pools_job_fails_that_job_saying_why() {
-    let pool = Pool::builder()
-        .processes(1)
-        .worker_command(common::fixture("pool-worker"))
-        .build()
-        .unwrap();
-    let e = pool.submit(Checksum(filled(64, 0))).unwrap().wait().unwrap_err();
-    assert!(e.to_string().contains("cannot carry a Buffer yet"), "{e}");
-    // The pool goes on.
-    drop(pool);
+fn a_buffer_in_a_process_pools_job_reaches_its_worker_on_both_flavors() {
+    for shm in [true, false] {
+        let pool = Pool::builder()
+            .processes(2)
+            .worker_command(common::fixture("pool-worker"))
+            .shared_memory(shm)
+            .build()
+            .unwrap();
+        // Queued and in flight at once: several jobs, each with its buffer.
+        let bufs: Vec<Buffer> = (0..8).map(|i| filled(50_000 + i, i as u8)).collect();
+        let want: Vec<u64> = bufs
+            .iter()
+            .map(|b| b.iter().map(|&x| u64::from(x)).sum())
+            .collect();
+        let tickets: Vec<_> = bufs
+            .into_iter()
+            .map(|b| pool.submit(Checksum(b)).unwrap())
+            .collect();
+        let got: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+        assert_eq!(got, want, "shared memory: {shm}");
+        // A map's chunks cannot carry one yet, and say so per job.
+        for r in pool.map((0..2).map(|i| Checksum(filled(10, i)))) {
+            let e = r.unwrap_err().to_string();
+            assert!(e.contains("a map's chunks"), "{e}");
+        }
+        drop(pool);
+    }
 }
 
 #[test]

@@ -36,8 +36,9 @@ pub(crate) struct Inbox {
 
 struct InboxState {
     ipc: Ipc,
-    /// Frames read while a handler looked for cancels, in arrival order.
-    backlog: VecDeque<Vec<u8>>,
+    /// Frames read while a handler looked for cancels, in arrival order,
+    /// with the fds that came with them (their jobs' buffers).
+    backlog: VecDeque<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>,
     /// Jobs the supervisor cancelled.
     cancelled: HashSet<u64>,
     last_poll: Option<Instant>,
@@ -48,10 +49,11 @@ impl InboxState {
     /// waits in the backlog for the serve loop.
     fn poll(&mut self) -> io::Result<()> {
         while self.ipc.has_frame()? {
-            let frame = self.ipc.recv_bytes()?;
+            let mut frame = Vec::new();
+            let fds = self.ipc.recv_bytes_with_fds(&mut frame)?;
             match postcard::take_from_bytes::<ToWorker<'_>>(&frame) {
                 Ok((ToWorker::Cancel { id }, _)) => self.note_cancel(id),
-                _ => self.backlog.push_back(frame),
+                _ => self.backlog.push_back((frame, fds)),
             }
         }
         Ok(())
@@ -314,8 +316,11 @@ fn serve_loop(
             held = false;
             s.ipc.flush_reading()?;
         }
-        match s.backlog.pop_front() {
-            Some(frame) => buf = frame,
+        let fds = match s.backlog.pop_front() {
+            Some((frame, fds)) => {
+                buf = frame;
+                fds
+            }
             None => {
                 // Phase 1: write the answers queued so far before blocking.
                 // (Reading incoming jobs meanwhile if the supervisor, busy
@@ -327,14 +332,14 @@ fn serve_loop(
                     held = false;
                     s.ipc.flush_reading()?;
                 }
-                // Phase 2: take the next frame.
-                match s.ipc.recv_bytes_into(&mut buf) {
-                    Ok(_) => {}
+                // Phase 2: take the next frame (and its buffers' files).
+                match s.ipc.recv_bytes_with_fds(&mut buf) {
+                    Ok(fds) => fds,
                     Err(e) if e.is_disconnected() => return Ok(()),
                     Err(e) => return Err(e.into()),
                 }
             }
-        }
+        };
         let (head, job) = postcard::take_from_bytes::<ToWorker<'_>>(&buf).map_err(|e| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -371,7 +376,8 @@ fn serve_loop(
                     CancelSource::Remote(side.clone(), id),
                     ProgressSink::Remote(side.clone(), id),
                 );
-                match handlers.call_bytes(route, job, &cx) {
+                // The job's buffers find their files while it decodes.
+                match crate::port::with_received_fds(fds, || handlers.call_bytes(route, job, &cx)) {
                     Ok(bytes) => (id, WireOutcome::Ran(bytes)),
                     Err(f) => (id, WireOutcome::Failed(f)),
                 }
@@ -387,7 +393,9 @@ fn serve_loop(
                     CancelSource::Remote(side.clone(), id),
                     ProgressSink::Discard,
                 );
-                match handlers.call_batch_bytes(route, job, count as usize, &cx) {
+                match crate::port::with_received_fds(fds, || {
+                    handlers.call_batch_bytes(route, job, count as usize, &cx)
+                }) {
                     Ok((bytes, failed)) => (id, WireOutcome::RanChunk { bytes, failed }),
                     Err(f) => (id, WireOutcome::Failed(f)),
                 }

@@ -73,10 +73,7 @@ pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
         if let Some(why) = crate::port::take_buffer_refusal() {
             return Failure::Codec(
                 crate::job::Side::Supervisor,
-                format!(
-                    "the supervisor could not send a `{}` job: {why}; a process pool's jobs cannot carry a Buffer yet (a thread pool's can, and a port's messages can)",
-                    J::NAME
-                ),
+                format!("the supervisor could not send a `{}` job: {why}", J::NAME),
             );
         }
     }
@@ -137,7 +134,7 @@ impl postcard::ser_flavors::Flavor for Count {
 #[inline]
 pub(crate) fn check_encodes<J: Job>(job: &J) -> Result<(), Failure> {
     let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        postcard::serialize_with_flavor(job, Count(0))
+        crate::port::checking_buffers(|| postcard::serialize_with_flavor(job, Count(0)))
     })) {
         Ok(Ok(len)) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => return Ok(()),
         Ok(Ok(len)) => {

@@ -21,8 +21,9 @@ use crate::sys::shm::Region;
 
 /// Why a Buffer cannot be encoded here.
 const NOT_HERE: &str = "a Buffer travels only in a message sent with Ipc::send or IpcSender::send \
-     over a socket or shared-memory port, where its memory file goes beside the message; not over \
-     pipes, in a Link's messages, a process pool's jobs or results (not yet), JSON or a file";
+     over a socket or shared-memory port (a process pool's submitted jobs included), where its memory \
+     file goes beside the message; not over pipes, in a Link's messages, a map's chunks or a job's \
+     result (not yet), JSON or a file";
 
 /// The largest `Buffer` a peer may send (1 GiB).
 pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
@@ -34,10 +35,19 @@ pub const MAX_RECEIVED_TOTAL: u64 = 8 << 30;
 /// Bytes of received buffers mapped now.
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
 
+/// Where buffers being encoded put their files.
+enum Sink {
+    /// Into the message: collected here, in order.
+    Collect(Vec<OwnedFd>),
+    /// Nowhere: the encoding is only checked (a process pool's submit),
+    /// and the buffer is neither sealed nor its file taken.
+    Check,
+}
+
 thread_local! {
     /// While a message is encoded for a connection that passes fds: the
     /// fds of the buffers in it, in order.
-    static SINK: RefCell<Option<Vec<OwnedFd>>> = const { RefCell::new(None) };
+    static SINK: RefCell<Option<Sink>> = const { RefCell::new(None) };
     /// While a received message is decoded: the fds that came with it.
     static SOURCE: RefCell<Option<Vec<Option<OwnedFd>>>> = const { RefCell::new(None) };
 }
@@ -65,19 +75,33 @@ pub(crate) fn take_refusal() -> Option<String> {
 pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
     REFUSED.with(|r| r.borrow_mut().take());
     // Restored on the way out, even if a Serialize impl panics.
-    struct Restore(Option<Option<Vec<OwnedFd>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                SINK.with(|s| s.replace(outer));
-            }
-        }
-    }
-    let mut guard = Restore(Some(SINK.with(|s| s.replace(Some(Vec::new())))));
+    let mut guard = RestoreSink(Some(SINK.with(|s| s.replace(Some(Sink::Collect(Vec::new()))))));
     let r = encode();
     let outer = guard.0.take().unwrap_or_default();
-    let fds = SINK.with(|s| s.replace(outer)).unwrap_or_default();
+    let fds = match SINK.with(|s| s.replace(outer)) {
+        Some(Sink::Collect(fds)) => fds,
+        _ => Vec::new(),
+    };
     (r, fds)
+}
+
+/// Restores the outer sink on the way out, even if a Serialize panics.
+struct RestoreSink(Option<Option<Sink>>);
+
+impl Drop for RestoreSink {
+    fn drop(&mut self) {
+        if let Some(outer) = self.0.take() {
+            SINK.with(|s| s.replace(outer));
+        }
+    }
+}
+
+/// Runs `check` with buffers encoding as they would in a message, but
+/// neither sealed nor their files taken (a process pool checks at submit
+/// that a job will encode).
+pub(crate) fn checking<R>(check: impl FnOnce() -> R) -> R {
+    let _guard = RestoreSink(Some(SINK.with(|s| s.replace(Some(Sink::Check)))));
+    check()
 }
 
 /// Runs `decode` with `fds` (those that came with the message) for its
@@ -133,8 +157,9 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 ///
 /// It crosses connections that pass fds: socket ports, and through them
 /// shared-memory ones, not pipes (a launcher's workers). A thread pool's
-/// jobs carry it by moving it. Encoding one anywhere else (a `Link`'s
-/// messages, a process pool's jobs or results, for now; JSON; a file)
+/// jobs carry it by moving it; a process pool's submitted jobs carry it
+/// to the worker like a message. Encoding one anywhere else (a `Link`'s
+/// messages, a `map`'s chunks, a job's result, for now; JSON; a file)
 /// fails with an error that says so. A receiver refuses a buffer
 /// over [`MAX_RECEIVED_BUFFER`], or past [`MAX_RECEIVED_TOTAL`] held at
 /// once, or whose file is not sealed.
@@ -291,17 +316,20 @@ struct Wire {
 
 impl serde::Serialize for Buffer {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        if self.len > MAX_RECEIVED_BUFFER {
+            let why = format!(
+                "a Buffer of {} bytes is over the {MAX_RECEIVED_BUFFER} bytes a receiver takes",
+                self.len
+            );
+            return Err(S::Error::custom(refuse(why)));
+        }
         let index = SINK.with(|sink| -> Result<u32, String> {
             let mut sink = sink.borrow_mut();
-            let Some(fds) = sink.as_mut() else {
-                return Err(NOT_HERE.into());
+            let fds = match sink.as_mut() {
+                None => return Err(NOT_HERE.into()),
+                Some(Sink::Check) => return Ok(0),
+                Some(Sink::Collect(fds)) => fds,
             };
-            if self.len > MAX_RECEIVED_BUFFER {
-                return Err(format!(
-                    "a Buffer of {} bytes is over the {MAX_RECEIVED_BUFFER} bytes a receiver takes",
-                    self.len
-                ));
-            }
             self.region
                 .freeze(self.len)
                 .map_err(|e| format!("cannot seal the buffer: {e}"))?;

@@ -458,6 +458,14 @@ impl Ipc {
         self.rx.recv_bytes_into(out)
     }
 
+    /// See `IpcReceiver::recv_bytes_with_fds`.
+    pub(crate) fn recv_bytes_with_fds(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, RecvError> {
+        self.rx.recv_bytes_with_fds(out)
+    }
+
     /// See `IpcReceiver::recv_message_wait`.
     pub(crate) fn recv_message_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
         self.rx.recv_message_wait(out, wait)

@@ -46,6 +46,27 @@ use std::time::Duration;
 pub use crate::frame::Role;
 #[cfg(target_os = "linux")]
 pub(crate) use buffer::take_refusal as take_buffer_refusal;
+
+/// Runs `check` as an encoding for a connection would run, without
+/// sealing buffers or taking their files (a process pool's submit check).
+pub(crate) fn checking_buffers<R>(check: impl FnOnce() -> R) -> R {
+    #[cfg(target_os = "linux")]
+    return buffer::checking(check);
+    #[cfg(not(target_os = "linux"))]
+    check()
+}
+
+/// Runs `decode` with `fds` (those that came with the message) for its
+/// buffers to take; any it leaves are closed.
+pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
+    #[cfg(target_os = "linux")]
+    return buffer::providing(fds, decode);
+    #[cfg(not(target_os = "linux"))]
+    {
+        drop(fds);
+        decode()
+    }
+}
 #[cfg(target_os = "linux")]
 pub use buffer::{Buffer, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
 pub(crate) use ipc::encode_into;

@@ -173,6 +173,23 @@ impl IpcReceiver {
         Ok(out)
     }
 
+    /// [`recv_bytes_into`](Self::recv_bytes_into), keeping the fds that
+    /// came with the message (its buffers' files) for a later decode.
+    pub(crate) fn recv_bytes_with_fds(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, RecvError> {
+        loop {
+            match self.reader.recv_message_into(out) {
+                Err(RecvError::Unexpected { found: Kind::Fds, .. }) => {
+                    self.next(Kind::Message, Wait::Now)?;
+                }
+                Ok(_) => return Ok(std::mem::take(&mut self.attached)),
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
     /// Blocks until a message arrives and puts its raw bytes in `out`
     /// (replacing what was there, reusing its allocation). Returns the length.
     /// Long messages are read from the kernel straight into `out`.

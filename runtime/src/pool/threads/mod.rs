@@ -411,21 +411,26 @@ impl Threads {
                     *r = None;
                 }
             }
-            // Phase 3: answer, unless someone settled it meanwhile.
+            // Phase 3: answer, unless someone settled it meanwhile. It is
+            // counted as running until its outcome is on the books (so an
+            // idle pool's stats are final, `wait_idle`), and no longer by
+            // the time its ticket has the answer (so a `stats()` right
+            // after `wait()` counts it done, not running), as on processes.
             if task.state.settle() {
                 counters.finish_n(jobs - failed, failed);
                 if core.config.metrics {
                     core.note_answered(&task.state, jobs, failed, id);
                 }
+                // Relaxed: published to the ticket by the mailbox's lock.
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
                 log::trace!("worker {id}: job {} ({}) done", task.id, task.route);
                 // Its last word: the outcome and the mailbox's close at once.
                 task.reply.finish(Event::Done(outcome));
             } else {
                 core.count_settled_elsewhere(&task.state, jobs);
+                // Relaxed: statistics only.
+                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             }
-            // Counted as running until its outcome is on the books, so an
-            // idle pool's stats are final (`wait_idle`).
-            counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             core.idle.notify();
             // Acquire: pairs with the Release store in `grace_over`.
             if abandoned.load(Ordering::Acquire) {
