@@ -121,7 +121,7 @@ fn a_buffer_over_what_a_receiver_takes_is_refused_by_its_sender() {
 
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
-use jobs::Checksum;
+use jobs::{Checksum, ReverseBuffer};
 
 #[test]
 fn a_buffer_in_a_thread_pools_job_moves() {
@@ -156,6 +156,15 @@ fn a_buffer_in_a_process_pools_job_reaches_its_worker_on_both_flavors() {
             .collect();
         let got: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
         assert_eq!(got, want, "shared memory: {shm}");
+        // A result can be a Buffer too: it comes back the same way.
+        let buf = filled(300_000, 9);
+        let back = pool
+            .submit(ReverseBuffer(filled(300_000, 9)))
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert!(back.is_sealed());
+        assert!(back.iter().eq(buf.iter().rev()), "shared memory: {shm}");
         // A map's chunks cannot carry one yet, and say so per job.
         for r in pool.map((0..2).map(|i| Checksum(filled(10, i)))) {
             let e = r.unwrap_err().to_string();

@@ -306,6 +306,10 @@ fn serve_loop(
     let mut flush_due = false;
     // Answers are queued and not yet written by this loop (see `Flusher`).
     let mut held = false;
+    // Files of the buffers in the result being answered, and whether the
+    // connection can carry them at all (pipes cannot).
+    let mut result_fds: Vec<std::os::fd::OwnedFd> = Vec::new();
+    let fds_pass = tx.can_send_ports();
     loop {
         let mut s = inbox.lock();
         if let Some(id) = finished.take() {
@@ -376,8 +380,17 @@ fn serve_loop(
                     CancelSource::Remote(side.clone(), id),
                     ProgressSink::Remote(side.clone(), id),
                 );
-                // The job's buffers find their files while it decodes.
-                match crate::port::with_received_fds(fds, || handlers.call_bytes(route, job, &cx)) {
+                // The job's buffers find their files while it decodes; the
+                // result's give theirs (over a connection that passes fds).
+                let call = || crate::port::with_received_fds(fds, || handlers.call_bytes(route, job, &cx));
+                let res = if fds_pass {
+                    let (res, fds) = crate::port::collecting_buffers(call);
+                    result_fds = fds;
+                    res
+                } else {
+                    call()
+                };
+                match res {
                     Ok(bytes) => (id, WireOutcome::Ran(bytes)),
                     Err(f) => (id, WireOutcome::Failed(f)),
                 }
@@ -402,6 +415,26 @@ fn serve_loop(
             }
         };
         held = true;
+        if !result_fds.is_empty() {
+            // Its result's buffers' files go with the answer, at once.
+            let fds = std::mem::take(&mut result_fds);
+            held = false;
+            match tx.send_with_fds(&FromWorker::Done { id, outcome }, &fds) {
+                Ok(()) => continue,
+                Err(crate::error::SendError::TooLarge { len, limit }) => {
+                    let f = Failure::Codec(
+                        crate::job::Side::Worker,
+                        format!("the result takes {len} bytes, over the connection's frame limit of {limit}"),
+                    );
+                    tx.feed(&FromWorker::Done {
+                        id,
+                        outcome: WireOutcome::Failed(f),
+                    })?;
+                    continue;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
         match tx.feed(&FromWorker::Done { id, outcome }) {
             Ok(()) => {}
             // A result too large for one frame fails its job (or chunk),

@@ -21,9 +21,9 @@ use crate::sys::shm::Region;
 
 /// Why a Buffer cannot be encoded here.
 const NOT_HERE: &str = "a Buffer travels only in a message sent with Ipc::send or IpcSender::send \
-     over a socket or shared-memory port (a process pool's submitted jobs included), where its memory \
-     file goes beside the message; not over pipes, in a Link's messages, a map's chunks or a job's \
-     result (not yet), JSON or a file";
+     over a socket or shared-memory port (a process pool's submitted jobs and their results included), \
+     where its memory file goes beside the message; not over pipes, in a Link's messages or a map's \
+     chunks (not yet), JSON or a file";
 
 /// The largest `Buffer` a peer may send (1 GiB).
 pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
@@ -158,9 +158,9 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 /// It crosses connections that pass fds: socket ports, and through them
 /// shared-memory ones, not pipes (a launcher's workers). A thread pool's
 /// jobs carry it by moving it; a process pool's submitted jobs carry it
-/// to the worker like a message. Encoding one anywhere else (a `Link`'s
-/// messages, a `map`'s chunks, a job's result, for now; JSON; a file)
-/// fails with an error that says so. A receiver refuses a buffer
+/// to the worker like a message, and a handler can return one the same
+/// way. Encoding one anywhere else (a `Link`'s messages, a `map`'s chunks,
+/// for now; JSON; a file) fails with an error that says so. A receiver refuses a buffer
 /// over [`MAX_RECEIVED_BUFFER`], or past [`MAX_RECEIVED_TOTAL`] held at
 /// once, or whose file is not sealed.
 pub struct Buffer {

@@ -132,6 +132,25 @@ impl IpcSender {
         self.writer.flush_through(seq)
     }
 
+    /// Sends `msg` (whose own encoding has no buffers) with `fds`, the files
+    /// of buffers encoded inside its bytes (a job's result), at once.
+    pub(crate) fn send_with_fds<T: Serialize + ?Sized>(
+        &self,
+        msg: &T,
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<(), SendError> {
+        let mut bytes = Vec::new();
+        encode_into(msg, &mut bytes).map_err(|source| {
+            SendError::Encode(EncodeError {
+                type_name: std::any::type_name::<T>(),
+                source,
+                detail: None,
+            })
+        })?;
+        let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        self.writer.send_message_with_fds(&bytes, &fds)
+    }
+
     /// Queues one message without writing it; [`flush`](Self::flush) (or
     /// any later `send`) writes everything queued in one call.
     pub fn feed<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {

@@ -56,6 +56,16 @@ pub(crate) fn checking_buffers<R>(check: impl FnOnce() -> R) -> R {
     check()
 }
 
+/// Runs `encode` with buffers allowed to attach their files (a job's
+/// result, encoded apart from the message that carries it); returns its
+/// result and those files.
+pub(crate) fn collecting_buffers<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+    #[cfg(target_os = "linux")]
+    return buffer::collecting(encode);
+    #[cfg(not(target_os = "linux"))]
+    (encode(), Vec::new())
+}
+
 /// Runs `decode` with `fds` (those that came with the message) for its
 /// buffers to take; any it leaves are closed.
 pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {

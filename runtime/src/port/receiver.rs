@@ -112,6 +112,22 @@ impl IpcReceiver {
         res.map(Some)
     }
 
+    /// [`recv_wait`](Self::recv_wait) for a message whose own type has no
+    /// buffers but carries some inside its bytes (a job's result): the
+    /// fds that came with it are returned for the later decode.
+    pub(crate) fn recv_wait_with_fds<T: DeserializeOwned>(
+        &mut self,
+        wait: Wait,
+    ) -> Result<Option<(T, Vec<std::os::fd::OwnedFd>)>, RecvError> {
+        if !self.next(Kind::Message, wait)? {
+            return Ok(None);
+        }
+        let fds = std::mem::take(&mut self.attached);
+        let res = decode(self.reader.payload());
+        self.reader.consume();
+        res.map(|v| Some((v, fds)))
+    }
+
     /// Whether a complete frame is already here (so a `recv` would not block).
     pub fn has_frame(&mut self) -> Result<bool, RecvError> {
         Ok(self.reader.next_frame(Wait::Now)?.is_some())

@@ -29,6 +29,8 @@ pub(crate) enum Outcome {
     Value(Box<dyn Any + Send>),
     /// postcard bytes of `Result<J::Output, J::Error>` from a process worker.
     Bytes(Vec<u8>),
+    /// The same, with the files of the `Buffer`s in it.
+    BytesFds(Vec<u8>, Vec<std::os::fd::OwnedFd>),
     /// A result from a worker that speaks JSON (`proto::json`).
     Json(JsonResult),
     /// A chunk's answer from a JSON worker: how long it ran (ns), and each

@@ -117,37 +117,40 @@ pub(super) fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Durat
                 "a chunk's answer has the wrong type".into(),
             )),
         },
-        Outcome::Bytes(b) => match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
-            Ok((nanos, items)) => {
-                let results = items
-                    .into_iter()
-                    .map(|it| match it {
-                        BatchItem::Ran(bytes) => match super::super::ticket::decode_result::<J>(bytes) {
-                            Ok(r) => item(Ok(r)),
-                            Err(reason) => Err(JobError::Codec {
-                                side: Side::Supervisor,
-                                reason,
-                            }),
-                        },
-                        BatchItem::Failed(f) => Err(f.into_job_error()),
-                    })
-                    .collect::<Vec<_>>();
-                if results.len() != len {
-                    return all_failed(Failure::Codec(
-                        Side::Supervisor,
-                        format!("a chunk of {len} jobs came back with {} results", results.len()),
-                    ));
+        // (A chunk's results carry no buffers: fds that came are closed.)
+        Outcome::Bytes(b) | Outcome::BytesFds(b, _) => {
+            match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
+                Ok((nanos, items)) => {
+                    let results = items
+                        .into_iter()
+                        .map(|it| match it {
+                            BatchItem::Ran(bytes) => match super::super::ticket::decode_result::<J>(bytes) {
+                                Ok(r) => item(Ok(r)),
+                                Err(reason) => Err(JobError::Codec {
+                                    side: Side::Supervisor,
+                                    reason,
+                                }),
+                            },
+                            BatchItem::Failed(f) => Err(f.into_job_error()),
+                        })
+                        .collect::<Vec<_>>();
+                    if results.len() != len {
+                        return all_failed(Failure::Codec(
+                            Side::Supervisor,
+                            format!("a chunk of {len} jobs came back with {} results", results.len()),
+                        ));
+                    }
+                    (
+                        Some(Duration::from_nanos(nanos)),
+                        Chunk::Results(results.into_iter()),
+                    )
                 }
-                (
-                    Some(Duration::from_nanos(nanos)),
-                    Chunk::Results(results.into_iter()),
-                )
+                Err(e) => all_failed(Failure::Codec(
+                    Side::Supervisor,
+                    format!("could not decode a chunk's answer: {e}"),
+                )),
             }
-            Err(e) => all_failed(Failure::Codec(
-                Side::Supervisor,
-                format!("could not decode a chunk's answer: {e}"),
-            )),
-        },
+        }
         Outcome::Json(_) => all_failed(Failure::Codec(
             Side::Supervisor,
             "a chunk was answered as a single job".into(),

@@ -83,18 +83,18 @@ impl shared::Reader for &Worker {
             let mut buf = Vec::new();
             match rx.recv_message_wait(&mut buf, wait) {
                 Ok(true) => match crate::proto::json::decode(&buf) {
-                    Ok(msg) => Ok(Some(msg)),
+                    Ok(msg) => Ok(Some((msg, Vec::new()))),
                     Err(e) => return shared::Step::End(Some(format!("it sent {e}"))),
                 },
                 Ok(false) => Ok(None),
                 Err(e) => Err(e),
             }
         } else {
-            rx.recv_wait::<FromWorker>(wait)
+            rx.recv_wait_with_fds::<FromWorker>(wait)
         };
         match got {
-            Ok(Some(msg)) => {
-                self.handle(msg, rx);
+            Ok(Some((msg, fds))) => {
+                self.handle(msg, fds, rx);
                 shared::Step::Frame
             }
             Ok(None) => shared::Step::Nothing,
@@ -176,7 +176,9 @@ impl Worker {
     }
 
     /// Handles one answer or progress message.
-    pub(super) fn handle(&self, msg: FromWorker, rx: &mut IpcReceiver) {
+    /// Handles one message from the worker; `fds` came with it (the files
+    /// of the `Buffer`s in a job's result).
+    pub(super) fn handle(&self, msg: FromWorker, fds: Vec<std::os::fd::OwnedFd>, rx: &mut IpcReceiver) {
         let core = &*self.core;
         let counters = &core.counters[self.id];
         match msg {
@@ -198,7 +200,8 @@ impl Worker {
                 };
                 let jobs = t.jobs();
                 let (outcome, failed) = match outcome {
-                    WireOutcome::Ran(b) => (Outcome::Bytes(b), 0),
+                    WireOutcome::Ran(b) if fds.is_empty() => (Outcome::Bytes(b), 0),
+                    WireOutcome::Ran(b) => (Outcome::BytesFds(b, fds), 0),
                     WireOutcome::RanChunk { bytes, failed } => {
                         (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
                     }
