@@ -94,8 +94,28 @@ fn rendezvous(r: Rendezvous) -> Result<(), String> {
     Ok(())
 }
 
+/// A job that reads every byte of a buffer (the pool rows of `transfer_64MiB`).
+#[derive(Serialize, Deserialize, Debug)]
+struct SumBuffer(portpool::port::Buffer);
+impl Job for SumBuffer {
+    type Output = u64;
+    type Error = ();
+    const NAME: &'static str = "sum-buffer";
+}
+
+/// The same bytes as a plain byte vector (copied into the job's frame).
+#[derive(Serialize, Deserialize, Debug)]
+struct SumBytes(serde_bytes::ByteBuf);
+impl Job for SumBytes {
+    type Output = u64;
+    type Error = ();
+    const NAME: &'static str = "sum-bytes";
+}
+
 fn handlers() -> Handlers {
     Handlers::new()
+        .on::<SumBuffer>(|SumBuffer(b), _| Ok(byte_sum(&b)))
+        .on::<SumBytes>(|SumBytes(b), _| Ok(byte_sum(&b)))
         .on::<Tiny>(|Tiny(x), _| Ok(x.wrapping_mul(2).wrapping_add(1)))
         .on::<Burn>(|Burn(x), _| Ok(burn(x)))
         .on::<Rendezvous>(|r, _| rendezvous(r))
@@ -1559,9 +1579,52 @@ fn transfer(reps: usize) {
         b.push(buffer());
         v.push(vec());
     }
+    let kept_ms = median(k);
     let ours = median(b);
-    report("transfer_64MiB", ours, median(k), "ms");
+    report("transfer_64MiB", ours, kept_ms, "ms");
     report("transfer_64MiB_vs_vec", ours, median(v), "ms");
+    // The same through a process pool: a job with the Buffer, a job with the
+    // bytes, one worker that reads every byte.
+    let pool = Pool::builder()
+        .processes(1)
+        .handlers(handlers())
+        .build()
+        .expect("pool");
+    let pool_buffer = || {
+        let t = Instant::now();
+        let mut buf = portpool::port::Buffer::with_capacity(LEN).expect("buffer");
+        buf.resize(LEN).expect("resize");
+        for c in buf.as_mut().expect("writable").chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+        let sum = pool.submit(SumBuffer(buf)).expect("submit").wait().expect("job");
+        let d = t.elapsed();
+        assert_eq!(sum, want);
+        d.as_secs_f64() * 1e3
+    };
+    let pool_vec = || {
+        let t = Instant::now();
+        let mut v = vec![0u8; LEN];
+        for c in v.chunks_mut(pattern.len()) {
+            c.copy_from_slice(&pattern[..c.len()]);
+        }
+        let job = SumBytes(serde_bytes::ByteBuf::from(v));
+        let sum = pool.submit(job).expect("submit").wait().expect("job");
+        let d = t.elapsed();
+        assert_eq!(sum, want);
+        d.as_secs_f64() * 1e3
+    };
+    pool_buffer();
+    pool_vec();
+    let (mut pb, mut pv) = (Vec::new(), Vec::new());
+    for _ in 0..reps {
+        pb.push(pool_buffer());
+        pv.push(pool_vec());
+    }
+    let ours = median(pb);
+    report("transfer_64MiB_pool", ours, kept_ms, "ms");
+    report("transfer_64MiB_pool_vs_vec", ours, median(pv), "ms");
+    drop(pool);
     ring.publish(0, u64::MAX);
     finish(kept_child);
     drop(buffer_ipc);
