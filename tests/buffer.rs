@@ -121,7 +121,7 @@ fn a_buffer_over_what_a_receiver_takes_is_refused_by_its_sender() {
 
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
-use jobs::{Checksum, ReverseBuffer};
+use jobs::{Checksum, CountBuffers, ReverseBuffer};
 
 #[test]
 fn a_buffer_in_a_thread_pools_job_moves() {
@@ -195,4 +195,30 @@ fn many_messages_with_buffers_in_flight_at_once_all_arrive() {
         }
         sender.join().unwrap();
     });
+}
+
+#[test]
+fn a_job_with_more_buffers_than_a_frame_carries_fails_alone() {
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_command(common::fixture("pool-worker"))
+        .build()
+        .unwrap();
+    let some: Vec<Buffer> = (0..3).map(|i| filled(1000, i)).collect();
+    assert_eq!(
+        pool.submit(CountBuffers(some)).unwrap().wait().unwrap(),
+        (3, 3000)
+    );
+    let too_many: Vec<Buffer> = (0..17).map(|i| filled(10, i)).collect();
+    let e = pool
+        .submit(CountBuffers(too_many))
+        .unwrap()
+        .wait()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("more than 16 buffers"), "{e}");
+    // The worker and the pool go on.
+    let again: Vec<Buffer> = (0..2).map(|i| filled(5, i)).collect();
+    assert_eq!(pool.submit(CountBuffers(again)).unwrap().wait().unwrap(), (2, 10));
+    assert_eq!(pool.stats().workers[0].restarts, 0);
 }

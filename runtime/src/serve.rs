@@ -418,22 +418,30 @@ fn serve_loop(
         if !result_fds.is_empty() {
             // Its result's buffers' files go with the answer, at once.
             let fds = std::mem::take(&mut result_fds);
+            // What is held goes first, reading while it waits for room
+            // (README "Writing while the peer writes"); then this answer.
+            inbox.lock().ipc.flush_reading()?;
             held = false;
-            match tx.send_with_fds(&FromWorker::Done { id, outcome }, &fds) {
+            let why = match tx.send_with_fds(&FromWorker::Done { id, outcome }, &fds) {
                 Ok(()) => continue,
-                Err(crate::error::SendError::TooLarge { len, limit }) => {
-                    let f = Failure::Codec(
-                        crate::job::Side::Worker,
-                        format!("the result takes {len} bytes, over the connection's frame limit of {limit}"),
-                    );
-                    tx.feed(&FromWorker::Done {
-                        id,
-                        outcome: WireOutcome::Failed(f),
-                    })?;
-                    continue;
-                }
-                Err(e) => return Err(e.into()),
+                Err(e @ crate::error::SendError::Disconnected) => return Err(e.into()),
+                // Too large, or more buffers than one frame carries: this
+                // job fails, the worker goes on.
+                Err(e) => e.to_string(),
+            };
+            let f = Failure::Codec(
+                crate::job::Side::Worker,
+                format!("its result could not be sent: {why}"),
+            );
+            tx.feed(&FromWorker::Done {
+                id,
+                outcome: WireOutcome::Failed(f),
+            })?;
+            held = true;
+            if started.elapsed() >= FLUSH_AFTER {
+                flush_due = true;
             }
+            continue;
         }
         match tx.feed(&FromWorker::Done { id, outcome }) {
             Ok(()) => {}

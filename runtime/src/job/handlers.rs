@@ -188,7 +188,9 @@ where
 
     fn call_bytes(&self, job: &[u8], cx: &Context) -> Result<Vec<u8>, Failure> {
         let job = Self::decode(job)?;
-        let out = catch(|| (self.f)(job, cx))?;
+        // The handler's own encodes and decodes (progress, its own ports)
+        // are not the job's: its buffers' files stay out of them.
+        let out = crate::port::outside_buffers(|| catch(|| (self.f)(job, cx)))?;
         // Encoding runs user Serialize impls, which may panic too.
         catch(|| postcard::to_allocvec(&out))?.map_err(|e| Self::encode_failure(&out, &e))
     }

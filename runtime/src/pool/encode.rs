@@ -15,6 +15,9 @@ pub(crate) enum SendFail {
     Job(Failure),
     /// The port: the worker is going away.
     Port(String),
+    /// The worker's end is gone under this very write (its reader meets
+    /// the same end).
+    Gone,
 }
 
 /// A job as it travels: its value, or its bytes.
@@ -310,6 +313,12 @@ pub(crate) fn send_failure(e: SendError) -> SendFail {
             format!("the job encodes to {len} bytes, over the frame limit of {limit}"),
         )),
         SendError::Encode(e) => SendFail::Job(Failure::Codec(crate::job::Side::Supervisor, e.to_string())),
+        // (More buffers in one job than a frame carries fds.)
+        SendError::Unsupported(what) => SendFail::Job(Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the job cannot be sent: {what}"),
+        )),
+        SendError::Disconnected => SendFail::Gone,
         other => SendFail::Port(other.to_string()),
     }
 }

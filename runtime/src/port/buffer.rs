@@ -96,6 +96,23 @@ impl Drop for RestoreSink {
     }
 }
 
+/// Runs `f` with no buffer scope active (the job's sink and source are set
+/// aside and put back after): a handler's own encodes and decodes inside a
+/// job's decode and result encode are its own.
+pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
+    let _sink = RestoreSink(Some(SINK.with(|s| s.replace(None))));
+    struct RestoreSource(Option<Option<Vec<Option<OwnedFd>>>>);
+    impl Drop for RestoreSource {
+        fn drop(&mut self) {
+            if let Some(outer) = self.0.take() {
+                SOURCE.with(|s| s.replace(outer));
+            }
+        }
+    }
+    let _source = RestoreSource(Some(SOURCE.with(|s| s.replace(None))));
+    f()
+}
+
 /// Runs `check` with buffers encoding as they would in a message, but
 /// neither sealed nor their files taken (a process pool checks at submit
 /// that a job will encode).

@@ -56,6 +56,15 @@ pub(crate) fn checking_buffers<R>(check: impl FnOnce() -> R) -> R {
     check()
 }
 
+/// Runs `f` outside any buffer scope (a handler inside a job's decode and
+/// result encode).
+pub(crate) fn outside_buffers<R>(f: impl FnOnce() -> R) -> R {
+    #[cfg(target_os = "linux")]
+    return buffer::outside(f);
+    #[cfg(not(target_os = "linux"))]
+    f()
+}
+
 /// Runs `encode` with buffers allowed to attach their files (a job's
 /// result, encoded apart from the message that carries it); returns its
 /// result and those files.

@@ -433,6 +433,25 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
             }
         }
         Err(SendFail::Job(f)) => f,
+        Err(SendFail::Gone) => {
+            // The worker's end went under this very write (a job with
+            // buffers is written at once, not queued): the job goes back to
+            // `pending`, whole, and the reader, which meets the same end,
+            // answers or retries it as it does every job the worker held.
+            // (Acquire: as above.)
+            if w.alive.load(Ordering::Acquire) {
+                if let Some(t) = lock(&w.pending).get_mut(&id) {
+                    t.job = job;
+                    return;
+                }
+            }
+            Failure::WorkerExited {
+                worker: w.id,
+                pid: Some(w.pid),
+                status: Some("its port closed as the job was sent".into()),
+                stderr: Vec::new(),
+            }
+        }
         Err(SendFail::Port(why)) => Failure::WorkerExited {
             worker: w.id,
             pid: Some(w.pid),
