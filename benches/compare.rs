@@ -529,7 +529,7 @@ fn messages_pipelined(reps: usize, n: usize) {
     let run_raw_ring = || {
         let ring = RawByteRing::create();
         let (_a, b) = port::open().expect("open");
-        let path = ring.map.path.clone().expect("path");
+        let path = ring.map.file.path.clone().expect("path");
         let child = spawn_peer(
             "raw-ring-sink",
             b,
@@ -604,7 +604,7 @@ impl RawByteRing {
     fn word(&self, off: usize) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: offsets 0, 128 and 640 are 8-aligned and inside the
         // mapping of RawRing::LEN (4096) bytes, alive as long as `self`.
-        unsafe { &*self.map.ptr.add(off).cast() }
+        unsafe { &*self.map.file.ptr.add(off).cast() }
     }
 
     fn done(&self) -> &std::sync::atomic::AtomicU64 {
@@ -621,7 +621,7 @@ impl RawByteRing {
             let at = Self::DATA + ((tail + i as u64) % Self::CAP) as usize;
             // SAFETY: `at` is inside the data area of the mapping; the
             // protocol gives this byte to the producer until published.
-            unsafe { self.map.ptr.add(at).write(b) };
+            unsafe { self.map.file.ptr.add(at).write(b) };
         }
         let end = tail + msg.len() as u64;
         self.word(0).store(end, Release);
@@ -637,7 +637,7 @@ impl RawByteRing {
         for (i, b) in out.iter_mut().enumerate() {
             let at = Self::DATA + ((head + i as u64) % Self::CAP) as usize;
             // SAFETY: as in `put`, for a published byte.
-            *b = unsafe { self.map.ptr.add(at).read() };
+            *b = unsafe { self.map.file.ptr.add(at).read() };
         }
         let end = head + out.len() as u64;
         self.word(128).store(end, Release);
@@ -1274,8 +1274,7 @@ fn restore_affinity(set: &libc::cpu_set_t) {
 /// message slot and one sequence word per direction, both sides spinning
 /// on the other's word (no sleeping, no validation, no framing).
 struct RawRing {
-    ptr: *mut u8,
-    path: Option<String>,
+    file: ShmFile,
 }
 
 impl RawRing {
@@ -1285,54 +1284,21 @@ impl RawRing {
     const SLOT: [usize; 2] = [256, 512];
 
     fn create() -> RawRing {
-        let path = format!("/dev/shm/portpool-bench-ring-{}", std::process::id());
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create ring file");
-        f.set_len(Self::LEN as u64).expect("size ring file");
-        let mut r = Self::map(&f);
-        r.path = Some(path);
-        r
+        RawRing {
+            file: ShmFile::create("ring", Self::LEN),
+        }
     }
 
     fn open(path: &str) -> RawRing {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open ring file");
-        Self::map(&f)
-    }
-
-    fn map(f: &std::fs::File) -> RawRing {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared mapping of an open file of LEN bytes, at an
-        // address the kernel picks; it overlaps no Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap ring");
         RawRing {
-            ptr: p.cast(),
-            path: None,
+            file: ShmFile::open(path, Self::LEN),
         }
     }
 
     fn seq(&self, dir: usize) -> &std::sync::atomic::AtomicU64 {
         // SAFETY: SEQ offsets are 8-aligned and inside the LEN-byte mapping,
         // which lives as long as `self`; both processes use it atomically.
-        unsafe { &*self.ptr.add(Self::SEQ[dir]).cast() }
+        unsafe { &*self.file.ptr.add(Self::SEQ[dir]).cast() }
     }
 
     /// Spins until direction `dir`'s sequence word differs from `seen`.
@@ -1353,19 +1319,75 @@ impl RawRing {
     fn write_msg(&self, dir: usize, msg: &[u8; MSG]) {
         // SAFETY: the slot is MSG bytes inside the mapping; the peer does not
         // touch it until the sequence word says so (the protocol).
-        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.ptr.add(Self::SLOT[dir]), MSG) };
+        unsafe { std::ptr::copy_nonoverlapping(msg.as_ptr(), self.file.ptr.add(Self::SLOT[dir]), MSG) };
     }
 
     fn read_msg(&self, dir: usize, msg: &mut [u8; MSG]) {
         // SAFETY: as in `write_msg`, reading the published slot.
-        unsafe { std::ptr::copy_nonoverlapping(self.ptr.add(Self::SLOT[dir]), msg.as_mut_ptr(), MSG) };
+        unsafe { std::ptr::copy_nonoverlapping(self.file.ptr.add(Self::SLOT[dir]), msg.as_mut_ptr(), MSG) };
     }
 }
 
-impl Drop for RawRing {
+/// A file in /dev/shm mapped read-write by the bench's processes (the raw
+/// baselines' memory); the process that made it removes it.
+struct ShmFile {
+    ptr: *mut u8,
+    len: usize,
+    path: Option<String>,
+}
+
+impl ShmFile {
+    fn create(tag: &str, len: usize) -> ShmFile {
+        let path = format!("/dev/shm/portpool-bench-{tag}-{}", std::process::id());
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .expect("create shm file");
+        f.set_len(len as u64).expect("size shm file");
+        let mut m = Self::map(&f, len);
+        m.path = Some(path);
+        m
+    }
+
+    fn open(path: &str, len: usize) -> ShmFile {
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .expect("open shm file");
+        Self::map(&f, len)
+    }
+
+    fn map(f: &std::fs::File, len: usize) -> ShmFile {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a fresh shared mapping of an open file of `len` bytes, at
+        // an address the kernel picks; it overlaps no Rust object.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                f.as_raw_fd(),
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED, "mmap shm file");
+        ShmFile {
+            ptr: p.cast(),
+            len,
+            path: None,
+        }
+    }
+}
+
+impl Drop for ShmFile {
     fn drop(&mut self) {
         // SAFETY: the range `map` created, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), Self::LEN) };
+        unsafe { libc::munmap(self.ptr.cast(), self.len) };
         if let Some(p) = &self.path {
             let _ = std::fs::remove_file(p);
         }
@@ -1377,7 +1399,7 @@ impl Drop for RawRing {
 fn raw_ring_roundtrip(iters: usize) -> f64 {
     let ring = RawRing::create();
     let (_a, b) = port::open().expect("open");
-    let path = ring.path.clone().expect("path");
+    let path = ring.file.path.clone().expect("path");
     let child = spawn_peer("raw-ring-echo", b, false, &[path]);
     let msg = [1u8; MSG];
     let mut back = [0u8; MSG];
@@ -1424,80 +1446,36 @@ fn byte_sum(b: &[u8]) -> u64 {
 /// A file in /dev/shm of `LEN` bytes mapped read-write, kept from round to
 /// round (the "memfd kept mapped" baseline of `transfer_64MiB`).
 struct RawData {
-    ptr: *mut u8,
-    path: Option<String>,
+    file: ShmFile,
 }
 
 impl RawData {
     const LEN: usize = 64 << 20;
 
     fn create() -> RawData {
-        let path = format!("/dev/shm/portpool-bench-data-{}", std::process::id());
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(&path)
-            .expect("create data file");
-        f.set_len(Self::LEN as u64).expect("size data file");
-        let mut d = Self::map(&f);
-        d.path = Some(path);
-        d
+        RawData {
+            file: ShmFile::create("data", Self::LEN),
+        }
     }
 
     fn open(path: &str) -> RawData {
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .expect("open data file");
-        Self::map(&f)
-    }
-
-    fn map(f: &std::fs::File) -> RawData {
-        use std::os::fd::AsRawFd;
-        // SAFETY: a fresh shared mapping of an open file of LEN bytes, at an
-        // address the kernel picks; it overlaps no Rust object.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                Self::LEN,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_SHARED,
-                f.as_raw_fd(),
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap data");
         RawData {
-            ptr: p.cast(),
-            path: None,
+            file: ShmFile::open(path, Self::LEN),
         }
     }
 
     fn bytes(&self) -> &[u8] {
         // SAFETY: LEN bytes mapped for as long as `self`; the baseline's
         // protocol (the ring's sequence words) keeps writer and reader apart.
-        unsafe { std::slice::from_raw_parts(self.ptr, Self::LEN) }
+        unsafe { std::slice::from_raw_parts(self.file.ptr, Self::LEN) }
     }
 
     fn fill(&mut self, pattern: &[u8]) {
         // SAFETY: as in `bytes`; `&mut self` and the protocol make this the
         // only access while it writes.
-        let dst = unsafe { std::slice::from_raw_parts_mut(self.ptr, Self::LEN) };
+        let dst = unsafe { std::slice::from_raw_parts_mut(self.file.ptr, Self::LEN) };
         for c in dst.chunks_mut(pattern.len()) {
             c.copy_from_slice(&pattern[..c.len()]);
-        }
-    }
-}
-
-impl Drop for RawData {
-    fn drop(&mut self) {
-        // SAFETY: the range `map` created, unmapped once.
-        unsafe { libc::munmap(self.ptr.cast(), Self::LEN) };
-        if let Some(p) = &self.path {
-            let _ = std::fs::remove_file(p);
         }
     }
 }
@@ -1529,7 +1507,10 @@ fn transfer(reps: usize) {
         "kept-sum",
         b,
         false,
-        &[ring.path.clone().expect("ring"), data.path.clone().expect("data")],
+        &[
+            ring.file.path.clone().expect("ring"),
+            data.file.path.clone().expect("data"),
+        ],
     );
     let mut seq = 0u64;
     let mut kept = || {

@@ -287,8 +287,9 @@ fn an_idle_shared_memory_connection_uses_no_cpu() {
     let tid = tid_rx.recv().unwrap();
     let ours = format!("/proc/self/task/{tid}/stat");
     let theirs = format!("/proc/{}/stat", f.pid());
-    // Past the spin: both sides asleep in poll from here on.
-    thread::sleep(std::time::Duration::from_millis(50));
+    // Past the spin: both sides asleep from here on.
+    wait_until_asleep(&ours);
+    wait_until_asleep(&theirs);
     let before = (cpu_ticks(&ours), cpu_ticks(&theirs));
     thread::sleep(std::time::Duration::from_millis(500));
     let after = (cpu_ticks(&ours), cpu_ticks(&theirs));

@@ -30,11 +30,17 @@ pub(crate) mod shm;
 
 /// Creates a connected `AF_UNIX` stream socket pair, both ends close-on-exec.
 pub(crate) fn socketpair() -> io::Result<(OwnedFd, OwnedFd)> {
+    socketpair_of(libc::SOCK_STREAM)
+}
+
+/// Creates a connected `AF_UNIX` socket pair of type `kind` (stream or
+/// datagram), both ends close-on-exec.
+pub(crate) fn socketpair_of(kind: libc::c_int) -> io::Result<(OwnedFd, OwnedFd)> {
     let mut fds = [0 as RawFd; 2];
     // `fds` is a valid out-array of two ints.
     syscall!(socketpair(
         libc::AF_UNIX,
-        libc::SOCK_STREAM | libc::SOCK_CLOEXEC,
+        kind | libc::SOCK_CLOEXEC,
         0,
         fds.as_mut_ptr()
     ))?;
@@ -159,18 +165,22 @@ pub(crate) fn poll_read_or_write(read: BorrowedFd<'_>, write: BorrowedFd<'_>) ->
     }
 }
 
+/// The timeout argument of `poll` for `deadline` (`-1`: none), rounded
+/// up so that a 100 µs wait does not become a busy 0 ms poll.
+pub(crate) fn poll_timeout_ms(deadline: Option<Instant>) -> libc::c_int {
+    match deadline {
+        None => -1,
+        Some(d) => {
+            let left = d.saturating_duration_since(Instant::now());
+            left.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int
+        }
+    }
+}
+
 fn poll_one(fd: BorrowedFd<'_>, events: libc::c_short, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
-        let ms: libc::c_int = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                // Round up so that a 100 µs wait does not become a busy 0 ms poll.
-                let ms = left.as_micros().div_ceil(1000);
-                ms.min(libc::c_int::MAX as u128) as libc::c_int
-            }
-        };
+        let ms = poll_timeout_ms(deadline);
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
             events,

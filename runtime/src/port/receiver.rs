@@ -210,17 +210,8 @@ impl IpcReceiver {
     /// (replacing what was there, reusing its allocation). Returns the length.
     /// Long messages are read from the kernel straight into `out`.
     pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
-        loop {
-            match self.reader.recv_message_into(out) {
-                // A message with buffers: its fds frame first (raw bytes
-                // have no buffers to give them to, so they close).
-                Err(RecvError::Unexpected { found: Kind::Fds, .. }) => {
-                    self.next(Kind::Message, Wait::Now)?;
-                    self.attached.clear();
-                }
-                other => return other,
-            }
-        }
+        // Raw bytes have no buffers to give a message's fds to: they close.
+        self.recv_bytes_with_fds(out).map(|_fds| out.len())
     }
 
     /// Blocks until a port arrives and returns it.

@@ -314,17 +314,7 @@ impl Region {
 /// us (it holds the other end of a pair, never our end) cannot make either
 /// block by changing flags.
 pub(crate) fn doorbell() -> io::Result<(OwnedFd, OwnedFd)> {
-    let mut fds = [0 as std::os::fd::RawFd; 2];
-    // `fds` is a valid out-array of two ints.
-    syscall!(socketpair(
-        libc::AF_UNIX,
-        libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
-        0,
-        fds.as_mut_ptr()
-    ))?;
-    // SAFETY: socketpair succeeded, so both fds are open and owned by nobody
-    // else; wrapping them at once makes them close exactly once.
-    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+    super::socketpair_of(libc::SOCK_DGRAM)
 }
 
 /// Rings a doorbell (one byte, never blocking). A full queue is rung
@@ -388,13 +378,7 @@ pub(crate) fn poll_doorbell(
 ) -> io::Result<Rang> {
     let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
     loop {
-        let ms: libc::c_int = match deadline {
-            None => -1,
-            Some(d) => {
-                let left = d.saturating_duration_since(Instant::now());
-                left.as_micros().div_ceil(1000).min(libc::c_int::MAX as u128) as libc::c_int
-            }
-        };
+        let ms = super::poll_timeout_ms(deadline);
         let mut fds = [
             libc::pollfd {
                 fd: bell.as_raw_fd(),
