@@ -406,9 +406,19 @@ fn serve_loop(
                     CancelSource::Remote(side.clone(), id),
                     ProgressSink::Discard,
                 );
-                match crate::port::with_received_fds(fds, || {
-                    handlers.call_batch_bytes(route, job, count as usize, &cx)
-                }) {
+                let call = || {
+                    crate::port::with_received_fds(fds, || {
+                        handlers.call_batch_bytes(route, job, count as usize, &cx)
+                    })
+                };
+                let res = if fds_pass {
+                    let (res, fds) = crate::port::collecting_buffers(call);
+                    result_fds = fds;
+                    res
+                } else {
+                    call()
+                };
+                match res {
                     Ok((bytes, failed)) => (id, WireOutcome::RanChunk { bytes, failed }),
                     Err(f) => (id, WireOutcome::Failed(f)),
                 }

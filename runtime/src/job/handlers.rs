@@ -266,20 +266,32 @@ where
                 .and_then(|out| {
                     // Appended in place; a failure (or a panic) partway
                     // leaves partial bytes, which are cut off, so every
-                    // span keeps pointing at its own result.
+                    // span keeps pointing at its own result (and the
+                    // files of its buffers, so none is sent for nothing).
                     let from = scratch.len();
+                    let files = crate::port::buffers_collected();
                     let res = catch(|| crate::port::encode_into(&out, &mut scratch));
-                    match res {
-                        Ok(Ok(())) => Ok(from..scratch.len()),
-                        Ok(Err(e)) => {
-                            scratch.truncate(from);
-                            Err(Self::encode_failure(&out, &e))
+                    let res = match res {
+                        Ok(Ok(()))
+                            if crate::port::buffers_collected() > crate::transport::MAX_FDS_PER_FRAME =>
+                        {
+                            Err(Failure::Codec(
+                                Side::Worker,
+                                format!(
+                                    "its result's buffers take its chunk's results past the {} buffers one \
+                                     answer carries (a map makes its chunks smaller once it sees \
+                                     results with buffers; return fewer per job)",
+                                    crate::transport::MAX_FDS_PER_FRAME
+                                ),
+                            ))
                         }
-                        Err(f) => {
-                            scratch.truncate(from);
-                            Err(f)
-                        }
-                    }
+                        Ok(Ok(())) => return Ok(from..scratch.len()),
+                        Ok(Err(e)) => Err(Self::encode_failure(&out, &e)),
+                        Err(f) => Err(f),
+                    };
+                    scratch.truncate(from);
+                    crate::port::uncollect_buffers(files);
+                    res
                 });
             spans.push(span);
         }

@@ -26,8 +26,9 @@ pub(crate) enum Payload {
     Value(Box<dyn Any + Send>),
     /// The job's postcard bytes (a chunk's: each job a `u32` LE length and
     /// its bytes), encoded when it was submitted to wait in a process
-    /// pool's queue, so an unencodable job fails at `submit`.
-    Encoded(Vec<u8>),
+    /// pool's queue, so an unencodable job fails at `submit`; and the files
+    /// of the buffers in them, which go beside the frame.
+    Encoded(Vec<u8>, Vec<std::os::fd::OwnedFd>),
     /// Out for encoding into a worker's port (`dispatch`): a crash in that
     /// moment cannot send it again.
     Lent,
@@ -212,7 +213,7 @@ pub(crate) fn send_job_json<J: Job>(
 ) -> Result<(), SendFail> {
     let job = job_of::<J>(job)?;
     let bytes = encode_json(job).map_err(SendFail::Job)?;
-    send_encoded(tx, head, &bytes, true)
+    send_encoded(tx, head, &bytes, &[], true)
 }
 
 /// Sends a task whose job was encoded at submission: the head, then its
@@ -221,8 +222,17 @@ pub(crate) fn send_encoded(
     tx: &IpcSender,
     head: &crate::proto::ToWorker<'_>,
     bytes: &[u8],
+    fds: &[std::os::fd::OwnedFd],
     json: bool,
 ) -> Result<(), SendFail> {
+    if !fds.is_empty() {
+        // Its buffers' files go with it, at once (kept here: a crash sends
+        // the same chunk, files and all, to the next worker).
+        let mut frame = Vec::with_capacity(bytes.len() + 32);
+        crate::port::encode_into(head, &mut frame).map_err(|e| SendFail::Port(e.to_string()))?;
+        frame.extend_from_slice(bytes);
+        return tx.send_raw_with_fds(&frame, fds).map_err(send_failure);
+    }
     tx.feed_with("an encoded job", |buf| {
         if json {
             crate::proto::json::job_frame(head, bytes, buf);
@@ -271,6 +281,7 @@ pub(crate) fn encode_json<J: Job>(job: &J) -> Result<Vec<u8>, Failure> {
 /// hole; stops past [`CHUNK_BYTES`].
 pub(crate) fn encode_chunk_json<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
     let mut c = EncodedChunk {
+        fds: Vec::new(),
         bytes: Vec::new(),
         count: 0,
         holes: Vec::new(),
@@ -333,22 +344,33 @@ pub(crate) const CHUNK_BYTES: usize = 4 << 20;
 /// of each that did not, by its index.
 pub(crate) struct EncodedChunk {
     pub(crate) bytes: Vec<u8>,
+    /// The files of the buffers in the jobs' bytes, in order.
+    pub(crate) fds: Vec<std::os::fd::OwnedFd>,
     pub(crate) count: u32,
     pub(crate) holes: Vec<(usize, Failure)>,
 }
 
 /// Encodes `jobs` as a chunk, each job alone: one that will not encode is
 /// a hole, and the others still go. Stops before the job that would take
-/// the chunk past [`CHUNK_BYTES`] (or after it, if it is the chunk's first),
-/// so a chunk holds at most one job that is large on its own; returns how
-/// many jobs it took.
+/// the chunk past [`CHUNK_BYTES`], or past the buffers one frame carries
+/// (or after it, if it is the chunk's first), so a chunk holds at most one
+/// job that is large on its own; returns how many jobs it took. The jobs'
+/// buffers are sealed and their files kept with the bytes.
 pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
+    let ((mut c, used), fds) = crate::port::collecting_buffers(|| encode_chunk_jobs(jobs));
+    c.fds = fds;
+    (c, used)
+}
+
+fn encode_chunk_jobs<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
     let mut c = EncodedChunk {
         bytes: Vec::with_capacity(jobs.len().saturating_mul(8).min(CHUNK_BYTES)),
+        fds: Vec::new(),
         count: 0,
         holes: Vec::new(),
     };
     for (i, job) in jobs.iter().enumerate() {
+        let files = crate::port::buffers_collected();
         // A length, patched once the job is encoded, so the worker can
         // fail one undecodable job and still find the next. One byte is
         // kept for it (tiny jobs, where bytes count most, fit); a longer
@@ -363,6 +385,7 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
                 }
                 Err(_) => {
                     c.bytes.truncate(at);
+                    crate::port::uncollect_buffers(files);
                     c.holes.push((
                         i,
                         Failure::Codec(
@@ -374,16 +397,19 @@ pub(crate) fn encode_chunk<J: Job>(jobs: &[J]) -> (EncodedChunk, usize) {
             },
             Err(f) => {
                 c.bytes.truncate(at);
+                crate::port::uncollect_buffers(files);
                 c.holes.push((i, f));
             }
         }
-        if c.bytes.len() > CHUNK_BYTES {
+        let too_many_files = crate::port::buffers_collected() > crate::transport::MAX_FDS_PER_FRAME;
+        if c.bytes.len() > CHUNK_BYTES || too_many_files {
             if c.count > 1 && c.bytes.len() > at {
                 // This job took the chunk past its budget and others are
                 // in it: it goes first in the next chunk, so no frame holds
                 // it and up to 4 MiB of others (it may be near the limit
-                // alone).
+                // alone), or more buffers than a frame carries.
                 c.bytes.truncate(at);
+                crate::port::uncollect_buffers(files);
                 c.count -= 1;
                 return (c, i);
             }
@@ -438,6 +464,55 @@ mod tests {
         type Output = ();
         type Error = String;
         const NAME: &'static str = "blob";
+    }
+
+    #[cfg(target_os = "linux")]
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct WithBuffer(u32, crate::port::Buffer);
+    #[cfg(target_os = "linux")]
+    impl Job for WithBuffer {
+        type Output = ();
+        type Error = String;
+        const NAME: &'static str = "with-buffer";
+    }
+
+    /// A chunk of jobs with buffers keeps the files of exactly the jobs it
+    /// holds, stops at the files one frame carries, and decodes back with
+    /// each job finding its own buffer.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_chunk_carries_the_files_of_its_jobs_and_no_more_than_a_frame_takes() {
+        use std::io::Write;
+        let jobs: Vec<WithBuffer> = (0..300u32)
+            .map(|i| {
+                let mut b = crate::port::Buffer::with_capacity(8).unwrap();
+                b.write_all(&i.to_le_bytes()).unwrap();
+                WithBuffer(i, b)
+            })
+            .collect();
+        let (c, used) = encode_chunk(&jobs);
+        let max = crate::transport::MAX_FDS_PER_FRAME;
+        assert_eq!(used, max);
+        assert_eq!(c.count as usize, max);
+        assert_eq!(c.fds.len(), max);
+        assert!(jobs[..used].iter().all(|j| j.1.is_sealed()));
+        let mut rest = &c.bytes[..];
+        let decoded = crate::port::with_received_fds(c.fds, || {
+            let mut out = Vec::new();
+            while let Some((job, tail)) = crate::job::next_job(rest) {
+                rest = tail;
+                out.push(postcard::from_bytes::<WithBuffer>(job).unwrap());
+            }
+            out
+        });
+        assert_eq!(decoded.len(), max);
+        for (i, WithBuffer(n, b)) in decoded.iter().enumerate() {
+            assert_eq!(*n as usize, i);
+            assert_eq!(&b[..], &n.to_le_bytes());
+        }
+        // The rest go in the next chunk, whose files start again at 0.
+        let (c, used) = encode_chunk(&jobs[max..]);
+        assert_eq!((used, c.fds.len()), (300 - max, 300 - max));
     }
 
     /// Jobs of every length class (one to four length bytes) come back

@@ -22,8 +22,8 @@ use crate::sys::shm::Region;
 /// Why a Buffer cannot be encoded here.
 const NOT_HERE: &str = "a Buffer travels only in a message sent with Ipc::send or IpcSender::send \
      over a socket or shared-memory port (a process pool's submitted jobs and their results included), \
-     where its memory file goes beside the message; not over pipes, in a Link's messages or a map's \
-     chunks (not yet), JSON or a file";
+     where its memory file goes beside the message; not over pipes, in a Link's messages \
+     (not yet), JSON or a file";
 
 /// The largest `Buffer` a peer may send (1 GiB).
 pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
@@ -31,6 +31,10 @@ pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
 /// The most bytes of received `Buffer`s this process holds mapped at once
 /// (8 GiB): a peer cannot make us pin more.
 pub const MAX_RECEIVED_TOTAL: u64 = 8 << 30;
+
+/// The most buffers one message (a job, a result, a chunk of a `map`'s
+/// jobs or of their results) carries.
+pub const MAX_BUFFERS_PER_MESSAGE: usize = crate::transport::MAX_FDS_PER_FRAME;
 
 /// Bytes of received buffers mapped now.
 static RECEIVED: AtomicU64 = AtomicU64::new(0);
@@ -83,6 +87,26 @@ pub(crate) fn collecting<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
         _ => Vec::new(),
     };
     (r, fds)
+}
+
+/// How many files the encoding under way has collected so far (0 when
+/// none is collecting): a chunk's encoder marks where each job starts.
+pub(crate) fn collected() -> usize {
+    SINK.with(|s| match &*s.borrow() {
+        Some(Sink::Collect(fds)) => fds.len(),
+        _ => 0,
+    })
+}
+
+/// Forgets (closes) the files collected past the first `keep`: those of a
+/// job whose bytes were cut off again, so the frame carries only files
+/// its bytes name.
+pub(crate) fn uncollect(keep: usize) {
+    SINK.with(|s| {
+        if let Some(Sink::Collect(fds)) = &mut *s.borrow_mut() {
+            fds.truncate(keep);
+        }
+    });
 }
 
 /// Restores the outer sink on the way out, even if a Serialize panics.
@@ -174,10 +198,12 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 ///
 /// It crosses connections that pass fds: socket ports, and through them
 /// shared-memory ones, not pipes (a launcher's workers). A thread pool's
-/// jobs carry it by moving it; a process pool's submitted jobs carry it
-/// to the worker like a message, and a handler can return one the same
-/// way. Encoding one anywhere else (a `Link`'s messages, a `map`'s chunks,
-/// for now; JSON; a file) fails with an error that says so. A receiver refuses a buffer
+/// jobs carry it by moving it; a process pool's jobs (submitted or in a
+/// `map`'s chunks) carry it to the worker like a message, and a handler
+/// can return one the same way. Encoding one anywhere else (a `Link`'s
+/// messages, for now; JSON; a file) fails with an error that says so.
+/// One message carries at most [`MAX_BUFFERS_PER_MESSAGE`]; a `map`
+/// keeps its chunks under that. A receiver refuses a buffer
 /// over [`MAX_RECEIVED_BUFFER`], or past [`MAX_RECEIVED_TOTAL`] held at
 /// once, or whose file is not sealed.
 pub struct Buffer {

@@ -266,6 +266,17 @@ impl IpcSender {
         self.writer.send_frame(Kind::Message, bytes, &[])
     }
 
+    /// Sends one message of raw bytes with `fds` (the files of buffers
+    /// encoded in them) at once, after whatever is queued.
+    pub(crate) fn send_raw_with_fds(
+        &self,
+        bytes: &[u8],
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<(), SendError> {
+        let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        self.writer.send_message_with_fds(bytes, &fds)
+    }
+
     /// Transfers `port` to the peer (over `SCM_RIGHTS`; sockets only). Our
     /// copy is closed once it is sent. On failure the port is given back.
     pub fn send_port(&self, port: Port) -> Result<(), SendPortError> {

@@ -87,7 +87,23 @@ pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R
     }
 }
 #[cfg(target_os = "linux")]
-pub use buffer::{Buffer, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
+pub use buffer::{Buffer, MAX_BUFFERS_PER_MESSAGE, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
+
+/// How many buffer files the encoding under way has collected (0 off Linux).
+pub(crate) fn buffers_collected() -> usize {
+    #[cfg(target_os = "linux")]
+    return buffer::collected();
+    #[cfg(not(target_os = "linux"))]
+    0
+}
+
+/// Closes the buffer files collected past the first `keep`.
+pub(crate) fn uncollect_buffers(keep: usize) {
+    #[cfg(target_os = "linux")]
+    buffer::uncollect(keep);
+    #[cfg(not(target_os = "linux"))]
+    let _ = keep;
+}
 pub(crate) use ipc::encode_into;
 pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};
 

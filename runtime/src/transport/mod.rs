@@ -43,8 +43,10 @@ pub use reader::{Reader, Wait};
 pub use writer::{AppendError, SendStats, Writer};
 
 /// Most fds one frame may carry (a pipe-pair port carries two; a message,
-/// one per `Buffer` in it).
-pub(crate) const MAX_FDS_PER_FRAME: usize = 16;
+/// one per `Buffer` in it): one `sendmsg` takes at most 253 (the kernel's
+/// `SCM_MAX_FD`), and a map's chunk of jobs that each return a buffer
+/// needs many.
+pub(crate) const MAX_FDS_PER_FRAME: usize = 250;
 
 /// Default time a blocked receive spins (polling without sleeping) before
 /// it sleeps in the kernel. Long enough to cover a round trip between two

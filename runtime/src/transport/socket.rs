@@ -10,8 +10,11 @@ use std::ptr;
 use super::{MAX_FDS_PER_FRAME, ReadOutcome};
 use crate::sys::{self, syscall};
 
-/// Control buffer for one `recvmsg`: room for 32 fds, aligned for `cmsghdr`.
-type CmsgBuf = [u64; 24];
+/// Control buffer for one `recvmsg`: room for `MAX_FDS_PER_FRAME` fds and
+/// the header (`CMSG_SPACE(250 * 4)` is 1016 bytes), aligned for `cmsghdr`.
+type CmsgBuf = [u64; CMSG_WORDS];
+const CMSG_WORDS: usize = 128;
+const _: () = assert!(CMSG_WORDS * 8 >= 16 + MAX_FDS_PER_FRAME * 4);
 
 /// Writes all of `bufs` (in order) to the socket, attaching `fds` to the
 /// first byte. Handles partial writes, `EINTR` and `EAGAIN`. Returns the
@@ -37,7 +40,7 @@ pub(super) fn send_all(fd: BorrowedFd<'_>, bufs: &[&[u8]], fds: &[BorrowedFd<'_>
         n_iov += 1;
     }
     let mut first = 0usize;
-    let mut cmsg: CmsgBuf = [0; 24];
+    let mut cmsg: CmsgBuf = [0; CMSG_WORDS];
     let mut fds_pending = !fds.is_empty();
     let mut calls = 0u64;
     while first < n_iov {
@@ -149,7 +152,7 @@ pub(super) fn recv_nonblocking(
         iov_base: spare.as_mut_ptr().cast(),
         iov_len: spare.len(),
     };
-    let mut cmsg: CmsgBuf = [0; 24];
+    let mut cmsg: CmsgBuf = [0; CMSG_WORDS];
     loop {
         // SAFETY: msghdr is plain old data; all-zero is a valid empty value.
         let mut msg: libc::msghdr = unsafe { mem::zeroed() };
@@ -171,7 +174,8 @@ pub(super) fn recv_nonblocking(
                 if truncated {
                     return Err(io::Error::new(
                         io::ErrorKind::InvalidData,
-                        "peer attached more file descriptors than a frame may carry",
+                        "file descriptors sent with a frame were cut off: the peer attached more than a \
+                         frame may carry, or this process is at its open-file limit (RLIMIT_NOFILE)",
                     ));
                 }
                 if n == 0 {

@@ -273,7 +273,9 @@ impl Writer {
         let count = u8::try_from(fds.len())
             .ok()
             .filter(|&n| usize::from(n) <= super::MAX_FDS_PER_FRAME)
-            .ok_or(SendError::Unsupported("more than 16 buffers in one message"))?;
+            .ok_or(SendError::Unsupported(
+                "more than 250 buffers (MAX_BUFFERS_PER_MESSAGE) in one message",
+            ))?;
         let mut f = lock(&self.shared.flush);
         self.write_pending(&mut f)?;
         // The fds frame (header, count) and the message's header, then its payload.

@@ -291,6 +291,17 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         None
     }
 
+    /// Keeps chunks whose results came with `files` buffer files (for `len`
+    /// jobs) at half the files one answer carries, so a chunk's results
+    /// do not outgrow their frame when some return more.
+    fn fit_buffers(&mut self, files: usize, len: usize) {
+        let per_job = files.div_ceil(len.max(1)).max(1);
+        self.max_chunk = self
+            .max_chunk
+            .min((crate::transport::MAX_FDS_PER_FRAME / 2 / per_job).max(1));
+        self.chunk = self.chunk.min(self.max_chunk);
+    }
+
     /// Adapts the chunk size to how long the last chunk ran.
     fn adapt(&mut self, ran: Duration, len: usize) {
         if len < self.chunk {
@@ -344,9 +355,16 @@ impl<J: Job, I: Iterator<Item = J>> Map<'_, J, I> {
             let Some(InFlight { len, holes, .. }) = self.in_flight.remove(&tag) else {
                 continue;
             };
+            let files = match &outcome {
+                crate::task::Outcome::BytesFds(_, fds) => fds.len(),
+                _ => 0,
+            };
             let (ran, results) = typed_chunk::<J>(outcome, len - holes.len());
             if let Some(ran) = ran {
                 self.adapt(ran, len);
+            }
+            if files > 0 {
+                self.fit_buffers(files, len);
             }
             self.file(tag, fill_holes::<J>(results, holes));
         }
@@ -482,7 +500,7 @@ impl Pool {
                     });
                 }
                 (
-                    Payload::Encoded(chunk.bytes),
+                    Payload::Encoded(chunk.bytes, chunk.fds),
                     chunk.count,
                     chunk.holes,
                     jobs,

@@ -117,40 +117,41 @@ pub(super) fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Durat
                 "a chunk's answer has the wrong type".into(),
             )),
         },
-        // (A chunk's results carry no buffers: fds that came are closed.)
-        Outcome::Bytes(b) | Outcome::BytesFds(b, _) => {
-            match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
-                Ok((nanos, items)) => {
-                    let results = items
-                        .into_iter()
-                        .map(|it| match it {
-                            BatchItem::Ran(bytes) => match super::super::ticket::decode_result::<J>(bytes) {
-                                Ok(r) => item(Ok(r)),
-                                Err(reason) => Err(JobError::Codec {
-                                    side: Side::Supervisor,
-                                    reason,
-                                }),
-                            },
-                            BatchItem::Failed(f) => Err(f.into_job_error()),
-                        })
-                        .collect::<Vec<_>>();
-                    if results.len() != len {
-                        return all_failed(Failure::Codec(
-                            Side::Supervisor,
-                            format!("a chunk of {len} jobs came back with {} results", results.len()),
-                        ));
-                    }
-                    (
-                        Some(Duration::from_nanos(nanos)),
-                        Chunk::Results(results.into_iter()),
-                    )
-                }
-                Err(e) => all_failed(Failure::Codec(
-                    Side::Supervisor,
-                    format!("could not decode a chunk's answer: {e}"),
-                )),
-            }
+        // The results' buffers find their files as they decode.
+        Outcome::BytesFds(b, fds) => {
+            crate::port::with_received_fds(fds, || typed_chunk::<J>(Outcome::Bytes(b), len))
         }
+        Outcome::Bytes(b) => match postcard::from_bytes::<(u64, Vec<BatchItem<'_>>)>(&b) {
+            Ok((nanos, items)) => {
+                let results = items
+                    .into_iter()
+                    .map(|it| match it {
+                        BatchItem::Ran(bytes) => match super::super::ticket::decode_result::<J>(bytes) {
+                            Ok(r) => item(Ok(r)),
+                            Err(reason) => Err(JobError::Codec {
+                                side: Side::Supervisor,
+                                reason,
+                            }),
+                        },
+                        BatchItem::Failed(f) => Err(f.into_job_error()),
+                    })
+                    .collect::<Vec<_>>();
+                if results.len() != len {
+                    return all_failed(Failure::Codec(
+                        Side::Supervisor,
+                        format!("a chunk of {len} jobs came back with {} results", results.len()),
+                    ));
+                }
+                (
+                    Some(Duration::from_nanos(nanos)),
+                    Chunk::Results(results.into_iter()),
+                )
+            }
+            Err(e) => all_failed(Failure::Codec(
+                Side::Supervisor,
+                format!("could not decode a chunk's answer: {e}"),
+            )),
+        },
         Outcome::Json(_) => all_failed(Failure::Codec(
             Side::Supervisor,
             "a chunk was answered as a single job".into(),

@@ -202,8 +202,11 @@ impl Worker {
                 let (outcome, failed) = match outcome {
                     WireOutcome::Ran(b) if fds.is_empty() => (Outcome::Bytes(b), 0),
                     WireOutcome::Ran(b) => (Outcome::BytesFds(b, fds), 0),
-                    WireOutcome::RanChunk { bytes, failed } => {
+                    WireOutcome::RanChunk { bytes, failed } if fds.is_empty() => {
                         (Outcome::Bytes(bytes), u64::from(failed).min(jobs))
+                    }
+                    WireOutcome::RanChunk { bytes, failed } => {
+                        (Outcome::BytesFds(bytes, fds), u64::from(failed).min(jobs))
                     }
                     WireOutcome::Failed(f) => (Outcome::Failed(f), jobs),
                     WireOutcome::Json(b) => (Outcome::Json(b), 0),

@@ -385,7 +385,7 @@ impl Threads {
             // A thread pool's tasks always hold their values.
             let job = match task.job {
                 super::Payload::Value(v) => v,
-                super::Payload::Encoded(_) | super::Payload::Lent => Box::new(()),
+                super::Payload::Encoded(..) | super::Payload::Lent => Box::new(()),
             };
             let (outcome, failed) = match task.batch {
                 None => {
