@@ -82,7 +82,7 @@ fn a_buffer_cannot_go_where_no_fd_can_and_says_so() {
     let e = a.send(&buf).unwrap_err();
     assert!(
         e.to_string()
-            .contains("travels only in a message sent with Ipc::send"),
+            .contains("travels only in a message for a connection that passes fds"),
         "{e}"
     );
     assert!(
@@ -99,13 +99,68 @@ fn a_buffer_cannot_go_where_no_fd_can_and_says_so() {
         e.contains("decoded only from a message received with Ipc::recv"),
         "{e}"
     );
-    // Nor a Link's messages (yet), with the same sentence.
-    let (a, b) = port::open().unwrap();
+    // Nor a Link over pipes, or one speaking JSON, with the same sentence.
+    let (a, b) = port::open_pipes().unwrap();
     let t = std::thread::spawn(move || b.connect().unwrap());
     let link = portpool::link::Link::new(a.connect().unwrap());
     let _b = t.join().unwrap();
     let e = link.send_message(&buf).unwrap_err().to_string();
-    assert!(e.contains("in a Link's messages"), "{e}");
+    assert!(e.contains("not over pipes"), "{e}");
+    let json = ConnectOptions {
+        codec: portpool::link::Codec::Json,
+        ..ConnectOptions::default()
+    };
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || b.connect_with(json).unwrap());
+    let link = portpool::link::Link::with_codec(a.connect_with(json).unwrap(), portpool::link::Codec::Json);
+    let _b = t.join().unwrap();
+    let e = link.request::<_, u32>(&buf).unwrap_err().to_string();
+    assert!(e.contains("not over pipes"), "{e}");
+    assert!(!buf.is_sealed());
+}
+
+#[test]
+fn a_buffer_crosses_a_link_in_messages_requests_and_replies_on_both_flavors() {
+    use portpool::link::Link;
+    for shm in [false, true] {
+        let (ours, theirs) = port::open().unwrap();
+        let mut f = Fixture::spawn(common::fixture("link-buffers"), theirs);
+        let opts = ConnectOptions {
+            shared_memory: shm,
+            role: port::Role::Supervisor,
+            ..ConnectOptions::default()
+        };
+        let link = Link::new(ours.connect_with(opts).unwrap());
+        for (i, len) in [0usize, 1, 5000, 3 << 20].into_iter().enumerate() {
+            let buf = filled(len, i as u8);
+            let sum: u64 = buf.iter().map(|&b| u64::from(b)).sum();
+            let (their_sum, mapped, back): (u64, bool, Buffer) = link.request(&buf).unwrap();
+            assert_eq!(their_sum, sum);
+            assert!(mapped, "len {len}: the peer's bytes are not in our memory file");
+            assert!(buf.is_sealed() && back.is_sealed());
+            assert!(back.iter().eq(buf.iter().rev()), "len {len}");
+            link.send_message(&(format!("#{i}"), &buf)).unwrap();
+            let echo: (String, u64, bool) = link.recv_message().unwrap();
+            assert_eq!(echo, (format!("#{i}"), len as u64, true));
+        }
+        // Several requests in flight from threads at once, each answered
+        // with its own buffer.
+        std::thread::scope(|s| {
+            for t in 0..4u8 {
+                let link = &link;
+                s.spawn(move || {
+                    for k in 0..10u8 {
+                        let buf = filled(777 + usize::from(k), t * 16 + k);
+                        let (_, _, back): (u64, bool, Buffer) = link.request(&buf).unwrap();
+                        assert!(back.iter().eq(buf.iter().rev()));
+                    }
+                });
+            }
+        });
+        drop(link);
+        assert!(f.wait().success());
+        assert_pid_gone(f.pid());
+    }
 }
 
 #[test]
@@ -235,4 +290,50 @@ fn a_job_with_more_buffers_than_a_frame_carries_fails_alone() {
     let again: Vec<Buffer> = (0..2).map(|i| filled(5, i)).collect();
     assert_eq!(pool.submit(CountBuffers(again)).unwrap().wait().unwrap(), (2, 10));
     assert_eq!(pool.stats().workers[0].restarts, 0);
+}
+
+/// A child that another thread forked holds a copy of every mapping until
+/// it execs, which made the kernel refuse to seal a buffer (`EBUSY`)
+/// while any thread was spawning a process. Here the child is held
+/// between fork and exec while the buffer is sealed and sent.
+#[test]
+fn a_buffer_seals_while_another_thread_is_between_fork_and_exec() {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    use std::os::unix::process::CommandExt;
+    let buf = filled(64 << 10, 5); // mapped before the fork: the child has it
+    let (mut here_r, here_w) = std::io::pipe().unwrap();
+    let (go_r, mut go_w) = std::io::pipe().unwrap();
+    let (here_fd, go_fd, go_w_fd) = (here_w.as_raw_fd(), go_r.as_raw_fd(), go_w.as_raw_fd());
+    let spawner = std::thread::spawn(move || {
+        let mut cmd = std::process::Command::new("true");
+        // SAFETY: between fork and exec the closure calls only close(2),
+        // write(2) and read(2), which are async-signal-safe, on fds the
+        // parent keeps open until the child has exec'd. (Its copy of the
+        // "go" pipe's write end is closed first, so a parent that fails
+        // and drops its own lets the child go on: no hang.)
+        unsafe {
+            cmd.pre_exec(move || {
+                let mut b = 0u8;
+                libc::close(go_w_fd);
+                libc::write(here_fd, [1u8].as_ptr().cast(), 1);
+                libc::read(go_fd, (&mut b as *mut u8).cast(), 1);
+                Ok(())
+            });
+        }
+        cmd.status().unwrap()
+    });
+    let mut b = [0u8];
+    here_r.read_exact(&mut b).unwrap(); // the child waits before its exec
+    let (a, p) = port::open().unwrap();
+    let t = std::thread::spawn(move || p.connect().unwrap());
+    let a = a.connect().unwrap();
+    let mut p = t.join().unwrap();
+    a.send(&buf).unwrap();
+    assert!(buf.is_sealed());
+    let got: Buffer = p.recv().unwrap();
+    assert_eq!(&got[..], &buf[..]);
+    go_w.write_all(&[1]).unwrap();
+    assert!(spawner.join().unwrap().success());
+    drop((here_w, go_r));
 }

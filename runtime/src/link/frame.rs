@@ -4,9 +4,14 @@
 
 use super::*;
 
-/// A value as it travels, still encoded (postcard bytes or a JSON value).
+/// A value as it travels, still encoded (postcard bytes or a JSON value),
+/// with the files of the [`Buffer`](crate::port::Buffer)s in it.
 #[derive(Debug, Clone)]
-pub struct Payload(Encoded);
+pub struct Payload(Encoded, Files);
+
+/// The files of a payload's buffers, in the order its bytes name them
+/// (shared by clones; each decode takes duplicates).
+type Files = Option<Arc<[std::os::fd::OwnedFd]>>;
 
 #[derive(Debug, Clone)]
 pub(super) enum Encoded {
@@ -23,13 +28,36 @@ impl Payload {
         }
     }
 
+    /// The files of the buffers in it.
+    pub(super) fn files(&self) -> &[std::os::fd::OwnedFd] {
+        self.1.as_deref().unwrap_or(&[])
+    }
+
+    /// Encodes a value that goes nowhere a buffer's file can follow (a
+    /// failure's reason).
     pub(super) fn encode<T: Serialize + ?Sized>(codec: Codec, v: &T) -> Result<Payload, LinkError> {
+        Payload::encode_for(codec, v, false)
+    }
+
+    /// Encodes `v`; with `files`, its buffers are sealed and their files
+    /// kept to go beside the frame (a connection that passes fds).
+    pub(super) fn encode_for<T: Serialize + ?Sized>(
+        codec: Codec,
+        v: &T,
+        files: bool,
+    ) -> Result<Payload, LinkError> {
         match codec {
+            Codec::Postcard if files => {
+                let (r, fds) = crate::port::collecting_buffers(|| postcard::to_allocvec(v));
+                let b = r.map_err(|e| LinkError::Codec(encode_failure(v, &e)))?;
+                let files = (!fds.is_empty()).then(|| Arc::from(fds));
+                Ok(Payload(Encoded::Postcard(b), files))
+            }
             Codec::Postcard => postcard::to_allocvec(v)
-                .map(|b| Payload(Encoded::Postcard(b)))
-                .map_err(|e| LinkError::Codec(crate::codec::encode_failure(v, &e))),
+                .map(|b| Payload(Encoded::Postcard(b), None))
+                .map_err(|e| LinkError::Codec(encode_failure(v, &e))),
             Codec::Json => serde_json::to_value(v)
-                .map(|v| Payload(Encoded::Json(v)))
+                .map(|v| Payload(Encoded::Json(v), None))
                 .map_err(|e| {
                     LinkError::Codec(format!("could not encode a {}: {e}", std::any::type_name::<T>()))
                 }),
@@ -43,10 +71,48 @@ impl Payload {
 
     pub(super) fn decode<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
         let r = match self {
-            Payload(Encoded::Postcard(b)) => postcard::from_bytes(b).map_err(|e| e.to_string()),
-            Payload(Encoded::Json(v)) => T::deserialize(v).map_err(|e| e.to_string()),
+            Payload(Encoded::Postcard(b), files) => {
+                // Each decode gets its own duplicates: a payload may be
+                // decoded more than once, and each `Buffer` owns its file.
+                let mut fds = Vec::new();
+                for f in files.as_deref().unwrap_or(&[]) {
+                    let f = f.try_clone().map_err(|e| {
+                        LinkError::Codec(format!("could not take a buffer's file from a message: {e}"))
+                    })?;
+                    fds.push(f);
+                }
+                crate::port::with_received_fds(fds, || postcard::from_bytes(b)).map_err(|e| {
+                    match matches!(e, postcard::Error::SerdeDeCustom)
+                        .then(refusal)
+                        .flatten()
+                    {
+                        Some(why) => why,
+                        None => e.to_string(),
+                    }
+                })
+            }
+            Payload(Encoded::Json(v), _) => T::deserialize(v).map_err(|e| e.to_string()),
         };
         r.map_err(|e| LinkError::Codec(format!("could not decode a {}: {e}", std::any::type_name::<T>())))
+    }
+}
+
+/// Why the last buffer encoded or decoded on this thread was refused.
+fn refusal() -> Option<String> {
+    #[cfg(target_os = "linux")]
+    return crate::port::take_buffer_refusal();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
+
+/// Why `v` did not encode: a buffer's own refusal, if that was it.
+fn encode_failure<T: Serialize + ?Sized>(v: &T, e: &postcard::Error) -> String {
+    match matches!(e, postcard::Error::SerdeSerCustom)
+        .then(refusal)
+        .flatten()
+    {
+        Some(why) => format!("cannot encode a `{}`: {why}", std::any::type_name::<T>()),
+        None => crate::codec::encode_failure(v, e),
     }
 }
 
@@ -132,8 +198,8 @@ impl Frame {
             Codec::Postcard => {
                 fn bytes(p: &Payload) -> Result<&[u8], LinkError> {
                     match p {
-                        Payload(Encoded::Postcard(b)) => Ok(b.as_slice()),
-                        Payload(Encoded::Json(_)) => Err(mismatch()),
+                        Payload(Encoded::Postcard(b), _) => Ok(b.as_slice()),
+                        Payload(Encoded::Json(_), _) => Err(mismatch()),
                     }
                 }
                 let f = match self {
@@ -160,8 +226,8 @@ impl Frame {
             }
             Codec::Json => {
                 let value = |p: &Payload| match p {
-                    Payload(Encoded::Json(v)) => Ok(v.clone()),
-                    Payload(Encoded::Postcard(_)) => Err(mismatch()),
+                    Payload(Encoded::Json(v), _) => Ok(v.clone()),
+                    Payload(Encoded::Postcard(_), _) => Err(mismatch()),
                 };
                 let f = match self {
                     Frame::Message(p) => JsonFrame::Message { data: value(p)? },
@@ -188,11 +254,28 @@ impl Frame {
         }
     }
 
-    pub(super) fn decode(codec: Codec, bytes: &[u8]) -> Result<Frame, String> {
+    /// The files of the buffers in its value.
+    pub(super) fn files(&self) -> &[std::os::fd::OwnedFd] {
+        match self {
+            Frame::Message(p)
+            | Frame::Strict { data: p, .. }
+            | Frame::Request { data: p, .. }
+            | Frame::Reply { data: p, .. } => p.files(),
+            Frame::StrictAck { .. } => &[],
+        }
+    }
+
+    /// Decodes a frame; `fds` came with it (its value's buffers' files).
+    pub(super) fn decode(
+        codec: Codec,
+        bytes: &[u8],
+        fds: Vec<std::os::fd::OwnedFd>,
+    ) -> Result<Frame, String> {
         match codec {
             Codec::Postcard => {
                 let f: PostcardFrame<'_> = postcard::from_bytes(bytes).map_err(|e| e.to_string())?;
-                let p = |b: &[u8]| Payload(Encoded::Postcard(b.to_vec()));
+                let files: Files = (!fds.is_empty()).then(|| Arc::from(fds));
+                let p = |b: &[u8]| Payload(Encoded::Postcard(b.to_vec()), files.clone());
                 Ok(match f {
                     PostcardFrame::Message(b) => Frame::Message(p(b)),
                     PostcardFrame::Strict { id, data } => Frame::Strict { id, data: p(data) },
@@ -208,20 +291,20 @@ impl Frame {
             Codec::Json => {
                 let f: JsonFrame = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
                 Ok(match f {
-                    JsonFrame::Message { data } => Frame::Message(Payload(Encoded::Json(data))),
+                    JsonFrame::Message { data } => Frame::Message(Payload(Encoded::Json(data), None)),
                     JsonFrame::Strict { id, data } => Frame::Strict {
                         id,
-                        data: Payload(Encoded::Json(data)),
+                        data: Payload(Encoded::Json(data), None),
                     },
                     JsonFrame::StrictAck { id, outcome } => Frame::StrictAck { id, outcome },
                     JsonFrame::Request { id, data } => Frame::Request {
                         id,
-                        data: Payload(Encoded::Json(data)),
+                        data: Payload(Encoded::Json(data), None),
                     },
                     JsonFrame::Reply { id, ok, data } => Frame::Reply {
                         id,
                         ok,
-                        data: Payload(Encoded::Json(data)),
+                        data: Payload(Encoded::Json(data), None),
                     },
                 })
             }
@@ -234,7 +317,7 @@ mod tests {
     use super::*;
 
     fn json(s: &str) -> Result<Frame, String> {
-        Frame::decode(Codec::Json, s.as_bytes())
+        Frame::decode(Codec::Json, s.as_bytes(), Vec::new())
     }
 
     /// What docs/protocol.md, section 4, says of odd JSON frames.

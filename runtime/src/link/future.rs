@@ -29,7 +29,7 @@ impl Link {
             early: None,
             _resp: PhantomData,
         };
-        let data = match Payload::encode(self.inner.codec, req) {
+        let data = match self.inner.encode(req) {
             Ok(d) => d,
             Err(e) => {
                 fut.early = Some(e);

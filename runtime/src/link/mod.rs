@@ -154,6 +154,7 @@ impl Link {
         let inner = Arc::new(Inner {
             tx: Arc::downgrade(&tx),
             codec,
+            files: codec == Codec::Postcard && tx.can_send_ports(),
             state: Mutex::new(State {
                 log: log.then(Vec::new),
                 ..State::default()
@@ -222,7 +223,7 @@ impl Link {
     /// Sends a message. Messages from one thread arrive in the order sent,
     /// also when several threads send at once.
     pub fn send_message<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), LinkError> {
-        let p = Payload::encode(self.inner.codec, msg)?;
+        let p = self.inner.encode(msg)?;
         self.inner.send(&Frame::Message(p))
     }
 
@@ -232,7 +233,7 @@ impl Link {
     /// not waiting (the message is dropped), `PeerExited` if it went away
     /// first, `Deadlock` if it was itself strict-sending to us.
     pub fn send_message_strict<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), LinkError> {
-        let data = Payload::encode(self.inner.codec, msg)?;
+        let data = self.inner.encode(msg)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.inner.lock();
@@ -350,7 +351,7 @@ impl Link {
         req: &Req,
         deadline: Option<Instant>,
     ) -> Result<Resp, LinkError> {
-        let data = Payload::encode(self.inner.codec, req)?;
+        let data = self.inner.encode(req)?;
         let id = self.inner.next_id.fetch_add(1, Ordering::Relaxed);
         {
             let mut st = self.inner.lock();
@@ -393,11 +394,11 @@ impl Link {
         Resp: Serialize,
         F: Fn(Req) -> Result<Resp, String> + Send + Sync + 'static,
     {
-        let codec = self.inner.codec;
+        let (codec, files) = (self.inner.codec, self.inner.files);
         let h: Handler = Arc::new(move |p: &Payload| {
             let req: Req = p.decode().map_err(|e| e.to_string())?;
             let resp = f(req)?;
-            Payload::encode(codec, &resp).map_err(|e| e.to_string())
+            Payload::encode_for(codec, &resp, files).map_err(|e| e.to_string())
         });
         let queued: Vec<(u64, Payload)> = {
             let mut st = self.inner.lock();
@@ -582,7 +583,7 @@ impl<Req> IncomingRequest<Req> {
     /// requester receives as [`LinkError::Failed`].
     pub fn reply<Resp: Serialize>(self, result: Result<Resp, String>) -> Result<(), LinkError> {
         let payload = match result {
-            Ok(r) => Ok(Payload::encode(self.inner.codec, &r)?),
+            Ok(r) => Ok(self.inner.encode(&r)?),
             Err(why) => Err(why),
         };
         self.inner.reply(self.id, payload)

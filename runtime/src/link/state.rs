@@ -62,6 +62,9 @@ pub(super) struct Inner {
     /// thread still runs.
     pub(super) tx: std::sync::Weak<IpcSender>,
     pub(super) codec: Codec,
+    /// Whether values' buffers travel (postcard over a connection that
+    /// passes fds): then their files go beside the frames.
+    pub(super) files: bool,
     pub(super) state: Mutex<State>,
     /// Callers waiting for data or for the receiver.
     pub(super) cv: Condvar,
@@ -83,13 +86,25 @@ impl Inner {
         self.state.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// Encodes a value to send (its buffers' files kept with it).
+    pub(super) fn encode<T: Serialize + ?Sized>(&self, v: &T) -> Result<Payload, LinkError> {
+        Payload::encode_for(self.codec, v, self.files)
+    }
+
     pub(super) fn send(&self, f: &Frame) -> Result<(), LinkError> {
         let bytes = f.encode(self.codec)?;
         let Some(tx) = self.tx.upgrade() else {
             return Err(LinkError::Disconnected);
         };
-        tx.send_bytes(&bytes).map_err(|e| match e {
+        let files = f.files();
+        let sent = match files.is_empty() {
+            true => tx.send_bytes(&bytes),
+            false => tx.send_raw_with_fds(&bytes, files),
+        };
+        sent.map_err(|e| match e {
             crate::error::SendError::Disconnected => LinkError::Disconnected,
+            // (More buffers than a frame carries: this value only.)
+            e @ crate::error::SendError::Unsupported(_) => LinkError::Codec(e.to_string()),
             e => LinkError::Broken(e.to_string()),
         })
     }
@@ -214,10 +229,10 @@ impl Inner {
         wait: Wait,
     ) -> (MutexGuard<'a, State>, bool) {
         drop(st);
-        let res = turn.recv_message_wait(buf, wait);
+        let res = turn.recv_message_wait_with_fds(buf, wait);
         let mut st = self.lock();
         drop(turn);
-        let got = matches!(res, Ok(true));
+        let got = matches!(res, Ok(Some(_)));
         let actions = self.absorb(&mut st, res, buf);
         self.wake(&st);
         // Futures are woken outside the lock: an executor may poll inline.
@@ -247,11 +262,11 @@ impl Inner {
     pub(super) fn absorb(
         &self,
         st: &mut State,
-        res: Result<bool, crate::error::RecvError>,
+        res: Result<Option<Vec<std::os::fd::OwnedFd>>, crate::error::RecvError>,
         buf: &[u8],
     ) -> Vec<Action> {
         match res {
-            Ok(true) => match Frame::decode(self.codec, buf) {
+            Ok(Some(fds)) => match Frame::decode(self.codec, buf, fds) {
                 Ok(f) => self.file(st, f).into_iter().collect(),
                 Err(e) => {
                     Self::close(
@@ -261,7 +276,7 @@ impl Inner {
                     Vec::new()
                 }
             },
-            Ok(false) => Vec::new(),
+            Ok(None) => Vec::new(),
             // A frame cut short is not a clean end: the peer died or wrote
             // garbage mid-frame (docs/protocol.md, section 3).
             Err(e @ crate::error::RecvError::Truncated { .. }) => {

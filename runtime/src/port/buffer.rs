@@ -20,10 +20,9 @@ use serde::ser::Error as _;
 use crate::sys::shm::Region;
 
 /// Why a Buffer cannot be encoded here.
-const NOT_HERE: &str = "a Buffer travels only in a message sent with Ipc::send or IpcSender::send \
-     over a socket or shared-memory port (a process pool's submitted jobs and their results included), \
-     where its memory file goes beside the message; not over pipes, in a Link's messages \
-     (not yet), JSON or a file";
+const NOT_HERE: &str = "a Buffer travels only in a message for a connection that passes fds (a socket or \
+     shared-memory port: Ipc messages; a Link's messages, requests and replies; a process pool's jobs \
+     and results), where its memory file goes beside the message; not over pipes, as JSON or into a file";
 
 /// The largest `Buffer` a peer may send (1 GiB).
 pub const MAX_RECEIVED_BUFFER: usize = 1 << 30;
@@ -200,8 +199,9 @@ pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
 /// shared-memory ones, not pipes (a launcher's workers). A thread pool's
 /// jobs carry it by moving it; a process pool's jobs (submitted or in a
 /// `map`'s chunks) carry it to the worker like a message, and a handler
-/// can return one the same way. Encoding one anywhere else (a `Link`'s
-/// messages, for now; JSON; a file) fails with an error that says so.
+/// can return one the same way; so do a [`Link`](crate::link::Link)'s
+/// messages, requests and replies. Encoding one anywhere else (over
+/// pipes, as JSON, into a file) fails with an error that says so.
 /// One message carries at most [`MAX_BUFFERS_PER_MESSAGE`]; a `map`
 /// keeps its chunks under that. A receiver refuses a buffer
 /// over [`MAX_RECEIVED_BUFFER`], or past [`MAX_RECEIVED_TOTAL`] held at

@@ -140,25 +140,38 @@ impl IpcReceiver {
     }
 
     /// Waits as told for a message and copies its raw bytes into `out`
-    /// (replacing what it held). `Ok(false)`: the wait ran out.
-    pub(crate) fn recv_bytes_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
+    /// (replacing what it held), leaving the fds that came with it in
+    /// `attached`. `Ok(false)`: the wait ran out.
+    fn recv_bytes_keeping_fds(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
         if !self.next(Kind::Message, wait)? {
             return Ok(false);
         }
         out.clear();
         out.extend_from_slice(self.reader.payload());
         self.reader.consume();
-        // Raw bytes have no buffers to give fds to: they close.
-        self.attached.clear();
         Ok(true)
     }
 
-    /// [`recv_bytes_wait`](Self::recv_bytes_wait) for a reader that takes
-    /// only messages (a `Link`): a frame of another kind is consumed, with
-    /// any fds it carried closed, and reported as `Unexpected`, so it
-    /// cannot stay at the front and be met again and again.
+    /// Waits as told for a message's raw bytes, for a reader that takes
+    /// only messages (a pool's reader; fds that came with it close): a frame of another kind is
+    /// consumed, with any fds it carried closed, and reported as
+    /// `Unexpected`, so it cannot stay at the front and be met again and
+    /// again.
     pub(crate) fn recv_message_wait(&mut self, out: &mut Vec<u8>, wait: Wait) -> Result<bool, RecvError> {
-        match self.recv_bytes_wait(out, wait) {
+        let got = self.recv_message_wait_with_fds(out, wait)?;
+        Ok(got.is_some())
+    }
+
+    /// [`recv_message_wait`](Self::recv_message_wait) that returns the fds
+    /// that came with the message (its buffers' files; a `Link`'s reader).
+    pub(crate) fn recv_message_wait_with_fds(
+        &mut self,
+        out: &mut Vec<u8>,
+        wait: Wait,
+    ) -> Result<Option<Vec<std::os::fd::OwnedFd>>, RecvError> {
+        match self.recv_bytes_keeping_fds(out, wait) {
+            Ok(true) => Ok(Some(std::mem::take(&mut self.attached))),
+            Ok(false) => Ok(None),
             Err(RecvError::Unexpected { expected, found }) => {
                 if found == Kind::Port {
                     let n = match self.reader.payload().first() {
@@ -172,7 +185,7 @@ impl IpcReceiver {
                 self.reader.consume();
                 Err(RecvError::Unexpected { expected, found })
             }
-            other => other,
+            Err(e) => Err(e),
         }
     }
 

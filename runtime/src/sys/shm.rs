@@ -98,12 +98,30 @@ impl Mapping {
             return Err(io::Error::last_os_error());
         }
         let ptr = NonNull::new(p.cast::<u8>()).ok_or_else(|| io::Error::other("mmap returned null"))?;
+        if writable {
+            dont_fork(p, len);
+        }
         Ok(Mapping { ptr, len })
     }
 
     /// The first byte of the mapping.
     pub(crate) fn as_ptr(&self) -> *mut u8 {
         self.ptr.as_ptr()
+    }
+}
+
+/// Keeps a writable shared mapping out of children forked from now on. A
+/// child forked by another thread (to exec a program) holds a copy of
+/// every mapping until its exec; a writable one makes the kernel refuse
+/// to seal the file against writes (`EBUSY`), so a `Buffer` could not be
+/// sent while some thread was spawning a process. No child needs these
+/// pages: ours exec at once.
+fn dont_fork(p: *mut libc::c_void, len: usize) {
+    // SAFETY: `p..p+len` is a mapping this module just made and owns;
+    // MADV_DONTFORK changes only what fork copies, not its content.
+    let r = unsafe { libc::madvise(p, len, libc::MADV_DONTFORK) };
+    if r != 0 {
+        log::debug!("madvise(MADV_DONTFORK): {}", io::Error::last_os_error());
     }
 }
 
@@ -298,6 +316,10 @@ impl Region {
                 io::Error::last_os_error()
             );
             std::process::abort();
+        }
+        if prot & libc::PROT_WRITE != 0 {
+            // A new mapping: it does not inherit the old one's advice.
+            dont_fork(p, self.cap);
         }
     }
 
