@@ -397,6 +397,10 @@
 //! `PORTPOOL_TRANSPORT=socket` keep the socket. Large bytes can move
 //! between processes without a copy in a [`port::Buffer`]: fill it in
 //! place, send it in a message, and the receiver reads the same pages.
+//! It can be a field of any job, result, message or request type: a
+//! process pool's jobs (submitted or mapped) and their results, and a
+//! [`link::Link`]'s messages, requests and replies, carry its memory file
+//! beside their bytes.
 //!
 //! ```
 //! use std::io::Write;

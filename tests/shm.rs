@@ -56,18 +56,24 @@ fn two_willing_ends_move_to_shared_memory_and_talk() {
 
 #[test]
 fn one_unwilling_end_keeps_both_on_the_socket() {
-    let (a, b) = port::open().unwrap();
+    // Either end may be the unwilling one (and either may be the one that
+    // would make the segment: the supervisor role makes it).
     let unwilling = ConnectOptions {
         shared_memory: false,
         ..ConnectOptions::default()
     };
-    let t = thread::spawn(move || b.connect_with(unwilling).unwrap());
-    let a = a.connect_with(shm()).unwrap();
-    let mut b = t.join().unwrap();
-    assert_eq!(a.transport(), "socket");
-    assert_eq!(b.transport(), "socket");
-    a.send(&7u8).unwrap();
-    assert_eq!(b.recv::<u8>().unwrap(), 7);
+    for (opts_a, opts_b) in [(shm(), unwilling), (unwilling, shm())] {
+        for role in [port::Role::Supervisor, port::Role::Peer] {
+            let (a, b) = port::open().unwrap();
+            let t = thread::spawn(move || b.connect_with(opts_b).unwrap());
+            let a = a.connect_with(ConnectOptions { role, ..opts_a }).unwrap();
+            let mut b = t.join().unwrap();
+            assert_eq!(a.transport(), "socket");
+            assert_eq!(b.transport(), "socket");
+            a.send(&7u8).unwrap();
+            assert_eq!(b.recv::<u8>().unwrap(), 7);
+        }
+    }
 }
 
 #[test]

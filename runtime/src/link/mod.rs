@@ -21,7 +21,9 @@
 //!
 //! Frames are postcard by default, or JSON ([`Codec::Json`]) so that a
 //! peer written in another language can speak the protocol
-//! (`docs/protocol.md`).
+//! (`docs/protocol.md`). In postcard over a connection that passes fds,
+//! a value may hold [`Buffer`](crate::port::Buffer)s: their memory files
+//! go beside the frame, and each decode of the value maps them again.
 //!
 //! Scenario "whoever waits reads": a link has no thread that owns the
 //! connection. Any thread that waits on the link (for a reply, a message,
