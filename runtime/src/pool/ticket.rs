@@ -97,7 +97,7 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
                 reason,
             })?
             .map_err(JobError::Handler),
-        Outcome::JsonChunk(..) => Err(JobError::Codec {
+        Outcome::JsonChunk(..) | Outcome::JsonOk(..) => Err(JobError::Codec {
             side: Side::Supervisor,
             reason: format!("a `{}` job was answered as a chunk", J::NAME),
         }),

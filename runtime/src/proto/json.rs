@@ -115,7 +115,7 @@ struct AllOk<'a> {
     #[serde(default)]
     nanos: Option<u64>,
     #[serde(borrow)]
-    ok: Vec<&'a serde_json::value::RawValue>,
+    ok: &'a serde_json::value::RawValue,
     /// Must be absent (a frame with both is refused, by the full path).
     #[serde(default)]
     results: Option<serde::de::IgnoredAny>,
@@ -124,22 +124,14 @@ struct AllOk<'a> {
 /// What a worker's frame says, or why it is not a frame of this protocol.
 pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
     if let Ok(b) = serde_json::from_slice::<AllOk<'_>>(frame) {
-        if b.kind == "done_batch" && b.results.is_none() {
-            let items =
-                b.ok.iter()
-                    .map(|v| {
-                        Ok(JsonResult {
-                            err: false,
-                            json: v.get().as_bytes().to_vec(),
-                        })
-                    })
-                    .collect();
+        // (An `ok` that is not an array takes the full path, which
+        // refuses it.)
+        if b.kind == "done_batch" && b.results.is_none() && b.ok.get().starts_with('[') {
             return Ok(FromWorker::Done {
                 id: b.id,
-                outcome: WireOutcome::JsonChunk {
+                outcome: WireOutcome::JsonOk {
                     nanos: b.nanos.unwrap_or(0),
-                    items,
-                    failed: 0,
+                    outputs: b.ok.get().as_bytes().to_vec(),
                 },
             });
         }
@@ -394,9 +386,12 @@ mod tests {
         assert!(decode(b"\xff").unwrap_err().contains("not JSON"));
         let all_ok = decode(br#"{"type":"done_batch","id":4,"nanos":9,"ok":[1,2]}"#).unwrap();
         assert!(
-            matches!(all_ok, FromWorker::Done { id: 4, outcome: WireOutcome::JsonChunk { ref items, failed: 0, .. } } if items.len() == 2)
+            matches!(all_ok, FromWorker::Done { id: 4, outcome: WireOutcome::JsonOk { ref outputs, nanos: 9 } } if outputs == b"[1,2]")
         );
         let both = decode(br#"{"type":"done_batch","id":4,"ok":[1],"results":[{"ok":1}]}"#).unwrap_err();
         assert!(both.contains("exactly one"), "{both}");
+        // An `ok` that is not an array is refused, not passed on.
+        let not_array = decode(br#"{"type":"done_batch","id":4,"ok":{"a":1}}"#).unwrap_err();
+        assert!(not_array.contains("exactly one"), "{not_array}");
     }
 }

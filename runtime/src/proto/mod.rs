@@ -73,6 +73,14 @@ pub(crate) enum WireOutcome {
         items: Vec<Result<crate::task::JsonResult, Failure>>,
         failed: u32,
     },
+    /// From a JSON worker, a chunk whose every job succeeded (the common
+    /// answer to tiny jobs): how long it ran, and the JSON text of the
+    /// array of their outputs, decoded in one pass by the map.
+    JsonOk {
+        nanos: u64,
+        #[serde(with = "serde_bytes")]
+        outputs: Vec<u8>,
+    },
 }
 
 pub(crate) mod json;

@@ -36,6 +36,9 @@ pub(crate) enum Outcome {
     /// A chunk's answer from a JSON worker: how long it ran (ns), and each
     /// job's result or failure.
     JsonChunk(u64, Vec<Result<JsonResult, Failure>>),
+    /// A chunk's answer from a JSON worker whose every job succeeded: how
+    /// long it ran (ns), and the JSON array of the outputs.
+    JsonOk(u64, Vec<u8>),
     /// Anything else.
     Failed(Failure),
 }

@@ -20,6 +20,8 @@ pub(super) enum Chunk<J: Job> {
     /// Decoded (a process or JSON worker's answer), or with failures
     /// put in their places.
     Results(std::vec::IntoIter<JobResult<J>>),
+    /// Every job's output (a JSON worker's answer where all succeeded).
+    Outputs(std::vec::IntoIter<J::Output>),
 }
 
 impl<J: Job> Chunk<J> {
@@ -28,6 +30,7 @@ impl<J: Job> Chunk<J> {
         match self {
             Chunk::Values { results, .. } => results.len(),
             Chunk::Results(r) => r.len(),
+            Chunk::Outputs(o) => o.len(),
         }
     }
 
@@ -52,6 +55,7 @@ impl<J: Job> Iterator for Chunk<J> {
                     .into_job_error()),
             }),
             Chunk::Results(r) => r.next(),
+            Chunk::Outputs(o) => o.next().map(Ok),
         }
     }
 }
@@ -181,6 +185,83 @@ pub(super) fn typed_chunk<J: Job>(outcome: Outcome, len: usize) -> (Option<Durat
                 Chunk::Results(results.into_iter()),
             )
         }
+        Outcome::JsonOk(nanos, text) => match serde_json::from_slice::<Vec<J::Output>>(&text) {
+            Ok(outputs) if outputs.len() == len => (
+                Some(Duration::from_nanos(nanos)),
+                Chunk::Outputs(outputs.into_iter()),
+            ),
+            Ok(outputs) => all_failed(Failure::Codec(
+                Side::Supervisor,
+                format!("a chunk of {len} jobs came back with {} results", outputs.len()),
+            )),
+            // Some output is not a `J::Output`: each is read alone, so that
+            // only those fail, each saying why.
+            Err(_) => match serde_json::from_slice::<Vec<&serde_json::value::RawValue>>(&text) {
+                Ok(raw) => {
+                    let items = raw
+                        .iter()
+                        .map(|v| {
+                            Ok(crate::task::JsonResult {
+                                err: false,
+                                json: v.get().as_bytes().to_vec(),
+                            })
+                        })
+                        .collect();
+                    typed_chunk::<J>(Outcome::JsonChunk(nanos, items), len)
+                }
+                Err(e) => all_failed(Failure::Codec(
+                    Side::Supervisor,
+                    format!("could not read a chunk's outputs from its JSON worker: {e}"),
+                )),
+            },
+        },
         Outcome::Failed(f) => all_failed(f),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(serde::Serialize, serde::Deserialize)]
+    struct Double(u64);
+    impl Job for Double {
+        type Output = u64;
+        type Error = String;
+        const NAME: &'static str = "double";
+    }
+
+    fn chunk(text: &str, len: usize) -> Vec<Result<u64, String>> {
+        let (_, c) = typed_chunk::<Double>(Outcome::JsonOk(5, text.as_bytes().to_vec()), len);
+        c.map(|r| r.map_err(|e| e.to_string())).collect()
+    }
+
+    /// A JSON worker's all-ok answer decodes in one pass; an output of the
+    /// wrong type fails only its own job, saying so; a wrong count or an
+    /// unreadable array fails the chunk, every job with the same reason.
+    #[test]
+    fn an_all_ok_json_chunk_decodes_at_once_and_a_bad_output_fails_alone() {
+        assert_eq!(chunk("[1, 2,3]", 3), [Ok(1), Ok(2), Ok(3)]);
+        let mixed = chunk(r#"[1,"two",3]"#, 3);
+        assert_eq!((&mixed[0], &mixed[2]), (&Ok(1), &Ok(3)));
+        let e = mixed[1].as_ref().unwrap_err();
+        assert!(
+            e.contains("could not read the output") && e.contains("\"two\""),
+            "{e}"
+        );
+        let short = chunk("[1,2]", 3);
+        assert!(
+            short
+                .iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.contains("came back with 2"))),
+            "{short:?}"
+        );
+        let bad = chunk("[1,", 2);
+        assert_eq!(bad.len(), 2);
+        assert!(
+            bad.iter()
+                .all(|r| r.as_ref().is_err_and(|e| e.contains("could not read"))),
+            "{bad:?}"
+        );
     }
 }

@@ -213,6 +213,7 @@ impl Worker {
                     WireOutcome::JsonChunk { nanos, items, failed } => {
                         (Outcome::JsonChunk(nanos, items), u64::from(failed).min(jobs))
                     }
+                    WireOutcome::JsonOk { nanos, outputs } => (Outcome::JsonOk(nanos, outputs), 0),
                 };
                 // Relaxed: statistics only.
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
