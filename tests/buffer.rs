@@ -131,6 +131,7 @@ fn a_buffer_crosses_a_link_in_messages_requests_and_replies_on_both_flavors() {
             ..ConnectOptions::default()
         };
         let link = Link::new(ours.connect_with(opts).unwrap());
+        assert_eq!(link.transport(), if shm { "shared memory" } else { "socket" });
         for (i, len) in [0usize, 1, 5000, 3 << 20].into_iter().enumerate() {
             let buf = filled(len, i as u8);
             let sum: u64 = buf.iter().map(|&b| u64::from(b)).sum();

@@ -348,9 +348,21 @@ fn a_link_of_the_wrong_codec_for_its_connection_says_so() {
     let (a, b) = port::open().unwrap();
     let peer = std::thread::spawn(move || b.connect().unwrap());
     let link = Link::with_codec(a.connect().unwrap(), Codec::Json);
-    let _b = peer.join().unwrap();
+    let mut b = peer.join().unwrap();
     match link.recv_message::<u32>() {
         Err(LinkError::Broken(why)) => assert!(why.contains("JSON") && why.contains("postcard"), "{why}"),
         other => panic!("{other:?}"),
     }
+    // Its sends say the same, and nothing reaches the peer.
+    match link.send_message(&7u32) {
+        Err(LinkError::Broken(why)) => assert!(why.contains("opened for postcard"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    match link.request::<_, u32>(&1u32) {
+        Err(LinkError::Broken(why)) => assert!(why.contains("opened for postcard"), "{why}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(link.transport(), "socket");
+    drop(link);
+    assert!(b.recv_bytes().unwrap_err().is_disconnected());
 }

@@ -128,7 +128,12 @@ impl Link {
         Link::with_codec(ipc, Codec::Postcard)
     }
 
-    /// Starts a conversation on `ipc` with frames in `codec`.
+    /// Starts a conversation on `ipc` with frames in `codec`, which must be
+    /// the codec the connection was opened with
+    /// ([`ConnectOptions::codec`](crate::port::ConnectOptions), announced
+    /// to the peer in the hello). A link on a connection opened for the
+    /// other codec is broken from the start: every call fails with
+    /// [`LinkError::Broken`] saying so, and nothing is sent.
     pub fn with_codec(ipc: Ipc, codec: Codec) -> Link {
         Link::build(ipc, codec, false)
     }
@@ -151,10 +156,13 @@ impl Link {
                 ipc.codec()
             )
         });
+        let transport = ipc.transport();
         let (tx, rx) = ipc.split();
         let tx = Arc::new(tx);
         let inner = Arc::new(Inner {
             tx: Arc::downgrade(&tx),
+            refused: wrong_codec.clone(),
+            transport,
             codec,
             files: codec == Codec::Postcard && tx.can_send_ports(),
             state: Mutex::new(State {
@@ -184,6 +192,12 @@ impl Link {
             tx: Some(tx),
             rt_ref: Runtime::global().new_ref(),
         }
+    }
+
+    /// Which transport the connection uses: `"shared memory"`, `"socket"`
+    /// or `"pipes"` (as [`Ipc::transport`]).
+    pub fn transport(&self) -> &'static str {
+        self.inner.transport
     }
 
     /// Connects the port this process was started with

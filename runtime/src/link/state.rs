@@ -61,6 +61,11 @@ pub(super) struct Inner {
     /// link drops it, which tells the peer (EOF) even while the background
     /// thread still runs.
     pub(super) tx: std::sync::Weak<IpcSender>,
+    /// Why the link is broken from the start (a connection opened for the
+    /// other codec): nothing is ever sent.
+    pub(super) refused: Option<String>,
+    /// The connection's transport, as it was set up.
+    pub(super) transport: &'static str,
     pub(super) codec: Codec,
     /// Whether values' buffers travel (postcard over a connection that
     /// passes fds): then their files go beside the frames.
@@ -92,6 +97,9 @@ impl Inner {
     }
 
     pub(super) fn send(&self, f: &Frame) -> Result<(), LinkError> {
+        if let Some(why) = &self.refused {
+            return Err(LinkError::Broken(why.clone()));
+        }
         let bytes = f.encode(self.codec)?;
         let Some(tx) = self.tx.upgrade() else {
             return Err(LinkError::Disconnected);

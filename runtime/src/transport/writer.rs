@@ -274,7 +274,8 @@ impl Writer {
             .ok()
             .filter(|&n| usize::from(n) <= super::MAX_FDS_PER_FRAME)
             .ok_or(SendError::Unsupported(
-                "more than 250 buffers (MAX_BUFFERS_PER_MESSAGE) in one message",
+                "more than 250 buffers (MAX_BUFFERS_PER_MESSAGE) in one message: send them in several \
+                 messages (in a pool, several jobs)",
             ))?;
         let mut f = lock(&self.shared.flush);
         self.write_pending(&mut f)?;
