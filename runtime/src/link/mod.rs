@@ -36,6 +36,7 @@
 //! waits for is thus usually read by that caller, with no hand-off
 //! between threads.
 
+mod error;
 mod frame;
 mod future;
 mod state;
@@ -54,6 +55,7 @@ use crate::port::{Ipc, IpcSender};
 use crate::runtime::{RefCount, Runtime};
 use crate::transport::Wait;
 
+pub use error::LinkError;
 pub use frame::Payload;
 use frame::{Frame, StrictOutcome};
 pub use future::{MessageFuture, RequestFuture};
@@ -62,48 +64,6 @@ use state::{Action, Closed, Handler, Inner, State, background};
 /// How a link encodes its frames and the values in them (announced in
 /// the hello: see [`ConnectOptions::codec`](crate::port::ConnectOptions::codec)).
 pub use crate::frame::Codec;
-
-/// Why a conversation operation failed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-#[non_exhaustive]
-pub enum LinkError {
-    /// The peer closed the connection (or exited) cleanly; nothing more
-    /// will arrive.
-    Disconnected,
-    /// A strict message found the peer not waiting for a message; it was
-    /// not delivered.
-    NotListening,
-    /// The peer exited before acknowledging a strict message.
-    PeerExited,
-    /// Both sides sent a strict message to each other at once; neither is
-    /// listening, so neither message was delivered.
-    Deadlock,
-    /// The request's deadline passed without a reply.
-    Timeout,
-    /// The peer answered the request with a failure, with its reason.
-    Failed(String),
-    /// A value could not be encoded or decoded.
-    Codec(String),
-    /// The connection broke (not a clean close), with why.
-    Broken(String),
-}
-
-impl fmt::Display for LinkError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            LinkError::Disconnected => f.write_str("the peer disconnected"),
-            LinkError::NotListening => f.write_str("the peer was not waiting for a message"),
-            LinkError::PeerExited => f.write_str("the peer exited before receiving the message"),
-            LinkError::Deadlock => f.write_str("both sides sent a strict message to each other at once"),
-            LinkError::Timeout => f.write_str("no reply within the deadline"),
-            LinkError::Failed(why) => write!(f, "the peer failed the request: {why}"),
-            LinkError::Codec(why) => write!(f, "coding error: {why}"),
-            LinkError::Broken(why) => write!(f, "the connection broke: {why}"),
-        }
-    }
-}
-
-impl std::error::Error for LinkError {}
 
 /// A conversation over one connection. Cheap to share between threads
 /// (`&Link` is enough for every operation).

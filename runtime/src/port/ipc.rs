@@ -424,9 +424,9 @@ impl Ipc {
     /// messages are kept for later `recv` calls, in order.
     pub fn flush_reading(&mut self) -> Result<(), SendError> {
         let Ipc { tx, rx } = self;
-        let write = tx.writer.fd();
-        tx.writer
-            .flush_with(|| rx.reader.buffer_while_waiting_to_write(write))
+        // (The fd to wait on is looked up only when the writer must wait.)
+        let writer = &tx.writer;
+        writer.flush_with(|| rx.reader.buffer_while_waiting_to_write(writer.fd()))
     }
 
     /// See [`IpcSender::send_batch`].
@@ -473,11 +473,6 @@ impl Ipc {
         self.rx.has_frame()
     }
 
-    /// Whether a complete frame is already buffered (no system call).
-    pub(crate) fn has_buffered_frame(&mut self) -> bool {
-        self.rx.has_buffered_frame()
-    }
-
     /// See [`IpcReceiver::recv_bytes`].
     pub fn recv_bytes(&mut self) -> Result<Vec<u8>, RecvError> {
         self.rx.recv_bytes()
@@ -486,14 +481,6 @@ impl Ipc {
     /// See [`IpcReceiver::recv_bytes_into`].
     pub fn recv_bytes_into(&mut self, out: &mut Vec<u8>) -> Result<usize, RecvError> {
         self.rx.recv_bytes_into(out)
-    }
-
-    /// See `IpcReceiver::recv_bytes_with_fds`.
-    pub(crate) fn recv_bytes_with_fds(
-        &mut self,
-        out: &mut Vec<u8>,
-    ) -> Result<Vec<std::os::fd::OwnedFd>, RecvError> {
-        self.rx.recv_bytes_with_fds(out)
     }
 
     /// See `IpcReceiver::recv_message_wait`.

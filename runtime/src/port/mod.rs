@@ -47,62 +47,45 @@ pub use crate::frame::Role;
 #[cfg(target_os = "linux")]
 pub(crate) use buffer::take_refusal as take_buffer_refusal;
 
-/// Runs `check` as an encoding for a connection would run, without
-/// sealing buffers or taking their files (a process pool's submit check).
-pub(crate) fn checking_buffers<R>(check: impl FnOnce() -> R) -> R {
-    #[cfg(target_os = "linux")]
-    return buffer::checking(check);
-    #[cfg(not(target_os = "linux"))]
-    check()
-}
+// The buffer scopes (see `buffer.rs`): used straight from there on
+// Linux (no call in between on a job's path), and as no-ops elsewhere.
+#[cfg(target_os = "linux")]
+pub use buffer::{Buffer, MAX_BUFFERS_PER_MESSAGE, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
+#[cfg(target_os = "linux")]
+pub(crate) use buffer::{
+    checking as checking_buffers, collected as buffers_collected, collecting as collecting_buffers,
+    outside as outside_buffers, providing as with_received_fds, uncollect as uncollect_buffers,
+};
+#[cfg(not(target_os = "linux"))]
+pub(crate) use no_buffers::*;
 
-/// Runs `f` outside any buffer scope (a handler inside a job's decode and
-/// result encode).
-pub(crate) fn outside_buffers<R>(f: impl FnOnce() -> R) -> R {
-    #[cfg(target_os = "linux")]
-    return buffer::outside(f);
-    #[cfg(not(target_os = "linux"))]
-    f()
-}
+/// Without `Buffer` (not Linux) the scopes only run what they are given.
+#[cfg(not(target_os = "linux"))]
+mod no_buffers {
+    use std::os::fd::OwnedFd;
 
-/// Runs `encode` with buffers allowed to attach their files (a job's
-/// result, encoded apart from the message that carries it); returns its
-/// result and those files.
-pub(crate) fn collecting_buffers<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
-    #[cfg(target_os = "linux")]
-    return buffer::collecting(encode);
-    #[cfg(not(target_os = "linux"))]
-    (encode(), Vec::new())
-}
+    pub(crate) fn checking_buffers<R>(check: impl FnOnce() -> R) -> R {
+        check()
+    }
 
-/// Runs `decode` with `fds` (those that came with the message) for its
-/// buffers to take; any it leaves are closed.
-pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
-    #[cfg(target_os = "linux")]
-    return buffer::providing(fds, decode);
-    #[cfg(not(target_os = "linux"))]
-    {
+    pub(crate) fn outside_buffers<R>(f: impl FnOnce() -> R) -> R {
+        f()
+    }
+
+    pub(crate) fn collecting_buffers<R>(encode: impl FnOnce() -> R) -> (R, Vec<OwnedFd>) {
+        (encode(), Vec::new())
+    }
+
+    pub(crate) fn with_received_fds<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
         drop(fds);
         decode()
     }
-}
-#[cfg(target_os = "linux")]
-pub use buffer::{Buffer, MAX_BUFFERS_PER_MESSAGE, MAX_RECEIVED_BUFFER, MAX_RECEIVED_TOTAL};
 
-/// How many buffer files the encoding under way has collected (0 off Linux).
-pub(crate) fn buffers_collected() -> usize {
-    #[cfg(target_os = "linux")]
-    return buffer::collected();
-    #[cfg(not(target_os = "linux"))]
-    0
-}
+    pub(crate) fn buffers_collected() -> usize {
+        0
+    }
 
-/// Closes the buffer files collected past the first `keep`.
-pub(crate) fn uncollect_buffers(keep: usize) {
-    #[cfg(target_os = "linux")]
-    buffer::uncollect(keep);
-    #[cfg(not(target_os = "linux"))]
-    let _ = keep;
+    pub(crate) fn uncollect_buffers(_keep: usize) {}
 }
 pub(crate) use ipc::encode_into;
 pub use ipc::{Ipc, IpcReceiver, IpcSender, SendPortError};

@@ -307,3 +307,20 @@ impl IpcReceiver {
         self.reader.flavor()
     }
 }
+
+/// The receiving methods of a whole [`Ipc`](super::Ipc) that only its own
+/// crate uses: here, beside what they call.
+impl super::Ipc {
+    /// Whether a complete frame is already buffered (no system call).
+    pub(crate) fn has_buffered_frame(&mut self) -> bool {
+        self.rx.has_buffered_frame()
+    }
+
+    /// See `IpcReceiver::recv_bytes_with_fds`.
+    pub(crate) fn recv_bytes_with_fds(
+        &mut self,
+        out: &mut Vec<u8>,
+    ) -> Result<Vec<std::os::fd::OwnedFd>, RecvError> {
+        self.rx.recv_bytes_with_fds(out)
+    }
+}
