@@ -156,7 +156,12 @@ pub(crate) fn give_up(child: Child, stderr: &StderrTail) -> (String, Vec<String>
 /// [`give_up`] without the stderr: the exit status and its description.
 fn end(mut child: Child) -> (Option<ExitStatus>, String) {
     match wait_or_kill(&mut child, FAIL_GRACE) {
-        Ok((st, _)) => (Some(st), describe_status(st)),
+        Ok((st, false)) => (Some(st), describe_status(st)),
+        // Our own SIGKILL says nothing about the child: say who sent it.
+        Ok((st, true)) => (
+            Some(st),
+            "still running after the failure, so the supervisor killed it".into(),
+        ),
         Err(e) => (None, format!("could not be waited for: {e}")),
     }
 }
