@@ -278,7 +278,10 @@ impl PoolBuilder {
 
     /// Runs process workers from this command (a binary that calls
     /// `portpool::worker::run(handlers)`, or a worker in another language:
-    /// see [`job_codec`](Self::job_codec)) instead of this executable.
+    /// see [`job_codec`](Self::job_codec)) instead of this executable: a
+    /// path, or a [`std::process::Command`] with its arguments and
+    /// environment (`Command::new("python3").arg("worker.py")`; see
+    /// [`IntoCommand`](super::IntoCommand)).
     pub fn worker_command(mut self, command: impl super::IntoCommand) -> Self {
         self.command = Some(command.into_command());
         self
@@ -377,8 +380,25 @@ impl PoolBuilder {
     /// other languages (`python/portpool_worker.py`, or any that follows
     /// `docs/protocol.md`). The types stay serde types; a JSON pool needs
     /// a [`worker_command`](Self::worker_command) that speaks JSON, and a
-    /// worker of the other codec fails its handshake, saying so. Not for
-    /// thread pools, nor with [`worker_links`](Self::worker_links).
+    /// worker of the other codec fails its handshake, saying so. Such a
+    /// pool needs no [`handlers`](Self::handlers): the worker serves the
+    /// routes it announces, and a job type is just its `NAME` and serde
+    /// types. Not for thread pools, nor with
+    /// [`worker_links`](Self::worker_links).
+    ///
+    /// ```no_run
+    /// # extern crate portpool_runtime as portpool;
+    /// use portpool::{link::Codec, pool::Pool};
+    /// let mut worker = std::process::Command::new("python3");
+    /// worker.arg("my_worker.py");
+    /// let pool = Pool::builder()
+    ///     .processes(2)
+    ///     .worker_command(worker)
+    ///     .job_codec(Codec::Json)
+    ///     .build()?;
+    /// # drop(pool);
+    /// # Ok::<(), portpool::pool::BuildError>(())
+    /// ```
     pub fn job_codec(mut self, codec: crate::link::Codec) -> Self {
         self.job_codec = codec;
         self
