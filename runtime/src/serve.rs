@@ -222,6 +222,22 @@ impl Flusher {
 /// a handler that computes for minutes would not read the end until it
 /// finished. A thread waits for either pipe's hang-up (reading nothing)
 /// and ends the process at once.
+/// Runs `call` (a job's decode, run and result encode); over a connection
+/// that passes fds (`fds_pass`) its result's buffers put their files in
+/// `files`, to go with the answer.
+fn collecting_results<R>(
+    fds_pass: bool,
+    files: &mut Vec<std::os::fd::OwnedFd>,
+    call: impl FnOnce() -> R,
+) -> R {
+    if !fds_pass {
+        return call();
+    }
+    let (res, fds) = crate::port::collecting_buffers(call);
+    *files = fds;
+    res
+}
+
 fn exit_when_supervisor_gone(ipc: &Ipc, worker_id: usize) -> io::Result<()> {
     let (incoming, outgoing) = ipc.dup_fds()?;
     std::thread::Builder::new()
@@ -382,14 +398,9 @@ fn serve_loop(
                 );
                 // The job's buffers find their files while it decodes; the
                 // result's give theirs (over a connection that passes fds).
-                let call = || crate::port::with_received_fds(fds, || handlers.call_bytes(route, job, &cx));
-                let res = if fds_pass {
-                    let (res, fds) = crate::port::collecting_buffers(call);
-                    result_fds = fds;
-                    res
-                } else {
-                    call()
-                };
+                let res = collecting_results(fds_pass, &mut result_fds, || {
+                    crate::port::with_received_fds(fds, || handlers.call_bytes(route, job, &cx))
+                });
                 match res {
                     Ok(bytes) => (id, WireOutcome::Ran(bytes)),
                     Err(f) => (id, WireOutcome::Failed(f)),
@@ -406,18 +417,11 @@ fn serve_loop(
                     CancelSource::Remote(side.clone(), id),
                     ProgressSink::Discard,
                 );
-                let call = || {
+                let res = collecting_results(fds_pass, &mut result_fds, || {
                     crate::port::with_received_fds(fds, || {
                         handlers.call_batch_bytes(route, job, count as usize, &cx)
                     })
-                };
-                let res = if fds_pass {
-                    let (res, fds) = crate::port::collecting_buffers(call);
-                    result_fds = fds;
-                    res
-                } else {
-                    call()
-                };
+                });
                 match res {
                     Ok((bytes, failed)) => (id, WireOutcome::RanChunk { bytes, failed }),
                     Err(f) => (id, WireOutcome::Failed(f)),
