@@ -19,7 +19,12 @@ pub enum JobError<E> {
         /// The panic message.
         message: String,
     },
-    /// The worker running the job exited before answering.
+    /// The worker running the job exited before answering (it crashed,
+    /// was killed, or exited). A job with retries left
+    /// ([`PoolBuilder::retries`](crate::pool::PoolBuilder::retries),
+    /// [`JobOptions::retries`](crate::pool::JobOptions::retries)) runs
+    /// again on another worker instead; this is its error once it has
+    /// none (by default a job has none).
     WorkerExited {
         /// The worker's id within its pool.
         worker: usize,
