@@ -420,6 +420,29 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
+//! # Workers in another language
+//!
+//! A pool built with `.job_codec(Codec::Json)` speaks the job protocol of
+//! `docs/protocol.md` in JSON, so its workers can be any program that
+//! follows it (`python/portpool_worker.py` is one). It needs no handlers:
+//! the worker announces the routes it serves, and a job type is only its
+//! `NAME` and its serde types.
+//!
+//! ```no_run
+//! use portpool::link::Codec;
+//! use portpool::Pool;
+//!
+//! let mut worker = std::process::Command::new("python3");
+//! worker.arg("my_worker.py");
+//! let pool = Pool::builder()
+//!     .processes(2)
+//!     .worker_command(worker)
+//!     .job_codec(Codec::Json)
+//!     .build()?;
+//! # drop(pool);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
 //! # The runtime: keep-alive, suspend, signals
 //!
 //! A [`Runtime`] counts the handles that keep a program alive: a pool

@@ -279,9 +279,7 @@ impl PoolBuilder {
     /// Runs process workers from this command (a binary that calls
     /// `portpool::worker::run(handlers)`, or a worker in another language:
     /// see [`job_codec`](Self::job_codec)) instead of this executable: a
-    /// path, or a [`std::process::Command`] with its arguments and
-    /// environment (`Command::new("python3").arg("worker.py")`; see
-    /// [`IntoCommand`](super::IntoCommand)).
+    /// path, or a `Command` with arguments ([`IntoCommand`](super::IntoCommand)).
     pub fn worker_command(mut self, command: impl super::IntoCommand) -> Self {
         self.command = Some(command.into_command());
         self
@@ -381,24 +379,9 @@ impl PoolBuilder {
     /// `docs/protocol.md`). The types stay serde types; a JSON pool needs
     /// a [`worker_command`](Self::worker_command) that speaks JSON, and a
     /// worker of the other codec fails its handshake, saying so. Such a
-    /// pool needs no [`handlers`](Self::handlers): the worker serves the
-    /// routes it announces, and a job type is just its `NAME` and serde
-    /// types. Not for thread pools, nor with
-    /// [`worker_links`](Self::worker_links).
-    ///
-    /// ```no_run
-    /// # extern crate portpool_runtime as portpool;
-    /// use portpool::{link::Codec, pool::Pool};
-    /// let mut worker = std::process::Command::new("python3");
-    /// worker.arg("my_worker.py");
-    /// let pool = Pool::builder()
-    ///     .processes(2)
-    ///     .worker_command(worker)
-    ///     .job_codec(Codec::Json)
-    ///     .build()?;
-    /// # drop(pool);
-    /// # Ok::<(), portpool::pool::BuildError>(())
-    /// ```
+    /// pool needs no [`handlers`](Self::handlers) (the crate root's
+    /// "Workers in another language" shows one). Not for thread pools, nor
+    /// with [`worker_links`](Self::worker_links).
     pub fn job_codec(mut self, codec: crate::link::Codec) -> Self {
         self.job_codec = codec;
         self
@@ -458,23 +441,8 @@ impl PoolBuilder {
                 ));
             }
         }
-        if matches!(self.kind, Some(Kind::Processes(_)))
-            && super::guard::runs_this_executable(self.command.as_ref())
-            && super::guard::unserved_worker()
-        {
-            let msg = format!(
-                "{FORGOT_SERVE_IF_WORKER}; call it before anything else, so that a worker serves jobs \
-                 instead of running the program again"
-            );
-            eprintln!("portpool: {msg}");
-            // Closing the port ends the supervisor's handshake at once; it
-            // finds the line above in this process's stderr and says it,
-            // once. This process was started to serve, not to run the
-            // program: it ends here, before the program goes on as a
-            // worker that serves nothing (and repeats what main does).
-            drop(crate::port::Port::from_env());
-            let _ = std::io::Write::flush(&mut std::io::stderr());
-            std::process::exit(1);
+        if matches!(self.kind, Some(Kind::Processes(_))) {
+            super::guard::exit_if_unserved_worker(self.command.as_ref());
         }
         let kind = self
             .kind
