@@ -177,7 +177,7 @@ fn a_buffer_over_what_a_receiver_takes_is_refused_by_its_sender() {
 
 #[path = "../fixtures/jobs.rs"]
 mod jobs;
-use jobs::{Checksum, CountBuffers, ReverseBuffer};
+use jobs::{BufferAsJson, Checksum, CountBuffers, ReverseBuffer};
 
 #[test]
 fn a_buffer_in_a_thread_pools_job_moves() {
@@ -337,4 +337,24 @@ fn a_buffer_seals_while_another_thread_is_between_fork_and_exec() {
     go_w.write_all(&[1]).unwrap();
     assert!(spawner.join().unwrap().success());
     drop((here_w, go_r));
+}
+
+/// A handler's own serde calls are its own, not the job's, on both paths:
+/// encoding a received Buffer as JSON fails in the handler (it is not
+/// sealed into the answer and counted as the job's) in a submitted job
+/// and in a map's chunk alike.
+#[test]
+fn a_handlers_own_encode_of_a_buffer_is_not_the_jobs_in_a_job_or_a_chunk() {
+    let pool = Pool::builder()
+        .processes(1)
+        .worker_command(common::fixture("pool-worker"))
+        .build()
+        .unwrap();
+    let single = pool.submit(BufferAsJson(filled(10, 1))).unwrap().wait();
+    let mapped: Vec<_> = pool.map((0..3).map(|i| BufferAsJson(filled(10, i)))).collect();
+    for r in std::iter::once(single).chain(mapped) {
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("as JSON"), "{e}");
+    }
+    assert_eq!(pool.stats().workers[0].restarts, 0);
 }

@@ -216,28 +216,32 @@ impl Flusher {
     }
 }
 
+/// Runs `call` (a job's decode, run and result encode); over a connection
+/// that passes fds (`fds_pass`) its result's buffers put their files in
+/// `files`, to go with the answer.
+fn collecting_results<T, E>(
+    fds_pass: bool,
+    files: &mut Vec<std::os::fd::OwnedFd>,
+    call: impl FnOnce() -> Result<T, E>,
+) -> Result<T, E> {
+    if !fds_pass {
+        return call();
+    }
+    let (res, fds) = crate::port::collecting_buffers(call);
+    // A failed result sends no files: those its encode collected before
+    // failing close here.
+    if res.is_ok() {
+        *files = fds;
+    }
+    res
+}
+
 /// A worker connected through pipes (started by a launcher, perhaps on
 /// another machine) has no parent-death signal to rely on: when its
 /// supervisor, or the ssh between them, goes away, nothing signals it, and
 /// a handler that computes for minutes would not read the end until it
 /// finished. A thread waits for either pipe's hang-up (reading nothing)
 /// and ends the process at once.
-/// Runs `call` (a job's decode, run and result encode); over a connection
-/// that passes fds (`fds_pass`) its result's buffers put their files in
-/// `files`, to go with the answer.
-fn collecting_results<R>(
-    fds_pass: bool,
-    files: &mut Vec<std::os::fd::OwnedFd>,
-    call: impl FnOnce() -> R,
-) -> R {
-    if !fds_pass {
-        return call();
-    }
-    let (res, fds) = crate::port::collecting_buffers(call);
-    *files = fds;
-    res
-}
-
 fn exit_when_supervisor_gone(ipc: &Ipc, worker_id: usize) -> io::Result<()> {
     let (incoming, outgoing) = ipc.dup_fds()?;
     std::thread::Builder::new()

@@ -261,8 +261,10 @@ where
                 break;
             };
             jobs = rest;
+            // The handler's own encodes and decodes are not the chunk's
+            // (as in `call_bytes`).
             let span = Self::decode(job)
-                .and_then(|job| catch(|| (self.f)(job, cx)))
+                .and_then(|job| crate::port::outside_buffers(|| catch(|| (self.f)(job, cx))))
                 .and_then(|out| {
                     // Appended in place; a failure (or a panic) partway
                     // leaves partial bytes, which are cut off, so every

@@ -85,12 +85,7 @@ pub(crate) fn typed<J: Job>(outcome: Outcome) -> JobResult<J> {
             })?
             .map_err(JobError::Handler),
         // A result with buffers: they take their files as it decodes.
-        Outcome::BytesFds(b, fds) => crate::port::with_received_fds(fds, || decode_result::<J>(&b))
-            .map_err(|reason| JobError::Codec {
-                side: Side::Supervisor,
-                reason,
-            })?
-            .map_err(JobError::Handler),
+        Outcome::BytesFds(b, fds) => crate::port::with_received_fds(fds, || typed::<J>(Outcome::Bytes(b))),
         Outcome::Json(r) => decode_json_result::<J>(&r)
             .map_err(|reason| JobError::Codec {
                 side: Side::Supervisor,

@@ -119,19 +119,23 @@ impl Drop for RestoreSink {
     }
 }
 
+/// Restores the outer source on the way out (closing the fds nobody
+/// took), even if a Deserialize panics.
+struct RestoreSource(Option<Option<Vec<Option<OwnedFd>>>>);
+
+impl Drop for RestoreSource {
+    fn drop(&mut self) {
+        if let Some(outer) = self.0.take() {
+            SOURCE.with(|s| s.replace(outer));
+        }
+    }
+}
+
 /// Runs `f` with no buffer scope active (the job's sink and source are set
 /// aside and put back after): a handler's own encodes and decodes inside a
 /// job's decode and result encode are its own.
 pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
     let _sink = RestoreSink(Some(SINK.with(|s| s.replace(None))));
-    struct RestoreSource(Option<Option<Vec<Option<OwnedFd>>>>);
-    impl Drop for RestoreSource {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                SOURCE.with(|s| s.replace(outer));
-            }
-        }
-    }
     let _source = RestoreSource(Some(SOURCE.with(|s| s.replace(None))));
     f()
 }
@@ -140,6 +144,7 @@ pub(crate) fn outside<R>(f: impl FnOnce() -> R) -> R {
 /// neither sealed nor their files taken (a process pool checks at submit
 /// that a job will encode).
 pub(crate) fn checking<R>(check: impl FnOnce() -> R) -> R {
+    REFUSED.with(|r| r.borrow_mut().take());
     let _guard = RestoreSink(Some(SINK.with(|s| s.replace(Some(Sink::Check)))));
     check()
 }
@@ -149,15 +154,7 @@ pub(crate) fn checking<R>(check: impl FnOnce() -> R) -> R {
 pub(crate) fn providing<R>(fds: Vec<OwnedFd>, decode: impl FnOnce() -> R) -> R {
     REFUSED.with(|r| r.borrow_mut().take());
     // Restored on the way out (closing what is left), even on a panic.
-    struct Restore(Option<Option<Vec<Option<OwnedFd>>>>);
-    impl Drop for Restore {
-        fn drop(&mut self) {
-            if let Some(outer) = self.0.take() {
-                SOURCE.with(|s| s.replace(outer));
-            }
-        }
-    }
-    let _guard = Restore(Some(
+    let _guard = RestoreSource(Some(
         SOURCE.with(|s| s.replace(Some(fds.into_iter().map(Some).collect()))),
     ));
     decode()

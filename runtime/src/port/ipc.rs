@@ -147,8 +147,7 @@ impl IpcSender {
                 detail: None,
             })
         })?;
-        let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
-        self.writer.send_message_with_fds(&bytes, &fds)
+        self.send_raw_with_fds(&bytes, fds)
     }
 
     /// Queues one message without writing it; [`flush`](Self::flush) (or
@@ -223,8 +222,7 @@ impl IpcSender {
                 }))
             }
             Err(AppendError::Encode(Append::WithFds(bytes, fds))) => {
-                let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
-                self.writer.send_message_with_fds(&bytes, &fds).map(|()| 0)
+                self.send_raw_with_fds(&bytes, &fds).map(|()| 0)
             }
             Err(AppendError::TooLarge { len, limit }) => Err(SendError::TooLarge { len, limit }),
         }

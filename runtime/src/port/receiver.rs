@@ -101,13 +101,7 @@ impl IpcReceiver {
             return Ok(None);
         }
         let fds = std::mem::take(&mut self.attached);
-        #[cfg(target_os = "linux")]
-        let res = super::buffer::providing(fds, || decode(self.reader.payload()));
-        #[cfg(not(target_os = "linux"))]
-        let res = {
-            drop(fds);
-            decode(self.reader.payload())
-        };
+        let res = super::with_received_fds(fds, || decode(self.reader.payload()));
         self.reader.consume();
         res.map(Some)
     }
@@ -173,6 +167,9 @@ impl IpcReceiver {
             Ok(true) => Ok(Some(std::mem::take(&mut self.attached))),
             Ok(false) => Ok(None),
             Err(RecvError::Unexpected { expected, found }) => {
+                // Fds an Fds frame brought for this frame close with it;
+                // none is left to ride on the next message.
+                self.attached.clear();
                 if found == Kind::Port {
                     let n = match self.reader.payload().first() {
                         Some(&crate::frame::PORT_FLAVOR_PIPES) => 2,
