@@ -436,11 +436,14 @@ fn serve_loop(
         if !result_fds.is_empty() {
             // Its result's buffers' files go with the answer, at once.
             let fds = std::mem::take(&mut result_fds);
-            // What is held goes first, reading while it waits for room
-            // (README "Writing while the peer writes"); then this answer.
-            inbox.lock().ipc.flush_reading()?;
+            // What is held goes first, then this answer, reading while it
+            // waits for room (README "Writing while the peer writes").
             held = false;
-            let why = match tx.send_with_fds(&FromWorker::Done { id, outcome }, &fds) {
+            let sent = inbox
+                .lock()
+                .ipc
+                .send_with_fds_reading(&FromWorker::Done { id, outcome }, &fds);
+            let why = match sent {
                 Ok(()) => continue,
                 Err(e @ crate::error::SendError::Disconnected) => return Err(e.into()),
                 // Too large, or more buffers than one frame carries: this

@@ -132,24 +132,6 @@ impl IpcSender {
         self.writer.flush_through(seq)
     }
 
-    /// Sends `msg` (whose own encoding has no buffers) with `fds`, the files
-    /// of buffers encoded inside its bytes (a job's result), at once.
-    pub(crate) fn send_with_fds<T: Serialize + ?Sized>(
-        &self,
-        msg: &T,
-        fds: &[std::os::fd::OwnedFd],
-    ) -> Result<(), SendError> {
-        let mut bytes = Vec::new();
-        encode_into(msg, &mut bytes).map_err(|source| {
-            SendError::Encode(EncodeError {
-                type_name: std::any::type_name::<T>(),
-                source,
-                detail: None,
-            })
-        })?;
-        self.send_raw_with_fds(&bytes, fds)
-    }
-
     /// Queues one message without writing it; [`flush`](Self::flush) (or
     /// any later `send`) writes everything queued in one call.
     pub fn feed<T: Serialize + ?Sized>(&self, msg: &T) -> Result<(), SendError> {
@@ -414,6 +396,31 @@ impl Ipc {
     /// See [`IpcSender::flush`].
     pub fn flush(&self) -> Result<(), SendError> {
         self.tx.flush()
+    }
+
+    /// Sends `msg` (whose own encoding has no buffers) with `fds`, the
+    /// files of buffers encoded inside its bytes (a worker's answer), after
+    /// every queued message, reading while the connection is full as
+    /// [`flush_reading`](Self::flush_reading) does.
+    pub(crate) fn send_with_fds_reading<T: Serialize + ?Sized>(
+        &mut self,
+        msg: &T,
+        fds: &[std::os::fd::OwnedFd],
+    ) -> Result<(), SendError> {
+        let mut bytes = Vec::new();
+        encode_into(msg, &mut bytes).map_err(|source| {
+            SendError::Encode(EncodeError {
+                type_name: std::any::type_name::<T>(),
+                source,
+                detail: None,
+            })
+        })?;
+        let fds: Vec<_> = fds.iter().map(std::os::fd::AsFd::as_fd).collect();
+        let Ipc { tx, rx } = self;
+        let writer = &tx.writer;
+        writer.send_message_with_fds_waiting(&bytes, &fds, || {
+            rx.reader.buffer_while_waiting_to_write(writer.fd())
+        })
     }
 
     /// Writes every queued message, reading incoming bytes into the

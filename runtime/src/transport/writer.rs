@@ -260,6 +260,31 @@ impl Writer {
     /// frame carrying them, then the message, in one write after whatever
     /// was pending (so no other sender's frame comes between).
     pub fn send_message_with_fds(&self, payload: &[u8], fds: &[BorrowedFd<'_>]) -> Result<(), SendError> {
+        self.send_with_fds(payload, fds, None)
+    }
+
+    /// [`send_message_with_fds`](Self::send_message_with_fds) for a side
+    /// that must not block writing while its peer writes to it (a worker's
+    /// answer, README "Writing while the peer writes"): what was pending
+    /// and the message's payload are written without blocking, calling
+    /// `wait` whenever the connection is full, as
+    /// [`flush_with`](Self::flush_with) does. Only the frames' heads, which
+    /// the fds ride on, are written with a blocking write.
+    pub fn send_message_with_fds_waiting(
+        &self,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        mut wait: impl FnMut() -> std::io::Result<()>,
+    ) -> Result<(), SendError> {
+        self.send_with_fds(payload, fds, Some(&mut wait))
+    }
+
+    fn send_with_fds(
+        &self,
+        payload: &[u8],
+        fds: &[BorrowedFd<'_>],
+        wait: Option<&mut dyn FnMut() -> std::io::Result<()>>,
+    ) -> Result<(), SendError> {
         let limit = self.max_frame_len();
         if payload.len() > limit {
             return Err(SendError::TooLarge {
@@ -277,8 +302,6 @@ impl Writer {
                 "more than 250 buffers (MAX_BUFFERS_PER_MESSAGE) in one message: send them in several \
                  messages (in a pool, several jobs)",
             ))?;
-        let mut f = lock(&self.shared.flush);
-        self.write_pending(&mut f)?;
         // The fds frame (header, count) and the message's header, then its payload.
         let mut head = [0u8; 2 * HEADER_LEN + 1];
         head[..HEADER_LEN].copy_from_slice(
@@ -294,8 +317,57 @@ impl Writer {
             kind: Kind::Message,
         };
         head[HEADER_LEN + 1..].copy_from_slice(&message.encode());
-        let res = self.shared.io.write_all(&[&head, payload], fds);
+        let mut f = lock(&self.shared.flush);
+        let Some(wait) = wait else {
+            self.write_pending(&mut f)?;
+            let res = self.shared.io.write_all(&[&head, payload], fds);
+            return self.record(&mut f, res, 2);
+        };
+        self.write_pending_waiting(&mut f, &mut *wait)?;
+        let res = self
+            .shared
+            .io
+            .write_all(&[&head], fds)
+            .and_then(|calls| Ok(calls + self.write_some_waiting(payload, &mut *wait)?));
         self.record(&mut f, res, 2)
+    }
+
+    /// Writes `bytes` without blocking in the kernel, calling `wait` while
+    /// the connection is full; returns the write calls it took.
+    fn write_some_waiting(
+        &self,
+        bytes: &[u8],
+        wait: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> std::io::Result<u64> {
+        let mut off = 0;
+        let mut calls = 0u64;
+        while off < bytes.len() {
+            match self.shared.io.write_some(&bytes[off..])? {
+                0 => wait()?,
+                n => {
+                    off += n;
+                    calls += 1;
+                }
+            }
+        }
+        Ok(calls)
+    }
+
+    /// Writes every frame pending, as [`flush_with`](Self::flush_with).
+    fn write_pending_waiting(
+        &self,
+        f: &mut Flush,
+        wait: &mut dyn FnMut() -> std::io::Result<()>,
+    ) -> Result<(), SendError> {
+        let (upto, frames) = self.take_pending(f)?;
+        let res = self.write_some_waiting(&f.spare, wait);
+        f.spare.clear();
+        if frames == 0 {
+            return res.map(drop).map_err(SendError::from_io);
+        }
+        self.record(f, res, frames)?;
+        f.written = upto;
+        Ok(())
     }
 
     /// Writes every frame appended so far without ever blocking in the
@@ -306,33 +378,7 @@ impl Writer {
     /// writes"). Over pipes this is `flush`.
     pub fn flush_with(&self, mut wait: impl FnMut() -> std::io::Result<()>) -> Result<(), SendError> {
         let mut f = lock(&self.shared.flush);
-        let (upto, frames) = self.take_pending(&mut f)?;
-        let mut off = 0;
-        let mut calls = 0u64;
-        let res = loop {
-            if off == f.spare.len() {
-                break Ok(calls);
-            }
-            match self.shared.io.write_some(&f.spare[off..]) {
-                Ok(0) => {
-                    if let Err(e) = wait() {
-                        break Err(e);
-                    }
-                }
-                Ok(n) => {
-                    off += n;
-                    calls += 1;
-                }
-                Err(e) => break Err(e),
-            }
-        };
-        f.spare.clear();
-        if calls == 0 && frames == 0 {
-            return res.map(drop).map_err(SendError::from_io);
-        }
-        self.record(&mut f, res, frames)?;
-        f.written = upto;
-        Ok(())
+        self.write_pending_waiting(&mut f, &mut wait)
     }
 
     /// Writes raw bytes (the handshake hello) after whatever was pending.
