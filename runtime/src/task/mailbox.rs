@@ -41,15 +41,31 @@ impl Queue {
     }
 }
 
+/// The mailbox's fields in two groups: what handles change as they are
+/// made and dropped (beside the `Arc`'s own counts), and what a spinning
+/// receiver reads, on a line of its own. A worker that clones or drops a
+/// handle while the receiver spins then does not pull the receiver's
+/// line away from it (on two cores that cost more than the job).
+#[repr(C)]
 struct Mailbox {
-    queue: Mutex<Queue>,
-    cv: Condvar,
-    /// Events in `queue`, readable without the lock.
-    queued: AtomicUsize,
     /// Live `Reply` handles.
     senders: AtomicUsize,
     /// The future awaiting this mailbox, if one does.
     wake: WakeSlot,
+    cv: Condvar,
+    /// Keeps `hot` a cache line away from `senders` and the `Arc`'s
+    /// counts. (Padding, not `align`: an over-aligned allocation takes
+    /// the allocator's slow path, which cost more than it saved.)
+    _apart: [u8; 64],
+    hot: Hot,
+}
+
+/// The part of a mailbox a receiver spins on.
+#[repr(C)]
+struct Hot {
+    /// Events in `queue`, readable without the lock.
+    queued: AtomicUsize,
+    queue: Mutex<Queue>,
 }
 
 /// Where a job's events go: a mailbox, with a tag telling the jobs that
@@ -76,7 +92,7 @@ impl Drop for Reply {
         if self.mailbox.senders.fetch_sub(1, Ordering::AcqRel) == 1 {
             // Tell a sleeping receiver, under the lock it sleeps with (it
             // looks at `senders` under it before sleeping).
-            let q = lock(&self.mailbox.queue);
+            let q = lock(&self.mailbox.hot.queue);
             if q.sleeping {
                 self.mailbox.cv.notify_all();
             }
@@ -101,11 +117,11 @@ impl Reply {
     /// Puts `event` in the mailbox and wakes whoever waits on it.
     pub(crate) fn send(&self, event: Event) {
         let m = &*self.mailbox;
-        let mut q = lock(&m.queue);
+        let mut q = lock(&m.hot.queue);
         q.push((self.tag, event));
         // Release: the receiver's Acquire load of a count above 0 then
         // takes the lock and finds the event.
-        m.queued.fetch_add(1, Ordering::Release);
+        m.hot.queued.fetch_add(1, Ordering::Release);
         let sleeping = q.sleeping;
         drop(q);
         if sleeping {
@@ -120,10 +136,10 @@ impl Reply {
     /// instead of two of each.
     pub(crate) fn finish(mut self, event: Event) {
         let m = &*self.mailbox;
-        let mut q = lock(&m.queue);
+        let mut q = lock(&m.hot.queue);
         q.push((self.tag, event));
         // Release: as in `send`.
-        m.queued.fetch_add(1, Ordering::Release);
+        m.hot.queued.fetch_add(1, Ordering::Release);
         // AcqRel: as in `drop`; under the lock a sleeping receiver looks
         // at `senders` with.
         let last = m.senders.fetch_sub(1, Ordering::AcqRel) == 1;
@@ -164,15 +180,18 @@ impl Inbox {
     /// A mailbox, and the first handle that sends to it (tag 0).
     pub(crate) fn new() -> (Inbox, Reply) {
         let mailbox = Arc::new(Mailbox {
-            queue: Mutex::new(Queue {
-                first: None,
-                rest: VecDeque::new(),
-                sleeping: false,
-            }),
-            cv: Condvar::new(),
-            queued: AtomicUsize::new(0),
             senders: AtomicUsize::new(1),
             wake: WakeSlot::default(),
+            cv: Condvar::new(),
+            _apart: [0; 64],
+            hot: Hot {
+                queued: AtomicUsize::new(0),
+                queue: Mutex::new(Queue {
+                    first: None,
+                    rest: VecDeque::new(),
+                    sleeping: false,
+                }),
+            },
         });
         (
             Inbox {
@@ -195,21 +214,27 @@ impl Inbox {
     pub(crate) fn try_recv(&self) -> Result<(u64, Event), Empty> {
         let m = &*self.mailbox;
         // Acquire: pairs with the Release in `send`.
-        if m.queued.load(Ordering::Acquire) == 0 {
+        if m.hot.queued.load(Ordering::Acquire) == 0 {
             // Acquire: pairs with the last `Reply`'s drop; an event sent
             // before that drop is seen by the look below.
             if m.senders.load(Ordering::Acquire) > 0 {
                 return Err(Empty::Now);
             }
-            if m.queued.load(Ordering::Acquire) == 0 {
+            if m.hot.queued.load(Ordering::Acquire) == 0 {
                 return Err(Empty::Closed);
             }
         }
-        let mut q = lock(&m.queue);
+        self.pop()
+    }
+
+    /// The next event from the queue, under its lock.
+    fn pop(&self) -> Result<(u64, Event), Empty> {
+        let m = &*self.mailbox;
+        let mut q = lock(&m.hot.queue);
         match q.pop() {
             Some(e) => {
                 // Relaxed: under the lock that `send` increments it under.
-                m.queued.fetch_sub(1, Ordering::Relaxed);
+                m.hot.queued.fetch_sub(1, Ordering::Relaxed);
                 Ok(e)
             }
             None => Err(Empty::Now),
@@ -221,14 +246,26 @@ impl Inbox {
     pub(crate) fn recv_spin(&self, deadline: Option<Instant>) -> Result<(u64, Event), Empty> {
         let start = Instant::now();
         let mut tries = 0u32;
+        let m = &*self.mailbox;
         loop {
-            match self.try_recv() {
-                Err(Empty::Now) => {}
-                got => return got,
+            // Only `queued` between the 16th tries: the handles' count sits
+            // on another line, which a worker's clones keep changing.
+            // Acquire: pairs with the Release in `send`.
+            if m.hot.queued.load(Ordering::Acquire) > 0 {
+                if let Ok(e) = self.pop() {
+                    return Ok(e);
+                }
             }
-            // The clock is read every 16th try: it cost as much as the look.
-            if tries % 16 == 15 && start.elapsed() >= crate::util::CHANNEL_SPIN {
-                break;
+            // The clock and whether the mailbox closed, every 16th try: the
+            // clock cost as much as the look.
+            if tries % 16 == 15 {
+                match self.try_recv() {
+                    Err(Empty::Now) => {}
+                    got => return got,
+                }
+                if start.elapsed() >= crate::util::CHANNEL_SPIN {
+                    break;
+                }
             }
             spin_pause(&mut tries);
         }
@@ -238,11 +275,11 @@ impl Inbox {
     /// The next event, sleeping until one comes or `deadline` passes.
     pub(crate) fn recv_deadline(&self, deadline: Option<Instant>) -> Result<(u64, Event), Empty> {
         let m = &*self.mailbox;
-        let mut q = lock(&m.queue);
+        let mut q = lock(&m.hot.queue);
         loop {
             if let Some(e) = q.pop() {
                 // Relaxed: under the lock.
-                m.queued.fetch_sub(1, Ordering::Relaxed);
+                m.hot.queued.fetch_sub(1, Ordering::Relaxed);
                 return Ok(e);
             }
             // Acquire: pairs with the last `Reply`'s drop, which then
