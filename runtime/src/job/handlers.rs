@@ -5,6 +5,7 @@
 use std::any::Any;
 use std::collections::HashMap;
 use std::fmt;
+use std::hash::BuildHasherDefault;
 use std::sync::Arc;
 
 use super::{Context, Job};
@@ -365,7 +366,7 @@ where
 #[derive(Clone, Default)]
 #[must_use = "handlers do nothing until given to a pool or a worker"]
 pub struct Handlers {
-    map: Arc<HashMap<&'static str, Arc<dyn Erased>>>,
+    map: Arc<HashMap<&'static str, Arc<dyn Erased>, BuildHasherDefault<RouteHasher>>>,
     /// Routes registered for two different job types (refused at build).
     conflicts: Arc<Vec<String>>,
     suspend: Arc<Vec<Hook>>,
@@ -373,6 +374,31 @@ pub struct Handlers {
 }
 
 use crate::util::Hook;
+
+/// FNV-1a over a route name. Every job looks its handler up by name; the
+/// default SipHash cost a tiny thread job more than the rest of the
+/// lookup. The table is fixed by the program's own `on` calls, so a
+/// peer's names cannot make it degrade.
+#[derive(Default)]
+struct RouteHasher(u64);
+
+impl std::hash::Hasher for RouteHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        let mut h = if self.0 == 0 {
+            0xcbf2_9ce4_8422_2325
+        } else {
+            self.0
+        };
+        for &b in bytes {
+            h = (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3);
+        }
+        self.0 = h;
+    }
+}
 
 impl fmt::Debug for Handlers {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
