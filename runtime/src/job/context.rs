@@ -27,6 +27,9 @@ pub(crate) enum ProgressSink {
     Remote(Arc<dyn RemoteJob>, u64),
     /// Nowhere: nobody listens (jobs of a `map`).
     Discard,
+    /// Nowhere, but the context holds the chunk's reply until the thread
+    /// worker takes it back (`into_parts`) to answer with.
+    Held(Reply),
 }
 
 /// Where a handler learns that its job was cancelled.
@@ -66,6 +69,14 @@ impl Context {
         }
     }
 
+    /// Its cancel source and progress sink back: a thread worker lends a
+    /// job's state and reply to the handler's context this way instead of
+    /// cloning them (each clone is an atomic on lines the job's waiter
+    /// reads).
+    pub(crate) fn into_parts(self) -> (CancelSource, ProgressSink) {
+        (self.cancel, self.progress)
+    }
+
     /// The id of the worker running this job (0-based within its pool).
     pub fn worker_id(&self) -> usize {
         self.worker_id
@@ -103,7 +114,7 @@ impl Context {
                 json: false,
                 bytes: payload,
             })),
-            ProgressSink::Discard => {}
+            ProgressSink::Discard | ProgressSink::Held(_) => {}
             ProgressSink::Remote(w, id) => w.progress(*id, payload),
         }
     }

@@ -304,13 +304,13 @@ impl Core {
         self.metrics.get()?.route(state.route()?, w)
     }
 
-    /// Worker `w` took `t`: its queue wait is recorded, its run clock starts.
-    pub(crate) fn note_started(&self, t: &Task, w: usize) {
+    /// Worker `w` took `t` at `now` (the pool clock): its queue wait is
+    /// recorded, its run clock starts.
+    pub(crate) fn note_started(&self, t: &Task, w: usize, now: u64) {
         let queued = t.state.clock();
         if queued == 0 {
             return;
         }
-        let now = self.clock();
         if let Some(m) = self.route_metrics(&t.state, Some(w)) {
             m.waited(Duration::from_nanos(now.saturating_sub(queued)), t.jobs());
         }
@@ -319,10 +319,11 @@ impl Core {
 
     /// Worker `w` answered a job (of `jobs` jobs, `failed` of them failed)
     /// (started when its clock says): its run time and counts are recorded.
-    pub(crate) fn note_answered(&self, state: &JobState, jobs: u64, failed: u64, w: usize) {
+    /// Returns the pool clock it read (0: the job keeps no metrics).
+    pub(crate) fn note_answered(&self, state: &JobState, jobs: u64, failed: u64, w: usize) -> u64 {
         let started = state.clock();
         if started == 0 {
-            return;
+            return 0;
         }
         let now = self.clock();
         // A process worker holds several jobs but runs them one at a time:
@@ -347,6 +348,7 @@ impl Core {
                 m.ended(Ended::Failed, failed);
             }
         }
+        now
     }
 
     /// The next task: a re-queued one first, then the queue's.

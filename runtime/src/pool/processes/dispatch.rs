@@ -352,7 +352,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     t.seq = w.next_seq.fetch_add(1, Ordering::Relaxed);
     t.state.mark_dispatched();
     if core.config.metrics {
-        core.note_started(&t, w.id);
+        core.note_started(&t, w.id, core.clock());
     }
     if core.config.recycle.jobs.is_some() {
         // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.

@@ -21,10 +21,14 @@ impl Threads {
         let Some(sleepers) = &self.sleepers else {
             return Self::next_task_unqueued(slot, core, deadline);
         };
+        let mut first = true;
         let got = loop {
             if let Some(got) = Self::look(slot, core) {
+                // Relaxed: read by this thread only (the metrics' clock).
+                slot.took_at_once.store(first, Ordering::Relaxed);
                 break got;
             }
+            first = false;
             // Back-to-back jobs: the next often comes within microseconds
             // of the last answer. One worker at a time looks for it briefly
             // before sleeping, so neither side pays a futex wake-up; the
