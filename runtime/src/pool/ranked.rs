@@ -23,6 +23,9 @@
 //! pool's submitter kicks the workers after its push, and a thread
 //! pool's submitter that finds the queue empty after its push queues one
 //! more wake for a thread that may have gone to sleep meanwhile.
+//!
+//! `Core::pop` (the next entry, against the heap) and `Core::has_queued`
+//! live here too, beside the choice they make.
 
 use std::cmp::Ordering as CmpOrdering;
 use std::collections::BinaryHeap;
@@ -143,5 +146,37 @@ impl Ranked {
             .collect();
         self.len.store(0, Ordering::Release);
         out
+    }
+}
+
+/// The queue's next entry, chosen against the heap: a `Core`'s takers
+/// (thread workers, a process worker's dispatch) come here.
+impl super::Core {
+    /// The next task: a re-queued one first, then the queue's.
+    pub(crate) fn pop(&self) -> Option<Work> {
+        // Acquire: pairs with the Release increment in `requeue`.
+        if self.requeued.load(Ordering::Acquire) > 0 {
+            let mut q = lock(&self.requeue);
+            if let Some(t) = q.pop_front() {
+                self.requeued.store(q.len(), Ordering::Release);
+                return Some(Work::Task(t));
+            }
+        }
+        loop {
+            match self.queue_rx.try_recv() {
+                Ok(w) => match self.ranked.choose(w) {
+                    Some(w) => return Some(w),
+                    // A wake whose job left the heap already: the next.
+                    None => continue,
+                },
+                // A ranked job may wait without a wake (module `ranked`).
+                Err(_) => return self.ranked.pop().map(Work::Task),
+            }
+        }
+    }
+
+    /// Whether any task waits (queued or re-queued).
+    pub(crate) fn has_queued(&self) -> bool {
+        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty() || !self.ranked.is_empty()
     }
 }

@@ -351,29 +351,6 @@ impl Core {
         now
     }
 
-    /// The next task: a re-queued one first, then the queue's.
-    pub(crate) fn pop(&self) -> Option<Work> {
-        // Acquire: pairs with the Release increment in `requeue`.
-        if self.requeued.load(Ordering::Acquire) > 0 {
-            let mut q = lock(&self.requeue);
-            if let Some(t) = q.pop_front() {
-                self.requeued.store(q.len(), Ordering::Release);
-                return Some(Work::Task(t));
-            }
-        }
-        loop {
-            match self.queue_rx.try_recv() {
-                Ok(w) => match self.ranked.choose(w) {
-                    Some(w) => return Some(w),
-                    // A wake whose job left the heap already: the next.
-                    None => continue,
-                },
-                // A ranked job may wait without a wake (module `ranked`).
-                Err(_) => return self.ranked.pop().map(Work::Task),
-            }
-        }
-    }
-
     /// After an enqueue: the first time the queue is at its limit, says
     /// `Saturated` (once, until it drains).
     pub(crate) fn note_enqueued(&self) {
@@ -401,11 +378,6 @@ impl Core {
         {
             self.event(PoolEvent::Drained);
         }
-    }
-
-    /// Whether any task waits (queued or re-queued).
-    pub(crate) fn has_queued(&self) -> bool {
-        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty() || !self.ranked.is_empty()
     }
 
     /// Puts `t` back at the head of the line.

@@ -65,64 +65,6 @@ pub(crate) enum Event {
     Done(Outcome),
 }
 
-/// The waker of a future waiting on a reply channel (a ticket awaited, a
-/// map polled as a stream), woken by whichever thread sends to the
-/// channel: the threads that settle jobs wake their waiters, no executor
-/// thread of ours is involved.
-///
-/// The protocol never loses a wake-up: the waiter stores its waker and
-/// raises `armed`, then looks at the channel again; the sender puts its
-/// event in the channel, then looks at `armed`. A SeqCst fence on each
-/// side, between its write and its read, means at least one of them sees
-/// the other's write. A reply nobody awaits costs one fence and one load.
-#[derive(Default)]
-pub(crate) struct WakeSlot {
-    armed: AtomicBool,
-    waker: std::sync::Mutex<Option<std::task::Waker>>,
-}
-
-impl WakeSlot {
-    /// Registers `w` to be woken by the next event. The caller must look
-    /// at its channel again after this returns.
-    pub(crate) fn register(&self, w: &std::task::Waker) {
-        {
-            let mut slot = crate::util::lock(&self.waker);
-            match &*slot {
-                Some(old) if old.will_wake(w) => {}
-                _ => *slot = Some(w.clone()),
-            }
-            // Relaxed: the fence below orders it before the caller's look.
-            self.armed.store(true, Ordering::Relaxed);
-        }
-        std::sync::atomic::fence(Ordering::SeqCst);
-    }
-
-    /// Wakes the registered waker, if any (after an event was sent).
-    pub(crate) fn wake(&self) {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        // Relaxed: ordered by the fences (see the type's docs).
-        if !self.armed.load(Ordering::Relaxed) {
-            return;
-        }
-        let w = {
-            let mut slot = crate::util::lock(&self.waker);
-            self.armed.store(false, Ordering::Relaxed);
-            slot.take()
-        };
-        // Woken outside the lock: an executor may poll at once, inline.
-        if let Some(w) = w {
-            w.wake();
-        }
-    }
-
-    /// Forgets the registered waker (its future is gone).
-    pub(crate) fn clear(&self) {
-        let mut slot = crate::util::lock(&self.waker);
-        self.armed.store(false, Ordering::Relaxed);
-        *slot = None;
-    }
-}
-
 /// A process worker whose port a ticket's own thread may read while it
 /// waits for its job (ARCHITECTURE.md, "a lone job's waiter reads its
 /// answer").

@@ -373,7 +373,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
         t.state.set_fast_reader(me);
     } else {
         // Others are in flight: the reader thread must not nap.
-        w.wake_reader();
+        w.rx.wake_background();
         // And this job waits behind them: a scaling pool grows.
         if core.may_grow() {
             if let Some(scale) = &core.scale {

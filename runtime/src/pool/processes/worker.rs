@@ -139,7 +139,7 @@ impl Worker {
             lock(&self.broke).get_or_insert(e);
             self.kill();
         }
-        self.wake_reader();
+        self.rx.wake_background();
     }
 
     /// Whether it speaks the job messages in JSON (`PoolBuilder::job_codec`).
@@ -167,12 +167,6 @@ impl Worker {
         } else {
             self.tx.feed(msg)
         }
-    }
-
-    /// Wakes the reader thread if it naps (other jobs need reading, or the
-    /// port ended).
-    pub(super) fn wake_reader(&self) {
-        self.rx.wake_background();
     }
 
     /// Handles one answer or progress message.
@@ -296,7 +290,7 @@ impl Worker {
                 Some(shared::Step::Frame | shared::Step::Nothing) => {
                     // Answers for other jobs may wait now: the reader reads them.
                     if self.in_flight.load(Ordering::SeqCst) > 0 {
-                        self.wake_reader();
+                        self.rx.wake_background();
                     }
                 }
                 None => return,
