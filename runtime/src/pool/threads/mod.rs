@@ -310,6 +310,9 @@ impl Threads {
             s.sit(id);
         }
         loop {
+            // The last iteration's answer time, if it answered (a skipped,
+            // or elsewhere-settled, task leaves none).
+            let mut last_answer = std::mem::take(&mut answered_at);
             // Phase 1: take a task (a broadcast copy first, if any).
             slot.taking.store(true, Ordering::SeqCst); // (see `busy`)
             let first = slot.private_rx.try_recv().ok();
@@ -354,6 +357,8 @@ impl Threads {
             if core.suspended.load(Ordering::Acquire) {
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
                 core.wait_while_suspended();
+                // Its start is after the wait, not at the last answer.
+                last_answer = 0;
                 counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
             }
             if task.state.is_settled() {
@@ -370,8 +375,8 @@ impl Threads {
                 // Taken at once after this worker's last answer: its start
                 // is that answer's time, one clock read fewer per job (late
                 // by the take alone, tens of nanoseconds).
-                let now = if at_once && answered_at != 0 {
-                    answered_at
+                let now = if at_once && last_answer != 0 {
+                    last_answer
                 } else {
                     core.clock()
                 };
