@@ -143,7 +143,10 @@ pub struct RouteStats {
     pub queue_wait: Quantiles,
     /// From a worker taking the job to its answer (for a process worker,
     /// the trip there and back included; a `map` chunk counts each of its
-    /// jobs as the chunk's time divided among them).
+    /// jobs as the chunk's time divided among them). A thread worker that
+    /// takes a job at its first look after answering the previous one
+    /// counts from that answer, which the take follows by tens of
+    /// nanoseconds.
     pub run: Quantiles,
 }
 
