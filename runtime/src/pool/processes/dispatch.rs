@@ -50,7 +50,7 @@ impl Processes {
                             }
                             break;
                         }
-                        dispatch(&w, &sh.core, t);
+                        dispatch(&w, &sh.core, t, 0);
                         if let Err(e) = w.tx.flush() {
                             log::debug!(
                                 "worker {}: flush failed ({e}); its reader will report the exit",
@@ -174,7 +174,7 @@ impl Processes {
             // replacement's queue, or the replacement itself.
             return self.send_to(w, task);
         }
-        dispatch(&worker, core, task);
+        dispatch(&worker, core, task, 0);
         if let Err(e) = worker.tx.flush() {
             log::warn!("worker {}: could not send a broadcast job: {e}", worker.id);
         }
@@ -262,7 +262,7 @@ impl Shared {
             };
             // (Sending nothing means another thread took that slot, the
             // queue emptied, or the worker closed: the next look sees it.)
-            fill_slots(&w, &self.core, load + 1, true);
+            fill_slots(&w, &self.core, load + 1, true, 0);
         }
     }
 }
@@ -270,7 +270,10 @@ impl Shared {
 /// Takes queued jobs for `w` while it has fewer than `max_in_flight` in
 /// flight. Flushes what it sent if `flush` (the reader defers the flush
 /// while more results are waiting).
-pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool) {
+///
+/// `now`: the pool clock its caller just read (an answer's, for metrics),
+/// or 0; the jobs it dispatches start then, one clock read fewer each.
+pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: bool, now: u64) {
     let mut sent = false;
     loop {
         // Acquire: pairs with the Release store when the worker dies or
@@ -313,7 +316,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
                     core.free.notify();
                     continue;
                 }
-                dispatch(w, core, t);
+                dispatch(w, core, t, now);
                 sent = true;
             }
             Some(Work::Stop | Work::Wake) | None => {
@@ -343,8 +346,9 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
     }
 }
 
-/// Records `t` as pending on `w` and queues its frame. The caller holds a slot.
-pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
+/// Records `t` as pending on `w` and queues its frame. The caller holds a
+/// slot. `now`: the pool clock if the caller just read it, else 0.
+pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
     let jobs = t.jobs();
     let id = t.id;
     // Relaxed: an order among this worker's pending jobs, read under the
@@ -352,7 +356,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task) {
     t.seq = w.next_seq.fetch_add(1, Ordering::Relaxed);
     t.state.mark_dispatched();
     if core.config.metrics {
-        core.note_started(&t, w.id, core.clock());
+        core.note_started(&t, w.id, if now == 0 { core.clock() } else { now });
     }
     if core.config.recycle.jobs.is_some() {
         // Relaxed: a budget for `recycle_after_jobs`, read by dispatchers.

@@ -78,7 +78,7 @@ pub(super) fn slot_loop(
                     for t in waiting.iter_mut().flat_map(|q| q.drain(..)) {
                         // SeqCst: as every other access to the in-flight count.
                         w.in_flight.fetch_add(1, Ordering::SeqCst);
-                        dispatch(&w, core, t);
+                        dispatch(&w, core, t, 0);
                     }
                 }
                 // The pool began to stop while this worker started: `stop`
@@ -101,7 +101,7 @@ pub(super) fn slot_loop(
                     let _ = r.send(Ok(()));
                 }
                 // Work may have queued up while the slot was empty.
-                fill_slots(&w, core, w.max_in_flight, true);
+                fill_slots(&w, core, w.max_in_flight, true, 0);
                 core.free.notify();
                 let exit = reader_loop(&w, shared);
                 *lock(&slot.current) = None;

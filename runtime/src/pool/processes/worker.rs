@@ -214,10 +214,13 @@ impl Worker {
                 // Decided before the answer goes out: whoever it wakes and
                 // submits again finds this worker retiring, if it is due.
                 self.note_recycle(jobs);
+                // The answer's time on the pool clock, if metrics read it: the
+                // jobs dispatched below start then.
+                let mut answered = 0;
                 if t.state.settle() {
                     counters.finish_n(jobs - failed, failed);
                     if core.config.metrics {
-                        core.note_answered(&t.state, jobs, failed, self.id);
+                        answered = core.note_answered(&t.state, jobs, failed, self.id);
                     }
                     log::trace!("worker {}: job {id} done", self.id);
                     // Its last word: the outcome and the mailbox's close at once.
@@ -238,7 +241,7 @@ impl Worker {
                 }
                 // Queue the next jobs; write everything queued (by this or an
                 // earlier answer) once no more answers wait.
-                fill_slots(self, core, self.max_in_flight, false);
+                fill_slots(self, core, self.max_in_flight, false, answered);
                 core.free.notify();
                 // (With nothing else in flight no answer can follow: skip
                 // the look at the kernel.)
