@@ -81,15 +81,8 @@ impl Payload {
                     })?;
                     fds.push(f);
                 }
-                crate::port::with_received_fds(fds, || postcard::from_bytes(b)).map_err(|e| {
-                    match matches!(e, postcard::Error::SerdeDeCustom)
-                        .then(refusal)
-                        .flatten()
-                    {
-                        Some(why) => why,
-                        None => e.to_string(),
-                    }
-                })
+                crate::port::with_received_fds(fds, || postcard::from_bytes(b))
+                    .map_err(|e| crate::port::buffer_refusal(&e).unwrap_or_else(|| e.to_string()))
             }
             Payload(Encoded::Json(v), _) => T::deserialize(v).map_err(|e| e.to_string()),
         };
@@ -97,20 +90,9 @@ impl Payload {
     }
 }
 
-/// Why the last buffer encoded or decoded on this thread was refused.
-fn refusal() -> Option<String> {
-    #[cfg(target_os = "linux")]
-    return crate::port::take_buffer_refusal();
-    #[cfg(not(target_os = "linux"))]
-    None
-}
-
 /// Why `v` did not encode: a buffer's own refusal, if that was it.
 fn encode_failure<T: Serialize + ?Sized>(v: &T, e: &postcard::Error) -> String {
-    match matches!(e, postcard::Error::SerdeSerCustom)
-        .then(refusal)
-        .flatten()
-    {
+    match crate::port::buffer_refusal(e) {
         Some(why) => format!("cannot encode a `{}`: {why}", std::any::type_name::<T>()),
         None => crate::codec::encode_failure(v, e),
     }

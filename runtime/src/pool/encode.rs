@@ -72,14 +72,11 @@ impl Task {
 
 /// The failure of a job of type `J` whose encoding failed in the supervisor.
 pub(crate) fn encode_failure<J: Job>(job: &J, e: &postcard::Error) -> Failure {
-    #[cfg(target_os = "linux")]
-    if matches!(e, postcard::Error::SerdeSerCustom) {
-        if let Some(why) = crate::port::take_buffer_refusal() {
-            return Failure::Codec(
-                crate::job::Side::Supervisor,
-                format!("the supervisor could not send a `{}` job: {why}", J::NAME),
-            );
-        }
+    if let Some(why) = crate::port::buffer_refusal(e) {
+        return Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the supervisor could not send a `{}` job: {why}", J::NAME),
+        );
     }
     Failure::Codec(
         crate::job::Side::Supervisor,

@@ -191,12 +191,7 @@ impl IpcSender {
         match res {
             Ok(seq) => Ok(seq),
             Err(AppendError::Encode(Append::Encode(source))) => {
-                #[cfg(target_os = "linux")]
-                let detail = matches!(source, postcard::Error::SerdeSerCustom)
-                    .then(super::buffer::take_refusal)
-                    .flatten();
-                #[cfg(not(target_os = "linux"))]
-                let detail = None;
+                let detail = super::buffer_refusal(&source);
                 Err(SendError::Encode(EncodeError {
                     type_name,
                     source,

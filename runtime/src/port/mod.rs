@@ -44,8 +44,22 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 pub use crate::frame::Role;
-#[cfg(target_os = "linux")]
-pub(crate) use buffer::take_refusal as take_buffer_refusal;
+
+/// The sentence a `Buffer` left on this thread when it refused to encode
+/// or decode, if postcard's error `e` is that refusal (postcard keeps only
+/// "custom error"). Taken: the next failure starts clean.
+pub(crate) fn buffer_refusal(e: &postcard::Error) -> Option<String> {
+    if !matches!(
+        e,
+        postcard::Error::SerdeSerCustom | postcard::Error::SerdeDeCustom
+    ) {
+        return None;
+    }
+    #[cfg(target_os = "linux")]
+    return buffer::take_refusal();
+    #[cfg(not(target_os = "linux"))]
+    None
+}
 
 // The buffer scopes (see `buffer.rs`): used straight from there on
 // Linux (no call in between on a job's path), and as no-ops elsewhere.

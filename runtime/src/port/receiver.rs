@@ -26,13 +26,7 @@ fn decode<T: DeserializeOwned>(payload: &[u8]) -> Result<T, RecvError> {
         Ok((_, rest)) => Err(fail(format!("{} bytes left over after the value", rest.len()))),
         Err(e) => {
             // A buffer's refusal says more than postcard's "custom error".
-            #[cfg(target_os = "linux")]
-            if matches!(e, postcard::Error::SerdeDeCustom) {
-                if let Some(why) = super::buffer::take_refusal() {
-                    return Err(fail(why));
-                }
-            }
-            Err(fail(e.to_string()))
+            Err(fail(super::buffer_refusal(&e).unwrap_or_else(|| e.to_string())))
         }
     }
 }
