@@ -18,14 +18,19 @@ impl Threads {
     /// the queue), or until `deadline`.
     pub(super) fn next_task(&self, id: usize, deadline: Option<Instant>) -> Taken {
         let (slot, core) = (&self.slots[id], &*self.core);
+        // Raised only by a first look that finds a task. Relaxed: read by
+        // this thread only (the metrics' clock).
+        slot.took_at_once.store(false, Ordering::Relaxed);
         let Some(sleepers) = &self.sleepers else {
             return Self::next_task_unqueued(slot, core, deadline);
         };
         let mut first = true;
         let got = loop {
             if let Some(got) = Self::look(slot, core) {
-                // Relaxed: read by this thread only (the metrics' clock).
-                slot.took_at_once.store(first, Ordering::Relaxed);
+                if first {
+                    // Relaxed: as above.
+                    slot.took_at_once.store(true, Ordering::Relaxed);
+                }
                 break got;
             }
             first = false;
