@@ -243,6 +243,22 @@ both!(progress_messages_arrive_before_the_result, |backend| {
     finish(pool);
 });
 
+both!(progress_of_another_type_is_skipped_not_misread, |backend| {
+    // Steps sends u32s, 0..300; read as u8 (one byte in postcard), only
+    // those below 128 (a one-byte varint) are whole u8 messages. The rest
+    // would decode from their first byte, a wrong value, if the bytes
+    // left over were not noticed.
+    let pool = builder(backend, 1).build().unwrap();
+    let mut t = pool.submit(Steps(300)).unwrap();
+    let mut seen = Vec::new();
+    while let Some(p) = t.recv_progress::<u8>() {
+        seen.push(p);
+    }
+    assert_eq!(seen, (0..128).collect::<Vec<u8>>());
+    assert_eq!(t.wait().unwrap(), 300);
+    finish(pool);
+});
+
 both!(one_failing_job_in_a_map_fails_alone, |backend| {
     let pool = builder(backend, 2).build().unwrap();
     // Enough jobs that the map sends them in chunks of many.

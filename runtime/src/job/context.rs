@@ -101,6 +101,11 @@ impl Context {
     /// Sends a progress message to whoever holds this job's ticket. It
     /// arrives before the job's result. Messages that cannot be encoded are
     /// dropped (and logged).
+    ///
+    /// The ticket keeps messages until they are read (or it is dropped),
+    /// however many come: a job that sends many should have a reader. A
+    /// job run by [`Pool::map`](crate::pool::Pool::map) has no ticket; its
+    /// progress is dropped.
     pub fn progress<P: Serialize + ?Sized>(&self, msg: &P) {
         let payload = match postcard::to_allocvec(msg) {
             Ok(bytes) => bytes,

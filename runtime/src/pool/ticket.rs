@@ -282,7 +282,14 @@ impl<J: Job> Ticket<J> {
             let decoded = if p.json {
                 serde_json::from_slice(&p.bytes).map_err(|e| e.to_string())
             } else {
-                postcard::from_bytes(&p.bytes).map_err(|e| e.to_string())
+                // The whole message, as the port's typed receive takes it:
+                // a value that decodes from its first bytes only is another
+                // type's (a `String` read as a `u32` is its length).
+                match postcard::take_from_bytes(&p.bytes) {
+                    Ok((v, [])) => Ok(v),
+                    Ok((_, rest)) => Err(format!("{} bytes left over after the value", rest.len())),
+                    Err(e) => Err(e.to_string()),
+                }
             };
             match decoded {
                 Ok(p) => return Some(p),
