@@ -218,11 +218,9 @@ where
         // One catch for the run of jobs up to a panic, not one per job (it
         // kept the handler from being inlined into the loop): a panic is
         // recorded in its place, and the loop goes on after it.
-        while let Err(f) = catch(|| {
-            for job in jobs.by_ref() {
-                results.push(Some((self.f)(job, cx)));
-            }
-        }) {
+        // `extend` of an exact-size iterator writes without a capacity
+        // check per job, and keeps the results written before a panic.
+        while let Err(f) = catch(|| results.extend(jobs.by_ref().map(|job| Some((self.f)(job, cx))))) {
             panics.push(f);
             results.push(None);
         }

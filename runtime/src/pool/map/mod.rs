@@ -20,7 +20,7 @@ use super::ticket::JobResult;
 use super::{
     Backend, CancelToken, Event, Payload, Pool, Refusal, Reply, Task, Work, encode_chunk, send_chunk_value,
 };
-use crate::job::{Failure, Job};
+use crate::job::{Failure, Job, JobError};
 use crate::util::lock;
 
 mod results;
@@ -93,7 +93,16 @@ pub struct Map<'p, J: Job, I: Iterator<Item = J>> {
     in_flight: HashMap<u64, InFlight>,
     /// Answered chunks waiting for their turn (ordered only).
     early: HashMap<u64, Chunk<J>>,
-    /// Answered chunks ready to yield, in order (none of them empty).
+    /// The thread worker's chunk being yielded now, if that is what it
+    /// is (before `front` and `ready`): a result is then one step here.
+    values: std::vec::IntoIter<Option<Result<J::Output, J::Error>>>,
+    /// The panics of `values`' `None`s, in order.
+    panics: std::vec::IntoIter<Failure>,
+    /// Any other answered chunk being yielded now (before `ready`; only
+    /// while `values` is spent).
+    front: Chunk<J>,
+    /// Answered chunks ready to yield after `front`, in order (none of
+    /// them empty).
     ready: VecDeque<Chunk<J>>,
     /// Jobs taken from the input that did not fit in the last chunk's
     /// bytes: they go first in the next one.
@@ -144,13 +153,16 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             next_yield: 0,
             in_flight: HashMap::new(),
             early: HashMap::new(),
+            values: Vec::new().into_iter(),
+            panics: Vec::new().into_iter(),
+            front: Chunk::Results(Vec::new().into_iter()),
             ready: VecDeque::new(),
             leftover: VecDeque::new(),
             closed: None,
             max_chunk: if pool.times_out::<J>() {
                 1
             } else if matches!(pool.inner.backend, Backend::Threads(_)) {
-                max_thread_chunk::<J>().clamp(1, 1 << 16)
+                max_thread_chunk::<J>().clamp(1, 1 << 14)
             } else {
                 MAX_CHUNK
             },
@@ -277,18 +289,48 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         }
     }
 
-    /// The next result ready to yield, if any. (A chunk is let go once a
-    /// look finds it spent, not right after its last result: that test
-    /// cost a division per result.)
+    /// The next result ready to yield, if any: the common case, a step
+    /// in a thread worker's chunk, small enough to inline into the
+    /// caller's loop.
     #[inline(always)]
     fn pop_ready(&mut self) -> Option<JobResult<J>> {
-        while let Some(front) = self.ready.front_mut() {
-            if let Some(r) = front.next() {
+        match self.values.next() {
+            Some(Some(Ok(v))) => Some(Ok(v)),
+            Some(Some(Err(e))) => Some(Err(JobError::Handler(e))),
+            Some(None) => Some(Err(self.next_panic())),
+            None => self.pop_ready_next_chunk(),
+        }
+    }
+
+    /// The panic of a `None` in `values`.
+    #[cold]
+    #[inline(never)]
+    fn next_panic(&mut self) -> JobError<J::Error> {
+        self.panics
+            .next()
+            .unwrap_or_else(|| Failure::Panicked("(no message)".into()))
+            .into_job_error()
+    }
+
+    /// `values` is spent: the next result of `front`, or of the next
+    /// ready chunk, which becomes `values` or `front`.
+    #[inline(never)]
+    fn pop_ready_next_chunk(&mut self) -> Option<JobResult<J>> {
+        loop {
+            if let Some(r) = self.front.next() {
                 return Some(r);
             }
-            self.ready.pop_front();
+            match self.ready.pop_front()? {
+                Chunk::Values { results, panics } => {
+                    self.values = results;
+                    self.panics = panics;
+                    if let Some(r) = self.pop_ready() {
+                        return Some(r);
+                    }
+                }
+                other => self.front = other,
+            }
         }
-        None
     }
 
     /// Keeps chunks whose results came with `files` buffer files (for `len`
@@ -378,7 +420,7 @@ impl<J: Job, I: Iterator<Item = J>> Unpin for Map<'_, J, I> {}
 impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
     type Item = JobResult<J>;
 
-    #[inline]
+    #[inline(always)]
     fn next(&mut self) -> Option<JobResult<J>> {
         // The common case, kept out of `advance` (a call per tiny job
         // showed in pool_thread_tiny_jobs).
@@ -398,6 +440,8 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
         let taken = self.leftover.len()
             + self.in_flight.values().map(|f| f.len).sum::<usize>()
             + self.early.values().map(Chunk::len).sum::<usize>()
+            + self.values.len()
+            + self.front.len()
             + self.ready.iter().map(Chunk::len).sum::<usize>();
         let (mut lower, upper) = self.input.size_hint();
         if self.token.is_some() {
