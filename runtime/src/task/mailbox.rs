@@ -119,11 +119,23 @@ struct Mailbox {
     hot: Hot,
 }
 
-/// The part of a mailbox a receiver spins on.
+/// The part of a mailbox a receiver spins on: the count alone on its
+/// line, then the queue. A receiver that spins reads only the count, so
+/// the sender's lock, push and unlock do not pull the queue's line back
+/// and forth; it moves once, when the receiver takes the event.
 #[repr(C)]
 struct Hot {
-    /// Events in `queue`, readable without the lock.
+    /// Events in `queue`, readable without the lock: a hint that sends
+    /// raise after they let the lock go (a receiver that sees it then
+    /// takes the lock without waiting for the sender to leave it, which
+    /// on two cores cost a cache line's round trip per job). So it may
+    /// lag the queue, or briefly wrap below zero when a receiver pops an
+    /// event under the lock before its count is in; a look that finds
+    /// nothing looks again. Whether an event is there is decided under
+    /// the lock.
     queued: AtomicUsize,
+    /// Keeps `queue` (and its lock) a cache line away from `queued`.
+    _apart: [u8; 64],
     queue: Mutex<Queue>,
 }
 
@@ -178,11 +190,12 @@ impl Reply {
         let m = &*self.mailbox;
         let mut q = lock(&m.hot.queue);
         q.push((self.tag, event));
-        // Release: the receiver's Acquire load of a count above 0 then
-        // takes the lock and finds the event.
-        m.hot.queued.fetch_add(1, Ordering::Release);
         let sleeping = q.sleeping;
         drop(q);
+        // Counted once the lock is let go (see `Hot::queued`). Release:
+        // the receiver's Acquire load of a count above 0 then takes the
+        // lock and finds the event.
+        m.hot.queued.fetch_add(1, Ordering::Release);
         if sleeping {
             m.cv.notify_one();
         }
@@ -197,14 +210,14 @@ impl Reply {
         let m = &*self.mailbox;
         let mut q = lock(&m.hot.queue);
         q.push((self.tag, event));
-        // Release: as in `send`.
-        m.hot.queued.fetch_add(1, Ordering::Release);
         // AcqRel: as in `drop`; under the lock a sleeping receiver looks
         // at `senders` with.
         let last = m.senders.fetch_sub(1, Ordering::AcqRel) == 1;
         self.finished = true;
         let sleeping = q.sleeping;
         drop(q);
+        // Release: as in `send`, after the lock.
+        m.hot.queued.fetch_add(1, Ordering::Release);
         if sleeping {
             if last {
                 m.cv.notify_all();
@@ -245,6 +258,7 @@ impl Inbox {
             _apart: [0; 64],
             hot: Hot {
                 queued: AtomicUsize::new(0),
+                _apart: [0; 64],
                 queue: Mutex::new(Queue {
                     first: None,
                     rest: VecDeque::new(),
@@ -275,13 +289,12 @@ impl Inbox {
         // Acquire: pairs with the Release in `send`.
         if m.hot.queued.load(Ordering::Acquire) == 0 {
             // Acquire: pairs with the last `Reply`'s drop; an event sent
-            // before that drop is seen by the look below.
+            // before that drop is in the queue (its count may lag), which
+            // the look under the lock below finds.
             if m.senders.load(Ordering::Acquire) > 0 {
                 return Err(Empty::Now);
             }
-            if m.hot.queued.load(Ordering::Acquire) == 0 {
-                return Err(Empty::Closed);
-            }
+            return self.pop().map_err(|_| Empty::Closed);
         }
         self.pop()
     }
@@ -292,7 +305,8 @@ impl Inbox {
         let mut q = lock(&m.hot.queue);
         match q.pop() {
             Some(e) => {
-                // Relaxed: under the lock that `send` increments it under.
+                // Relaxed: a hint (see `Hot::queued`); wraps for a moment
+                // if the sender has not counted this event yet.
                 m.hot.queued.fetch_sub(1, Ordering::Relaxed);
                 Ok(e)
             }
@@ -315,16 +329,13 @@ impl Inbox {
                     return Ok(e);
                 }
             }
-            // The clock and whether the mailbox closed, every 16th try: the
-            // clock cost as much as the look.
-            if tries % 16 == 15 {
-                match self.try_recv() {
-                    Err(Empty::Now) => {}
-                    got => return got,
-                }
-                if start.elapsed() >= crate::util::CHANNEL_SPIN {
-                    break;
-                }
+            // The clock every 16th try: it cost as much as the look.
+            // Whether the mailbox closed is asked once the spin is over
+            // (`recv_deadline` does), not while spinning: the handles'
+            // count is on the line a worker writes as it answers, and
+            // reading it pulled that line away from the worker mid-answer.
+            if tries % 16 == 15 && start.elapsed() >= crate::util::CHANNEL_SPIN {
+                break;
             }
             spin_pause(&mut tries);
         }
@@ -337,7 +348,7 @@ impl Inbox {
         let mut q = lock(&m.hot.queue);
         loop {
             if let Some(e) = q.pop() {
-                // Relaxed: under the lock.
+                // Relaxed: a hint, as in `pop`.
                 m.hot.queued.fetch_sub(1, Ordering::Relaxed);
                 return Ok(e);
             }
