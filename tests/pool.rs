@@ -920,3 +920,31 @@ both!(a_broadcast_reaches_each_slot_while_workers_recycle, |backend| {
     assert!(pool.failure().is_none());
     finish(pool);
 });
+
+// A suspended pool's stats count every job that waits as queued (a thread
+// worker may already hold one, taken before it saw the suspend), and
+// `wait_idle` does not call it idle; after `resume` every job runs once.
+both!(
+    a_suspended_pools_waiting_jobs_are_queued_not_lost_from_view,
+    |backend| {
+        let pool = builder(backend, 2).build().unwrap();
+        pool.suspend();
+        let tickets: Vec<_> = (0..6u64).map(|i| pool.submit(Square(i)).unwrap()).collect();
+        common::wait_until("every job counted as queued", || {
+            let s = pool.stats();
+            s.queued == 6 && s.running == 0
+        });
+        assert!(
+            !pool.wait_idle(std::time::Duration::from_millis(20)),
+            "six jobs wait"
+        );
+        assert_eq!(pool.stats().queued, 6);
+        pool.resume();
+        let got: Vec<u64> = tickets.into_iter().map(|t| t.wait().unwrap()).collect();
+        assert_eq!(got, vec![0, 1, 4, 9, 16, 25]);
+        assert!(pool.wait_idle(std::time::Duration::from_secs(60)));
+        let s = pool.stats();
+        assert_eq!((s.queued, s.running, s.done), (0, 0, 6));
+        finish(pool);
+    }
+);

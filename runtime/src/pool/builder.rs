@@ -510,6 +510,7 @@ impl PoolBuilder {
             saturated: AtomicBool::new(false),
             requeue: Mutex::new(VecDeque::new()),
             requeued: AtomicUsize::new(0),
+            held: AtomicUsize::new(0),
             closed: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             hurry: AtomicBool::new(false),

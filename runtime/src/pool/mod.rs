@@ -467,8 +467,11 @@ impl Pool {
     pub fn wait_idle(&self, timeout: Duration) -> bool {
         let deadline = crate::util::deadline(timeout);
         let core = &self.inner.core;
-        core.idle
-            .wait_until(deadline, || !core.has_queued() && !self.inner.busy())
+        // Held jobs (module `threads`) are read before and after the
+        // running counts: a job moving between the two is seen in one.
+        core.idle.wait_until(deadline, || {
+            !core.has_queued() && !self.inner.busy() && core.held.load(Ordering::SeqCst) == 0
+        })
     }
 
     /// A snapshot of the pool's counters.
@@ -507,7 +510,9 @@ impl Pool {
             })
             .collect();
         Stats {
-            queued: core.queue_rx.len() + core.requeued.load(Ordering::Relaxed),
+            queued: core.queue_rx.len()
+                + core.requeued.load(Ordering::Relaxed)
+                + core.held.load(Ordering::Relaxed),
             running: workers.iter().map(|w| w.running).sum(),
             done: workers.iter().map(|w| w.done).sum(),
             failed: workers.iter().map(|w| w.failed).sum::<u64>()

@@ -177,6 +177,9 @@ impl super::Core {
 
     /// Whether any task waits (queued or re-queued).
     pub(crate) fn has_queued(&self) -> bool {
-        self.requeued.load(Ordering::Acquire) > 0 || !self.queue_rx.is_empty() || !self.ranked.is_empty()
+        self.requeued.load(Ordering::Acquire) > 0
+            || self.held.load(Ordering::SeqCst) > 0
+            || !self.queue_rx.is_empty()
+            || !self.ranked.is_empty()
     }
 }

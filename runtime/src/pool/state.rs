@@ -243,6 +243,10 @@ pub(crate) struct Core {
     /// job's worker (innocent neighbours): they go before the queue.
     pub(crate) requeue: Mutex<VecDeque<Task>>,
     pub(crate) requeued: AtomicUsize,
+    /// Jobs a thread worker took from the queue and holds while the pool
+    /// is suspended: still queued, as far as `stats` and `wait_idle` can
+    /// tell (they run once the pool resumes).
+    pub(crate) held: AtomicUsize,
     /// No new jobs are taken (shutdown started, or the pool failed).
     pub(crate) closed: AtomicBool,
     /// Shutdown has begun: exits are expected, nothing restarts.

@@ -355,11 +355,20 @@ impl Threads {
             // held while the pool is suspended is not running (stats say
             // so); it counts again once the pool resumes.
             if core.suspended.load(Ordering::Acquire) {
-                counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
+                // Held, it counts as queued (it was, and runs later): in
+                // `stats` and for `wait_idle`, which once saw a suspended
+                // pool with a job in each worker's hand as idle. Counted
+                // held before it stops counting as running, and running
+                // again before it stops counting as held, so it is never
+                // out of both. SeqCst: against `busy`'s and `has_queued`'s
+                // reads.
+                core.held.fetch_add(jobs as usize, Ordering::SeqCst);
+                counters.running.fetch_sub(jobs as usize, Ordering::SeqCst);
                 core.wait_while_suspended();
                 // Its start is after the wait, not at the last answer.
                 last_answer = 0;
-                counters.running.fetch_add(jobs as usize, Ordering::Relaxed);
+                counters.running.fetch_add(jobs as usize, Ordering::SeqCst);
+                core.held.fetch_sub(jobs as usize, Ordering::SeqCst);
             }
             if task.state.is_settled() {
                 // Cancelled or past its queue deadline while queued.
