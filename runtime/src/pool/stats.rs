@@ -8,7 +8,8 @@ use super::metrics::RouteStats;
 /// A snapshot of a pool's counters.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Stats {
-    /// Jobs waiting in the queue.
+    /// Jobs waiting to run: in the queue, or (on a suspended thread pool)
+    /// taken by a worker that waits for the resume to run them.
     pub queued: usize,
     /// Jobs a worker has taken and not finished.
     pub running: usize,
@@ -28,6 +29,10 @@ pub struct Stats {
     pub workers: Vec<WorkerStats>,
     /// Per job type (route name): queue-wait and run-time quantiles and
     /// counts, when the pool keeps metrics ([`PoolBuilder::metrics`](super::PoolBuilder::metrics)).
+    /// One entry per route the pool's handlers serve: a job for a route
+    /// they do not serve (it fails with `JobError::UnknownRoute`) counts
+    /// in `failed` and in its worker's counts, not here, so the routes'
+    /// counts may add up to less than the pool's.
     pub routes: BTreeMap<String, RouteStats>,
     /// The last 32 workers' exits and start failures, oldest first: why
     /// each was replaced (crash, recycle, leaving idle, shutdown).
