@@ -9,7 +9,17 @@ use crate::task::{Failure, Side, TimeoutPhase};
 ///
 /// Its `Debug` is its `Display`: one sentence that says what happened to
 /// the job and, where it helps, what to do. Match on the variants for the
-/// details.
+/// details. Two errors compare equal when they say the same thing, so a
+/// test can compare a result with the one it expects:
+///
+/// ```
+/// # extern crate portpool_runtime as portpool;
+/// use portpool::job::JobError;
+/// let r: Result<u64, JobError<String>> = Err(JobError::Handler("too big".into()));
+/// assert_eq!(r, Err(JobError::Handler("too big".to_string())));
+/// assert_ne!(r, Err(JobError::Cancelled));
+/// ```
+#[derive(Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum JobError<E> {
     /// The handler returned its own error.
