@@ -199,6 +199,26 @@ fn messages_survive_a_connection_within_one_process_too() {
     t.join().unwrap();
 }
 
+/// A message of another type whose bytes start like the one asked for is
+/// not read as its prefix: bytes left over mean it is not a `T`, so a
+/// typed read passes it by (it stays for a reader of its own type), as
+/// for any message of another type.
+#[test]
+fn a_message_is_not_read_as_a_prefix_of_itself() {
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || {
+        let link = Link::new(b.connect().unwrap());
+        link.send_message(&(7u32, 9u32)).unwrap();
+        link.send_message(&8u32).unwrap();
+        link.wait_closed();
+    });
+    let link = Link::new(a.connect().unwrap());
+    assert_eq!(link.recv_message_timeout::<u32>(BOUND).unwrap(), 8);
+    assert_eq!(link.recv_message_timeout::<(u32, u32)>(BOUND).unwrap(), (7, 9));
+    drop(link);
+    t.join().unwrap();
+}
+
 #[derive(Serialize, Deserialize, Debug, PartialEq)]
 #[serde(tag = "op", rename_all = "snake_case")]
 enum Op {

@@ -64,7 +64,8 @@ impl Payload {
         }
     }
 
-    /// Decodes the value as `T`.
+    /// Decodes the value as `T`, all of it: bytes left over after a `T`
+    /// mean the value is of another type, an error (as a port's receive).
     pub fn decode_value<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
         self.decode()
     }
@@ -81,8 +82,13 @@ impl Payload {
                     })?;
                     fds.push(f);
                 }
-                crate::port::with_received_fds(fds, || postcard::from_bytes(b))
-                    .map_err(|e| crate::port::buffer_refusal(&e).unwrap_or_else(|| e.to_string()))
+                // Strict, as a port's receive: bytes left after the value
+                // mean the peer sent another type, not this one with extras.
+                match crate::port::with_received_fds(fds, || postcard::take_from_bytes::<T>(b)) {
+                    Ok((v, [])) => Ok(v),
+                    Ok((_, rest)) => Err(format!("{} bytes left over after the value", rest.len())),
+                    Err(e) => Err(crate::port::buffer_refusal(&e).unwrap_or_else(|| e.to_string())),
+                }
             }
             Payload(Encoded::Json(v), _) => T::deserialize(v).map_err(|e| e.to_string()),
         };
