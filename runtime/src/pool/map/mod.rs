@@ -302,6 +302,22 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
         }
     }
 
+    /// [`next`](Iterator::next) past its common case: `panicked`, the
+    /// result just taken from `values` is a panic's.
+    #[inline(never)]
+    fn next_slow(&mut self, panicked: bool) -> Option<JobResult<J>> {
+        if panicked {
+            return Some(Err(self.next_panic()));
+        }
+        if let Some(r) = self.pop_ready_next_chunk() {
+            return Some(r);
+        }
+        match self.advance(true) {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => None, // not when blocking
+        }
+    }
+
     /// The panic of a `None` in `values`.
     #[cold]
     #[inline(never)]
@@ -422,14 +438,11 @@ impl<J: Job, I: Iterator<Item = J>> Iterator for Map<'_, J, I> {
 
     #[inline(always)]
     fn next(&mut self) -> Option<JobResult<J>> {
-        // The common case, kept out of `advance` (a call per tiny job
-        // showed in pool_thread_tiny_jobs).
-        if let Some(r) = self.pop_ready() {
-            return Some(r);
-        }
-        match self.advance(true) {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => None, // not when blocking
+        // The common case, a thread worker's result, in a few
+        // instructions the caller's loop inlines; the rest out of line.
+        match self.values.next() {
+            Some(Some(r)) => Some(r.map_err(JobError::Handler)),
+            other => self.next_slow(other.is_some()),
         }
     }
 
