@@ -355,13 +355,10 @@ impl Threads {
             // held while the pool is suspended is not running (stats say
             // so); it counts again once the pool resumes.
             if core.suspended.load(Ordering::Acquire) {
-                // Held, it counts as queued (it was, and runs later): in
-                // `stats` and for `wait_idle`, which once saw a suspended
-                // pool with a job in each worker's hand as idle. Counted
-                // held before it stops counting as running, and running
-                // again before it stops counting as held, so it is never
-                // out of both. SeqCst: against `busy`'s and `has_queued`'s
-                // reads.
+                // Held, it counts as queued (`stats`, `wait_idle`): held
+                // before it stops running and running before it stops
+                // being held, never out of both. SeqCst: against the reads
+                // of `busy` and `has_queued`.
                 core.held.fetch_add(jobs as usize, Ordering::SeqCst);
                 counters.running.fetch_sub(jobs as usize, Ordering::SeqCst);
                 core.wait_while_suspended();
