@@ -171,62 +171,6 @@ impl Idle {
     }
 }
 
-/// Wakes submitters that wait for a process worker's free slot (a pool
-/// with a queue limit of 0 has no queue to wait in). Freeing a slot costs
-/// an atomic load unless someone waits.
-#[derive(Default)]
-pub(crate) struct FreeGate {
-    /// Bumped at every wake-up, so a waiter that looked before it never
-    /// sleeps through it.
-    wakeups: Mutex<u64>,
-    cv: Condvar,
-    waiters: AtomicUsize,
-}
-
-impl FreeGate {
-    /// A slot was freed (or a worker started, or the pool closed).
-    pub(crate) fn notify(&self) {
-        // SeqCst: pairs with the increment in `wait`; either the waiter's
-        // next look sees the slot, or this sees the waiter.
-        if self.waiters.load(Ordering::SeqCst) > 0 {
-            *lock(&self.wakeups) += 1;
-            self.cv.notify_all();
-        }
-    }
-
-    /// Calls `attempt` until it succeeds, `give_up()`, or `deadline`;
-    /// sleeps between attempts until a slot is freed.
-    pub(crate) fn wait<T>(
-        &self,
-        mut attempt: impl FnMut() -> Option<T>,
-        give_up: impl Fn() -> bool,
-        deadline: Option<Instant>,
-    ) -> Option<T> {
-        self.waiters.fetch_add(1, Ordering::SeqCst);
-        let out = loop {
-            let seen = *lock(&self.wakeups);
-            if let Some(v) = attempt() {
-                break Some(v);
-            }
-            if give_up() {
-                break None;
-            }
-            let now = Instant::now();
-            if deadline.is_some_and(|d| now >= d) {
-                break None;
-            }
-            let g = lock(&self.wakeups);
-            if *g == seen {
-                // The bound only guards against a missed notification.
-                let left = deadline.map_or(Duration::MAX, |d| d - now);
-                let _ = self.cv.wait_timeout(g, left.min(Duration::from_millis(50)));
-            }
-        };
-        self.waiters.fetch_sub(1, Ordering::SeqCst);
-        out
-    }
-}
-
 /// State both backends share: the bounded queue, the counters, the
 /// supervisor's settings and state.
 pub(crate) struct Core {
@@ -234,7 +178,7 @@ pub(crate) struct Core {
     /// when a worker can start it).
     pub(crate) queue_limit: usize,
     /// Submitters waiting for a free worker slot (queue limit 0).
-    pub(crate) free: FreeGate,
+    pub(crate) free: super::processes::FreeGate,
     pub(crate) queue_tx: Sender<Work>,
     pub(crate) queue_rx: Receiver<Work>,
     /// The queue was full and has not drained since (`PoolEvent::Saturated`).

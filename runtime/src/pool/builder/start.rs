@@ -113,7 +113,7 @@ impl PoolBuilder {
         };
         let core = Arc::new(Core {
             queue_limit,
-            free: FreeGate::default(),
+            free: processes::FreeGate::default(),
             queue_tx,
             queue_rx,
             saturated: AtomicBool::new(false),

@@ -11,6 +11,7 @@
 //! that spawned a child exits (design.md, known traps).
 
 mod dispatch;
+pub(crate) use dispatch::FreeGate;
 mod reader;
 mod slot;
 mod worker;
