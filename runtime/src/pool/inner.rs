@@ -66,29 +66,6 @@ impl crate::runtime::Managed for PoolInner {
 }
 
 impl PoolInner {
-    pub(crate) fn refusal(&self) -> Option<Refusal> {
-        // Acquire: pairs with the Release store in `shutdown` / `fail_pool`.
-        if !self.core.closed.load(Ordering::Acquire) {
-            return None;
-        }
-        Some(match self.core.failure() {
-            Some(why) => Refusal::Failed(why),
-            None => Refusal::Closed,
-        })
-    }
-
-    pub(crate) fn after_enqueue(&self) {
-        match &self.backend {
-            Backend::Processes(p) => p.kick(),
-            Backend::Threads(t) => {
-                t.notify();
-                if self.core.scale.is_some() {
-                    t.grow();
-                }
-            }
-        }
-    }
-
     /// Suspends dispatch (scenario "suspend"): queued jobs wait, running
     /// ones finish; the workers' suspend hooks run.
     pub(crate) fn suspend(&self) {
