@@ -104,59 +104,13 @@ pub(crate) fn encode_job<J: Job>(job: &J, buf: &mut Vec<u8>) -> Result<(), Failu
     Err(encode_job_failure(job, failed))
 }
 
-/// A postcard output that only counts bytes: encoding into it checks that
-/// a job encodes, and how long it is, without allocating.
-struct Count(usize);
-
-impl postcard::ser_flavors::Flavor for Count {
-    type Output = usize;
-
-    #[inline]
-    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
-        self.0 += 1;
-        Ok(())
-    }
-
-    #[inline]
-    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
-        self.0 += data.len();
-        Ok(())
-    }
-
-    fn finalize(self) -> postcard::Result<usize> {
-        Ok(self.0)
-    }
-}
-
-/// Checks, at submit, that `job` will encode for a process worker and fit
-/// in a frame (the job itself is encoded into the port at dispatch): a
-/// job that cannot go fails at once, even when it has to wait in the
-/// queue. Nothing is allocated.
-#[inline]
-pub(crate) fn check_encodes<J: Job>(job: &J) -> Result<(), Failure> {
-    let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        crate::port::checking_buffers(|| postcard::serialize_with_flavor(job, Count(0)))
-    })) {
-        Ok(Ok(len)) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => return Ok(()),
-        Ok(Ok(len)) => {
-            return Err(Failure::Codec(
-                crate::job::Side::Supervisor,
-                format!(
-                    "the job encodes to {len} bytes, over the frame limit of {}",
-                    crate::frame::DEFAULT_MAX_FRAME
-                ),
-            ));
-        }
-        Ok(Err(e)) => Ok(e),
-        Err(panic) => Err(panic),
-    };
-    Err(encode_job_failure(job, failed))
-}
-
 /// Why `job` did not encode: postcard's error, or its `Serialize`'s panic.
 #[cold]
 #[inline(never)]
-fn encode_job_failure<J: Job>(job: &J, failed: Result<postcard::Error, Box<dyn Any + Send>>) -> Failure {
+pub(super) fn encode_job_failure<J: Job>(
+    job: &J,
+    failed: Result<postcard::Error, Box<dyn Any + Send>>,
+) -> Failure {
     match failed {
         Ok(e) => encode_failure(job, &e),
         Err(payload) => Failure::Codec(
@@ -240,25 +194,6 @@ pub(crate) fn send_encoded(
         Ok(())
     })
     .map_err(send_failure)
-}
-
-/// Checks, at submit, that `job` encodes as JSON and fits in a frame
-/// (it is encoded into the port at dispatch): nothing is kept.
-pub(crate) fn check_encodes_json<J: Job>(job: &J) -> Result<(), Failure> {
-    let fail = |why: String| {
-        Failure::Codec(
-            crate::job::Side::Supervisor,
-            format!("the supervisor could not send a `{}` job: {why}", J::NAME),
-        )
-    };
-    match crate::proto::json::encoded_len(job) {
-        Ok(len) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => Ok(()),
-        Ok(len) => Err(fail(format!(
-            "it encodes to {len} bytes, over the frame limit of {}",
-            crate::frame::DEFAULT_MAX_FRAME
-        ))),
-        Err(why) => Err(fail(why)),
-    }
 }
 
 /// Encodes a job as JSON for a worker in another language.

@@ -504,15 +504,6 @@ impl Core {
         self.suspended.store(on, Ordering::Release);
         cv.notify_all();
     }
-
-    /// The run timeout and retries of a job of route `route`.
-    pub(crate) fn limits(&self, route: &str) -> (Option<Duration>, u32) {
-        let rc = self.config.per_route.get(route).copied().unwrap_or_default();
-        (
-            rc.timeout.or(self.config.job_timeout),
-            rc.retries.unwrap_or(self.config.retries),
-        )
-    }
 }
 
 impl Books for Core {

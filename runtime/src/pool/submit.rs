@@ -1,5 +1,6 @@
 //! The submit paths: a job's ticket and task made (`prepare`), checked
-//! (a process pool's job must encode and fit in a frame), queued
+//! (a process pool's job must encode and fit in a frame: `check_encodes`,
+//! which encodes into a byte counter), queued
 //! (`enqueue`, blocking, or not, or until a deadline; a ranked job beside
 //! the queue), and the backend told (`after_enqueue`); and whether the
 //! pool takes jobs at all (`refusal`).
@@ -330,5 +331,84 @@ impl PoolInner {
                 }
             }
         }
+    }
+}
+
+/// A postcard output that only counts bytes: encoding into it checks that
+/// a job encodes, and how long it is, without allocating.
+struct Count(usize);
+
+impl postcard::ser_flavors::Flavor for Count {
+    type Output = usize;
+
+    #[inline]
+    fn try_push(&mut self, _: u8) -> postcard::Result<()> {
+        self.0 += 1;
+        Ok(())
+    }
+
+    #[inline]
+    fn try_extend(&mut self, data: &[u8]) -> postcard::Result<()> {
+        self.0 += data.len();
+        Ok(())
+    }
+
+    fn finalize(self) -> postcard::Result<usize> {
+        Ok(self.0)
+    }
+}
+
+/// Checks, at submit, that `job` will encode for a process worker and fit
+/// in a frame (the job itself is encoded into the port at dispatch): a
+/// job that cannot go fails at once, even when it has to wait in the
+/// queue. Nothing is allocated.
+#[inline]
+pub(crate) fn check_encodes<J: Job>(job: &J) -> Result<(), Failure> {
+    let failed = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        crate::port::checking_buffers(|| postcard::serialize_with_flavor(job, Count(0)))
+    })) {
+        Ok(Ok(len)) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => return Ok(()),
+        Ok(Ok(len)) => {
+            return Err(Failure::Codec(
+                crate::job::Side::Supervisor,
+                format!(
+                    "the job encodes to {len} bytes, over the frame limit of {}",
+                    crate::frame::DEFAULT_MAX_FRAME
+                ),
+            ));
+        }
+        Ok(Err(e)) => Ok(e),
+        Err(panic) => Err(panic),
+    };
+    Err(encode_job_failure(job, failed))
+}
+
+/// Checks, at submit, that `job` encodes as JSON and fits in a frame
+/// (it is encoded into the port at dispatch): nothing is kept.
+pub(crate) fn check_encodes_json<J: Job>(job: &J) -> Result<(), Failure> {
+    let fail = |why: String| {
+        Failure::Codec(
+            crate::job::Side::Supervisor,
+            format!("the supervisor could not send a `{}` job: {why}", J::NAME),
+        )
+    };
+    match crate::proto::json::encoded_len(job) {
+        Ok(len) if len < crate::frame::DEFAULT_MAX_FRAME - 64 => Ok(()),
+        Ok(len) => Err(fail(format!(
+            "it encodes to {len} bytes, over the frame limit of {}",
+            crate::frame::DEFAULT_MAX_FRAME
+        ))),
+        Err(why) => Err(fail(why)),
+    }
+}
+
+impl Core {
+    /// The run timeout and retries of a job of route `route`.
+    pub(crate) fn limits(&self, route: &str) -> (Option<Duration>, u32) {
+        let rc = self.config.per_route.get(route).copied().unwrap_or_default();
+        (
+            rc.timeout.or(self.config.job_timeout),
+            rc.retries.unwrap_or(self.config.retries),
+        )
     }
 }
