@@ -351,9 +351,10 @@ impl Threads {
                     s.notify_one();
                 }
             }
-            // Acquire: pairs with the Release store of a suspend. A job
-            // held while the pool is suspended is not running (stats say
-            // so); it counts again once the pool resumes.
+            // Acquire: pairs with the Release store of a suspend. While
+            // suspended no worker takes from the queue (`look`), but a job
+            // taken as the suspend came, or a broadcast copy, is held: not
+            // running (stats say so); it counts again once the pool resumes.
             if core.suspended.load(Ordering::Acquire) {
                 // Held, it counts as queued (`stats`, `wait_idle`): held
                 // before it stops running and running before it stops

@@ -88,6 +88,14 @@ impl Threads {
         if let Ok(t) = slot.private_rx.try_recv() {
             return Some(Ok(Work::Task(t)));
         }
+        // A suspended pool's queued jobs stay in the queue (counted
+        // queued, as a process pool's do); `resume` wakes a worker, which
+        // wakes the next while more wait. (A broadcast copy above is this
+        // worker's alone: it is taken and held, module `mod`.) Acquire:
+        // pairs with `set_suspended`.
+        if core.suspended.load(Ordering::Acquire) {
+            return None;
+        }
         // A ranked job may wait without a wake: look in rank order.
         if !core.ranked.is_empty() {
             if let Some(w @ (Work::Task(_) | Work::Stop)) = core.pop() {
