@@ -161,6 +161,9 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
             max_chunk: if pool.times_out::<J>() {
                 1
             } else if matches!(pool.inner.backend, Backend::Threads(_)) {
+                // 16384: in three alternating runs each, map_unordered of
+                // 1M tiny jobs ran at 18.7 times the raw pool's rate
+                // against 13.6 with 65536 (map_tiny: 0.34 vs 0.47, noisy).
                 max_thread_chunk::<J>().clamp(1, 1 << 14)
             } else {
                 MAX_CHUNK
@@ -294,8 +297,7 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     #[inline(always)]
     fn pop_ready(&mut self) -> Option<JobResult<J>> {
         match self.values.next() {
-            Some(Some(Ok(v))) => Some(Ok(v)),
-            Some(Some(Err(e))) => Some(Err(JobError::Handler(e))),
+            Some(Some(r)) => Some(r.map_err(JobError::Handler)),
             Some(None) => Some(Err(self.next_panic())),
             None => self.pop_ready_next_chunk(),
         }
