@@ -39,6 +39,7 @@
 mod error;
 mod frame;
 mod future;
+mod incoming;
 mod state;
 
 use std::collections::{HashMap, VecDeque};
@@ -59,6 +60,9 @@ pub use error::LinkError;
 pub use frame::Payload;
 use frame::{Frame, StrictOutcome};
 pub use future::{MessageFuture, RequestFuture};
+#[allow(deprecated)]
+pub use incoming::EachMessage;
+pub use incoming::{IncomingRequest, Messages};
 use state::{Action, Closed, Handler, Inner, State, background};
 
 /// How a link encodes its frames and the values in them (announced in
@@ -535,77 +539,4 @@ fn take_message<T: DeserializeOwned>(
         (Some(e), 1) => e,
         _ => Inner::closed_error(c),
     }))
-}
-
-/// A request from the peer, to answer with [`reply`](Self::reply).
-pub struct IncomingRequest<Req> {
-    id: u64,
-    /// The request.
-    pub value: Req,
-    inner: Arc<Inner>,
-}
-
-impl<Req: fmt::Debug> fmt::Debug for IncomingRequest<Req> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("IncomingRequest")
-            .field("id", &self.id)
-            .field("value", &self.value)
-            .finish()
-    }
-}
-
-impl<Req> IncomingRequest<Req> {
-    /// Sends the reply: `Ok` is the response, `Err` a failure the
-    /// requester receives as [`LinkError::Failed`].
-    pub fn reply<Resp: Serialize>(self, result: Result<Resp, String>) -> Result<(), LinkError> {
-        let payload = match result {
-            Ok(r) => Ok(self.inner.encode(&r)?),
-            Err(why) => Err(why),
-        };
-        self.inner.reply(self.id, payload)
-    }
-}
-
-/// The iterator of [`Link::messages`].
-#[must_use = "messages are read only while the iterator is iterated"]
-pub struct Messages<'l, T> {
-    link: &'l Link,
-    done: bool,
-    _t: PhantomData<fn() -> T>,
-}
-
-/// The old name of [`Messages`].
-#[deprecated(since = "0.1.0", note = "renamed `Messages`")]
-pub type EachMessage<'l, T> = Messages<'l, T>;
-
-impl<T> fmt::Debug for Messages<'_, T> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Messages").field("done", &self.done).finish()
-    }
-}
-
-impl<T: DeserializeOwned> Iterator for Messages<'_, T> {
-    type Item = Result<T, LinkError>;
-
-    fn next(&mut self) -> Option<Self::Item> {
-        if self.done {
-            return None;
-        }
-        let r = self.link.inner.wait_for(None, true, |st| {
-            if let Some(p) = st.inbox.pop_front() {
-                return Some(Some(p.decode::<T>()));
-            }
-            match &st.closed {
-                Some(Closed::Clean) => Some(None),
-                Some(c) => Some(Some(Err(Inner::closed_error(c)))),
-                None => None,
-            }
-        });
-        let item = match r {
-            Ok(item) => item,
-            Err(e) => Some(Err(e)),
-        };
-        self.done = !matches!(item, Some(Ok(_)));
-        item
-    }
 }
