@@ -462,12 +462,55 @@ both!(
         if backend == Backend::Processes {
             assert_ne!(pool.stats().workers[0].pid, old);
         }
-        gate.open(); // lets an abandoned thread return
-        let s = pool.shutdown(Shutdown::default());
-        assert_eq!(s.threads_abandoned, 0, "{s:?}");
-        finish(pool, &ev);
+        abandoned_job_is_off_the_books(pool, backend, gate, &ev, (1, 0));
     }
 );
+
+both!(
+    a_cancelled_job_that_never_returns_ends_once_and_holds_up_nothing,
+    |backend| {
+        let (b, ev) = builder(backend, 1);
+        let pool = b.build().unwrap();
+        let gate = GatePath::new(&format!("cancel-stuck-{backend:?}"));
+        let mut t = pool.submit(Stubborn(gate.0.clone())).unwrap();
+        assert_eq!(t.recv_progress::<String>().as_deref(), Some("started"));
+        t.cancel();
+        assert!(matches!(t.wait(), Err(JobError::Cancelled)));
+        ev.wait_for("the stuck worker's end", |e| {
+            matches!(e, PoolEvent::WorkerExited { expected: true, .. })
+        });
+        assert_eq!(pool.submit(Square(7)).unwrap().wait().unwrap(), 49);
+        abandoned_job_is_off_the_books(pool, backend, gate, &ev, (1, 1));
+    }
+);
+
+/// After a worker stuck in a handler was replaced (a process killed, a
+/// thread abandoned): its job counts once (`failed`, `cancelled`), nothing
+/// runs, the pool is idle, and the shutdown neither waits for the
+/// abandoned thread nor hits its deadline; it counts the thread as left.
+fn abandoned_job_is_off_the_books(
+    pool: Pool,
+    backend: Backend,
+    gate: GatePath,
+    ev: &Events,
+    (failed, cancelled): (u64, u64),
+) {
+    assert!(pool.wait_idle(BOUND), "{:?}", pool.stats());
+    let st = pool.stats();
+    assert_eq!(
+        (st.running, st.queued, st.done, st.failed, st.cancelled),
+        (0, 0, 1, failed, cancelled),
+        "{st:?}"
+    );
+    let s = pool.shutdown(Shutdown::default());
+    assert_eq!(
+        (s.threads_abandoned, s.deadline_hit),
+        (usize::from(backend == Backend::Threads), false),
+        "{s:?}"
+    );
+    gate.open(); // lets the abandoned thread return
+    finish(pool, ev);
+}
 
 both!(
     a_queue_wait_deadline_fails_a_job_that_never_left_the_queue,

@@ -145,23 +145,10 @@ impl<J: Job> Ticket<J> {
     fn wait_for_outcome(&mut self, deadline: Option<Instant>) {
         if let Some(fast) = self.state.fast_reader() {
             // The job's worker holds only this job: read its answer here.
-            let (rx, progress, done, state) = (&self.inbox, &mut self.progress, &mut self.done, &self.state);
-            fast.read_for(
-                &mut || {
-                    while let Ok((_, e)) = rx.try_recv() {
-                        match e {
-                            Event::Progress(p) => progress.push_back(p),
-                            Event::Done(o) => {
-                                // A job's last event: nothing follows it.
-                                *done = Some(o);
-                                break;
-                            }
-                        }
-                    }
-                    done.is_some() || state.settled_by_cancel()
-                },
-                deadline,
-            );
+            // Once the job is settled (by this read, a timer, a cancel),
+            // its outcome is in the mailbox or about to be; the loop below
+            // takes it with any progress messages before it.
+            fast.read_for(&self.state, deadline);
         }
         while self.done.is_none() {
             if self.state.settled_by_cancel() {

@@ -231,8 +231,10 @@ pub struct ShutdownReport {
     pub cancelled: u64,
     /// Worker processes this shutdown had to signal (SIGTERM or SIGKILL).
     pub workers_killed: usize,
-    /// Thread workers still inside a handler when the shutdown gave up
-    /// waiting for them; they were detached (threads cannot be killed).
+    /// Thread workers still inside a handler when the shutdown ended:
+    /// those it gave up waiting for, and those abandoned earlier past a
+    /// timeout or cancel (not waited for: their jobs had already ended).
+    /// They were detached (threads cannot be killed).
     pub threads_abandoned: usize,
     /// Whether the shutdown hit its deadline.
     pub deadline_hit: bool,

@@ -69,10 +69,11 @@ pub(crate) enum Event {
 /// waits for its job (ARCHITECTURE.md, "a lone job's waiter reads its
 /// answer").
 pub(crate) trait FastRead: Send + Sync {
-    /// Reads the port, handling what comes, until `done()` or `deadline`,
-    /// or until reading here stops making sense (then the caller waits on
-    /// its channel as usual).
-    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>);
+    /// Reads the port, handling what comes, until `job` is settled (its
+    /// outcome is then in its mailbox, or about to be, from whoever settled
+    /// it) or `deadline` passes, or until reading here stops making sense;
+    /// the caller then takes its events from the mailbox as usual.
+    fn read_for(&self, job: &JobState, deadline: Option<Instant>);
 }
 
 /// A submitted job's shared state: its cancellation flag, whether it was

@@ -264,17 +264,17 @@ impl crate::pool::FastRead for Worker {
     /// saves a cross-thread wake-up per round trip. It gives up (and the
     /// ticket waits on its channel as usual) when other jobs are in flight,
     /// when the reader thread does not let go, or when the port ends.
-    fn read_for(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>) {
-        self.read_until(done, deadline);
+    fn read_for(&self, job: &crate::job::JobState, deadline: Option<Instant>) {
+        self.read_until(job, deadline);
         self.drain_buffered();
     }
 }
 
 impl Worker {
-    pub(super) fn read_until(&self, done: &mut dyn FnMut() -> bool, deadline: Option<Instant>) {
+    pub(super) fn read_until(&self, job: &crate::job::JobState, deadline: Option<Instant>) {
         use crate::transport::Wait;
         loop {
-            if done() {
+            if job.is_settled() {
                 return;
             }
             // SeqCst: as every other access to the in-flight count.

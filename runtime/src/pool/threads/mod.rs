@@ -61,8 +61,9 @@ enum Taken {
     Stop,
 }
 
-/// A thread's slot id, its handle, and a channel that disconnects when it ends.
-type ThreadHandle = (usize, JoinHandle<()>, Receiver<()>);
+/// A thread's slot id, its handle, a channel that disconnects when it
+/// ends, and its "you were replaced" flag.
+type ThreadHandle = (usize, JoinHandle<()>, Receiver<()>, Arc<AtomicBool>);
 
 pub(crate) struct Threads {
     me: std::sync::Weak<Threads>,
@@ -123,7 +124,7 @@ impl Threads {
         }
         // Threads that ended (recycled, abandoned and returned) are let go,
         // so a pool that recycles often does not keep their handles.
-        handles.retain(|(_, _, done)| {
+        handles.retain(|(_, _, done, _)| {
             !matches!(
                 done.try_recv(),
                 Err(crossbeam_channel::TryRecvError::Disconnected)
@@ -133,13 +134,14 @@ impl Threads {
         *lock(&self.slots[id].current) = (epoch, abandoned.clone());
         let (done_tx, done_rx) = crossbeam_channel::bounded::<()>(0);
         let me = self.clone();
+        let flag = abandoned.clone();
         let h = std::thread::Builder::new()
             .name(format!("portpool-worker-{id}"))
             .spawn(move || {
                 let _done = done_tx; // dropped when the thread ends
-                me.worker_loop(id, epoch, &abandoned);
+                me.worker_loop(id, epoch, &flag);
             })?;
-        handles.push((id, h, done_rx));
+        handles.push((id, h, done_rx, abandoned));
         drop(handles);
         self.core.event(PoolEvent::WorkerStarted {
             worker: id,
@@ -178,7 +180,6 @@ impl Threads {
             .collect()
     }
 
-    /// Whether any worker runs a job.
     /// Whether every thread runs a job.
     pub(crate) fn full(&self) -> bool {
         // Relaxed: a snapshot.
@@ -240,16 +241,26 @@ impl Threads {
         // abandoned ones that returned have ended, and said so).
         let live: Vec<bool> = handles
             .iter()
-            .map(|(_, _, done)| {
+            .map(|(_, _, done, _)| {
                 !matches!(
                     done.try_recv(),
                     Err(crossbeam_channel::TryRecvError::Disconnected)
                 )
             })
             .collect();
+        // A thread abandoned earlier (scenario "thread timeout") was
+        // replaced and its job taken off the books: it takes no Stop and is
+        // not waited for; it is counted as left. Acquire: pairs with the
+        // Release store in `grace_over`.
+        let replaced = |flag: &AtomicBool| flag.load(Ordering::Acquire);
         // One Stop for each. Bounded: threads stuck in a handler take no
         // Stop, and the queue may be too small to hold one for each.
-        let stops = live.iter().filter(|l| **l).count().min(self.slots.len());
+        let stops = handles
+            .iter()
+            .zip(&live)
+            .filter(|((_, _, _, flag), l)| **l && !replaced(flag))
+            .count()
+            .min(self.slots.len());
         for _ in 0..stops {
             if self.core.queue_tx.send_deadline(Work::Stop, deadline).is_err() {
                 break;
@@ -261,7 +272,12 @@ impl Threads {
             s.notify_all();
         }
         let mut abandoned = 0;
-        for ((id, h, done), was_live) in handles.into_iter().zip(live) {
+        for ((id, h, done, flag), was_live) in handles.into_iter().zip(live) {
+            if was_live && replaced(&flag) {
+                log::warn!("abandoned worker thread {id} is still in a handler; leaving it");
+                abandoned += 1;
+                continue;
+            }
             // Nothing is ever sent: the channel disconnects when the thread ends.
             if let Err(crossbeam_channel::RecvTimeoutError::Timeout) = done.recv_deadline(deadline) {
                 log::error!(
@@ -462,6 +478,12 @@ impl Threads {
             // idle pool's stats are final, `wait_idle`), and no longer by
             // the time its ticket has the answer (so a `stats()` right
             // after `wait()` counts it done, not running), as on processes.
+            // Acquire: pairs with the Release store in `grace_over`, which
+            // took this job off the books when it replaced the thread.
+            if abandoned.load(Ordering::Acquire) {
+                log::info!("abandoned worker thread {id} (epoch {epoch}) returned; it exits");
+                return;
+            }
             if state.settle() {
                 counters.finish_n(jobs - failed, failed);
                 if core.config.metrics {
@@ -478,11 +500,6 @@ impl Threads {
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             }
             core.idle.notify();
-            // Acquire: pairs with the Release store in `grace_over`.
-            if abandoned.load(Ordering::Acquire) {
-                log::info!("abandoned worker thread {id} (epoch {epoch}) returned; it exits");
-                return;
-            }
             // Scenario "recycle": replaced between jobs, by a new thread.
             jobs_here += jobs;
             if let Some(why) = core.config.recycle.due(jobs_here, started, || None) {

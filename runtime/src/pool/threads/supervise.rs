@@ -92,7 +92,7 @@ impl Supervised for Threads {
         if cur.0 != epoch {
             return GraceOver::Done;
         }
-        {
+        let held = {
             let mut r = lock(&s.running);
             if !r.as_ref().is_some_and(|r| r.id == id && r.epoch == epoch) {
                 return GraceOver::Done;
@@ -100,9 +100,25 @@ impl Supervised for Threads {
             // Flagged under the `running` lock: a handler returning now
             // clears its record under the same lock, then reads the flag,
             // so it either sees the flag or is not abandoned at all.
-            // Release: pairs with the Acquire load in `worker_loop`.
+            // Release: pairs with the Acquire loads in `worker_loop` and `stop`.
             cur.1.store(true, Ordering::Release);
-            *r = None;
+            r.take()
+        };
+        // The job leaves the books now, as a replaced process worker's do:
+        // the abandoned thread counts nothing when (if ever) it returns, so
+        // `stats`, `wait_idle` and the shutdown do not wait for it.
+        if let Some(job) = held {
+            if !self
+                .core
+                .deliver_failure(&job.state, &job.reply, job.jobs, Failure::Cancelled, Some(worker))
+            {
+                self.core.count_settled_elsewhere(&job.state, job.jobs);
+            }
+            // SeqCst: as `busy` reads it.
+            self.core.counters[worker]
+                .running
+                .fetch_sub(job.jobs as usize, Ordering::SeqCst);
+            self.core.idle.notify();
         }
         self.core.event(PoolEvent::WorkerExited {
             worker,
