@@ -269,14 +269,48 @@ both!(
 );
 
 // With an aging of 2, a job of priority 1 goes two jobs ahead: a stream
-// of them overtakes a job of priority 0 only by the one submitted next.
+// of them overtakes a job of priority 0 only by the two submitted next.
 both!(priorities_age_so_a_low_priority_job_still_runs, |backend| {
     let order = run_order(backend, Some(2), |pool| {
         let mut t = vec![with_priority(pool, 0, 0)];
         t.extend((1..=10).map(|n| with_priority(pool, n, 1)));
         t
     });
-    assert_eq!(order, [1, 0, 2, 3, 4, 5, 6, 7, 8, 9, 10]);
+    assert_eq!(order, [1, 2, 0, 3, 4, 5, 6, 7, 8, 9, 10]);
+});
+
+// Seeded random priorities and agings against the documented model: a
+// job of priority `p` is queued as if submitted `p × aging` jobs earlier,
+// before the job submitted there; equal priorities keep their order.
+both!(run_order_matches_the_aging_model, |backend| {
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = |n: u64| {
+        seed = seed
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (seed >> 33) % n
+    };
+    for _ in 0..4 {
+        let aging = next(4);
+        let prios: Vec<u32> = (0..10).map(|_| next(4) as u32).collect();
+        let order = run_order(backend, Some(aging), |pool| {
+            prios
+                .iter()
+                .enumerate()
+                .map(|(n, &p)| with_priority(pool, n as u64, p))
+                .collect()
+        });
+        let mut model: Vec<u64> = (0..prios.len() as u64).collect();
+        model.sort_by_key(|&n| {
+            let p = prios[n as usize];
+            (
+                i128::from(n) - i128::from(p) * i128::from(aging),
+                std::cmp::Reverse(p),
+                n,
+            )
+        });
+        assert_eq!(order, model, "aging {aging}, priorities {prios:?}");
+    }
 });
 
 // Ranked jobs and a full queue: every job still ends once, its own.

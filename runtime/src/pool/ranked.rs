@@ -2,10 +2,11 @@
 //! above 0 wait in a heap beside the queue, ordered by a rank that ages.
 //!
 //! A job's rank is its submission number less `priority × aging`: it is
-//! queued as if it had been submitted that many jobs earlier. Higher
-//! priorities run first, equal ones in submission order, and a job of
-//! priority 0 is overtaken by at most `p × aging` later jobs of priority
-//! `p`, so nothing starves.
+//! queued as if it had been submitted that many jobs earlier, so it runs
+//! before the job submitted then (on equal ranks the higher priority runs
+//! first). Higher priorities run first, equal ones in submission order,
+//! and a job of priority 0 is overtaken by at most `p × aging` later jobs
+//! of priority `p`, so nothing starves.
 //!
 //! The queue (a bounded channel) still holds an entry per job, so its
 //! limit and its blocking work as before: a ranked job's entry is a
@@ -55,11 +56,19 @@ impl PartialOrd for Entry {
 }
 
 impl Ord for Entry {
-    /// The lower rank is the greater (`BinaryHeap` pops the greatest);
-    /// equal ranks by submission (the job id).
+    /// The one that runs first is the greater (`BinaryHeap` pops the
+    /// greatest): see [`order`].
     fn cmp(&self, other: &Self) -> CmpOrdering {
-        (other.rank, other.task.id).cmp(&(self.rank, self.task.id))
+        order(other.rank, &other.task).cmp(&order(self.rank, &self.task))
     }
+}
+
+/// What decides which of two jobs runs first, least first: the lower
+/// rank; on equal ranks the higher priority (a job ranked `p × aging`
+/// ahead takes the place of the job submitted there, and goes before it);
+/// then submission order (the job id).
+fn order(rank: i128, t: &Task) -> (i128, std::cmp::Reverse<u32>, u64) {
+    (rank, std::cmp::Reverse(t.priority), t.id)
 }
 
 /// The heap of ranked jobs.
@@ -121,7 +130,9 @@ impl Ranked {
                     return Some(Work::Task(t));
                 }
                 let mut h = lock(&self.heap);
-                let better = h.peek().is_some_and(|best| best.rank < inline_rank(&t));
+                let better = h
+                    .peek()
+                    .is_some_and(|best| order(best.rank, &best.task) < order(inline_rank(&t), &t));
                 if !better {
                     return Some(Work::Task(t));
                 }
