@@ -200,9 +200,9 @@ fn messages_survive_a_connection_within_one_process_too() {
 }
 
 /// A message of another type whose bytes start like the one asked for is
-/// not read as its prefix: bytes left over mean it is not a `T`, so a
-/// typed read passes it by (it stays for a reader of its own type), as
-/// for any message of another type.
+/// not read as its prefix: bytes left over mean it is not a `T`. The next
+/// message read as `T` is then an error and stays; a filtered read passes
+/// it by, and a reader of its own type still gets it.
 #[test]
 fn a_message_is_not_read_as_a_prefix_of_itself() {
     let (a, b) = port::open().unwrap();
@@ -213,8 +213,55 @@ fn a_message_is_not_read_as_a_prefix_of_itself() {
         link.wait_closed();
     });
     let link = Link::new(a.connect().unwrap());
-    assert_eq!(link.recv_message_timeout::<u32>(BOUND).unwrap(), 8);
+    // A filtered read passes the pair by; the pair then is next.
+    assert_eq!(link.recv_message_where::<u32>(|_| true).unwrap(), 8);
+    assert!(matches!(
+        link.recv_message_timeout::<u32>(BOUND),
+        Err(LinkError::Codec(_))
+    ));
     assert_eq!(link.recv_message_timeout::<(u32, u32)>(BOUND).unwrap(), (7, 9));
+    drop(link);
+    t.join().unwrap();
+}
+
+/// The next message read as the wrong type is an error at once, never a
+/// wait for a message that fits, nor a later message read in its place;
+/// the message stays for a read of its own type (blocking and async).
+#[test]
+fn the_next_message_read_as_another_type_is_an_error_and_stays() {
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    enum Event {
+        Started,
+        Progress(u32),
+    }
+    #[derive(Serialize, Deserialize, Debug, PartialEq)]
+    struct Point {
+        x: i32,
+        y: i32,
+    }
+    let (a, b) = port::open().unwrap();
+    let t = std::thread::spawn(move || {
+        let link = Link::new(b.connect().unwrap());
+        link.send_message(&Event::Started).unwrap();
+        link.send_message(&Event::Progress(50)).unwrap();
+        link.send_message(&"not a number".to_string()).unwrap();
+        link.wait_closed();
+    });
+    let link = Link::new(a.connect().unwrap());
+    // `Started` is one byte; a Point needs two. (Before, this read passed
+    // it by and took `Progress(50)` as Point { x: -1, y: 25 }.)
+    assert!(matches!(link.recv_message::<Point>(), Err(LinkError::Codec(_))));
+    assert_eq!(link.recv_message::<Event>().unwrap(), Event::Started);
+    assert_eq!(
+        link.recv_message_timeout::<Event>(BOUND).unwrap(),
+        Event::Progress(50)
+    );
+    // Only the string is left: a u64 read fails at once (it used to wait
+    // forever), the async read too, and the string is still there.
+    assert!(matches!(link.recv_message::<u64>(), Err(LinkError::Codec(_))));
+    let got = futures::executor::block_on(link.recv_message_async::<u64>());
+    assert!(matches!(got, Err(LinkError::Codec(_))), "{got:?}");
+    assert_eq!(link.recv_message::<String>().unwrap(), "not a number");
     drop(link);
     t.join().unwrap();
 }

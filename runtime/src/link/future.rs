@@ -56,11 +56,15 @@ impl Link {
     }
 
     /// A future of the next message: the async form of
-    /// [`recv_message`](Self::recv_message). While it waits, the link
+    /// [`recv_message`](Self::recv_message) (a next message that does not
+    /// decode as `T` is its error, and stays). While it waits, the link
     /// counts as listening (a strict send from the peer is delivered to
     /// it).
     pub fn recv_message_async<T: DeserializeOwned>(&self) -> MessageFuture<'_, T, fn(&T) -> bool> {
-        self.recv_message_where_async(|_: &T| true)
+        let any: fn(&T) -> bool = |_| true;
+        let mut fut = self.recv_message_where_async(any);
+        fut.next_only = true;
+        fut
     }
 
     /// A future of the next message that decodes as `T` and passes
@@ -73,6 +77,7 @@ impl Link {
         MessageFuture {
             link: self,
             filter,
+            next_only: false,
             listening: false,
             done: false,
             _t: PhantomData,
@@ -145,6 +150,9 @@ impl<Resp> Drop for RequestFuture<'_, Resp> {
 pub struct MessageFuture<'l, T, F> {
     link: &'l Link,
     filter: F,
+    /// `recv_message_async`: the next message, whatever its type (the
+    /// filter is not asked).
+    next_only: bool,
     /// Counted in the link's listeners (from the first poll that waited).
     listening: bool,
     done: bool,
@@ -170,7 +178,8 @@ impl<T: DeserializeOwned, F: Fn(&T) -> bool + Unpin> Future for MessageFuture<'_
             "a MessageFuture was polled after it returned its message"
         );
         let mut st = this.link.inner.lock();
-        match take_message(&mut st, &this.filter) {
+        let filter = (!this.next_only).then_some(&this.filter);
+        match take_message(&mut st, filter) {
             Some(r) => {
                 if this.listening {
                     st.listening -= 1;

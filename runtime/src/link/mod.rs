@@ -239,24 +239,37 @@ impl Link {
         })?
     }
 
-    /// Waits for the next message (crossbeam's `recv`).
+    /// Waits for the next message and decodes it as `T` (crossbeam's
+    /// `recv`).
+    ///
+    /// A next message that does not decode as `T` is an error
+    /// ([`LinkError::Codec`]) and stays first in the inbox, so nothing is
+    /// lost: a read of its own type (or [`recv_message_where`](Self::recv_message_where),
+    /// which passes over messages of other types) still gets it.
+    ///
+    /// Postcard frames carry no type: a message of another type whose bytes
+    /// happen to fit `T` decodes as `T` (an `enum Event { Progress(u32) }`
+    /// sent, a `struct Point { x: i32, y: i32 }` read). Use one message type
+    /// per link, an enum if there are several kinds, or [`Codec::Json`],
+    /// whose frames say more.
     pub fn recv_message<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
-        self.get_one(None, |_: &T| true)
+        self.get_one(None, None::<&fn(&T) -> bool>)
     }
 
     /// Waits for the next message that decodes as `T` and passes `filter`.
-    /// Other messages stay, in order, for later readers.
+    /// Other messages (those of other types too) stay, in order, for later
+    /// readers.
     pub fn recv_message_where<T: DeserializeOwned>(
         &self,
         filter: impl Fn(&T) -> bool,
     ) -> Result<T, LinkError> {
-        self.get_one(None, filter)
+        self.get_one(None, Some(&filter))
     }
 
     /// Like [`recv_message`](Self::recv_message), giving up with
     /// `Timeout` after `timeout`.
     pub fn recv_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
-        self.get_one(crate::util::deadline(timeout), |_: &T| true)
+        self.get_one(crate::util::deadline(timeout), None::<&fn(&T) -> bool>)
     }
 
     /// The old name of [`recv_message`](Self::recv_message).
@@ -283,13 +296,13 @@ impl Link {
         self.recv_message_timeout(timeout)
     }
 
-    fn get_one<T: DeserializeOwned>(
+    fn get_one<T: DeserializeOwned, F: Fn(&T) -> bool>(
         &self,
         deadline: Option<Instant>,
-        filter: impl Fn(&T) -> bool,
+        filter: Option<&F>,
     ) -> Result<T, LinkError> {
         self.inner
-            .wait_for(deadline, true, |st| take_message(st, &filter))?
+            .wait_for(deadline, true, |st| take_message(st, filter))?
     }
 
     /// Every message, as it comes (crossbeam's `iter`); the iterator ends
@@ -508,12 +521,24 @@ impl Drop for Link {
     }
 }
 
-/// Takes the first message in the inbox that decodes as `T` and passes
-/// `filter`; once the link is closed and none does, the reason.
-fn take_message<T: DeserializeOwned>(
+/// With a `filter`: takes the first message in the inbox that decodes as
+/// `T` and passes it. Without one: the first message, which must decode
+/// as `T` (else the error, and it stays). Once the link is closed and no
+/// message is taken, the reason.
+fn take_message<T: DeserializeOwned, F: Fn(&T) -> bool>(
     st: &mut State,
-    filter: &impl Fn(&T) -> bool,
+    filter: Option<&F>,
 ) -> Option<Result<T, LinkError>> {
+    let Some(filter) = filter else {
+        if let Some(p) = st.inbox.front() {
+            let r = p.decode::<T>();
+            if r.is_ok() {
+                st.inbox.pop_front();
+            }
+            return Some(r);
+        }
+        return st.closed.as_ref().map(|c| Err(Inner::closed_error(c)));
+    };
     let mut first_err = None;
     let mut found = None;
     for (i, p) in st.inbox.iter().enumerate() {
