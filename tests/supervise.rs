@@ -502,6 +502,8 @@ fn abandoned_job_is_off_the_books(
         (0, 0, 1, failed, cancelled),
         "{st:?}"
     );
+    // It failed on its worker, cancelled or not.
+    assert_eq!(st.workers.iter().map(|w| w.failed).sum::<u64>(), failed, "{st:?}");
     let s = pool.shutdown(Shutdown::default());
     assert_eq!(
         (s.threads_abandoned, s.deadline_hit),

@@ -363,7 +363,7 @@ impl Core {
     ) -> bool {
         let delivered = self.deliver_failure(state, reply, jobs, f, worker);
         if !delivered {
-            self.count_settled_elsewhere(state, jobs);
+            self.count_settled_elsewhere(state, jobs, worker);
         }
         delivered
     }
@@ -374,15 +374,21 @@ impl Core {
     }
 
     /// A job whose outcome someone else settled leaves the pool: if its
-    /// ticket cancelled it, count it as cancelled now (once).
-    pub(crate) fn count_settled_elsewhere(&self, state: &JobState, jobs: u64) {
+    /// ticket cancelled it, count it as cancelled now (once), as failed on
+    /// `worker` if it was running there (else on the pool).
+    pub(crate) fn count_settled_elsewhere(&self, state: &JobState, jobs: u64, worker: Option<usize>) {
         if state.settled_by_cancel() {
-            if let Some(m) = self.route_metrics(state, None) {
+            if let Some(m) = self.route_metrics(state, worker) {
                 m.ended(super::metrics::Ended::Cancelled, jobs);
             }
             // Relaxed: statistics only.
             self.cancelled.fetch_add(jobs, Ordering::Relaxed);
-            self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+            match worker.and_then(|w| self.counters.get(w)) {
+                Some(c) => c.finish_n(0, jobs),
+                None => {
+                    self.failed_elsewhere.fetch_add(jobs, Ordering::Relaxed);
+                }
+            }
         }
     }
 

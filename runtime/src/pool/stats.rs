@@ -87,7 +87,9 @@ pub struct WorkerStats {
     pub restarts: u64,
     /// Jobs it finished.
     pub done: u64,
-    /// Jobs that failed on it.
+    /// Jobs that failed on it (cancelled ones it was running included:
+    /// the pool's `failed` is the sum of these and of the jobs that failed
+    /// before any worker ran them).
     pub failed: u64,
     /// Jobs it holds now.
     pub running: usize,

@@ -18,7 +18,7 @@ impl Processes {
         if t.state.is_settled() {
             // Its queue-wait deadline passed (or it was cancelled) while
             // its submitter waited for a slot: it must not run.
-            sh.core.count_settled_elsewhere(&t.state, t.jobs());
+            sh.core.count_settled_elsewhere(&t.state, t.jobs(), None);
             return Ok(());
         }
         if sh.core.suspended.load(Ordering::Acquire) {
@@ -313,7 +313,7 @@ pub(super) fn fill_slots(w: &Worker, core: &Core, max_in_flight: usize, flush: b
                     // Cancelled (or past its queue deadline) while queued:
                     // dropped without reaching the worker.
                     w.in_flight.fetch_sub(1, Ordering::SeqCst);
-                    core.count_settled_elsewhere(&t.state, t.jobs());
+                    core.count_settled_elsewhere(&t.state, t.jobs(), None);
                     core.free.notify();
                     continue;
                 }

@@ -227,7 +227,7 @@ impl Worker {
                     t.reply.finish(Event::Done(outcome));
                 } else {
                     // Cancelled or timed out meanwhile: its outcome is out.
-                    core.count_settled_elsewhere(&t.state, jobs);
+                    core.count_settled_elsewhere(&t.state, jobs, Some(self.id));
                     drop(t);
                 }
                 // (The slot is given back whether or not the pool scales.)

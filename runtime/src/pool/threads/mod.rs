@@ -387,7 +387,7 @@ impl Threads {
             }
             if task.state.is_settled() {
                 // Cancelled or past its queue deadline while queued.
-                core.count_settled_elsewhere(&task.state, jobs);
+                core.count_settled_elsewhere(&task.state, jobs, None);
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
                 core.idle.notify();
                 continue;
@@ -495,7 +495,7 @@ impl Threads {
                 // Its last word: the outcome and the mailbox's close at once.
                 reply.finish(Event::Done(outcome));
             } else {
-                core.count_settled_elsewhere(&state, jobs);
+                core.count_settled_elsewhere(&state, jobs, Some(id));
                 // Relaxed: statistics only.
                 counters.running.fetch_sub(jobs as usize, Ordering::Relaxed);
             }

@@ -112,7 +112,8 @@ impl Supervised for Threads {
                 .core
                 .deliver_failure(&job.state, &job.reply, job.jobs, Failure::Cancelled, Some(worker))
             {
-                self.core.count_settled_elsewhere(&job.state, job.jobs);
+                self.core
+                    .count_settled_elsewhere(&job.state, job.jobs, Some(worker));
             }
             // SeqCst: as `busy` reads it.
             self.core.counters[worker]
