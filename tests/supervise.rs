@@ -379,6 +379,29 @@ fn a_worker_that_cannot_start_fails_the_build_with_its_cause() {
 
 // ------------------------------------------------------------------ retry
 
+/// Jobs a crashed worker held go back in the order they were sent to it,
+/// ahead of the queue: after the restart they run in submission order.
+#[test]
+fn jobs_lost_to_a_crash_run_again_in_the_order_they_were_sent() {
+    let marker = GatePath::new("retry-order");
+    let (b, ev) = builder(Backend::Processes, 1);
+    let pool = b.retries(1).inflight_per_worker(8).build().unwrap();
+    let crash = pool
+        .submit(CrashOnce {
+            marker: marker.0.clone(),
+            n: 0,
+        })
+        .unwrap();
+    let turns: Vec<_> = (1..=12).map(|n| pool.submit(Turn(n)).unwrap()).collect();
+    assert_eq!(crash.wait().unwrap(), 0);
+    let ran: Vec<(u64, u64)> = turns.into_iter().map(|t| t.wait().unwrap()).collect();
+    let mut by_turn = ran.clone();
+    by_turn.sort_by_key(|&(_, turn)| turn);
+    let order: Vec<u64> = by_turn.into_iter().map(|(n, _)| n).collect();
+    assert_eq!(order, (1..=12).collect::<Vec<_>>(), "{ran:?}");
+    finish(pool, &ev);
+}
+
 #[test]
 fn a_job_lost_to_a_crash_is_retried_on_another_worker() {
     let marker = GatePath::new("retry");

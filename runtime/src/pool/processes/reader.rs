@@ -70,7 +70,10 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         status: Some(status.clone()),
         stderr,
     };
-    let held: Vec<Task> = lock(&w.pending).drain().map(|(_, t)| t).collect();
+    let mut held: Vec<Task> = lock(&w.pending).drain().map(|(_, t)| t).collect();
+    // In the order they were sent (the pending map has none): those that go
+    // back to the queue keep it, and run again as they were submitted.
+    held.sort_unstable_by_key(|t| t.seq);
     let jobs_held = held.len();
     // The exit is told (and kept for `stats()`) before the jobs it took
     // down fail: whoever sees such a job's error also sees its cause.
