@@ -160,7 +160,8 @@ pub enum PoolEvent {
 }
 
 /// How [`Pool::shutdown`](crate::pool::Pool::shutdown) treats the work
-/// the pool holds.
+/// the pool holds. `Shutdown::default()` is `graceful` with a 30 s
+/// deadline, what dropping a pool does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a `Shutdown` does nothing until given to `Pool::shutdown`"]
 pub struct Shutdown {

@@ -184,7 +184,10 @@ impl<'p, J: Job, I: Iterator<Item = J>> Map<'p, J, I> {
     /// Cancels every job of this map when `token` is cancelled: the jobs
     /// queued or running end with `Cancelled` (yielded in their places),
     /// and nothing more is taken from the input (which may be endless):
-    /// the map ends after the jobs it had taken. It may be given at any point: the
+    /// the map ends after the jobs it had taken. A token cancelled before
+    /// the map takes its first input makes a map that yields nothing: zip
+    /// its results with the inputs only if an early end is expected, or
+    /// look at [`CancelToken::is_cancelled`] after. It may be given at any point: the
     /// chunks already on their way carry it from then on (replacing an
     /// earlier token for the chunks still to come).
     pub fn cancel_token(mut self, token: &CancelToken) -> Self {
