@@ -339,6 +339,29 @@ fn malformed_frame(w: Worker) {
     finish(pool, &before);
 }
 
+// Rule 1: an answer for a job the worker does not hold (here a second
+// and a third answer for one job, the first two in one write) is ignored,
+// and loses no other job: the job dispatched on the first answer still
+// goes out, though its write was left to the frame behind it.
+#[test]
+fn a_second_answer_for_a_job_is_ignored_and_loses_no_other_job() {
+    let pool = builder(Worker::Python, 1).inflight_per_worker(1).build().unwrap();
+    let before = pids(&pool);
+    for round in 0..20u64 {
+        let tickets: Vec<_> = (0..3)
+            .map(|i| pool.submit(AnswerTwice(round * 3 + i)).unwrap())
+            .collect();
+        for (i, t) in (0..3).zip(tickets) {
+            match t.wait_timeout(BOUND) {
+                Ok(got) => assert_eq!(got, Ok(round * 3 + i)),
+                Err(_) => panic!("job {} of round {round} was never answered", round * 3 + i),
+            }
+        }
+    }
+    assert_eq!(pids(&pool), before, "the worker was not replaced");
+    finish(pool, &before);
+}
+
 // Rule 11: a JSON pool's job that will not encode as JSON fails at submit.
 #[test]
 fn a_job_that_will_not_encode_fails_at_submit() {

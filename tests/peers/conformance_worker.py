@@ -2,7 +2,9 @@
 fixture's job routes (fixtures/jobs.rs) served with python/portpool_worker.py,
 over the JSON job protocol of docs/protocol.md."""
 
+import json
 import os
+import struct
 import sys
 import time
 
@@ -96,6 +98,18 @@ def touch_then_wait(job, ctx):
     while not os.path.exists(job["gate"]) and time.monotonic() < deadline:
         time.sleep(0.001)
     return None
+
+
+@route("answer-twice")
+def answer_twice(n, ctx):
+    # Breaks rule 1 on purpose: two answers for this job in one write (the
+    # second is stale), then the library's own answer, a third.
+    frame = json.dumps({"type": "done", "id": ctx._id, "ok": n}, separators=(",", ":")).encode()
+    one = struct.pack("<IB", len(frame), 1) + frame
+    conn = ctx._conn
+    with conn._lock:
+        conn._write_all(one + one)
+    return n
 
 
 @route("garbage")

@@ -169,7 +169,6 @@ impl Worker {
         }
     }
 
-    /// Handles one answer or progress message.
     /// Handles one message from the worker; `fds` came with it (the files
     /// of the `Buffer`s in a job's result).
     pub(super) fn handle(&self, msg: FromWorker, fds: Vec<std::os::fd::OwnedFd>, rx: &mut IpcReceiver) {
@@ -190,6 +189,10 @@ impl Worker {
             FromWorker::Done { id, outcome } => {
                 let Some(t) = lock(&self.pending).remove(&id) else {
                     log::warn!("worker {} answered job {id}, which it was not given", self.id);
+                    // An earlier answer may have left its flush to this
+                    // frame (it was buffered behind it): do it now, or the
+                    // job dispatched then is never sent.
+                    self.flush_unless_more(rx);
                     return;
                 };
                 let jobs = t.jobs();
@@ -243,17 +246,28 @@ impl Worker {
                 // earlier answer) once no more answers wait.
                 fill_slots(self, core, self.max_in_flight, false, answered);
                 core.free.notify();
-                // (With nothing else in flight no answer can follow: skip
-                // the look at the kernel.)
-                let more = self.in_flight.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
-                if !more {
-                    if let Err(e) = self.tx.flush() {
-                        log::debug!("worker {}: flush failed ({e}); the port is closing", self.id);
-                    }
+                if self.flush_unless_more(rx) {
                     core.idle.notify();
                 }
+                return;
             }
         }
+        // A progress message or a second route table: as above, a flush an
+        // answer left to the next frame must not be lost with this one.
+        self.flush_unless_more(rx);
+    }
+
+    /// Writes what dispatch queued, unless more frames wait to be handled
+    /// (the last of them flushes). Returns whether it flushed. (With
+    /// nothing in flight no answer can follow: no look at the kernel.)
+    fn flush_unless_more(&self, rx: &mut IpcReceiver) -> bool {
+        let more = self.in_flight.load(Ordering::SeqCst) > 0 && rx.has_frame().unwrap_or(false);
+        if !more {
+            if let Err(e) = self.tx.flush() {
+                log::debug!("worker {}: flush failed ({e}); the port is closing", self.id);
+            }
+        }
+        !more
     }
 }
 
