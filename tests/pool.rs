@@ -921,6 +921,32 @@ both!(a_broadcast_reaches_each_slot_while_workers_recycle, |backend| {
     finish(pool);
 });
 
+// Nothing runs on a suspended pool's workers, broadcast copies included:
+// they wait (counted as queued) and run after the resume, between the
+// workers' resume hooks and nothing else.
+both!(a_broadcast_on_a_suspended_pool_waits_for_the_resume, |backend| {
+    let pool = std::sync::Arc::new(builder(backend, 2).build().unwrap());
+    pool.suspend();
+    let p = pool.clone();
+    let caster = std::thread::spawn(move || p.broadcast(HookCounts));
+    common::wait_until("both copies wait", || pool.stats().queued == 2);
+    pool.resume();
+    let got = caster.join().unwrap();
+    assert_eq!(got.len(), 2);
+    for r in got {
+        let (suspends, resumes) = r.unwrap();
+        // A process worker counts its own hooks: one suspend, then the
+        // resume, before the copy. (A thread pool's hooks count in this
+        // test process, which other tests suspend too: the wait above, on
+        // both copies counted as queued, is what shows they waited.)
+        if backend == Backend::Processes {
+            assert_eq!((suspends, resumes), (1, 1));
+        }
+    }
+    let pool = std::sync::Arc::try_unwrap(pool).unwrap_or_else(|_| panic!("the broadcaster is done"));
+    finish(pool);
+});
+
 // A suspended pool's stats count every job that waits as queued (a thread
 // worker may already hold one, taken before it saw the suspend), and
 // `wait_idle` does not call it idle; after `resume` every job runs once.

@@ -174,8 +174,11 @@ impl Runtime {
         }
     }
 
-    /// Resumes after [`suspend`](Self::suspend): the pools dispatch again
-    /// (their workers' resume hooks run first), then the resume hooks run.
+    /// Resumes after [`suspend`](Self::suspend): the pools dispatch again,
+    /// then this runtime's resume hooks run. A thread pool runs its
+    /// handlers' resume hooks before it dispatches; a process worker runs
+    /// its own when the resume message reaches it, before any job sent after
+    /// it, but possibly after this returns (nothing waits for the worker).
     pub fn resume(&self) {
         if !self.inner.suspended.swap(false, Ordering::AcqRel) {
             return;

@@ -89,6 +89,9 @@ impl PoolInner {
             Backend::Processes(p) => p.broadcast_control(&crate::proto::ToWorker::Resume),
         }
         self.core.set_suspended(false);
+        if let Backend::Processes(p) = &self.backend {
+            p.release_held();
+        }
         self.after_enqueue();
         self.core.free.notify();
     }
@@ -139,6 +142,9 @@ impl PoolInner {
         // stuck one must not hold the shutdown up.)
         if core.suspended.load(Ordering::Acquire) {
             core.set_suspended(false);
+            if let Backend::Processes(p) = &self.backend {
+                p.release_held();
+            }
             self.after_enqueue();
         }
         // Phase 1: let the work finish, until the deadline (or a hurry).

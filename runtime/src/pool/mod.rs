@@ -123,7 +123,8 @@ impl Pool {
 
     /// Runs `job` once on every worker and returns the results in worker
     /// order. On a scaling pool ([`PoolBuilder::min_workers`]), once on
-    /// every worker up at the time.
+    /// every worker up at the time. On a suspended pool the copies wait for
+    /// the resume (on both backends), so this blocks until then.
     pub fn broadcast<J: Job + Clone>(
         &self,
         job: J,

@@ -136,9 +136,37 @@ impl Processes {
         r
     }
 
-    /// Sends `task` to worker `w` whatever its slots (broadcast).
+    /// Sends the broadcast copies held while the pool was suspended (after
+    /// the resume, or when a shutdown lifts the suspension).
+    pub(crate) fn release_held(&self) {
+        let held = std::mem::take(&mut *lock(&self.shared.held));
+        for (w, t) in held {
+            // SeqCst: as in `send_to`.
+            self.shared
+                .core
+                .held
+                .fetch_sub(t.jobs() as usize, Ordering::SeqCst);
+            self.send_to(w, t);
+        }
+    }
+
+    /// Sends `task` to worker `w` whatever its slots (broadcast); while
+    /// the pool is suspended, it waits for the resume.
     pub(crate) fn send_to(&self, w: usize, task: Task) {
         let core = &self.shared.core;
+        {
+            // Under the lock `release_held` takes after the resume: a copy
+            // either sees the pool resumed or is released with the rest.
+            let mut held = lock(&self.shared.held);
+            // Acquire: pairs with the Release store in `set_suspended`.
+            if core.suspended.load(Ordering::Acquire) {
+                // Counted as queued, as a thread pool's held copies are.
+                // SeqCst: as every access to `held`.
+                core.held.fetch_add(task.jobs() as usize, Ordering::SeqCst);
+                held.push((w, task));
+                return;
+            }
+        }
         let slot = &self.shared.slots[w];
         let worker = {
             let mut waiting = lock(&slot.waiting);

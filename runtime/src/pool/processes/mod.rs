@@ -105,6 +105,9 @@ struct Shared {
     /// Whether each job type submitted so far matches the workers' route
     /// (by type: the check builds strings, so it runs once per type).
     pub(super) checked: std::sync::RwLock<HashMap<std::any::TypeId, Result<(), Failure>>>,
+    /// Broadcast copies given while the pool is suspended, for their
+    /// workers once it resumes (nothing is sent to a suspended worker).
+    pub(super) held: Mutex<Vec<(usize, Task)>>,
 }
 
 pub(crate) struct Processes {
@@ -130,6 +133,7 @@ impl Processes {
             next: AtomicUsize::new(0),
             routes: std::sync::OnceLock::new(),
             checked: std::sync::RwLock::new(HashMap::new()),
+            held: Mutex::new(Vec::new()),
         });
         let procs = Processes {
             shared: shared.clone(),
