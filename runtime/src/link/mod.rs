@@ -453,7 +453,9 @@ impl Link {
 
     /// Sets whether the open link keeps its [`Runtime`]'s `run` from
     /// returning (it does by default; `false` lets `run` return while it
-    /// is open).
+    /// is open). A link counts until it is dropped, even once its peer has
+    /// gone (`is_closed`): drop it, or set this to `false`, to let `run`
+    /// return.
     pub fn set_keep_alive(&self, keep: bool) {
         self.rt_ref.set_keep_alive(keep);
     }
