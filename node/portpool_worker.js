@@ -24,6 +24,10 @@
 // sent. A thrown JobError(value) is the job's typed error; any other
 // exception fails that job alone as a panic. JavaScript numbers are
 // doubles: integers beyond 2^53 lose precision.
+//
+// onSuspend(f) and onResume(f) register hooks that run when the pool is
+// suspended and resumed (Runtime::suspend / Pool::suspend); no job comes
+// between the two.
 
 "use strict";
 
