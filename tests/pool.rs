@@ -947,6 +947,22 @@ both!(a_broadcast_on_a_suspended_pool_waits_for_the_resume, |backend| {
     finish(pool);
 });
 
+// A shutdown lifts the suspension: a broadcast waiting for the resume
+// runs (gracefully) and returns, rather than holding the shutdown up.
+both!(a_shutdown_ends_a_broadcast_that_waits_for_the_resume, |backend| {
+    let pool = std::sync::Arc::new(builder(backend, 2).build().unwrap());
+    pool.suspend();
+    let p = pool.clone();
+    let caster = std::thread::spawn(move || p.broadcast(WhoAmI));
+    common::wait_until("both copies wait", || pool.stats().queued == 2);
+    let report = pool.shutdown(portpool::Shutdown::default());
+    assert!(!report.deadline_hit, "{report}");
+    let ids: BTreeSet<usize> = caster.join().unwrap().into_iter().map(|r| r.unwrap().0).collect();
+    assert_eq!(ids, BTreeSet::from([0, 1]));
+    let pool = std::sync::Arc::try_unwrap(pool).unwrap_or_else(|_| panic!("the broadcaster is done"));
+    finish(pool);
+});
+
 // A suspended pool's stats count every job that waits as queued (a thread
 // worker may already hold one, taken before it saw the suspend), and
 // `wait_idle` does not call it idle; after `resume` every job runs once.

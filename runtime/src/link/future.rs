@@ -178,7 +178,7 @@ impl<T: DeserializeOwned, F: Fn(&T) -> bool + Unpin> Future for MessageFuture<'_
             "a MessageFuture was polled after it returned its message"
         );
         let mut st = this.link.inner.lock();
-        let filter = (!this.next_only).then_some(&this.filter);
+        let filter: Option<&dyn Fn(&T) -> bool> = if this.next_only { None } else { Some(&this.filter) };
         match take_message(&mut st, filter) {
             Some(r) => {
                 if this.listening {

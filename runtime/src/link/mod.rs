@@ -253,7 +253,7 @@ impl Link {
     /// per link, an enum if there are several kinds, or [`Codec::Json`],
     /// whose frames say more.
     pub fn recv_message<T: DeserializeOwned>(&self) -> Result<T, LinkError> {
-        self.get_one(None, None::<&fn(&T) -> bool>)
+        self.get_one(None, None)
     }
 
     /// Waits for the next message that decodes as `T` and passes `filter`.
@@ -269,7 +269,7 @@ impl Link {
     /// Like [`recv_message`](Self::recv_message), giving up with
     /// `Timeout` after `timeout`.
     pub fn recv_message_timeout<T: DeserializeOwned>(&self, timeout: Duration) -> Result<T, LinkError> {
-        self.get_one(crate::util::deadline(timeout), None::<&fn(&T) -> bool>)
+        self.get_one(crate::util::deadline(timeout), None)
     }
 
     /// The old name of [`recv_message`](Self::recv_message).
@@ -296,10 +296,10 @@ impl Link {
         self.recv_message_timeout(timeout)
     }
 
-    fn get_one<T: DeserializeOwned, F: Fn(&T) -> bool>(
+    fn get_one<T: DeserializeOwned>(
         &self,
         deadline: Option<Instant>,
-        filter: Option<&F>,
+        filter: Option<&dyn Fn(&T) -> bool>,
     ) -> Result<T, LinkError> {
         self.inner
             .wait_for(deadline, true, |st| take_message(st, filter))?
@@ -527,9 +527,9 @@ impl Drop for Link {
 /// `T` and passes it. Without one: the first message, which must decode
 /// as `T` (else the error, and it stays). Once the link is closed and no
 /// message is taken, the reason.
-fn take_message<T: DeserializeOwned, F: Fn(&T) -> bool>(
+fn take_message<T: DeserializeOwned>(
     st: &mut State,
-    filter: Option<&F>,
+    filter: Option<&dyn Fn(&T) -> bool>,
 ) -> Option<Result<T, LinkError>> {
     let Some(filter) = filter else {
         if let Some(p) = st.inbox.front() {

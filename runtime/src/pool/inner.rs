@@ -88,12 +88,18 @@ impl PoolInner {
             Backend::Threads(_) => self.core.handlers.run_suspend_hooks(false),
             Backend::Processes(p) => p.broadcast_control(&crate::proto::ToWorker::Resume),
         }
+        self.lift_suspension();
+        self.core.free.notify();
+    }
+
+    /// Dispatch goes on: what waited for the resume (the queue, a process
+    /// pool's held broadcast copies) goes to the workers.
+    fn lift_suspension(&self) {
         self.core.set_suspended(false);
         if let Backend::Processes(p) = &self.backend {
             p.release_held();
         }
         self.after_enqueue();
-        self.core.free.notify();
     }
 
     /// Makes a shutdown in progress immediate (a second SIGINT).
@@ -141,11 +147,7 @@ impl PoolInner {
         // workers are not sent a resume: they are about to stop, and a
         // stuck one must not hold the shutdown up.)
         if core.suspended.load(Ordering::Acquire) {
-            core.set_suspended(false);
-            if let Backend::Processes(p) = &self.backend {
-                p.release_held();
-            }
-            self.after_enqueue();
+            self.lift_suspension();
         }
         // Phase 1: let the work finish, until the deadline (or a hurry).
         let finished = how.mode != ShutdownMode::Immediate

@@ -174,9 +174,13 @@ impl Worker {
     pub(super) fn handle(&self, msg: FromWorker, fds: Vec<std::os::fd::OwnedFd>, rx: &mut IpcReceiver) {
         let core = &*self.core;
         let counters = &core.counters[self.id];
-        match msg {
+        // Whatever the frame, an answer before it may have left it the write
+        // of the jobs it dispatched (they are written once no more frames
+        // wait): the last frame of a burst flushes, an ignored one too.
+        let an_answer = match msg {
             FromWorker::Routes { .. } => {
                 log::warn!("worker {} announced its routes again; ignored", self.id);
+                false
             }
             FromWorker::Progress { id, payload } => {
                 if let Some(t) = lock(&self.pending).get(&id) {
@@ -185,13 +189,11 @@ impl Worker {
                         bytes: payload,
                     }));
                 }
+                false
             }
             FromWorker::Done { id, outcome } => {
                 let Some(t) = lock(&self.pending).remove(&id) else {
                     log::warn!("worker {} answered job {id}, which it was not given", self.id);
-                    // An earlier answer may have left its flush to this
-                    // frame (it was buffered behind it): do it now, or the
-                    // job dispatched then is never sent.
                     self.flush_unless_more(rx);
                     return;
                 };
@@ -242,19 +244,15 @@ impl Worker {
                 if self.retiring.load(Ordering::SeqCst) {
                     self.retire_if_idle();
                 }
-                // Queue the next jobs; write everything queued (by this or an
-                // earlier answer) once no more answers wait.
+                // Queue the next jobs; they are written below.
                 fill_slots(self, core, self.max_in_flight, false, answered);
                 core.free.notify();
-                if self.flush_unless_more(rx) {
-                    core.idle.notify();
-                }
-                return;
+                true
             }
+        };
+        if self.flush_unless_more(rx) && an_answer {
+            core.idle.notify();
         }
-        // A progress message or a second route table: as above, a flush an
-        // answer left to the next frame must not be lost with this one.
-        self.flush_unless_more(rx);
     }
 
     /// Writes what dispatch queued, unless more frames wait to be handled
