@@ -339,6 +339,47 @@ fn malformed_frame(w: Worker) {
     finish(pool, &before);
 }
 
+// Rule 3: a frame that says a thing twice, or a RESULT outside the table,
+// ends its worker with the reason; a value is quoted as it came.
+#[test]
+fn a_frame_with_a_key_twice_or_an_odd_result_ends_its_worker() {
+    let pool = builder(Worker::Python, 1).build().unwrap();
+    let mut before = Vec::new();
+    for (frame, says) in [
+        (
+            r#"{"type":"done","id":{id},"ok":1,"ok":2}"#,
+            "duplicate field `ok`",
+        ),
+        (
+            r#"{"type":"done","id":{id},"id":{id},"ok":1}"#,
+            "duplicate field `id`",
+        ),
+        (r#"{"type":"done","id":{id},"cancelled":false}"#, "must be true"),
+    ] {
+        // Each worker ended here must be gone at the end.
+        before.extend(pids(&pool));
+        match pool.submit(RawAnswer(frame.into())).unwrap().wait() {
+            Err(JobError::WorkerExited { status, .. }) => {
+                let status = status.unwrap_or_default();
+                assert!(
+                    status.contains("broke its protocol") && status.contains(says),
+                    "{status}"
+                );
+            }
+            other => panic!("{frame}: {other:?}"),
+        }
+    }
+    // A valid frame whose output is past 64 bits: that job fails, quoting
+    // the number as written; the worker stays.
+    let big = r#"{"type":"done","id":{id},"ok":1180591620717411303424}"#;
+    match pool.submit(RawAnswer(big.into())).unwrap().wait() {
+        Err(JobError::Codec { reason, .. }) => assert!(reason.contains("1180591620717411303424"), "{reason}"),
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(pool.submit(Square(7)).unwrap().wait().unwrap(), 49);
+    finish(pool, &before);
+}
+
 // Rule 1: an answer for a job the worker does not hold (here a second
 // and a third answer for one job, the first two in one write) is ignored,
 // and loses no other job: the job dispatched on the first answer still

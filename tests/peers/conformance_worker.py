@@ -112,6 +112,19 @@ def answer_twice(n, ctx):
     return n
 
 
+@route("raw-answer")
+def raw_answer(template, ctx):
+    # Answers with the frame it was given, as written: a protocol broken
+    # in the way the test chose. The library's own answer comes second: a
+    # worker that broke the protocol is ended by then, and after a valid
+    # frame it is a stale answer (rule 18).
+    frame = template.replace("{id}", str(ctx._id)).encode()
+    conn = ctx._conn
+    with conn._lock:
+        conn._write_all(struct.pack("<IB", len(frame), 1) + frame)
+    return 0
+
+
 @route("garbage")
 def garbage(_, ctx):
     # Breaks the protocol on purpose: a frame that is not JSON.

@@ -9,7 +9,8 @@
 //! the fields each needs, is an error naming what is wrong, and the
 //! worker is ended as one that broke its protocol.
 
-use serde_json::{Map, Value};
+use serde_json::Value;
+use serde_json::value::RawValue;
 
 use super::{FromWorker, ToWorker, WireOutcome};
 use crate::job::{Failure, RouteInfo, Side};
@@ -97,106 +98,175 @@ pub(crate) fn encoded_len<T: serde::Serialize + ?Sized>(v: &T) -> Result<usize, 
     write_value(v, &mut c).map(|()| c.0)
 }
 
-/// One job's output (or, `err`, its error) as the ticket decodes it.
-fn result_of(err: bool, v: &Value) -> JsonResult {
-    JsonResult {
-        err,
-        json: v.to_string().into_bytes(),
+/// A frame's fields as their JSON text, unparsed: each value is checked
+/// and read by the field's rule in `decode`. serde refuses a key given
+/// twice (a frame that says two things is not one of this protocol), and
+/// a value keeps its own text (an integer too big for 64 bits is quoted
+/// back as it came, not as a float). A present `null` is `Some`.
+#[derive(serde::Deserialize)]
+struct Fields<'a> {
+    #[serde(rename = "type", default, borrow, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    id: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    jobs_version: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    routes: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    data: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    nanos: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    results: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    ok: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    panic: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    failed: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    cancelled: Option<&'a RawValue>,
+}
+
+impl<'a> Fields<'a> {
+    /// The frame's RESULT keys (a `done` frame's one result).
+    fn result(&self) -> ResultFields<'a> {
+        ResultFields {
+            ok: self.ok,
+            error: self.error,
+            panic: self.panic,
+            failed: self.failed,
+            cancelled: self.cancelled,
+        }
     }
 }
 
-/// The common answer to a chunk of tiny jobs, every one of them a
-/// success, read without a value tree: each output is kept as its text.
-#[derive(serde::Deserialize)]
-struct AllOk<'a> {
-    #[serde(rename = "type", borrow)]
-    kind: std::borrow::Cow<'a, str>,
-    id: u64,
-    #[serde(default)]
-    nanos: Option<u64>,
-    #[serde(borrow)]
-    ok: &'a serde_json::value::RawValue,
-    /// Must be absent (a frame with both is refused, by the full path).
-    #[serde(default)]
-    results: Option<serde::de::IgnoredAny>,
+/// The keys of one RESULT (in a `done` frame, or one of a `done_batch`'s
+/// `results`), as their JSON text; a key given twice is refused.
+#[derive(serde::Deserialize, Default)]
+struct ResultFields<'a> {
+    #[serde(default, borrow, deserialize_with = "present")]
+    ok: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    error: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    panic: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    failed: Option<&'a RawValue>,
+    #[serde(default, borrow, deserialize_with = "present")]
+    cancelled: Option<&'a RawValue>,
+}
+
+/// A field that is there, even as `null` (serde's `Option` would make a
+/// `null` look absent).
+fn present<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue as serde::Deserialize>::deserialize(d).map(Some)
 }
 
 /// What a worker's frame says, or why it is not a frame of this protocol.
 pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
-    if let Ok(b) = serde_json::from_slice::<AllOk<'_>>(frame) {
-        // (An `ok` that is not an array takes the full path, which
-        // refuses it.)
-        if b.kind == "done_batch" && b.results.is_none() && b.ok.get().starts_with('[') {
-            return Ok(FromWorker::Done {
-                id: b.id,
-                outcome: WireOutcome::JsonOk {
-                    nanos: b.nanos.unwrap_or(0),
-                    outputs: b.ok.get().as_bytes().to_vec(),
-                },
+    let text = std::str::from_utf8(frame).map_err(|e| format!("a frame that is not JSON: {e}"))?;
+    // (serde would read an array as a struct's fields in order.)
+    let f: Fields<'_> = match serde_json::from_str(text) {
+        Ok(f) if text.trim_start().starts_with('{') => f,
+        Ok(_) => return Err("a frame that is not a JSON object".into()),
+        Err(e) if e.classify() == serde_json::error::Category::Data => {
+            return Err(match serde_json::from_str::<Value>(text) {
+                Ok(Value::Object(_)) => format!("a frame that breaks the protocol: {e}"),
+                Ok(_) => "a frame that is not a JSON object".into(),
+                Err(e) => format!("a frame that is not JSON: {e}"),
             });
         }
-    }
-    let v: Value = serde_json::from_slice(frame).map_err(|e| format!("a frame that is not JSON: {e}"))?;
-    let Value::Object(mut m) = v else {
-        return Err("a frame that is not a JSON object".into());
+        Err(e) => return Err(format!("a frame that is not JSON: {e}")),
     };
-    let kind = match m.remove("type") {
-        Some(Value::String(s)) => s,
-        Some(other) => return Err(format!("a frame whose \"type\" is {other}, not a string")),
+    let kind = match f.kind {
         None => return Err("a frame without a \"type\"".into()),
+        Some(k) => match serde_json::from_str::<&str>(k.get()) {
+            Ok(k) => std::borrow::Cow::Borrowed(k),
+            // A string with escapes in it cannot be borrowed.
+            Err(_) => match serde_json::from_str::<String>(k.get()) {
+                Ok(k) => std::borrow::Cow::Owned(k),
+                Err(_) => return Err(format!("a frame whose \"type\" is {}, not a string", k.get())),
+            },
+        },
     };
-    match kind.as_str() {
+    match &*kind {
         "routes" => {
-            let jobs_version = match m.remove("jobs_version") {
+            let jobs_version = match f.jobs_version {
                 None => super::JOBS_VERSION,
-                Some(v) => v
-                    .as_u64()
-                    .and_then(|n| u16::try_from(n).ok())
-                    .ok_or_else(|| format!("a \"routes\" frame whose jobs_version is {v}"))?,
+                Some(v) => serde_json::from_str::<u16>(v.get())
+                    .map_err(|_| format!("a \"routes\" frame whose jobs_version is {}", v.get()))?,
             };
-            let Some(Value::Array(names)) = m.remove("routes") else {
-                return Err("a \"routes\" frame without a \"routes\" array".into());
-            };
+            let names = f
+                .routes
+                .and_then(|r| serde_json::from_str::<Vec<&RawValue>>(r.get()).ok())
+                .ok_or("a \"routes\" frame without a \"routes\" array")?;
             let routes = names
                 .into_iter()
-                .map(|n| match n {
-                    Value::String(name) => Ok(RouteInfo::untyped(name)),
-                    other => Err(format!("a route name that is not a string: {other}")),
+                .map(|n| match serde_json::from_str::<String>(n.get()) {
+                    Ok(name) => Ok(RouteInfo::untyped(name)),
+                    Err(_) => Err(format!("a route name that is not a string: {}", n.get())),
                 })
                 .collect::<Result<_, _>>()?;
             Ok(FromWorker::Routes { routes, jobs_version })
         }
         "progress" => {
-            let id = id_of(&m, "progress")?;
-            let data = m.remove("data").ok_or("a \"progress\" frame without \"data\"")?;
+            let id = id_of(f.id, "progress")?;
+            let data = f.data.ok_or("a \"progress\" frame without \"data\"")?;
             Ok(FromWorker::Progress {
                 id,
-                payload: data.to_string().into_bytes(),
+                payload: data.get().as_bytes().to_vec(),
             })
         }
         "done" => {
-            let id = id_of(&m, "done")?;
-            let outcome = match one_result(m)? {
-                Ok(bytes) => WireOutcome::Json(bytes),
-                Err(f) => WireOutcome::Failed(f),
+            let id = id_of(f.id, "done")?;
+            let outcome = match one_result(&f.result())? {
+                Ok(r) => WireOutcome::Json(r),
+                Err(failure) => WireOutcome::Failed(failure),
             };
             Ok(FromWorker::Done { id, outcome })
         }
         "done_batch" => {
-            let id = id_of(&m, "done_batch")?;
-            let nanos = m.get("nanos").and_then(Value::as_u64).unwrap_or(0);
-            let items = match (m.remove("results"), m.remove("ok")) {
-                (Some(Value::Array(results)), None) => results
-                    .into_iter()
-                    .map(|r| match r {
-                        Value::Object(r) => one_result(r),
-                        other => Err(format!("a batch result that is not an object: {other}")),
-                    })
-                    .collect::<Result<Vec<_>, _>>()?,
-                // Every job succeeded: just the outputs.
-                (None, Some(Value::Array(outputs))) => {
-                    outputs.iter().map(|v| Ok(result_of(false, v))).collect()
+            let id = id_of(f.id, "done_batch")?;
+            let nanos = f
+                .nanos
+                .and_then(|n| serde_json::from_str::<u64>(n.get()).ok())
+                .unwrap_or(0);
+            let outcome = match (f.results, f.ok, f.result().has_other_than_ok()) {
+                (Some(results), None, false) => {
+                    let results = serde_json::from_str::<Vec<&RawValue>>(results.get()).map_err(|_| {
+                        format!(
+                            "a \"done_batch\" frame whose results are {}, not an array",
+                            results.get()
+                        )
+                    })?;
+                    let items = results
+                        .into_iter()
+                        .map(|r| {
+                            if !r.get().starts_with('{') {
+                                return Err(format!("a batch result that is not an object: {}", r.get()));
+                            }
+                            match serde_json::from_str::<ResultFields<'_>>(r.get()) {
+                                Ok(fields) => one_result(&fields),
+                                Err(e) => Err(format!("a batch result that breaks the protocol: {e}")),
+                            }
+                        })
+                        .collect::<Result<Vec<_>, _>>()?;
+                    let failed = items.iter().filter(|i| i.is_err()).count();
+                    WireOutcome::JsonChunk {
+                        nanos,
+                        items,
+                        failed: u32::try_from(failed).unwrap_or(u32::MAX),
+                    }
                 }
+                // Every job succeeded: just the outputs, kept as their text.
+                (None, Some(ok), false) if ok.get().starts_with('[') => WireOutcome::JsonOk {
+                    nanos,
+                    outputs: ok.get().as_bytes().to_vec(),
+                },
                 _ => {
                     return Err(
                         "a \"done_batch\" frame without exactly one of a \"results\" or an \"ok\" array"
@@ -204,55 +274,71 @@ pub(crate) fn decode(frame: &[u8]) -> Result<FromWorker, String> {
                     );
                 }
             };
-            let failed = items.iter().filter(|i| i.is_err()).count();
-            Ok(FromWorker::Done {
-                id,
-                outcome: WireOutcome::JsonChunk {
-                    nanos,
-                    items,
-                    failed: u32::try_from(failed).unwrap_or(u32::MAX),
-                },
-            })
+            Ok(FromWorker::Done { id, outcome })
         }
         other => Err(format!("a frame of unknown type {other:?}")),
     }
 }
 
-fn id_of(m: &Map<String, Value>, kind: &str) -> Result<u64, String> {
-    match m.get("id") {
-        Some(v) => v
-            .as_u64()
-            .ok_or_else(|| format!("a {kind:?} frame whose id is {v}, not an unsigned integer")),
+fn id_of(id: Option<&RawValue>, kind: &str) -> Result<u64, String> {
+    match id {
+        Some(v) => serde_json::from_str::<u64>(v.get()).map_err(|_| {
+            format!(
+                "a {kind:?} frame whose id is {}, not an unsigned integer",
+                v.get()
+            )
+        }),
         None => Err(format!("a {kind:?} frame without an \"id\"")),
     }
 }
 
+impl ResultFields<'_> {
+    /// Whether a key of a single result is there besides `ok` (a
+    /// `done_batch` frame carries its results in `results` or `ok`).
+    fn has_other_than_ok(&self) -> bool {
+        self.error.is_some() || self.panic.is_some() || self.failed.is_some() || self.cancelled.is_some()
+    }
+}
+
 /// One job's result: exactly one of `ok`, `error`, `panic`, `failed` or
-/// `cancelled`.
-fn one_result(mut m: Map<String, Value>) -> Result<Result<JsonResult, Failure>, String> {
-    const KEYS: [&str; 5] = ["ok", "error", "panic", "failed", "cancelled"];
-    let present: Vec<&str> = KEYS.iter().copied().filter(|k| m.contains_key(*k)).collect();
-    let [key] = present[..] else {
+/// `cancelled` (which must be `true`).
+fn one_result(r: &ResultFields<'_>) -> Result<Result<JsonResult, Failure>, String> {
+    let keys = [
+        ("ok", r.ok),
+        ("error", r.error),
+        ("panic", r.panic),
+        ("failed", r.failed),
+        ("cancelled", r.cancelled),
+    ];
+    let present: Vec<(&str, &RawValue)> = keys.iter().filter_map(|&(k, v)| v.map(|v| (k, v))).collect();
+    let [(key, v)] = present[..] else {
         return Err(format!(
             "a result that has {}: it needs exactly one of \"ok\", \"error\", \"panic\", \"failed\" or \"cancelled\"",
             if present.is_empty() {
                 "none of them".to_string()
             } else {
-                present.join(" and ")
+                present.iter().map(|(k, _)| *k).collect::<Vec<_>>().join(" and ")
             }
         ));
     };
-    let v = m.remove(key).unwrap_or(Value::Null);
-    let text = |v: Value| match v {
-        Value::String(s) => s,
-        other => other.to_string(),
+    // A string as its text; anything else as its JSON.
+    let text = |v: &RawValue| serde_json::from_str::<String>(v.get()).unwrap_or_else(|_| v.get().to_string());
+    let json = |err: bool| JsonResult {
+        err,
+        json: v.get().as_bytes().to_vec(),
     };
     Ok(match key {
-        "ok" => Ok(result_of(false, &v)),
-        "error" => Ok(result_of(true, &v)),
+        "ok" => Ok(json(false)),
+        "error" => Ok(json(true)),
         "panic" => Err(Failure::Panicked(text(v))),
         "failed" => Err(Failure::Codec(Side::Worker, text(v))),
-        _ => Err(Failure::Cancelled),
+        _ if v.get() == "true" => Err(Failure::Cancelled),
+        _ => {
+            return Err(format!(
+                "a result whose \"cancelled\" is {}: it must be true",
+                v.get()
+            ));
+        }
     })
 }
 
@@ -361,6 +447,79 @@ mod tests {
         assert!(
             decoded > 100 && refused > 100,
             "{decoded} decoded, {refused} refused"
+        );
+    }
+
+    /// A frame that says two things, or a result outside the table, is
+    /// refused; values keep the text they came as.
+    #[test]
+    fn duplicate_keys_and_odd_results_are_refused_and_values_keep_their_text() {
+        for dup in [
+            br#"{"type":"done","id":1,"ok":1,"ok":2}"#.as_slice(),
+            br#"{"type":"done","id":1,"id":2,"ok":1}"#,
+            br#"{"type":"done","type":"progress","id":1,"ok":1}"#,
+            br#"{"type":"done_batch","id":1,"results":[{"ok":1,"ok":2}]}"#,
+            br#"{"type":"progress","id":1,"data":1,"data":2}"#,
+        ] {
+            let why = decode(dup).unwrap_err();
+            assert!(why.contains("duplicate field"), "{why}");
+        }
+        for (frame, says) in [
+            (
+                br#"{"type":"done","id":1,"cancelled":false}"#.as_slice(),
+                "must be true",
+            ),
+            (br#"{"type":"done","id":1,"cancelled":"yes"}"#, "must be true"),
+            (
+                br#"{"type":"done_batch","id":1,"results":[{"cancelled":0}]}"#,
+                "must be true",
+            ),
+            (
+                br#"{"type":"done_batch","id":1,"ok":[1],"error":"e"}"#,
+                "exactly one",
+            ),
+            (br#"{"type":"done_batch","id":1,"results":[1]}"#, "not an object"),
+            (
+                br#"{"type":"done_batch","id":1,"results":[["x"]]}"#,
+                "not an object",
+            ),
+            (br#"["done",1]"#, "not a JSON object"),
+            (
+                br#"{"type":"done_batch","id":1,"results":{"ok":1}}"#,
+                "not an array",
+            ),
+            (br#"{"type":7,"id":1,"ok":1}"#, "not a string"),
+            (br#"{"id":1,"ok":1}"#, "without a \"type\""),
+            (
+                br#"{"type":"done","id":18446744073709551616,"ok":1}"#,
+                "not an unsigned integer",
+            ),
+            (br#"{"type":"done","id":1,"ok":1"#, "not JSON"),
+        ] {
+            let why = decode(frame).unwrap_err();
+            assert!(why.contains(says), "{} -> {why}", String::from_utf8_lossy(frame));
+        }
+        // An integer past 64 bits stays as written (no float), a present
+        // null is an output, and an escaped type is still its name.
+        let big = decode(br#"{"type":"done","id":1,"ok":1180591620717411303424}"#).unwrap();
+        assert!(
+            matches!(big, FromWorker::Done { outcome: WireOutcome::Json(ref r), .. } if r.json == b"1180591620717411303424")
+        );
+        let null = decode(br#"{"type":"d\u006fne","id":2,"ok":null}"#).unwrap();
+        assert!(
+            matches!(null, FromWorker::Done { id: 2, outcome: WireOutcome::Json(ref r) } if !r.err && r.json == b"null")
+        );
+        let cancelled = decode(br#"{"type":"done","id":3,"cancelled":true}"#).unwrap();
+        assert!(matches!(
+            cancelled,
+            FromWorker::Done {
+                outcome: WireOutcome::Failed(Failure::Cancelled),
+                ..
+            }
+        ));
+        let panic = decode(br#"{"type":"done","id":4,"panic":"boom \"x\""}"#).unwrap();
+        assert!(
+            matches!(panic, FromWorker::Done { outcome: WireOutcome::Failed(Failure::Panicked(ref p)), .. } if p == "boom \"x\"")
         );
     }
 
