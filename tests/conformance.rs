@@ -356,18 +356,55 @@ fn a_frame_with_a_key_twice_or_an_odd_result_ends_its_worker() {
         ),
         (r#"{"type":"done","id":{id},"cancelled":false}"#, "must be true"),
     ] {
-        // Each worker ended here must be gone at the end.
-        before.extend(pids(&pool));
-        match pool.submit(RawAnswer(frame.into())).unwrap().wait() {
-            Err(JobError::WorkerExited { status, .. }) => {
-                let status = status.unwrap_or_default();
-                assert!(
-                    status.contains("broke its protocol") && status.contains(says),
-                    "{status}"
-                );
+        // Met by the waiting ticket, which reads its worker's port itself,
+        // then by the reader thread (the ticket only polled). Either way the
+        // worker is killed at once, not after its grace for leaving.
+        for poll in [false, true] {
+            // Each worker ended here must be gone at the end.
+            before.extend(pids(&pool));
+            let ticket = pool.submit(RawAnswer(frame.into())).unwrap();
+            let got = if poll {
+                let mut t = Some(ticket);
+                let mut got = None;
+                wait_until("the job's outcome", || match t.take().unwrap().try_wait() {
+                    Ok(r) => {
+                        got = Some(r);
+                        true
+                    }
+                    Err(back) => {
+                        t = Some(back);
+                        false
+                    }
+                });
+                got.unwrap()
+            } else {
+                ticket.wait()
+            };
+            match got {
+                Err(JobError::WorkerExited { status, .. }) => {
+                    let status = status.unwrap_or_default();
+                    assert!(
+                        status.contains("broke its protocol")
+                            && status.contains(says)
+                            && !status.contains("kept running"),
+                        "{status}"
+                    );
+                }
+                other => panic!("{frame}: {other:?}"),
             }
-            other => panic!("{frame}: {other:?}"),
         }
+    }
+    // A frame cut short, then a clean exit: the exit says so.
+    before.extend(pids(&pool));
+    match pool.submit(RawAnswer("cut-and-exit".into())).unwrap().wait() {
+        Err(JobError::WorkerExited { status, .. }) => {
+            let status = status.unwrap_or_default();
+            assert!(
+                status.contains("exit code 0") && status.contains("in the middle of a frame (15 of 55 bytes"),
+                "{status}"
+            );
+        }
+        other => panic!("{other:?}"),
     }
     // A valid frame whose output is past 64 bits: that job fails, quoting
     // the number as written; the worker stays.

@@ -120,6 +120,12 @@ def raw_answer(template, ctx):
     # frame it is a stale answer (rule 18).
     frame = template.replace("{id}", str(ctx._id)).encode()
     conn = ctx._conn
+    if template == "cut-and-exit":
+        # A header for 50 bytes, 10 of them, then a clean exit (with the
+        # 5-byte header, 15 of 55 bytes).
+        with conn._lock:
+            conn._write_all(struct.pack("<IB", 50, 1) + b'{"type":"d')
+        os._exit(0)
     with conn._lock:
         conn._write_all(struct.pack("<IB", len(frame), 1) + frame)
     return 0

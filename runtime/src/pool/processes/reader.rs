@@ -21,6 +21,15 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
     let core = &*shared.core;
     let why = w.rx.background(&mut &*w, crate::transport::DEFAULT_SPIN);
     let counters = &core.counters[w.id];
+    // A bad frame this thread read: the worker is killed now (rule 3), as
+    // a ticket that reads one kills it (`end_from_ticket`). Its port is
+    // still open, so it would not exit by itself: the reap below used to
+    // wait out its grace for nothing, and then report it as one that
+    // "closed its port but kept running".
+    if let Some(e) = &why {
+        log::error!("worker {} (pid {}) broke its protocol: {e}", w.id, w.pid);
+        w.kill();
+    }
     let why = why.or_else(|| lock(&w.broke).take());
     // The port is closed (or broken): this worker is finished.
     // Release: pairs with the Acquire loads in `kick` and `fill_slots`.
@@ -35,6 +44,10 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
         format!("{status}, through {launcher}")
     };
     let stderr = w.stderr.wait_lines();
+    let status = match lock(&w.cut_short).take() {
+        Some(cut) => format!("{status}; {cut}"),
+        None => status,
+    };
     let status = match &why {
         Some(e) => format!("it broke its protocol ({e}); {status}"),
         None => status,

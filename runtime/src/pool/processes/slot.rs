@@ -338,6 +338,8 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         max_in_flight,
         link,
         broke: Mutex::new(None),
+        cut_short: Mutex::new(None),
+        broken: AtomicBool::new(false),
         started: Instant::now(),
         jobs_done: AtomicU64::new(0),
         jobs_sent: AtomicU64::new(0),

@@ -43,6 +43,13 @@ pub(super) struct Worker {
     /// A protocol error met by a ticket reading the port (the worker is
     /// killed; its reader reports this as the cause).
     pub(super) broke: Mutex<Option<String>>,
+    /// Raised with `broke`: nothing it sends after the bad frame is read
+    /// (frames already in the buffer included).
+    pub(super) broken: AtomicBool,
+    /// Its port closed in the middle of a frame: how much of it came (told
+    /// beside its exit status; a crash mid-write does it too, so it is not
+    /// a broken protocol).
+    pub(super) cut_short: Mutex<Option<String>>,
     /// When it started, and the jobs it finished (scenario "recycle").
     pub(super) started: Instant,
     pub(super) jobs_done: AtomicU64,
@@ -78,6 +85,10 @@ impl shared::Reader for &Worker {
         false
     }
     fn read(&mut self, mut turn: Turn<'_>, wait: crate::transport::Wait) -> shared::Step {
+        // Acquire: pairs with the Release store in `end_from_ticket`.
+        if self.broken.load(Ordering::Acquire) {
+            return shared::Step::End(None);
+        }
         let rx: &mut IpcReceiver = &mut turn;
         let got = if self.json() {
             let mut buf = Vec::new();
@@ -98,6 +109,12 @@ impl shared::Reader for &Worker {
                 shared::Step::Frame
             }
             Ok(None) => shared::Step::Nothing,
+            Err(crate::error::RecvError::Truncated { expected, received }) => {
+                *lock(&self.cut_short) = Some(format!(
+                    "its port closed in the middle of a frame ({received} of {expected} bytes arrived)"
+                ));
+                shared::Step::End(None)
+            }
             Err(e) if e.is_disconnected() => shared::Step::End(None),
             Err(e) => shared::Step::End(Some(e.to_string())),
         }
@@ -137,6 +154,9 @@ impl Worker {
         if let Some(e) = why {
             log::error!("worker {} (pid {}) broke its protocol: {e}", self.id, self.pid);
             lock(&self.broke).get_or_insert(e);
+            // Before the reader thread is woken: it must not take the
+            // frames that follow the bad one as answers.
+            self.broken.store(true, Ordering::Release);
             self.kill();
         }
         self.rx.wake_background();
