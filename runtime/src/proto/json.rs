@@ -145,8 +145,10 @@ impl<'a> Fields<'a> {
 }
 
 /// The keys of one RESULT (in a `done` frame, or one of a `done_batch`'s
-/// `results`), as their JSON text; a key given twice is refused.
-#[derive(serde::Deserialize, Default)]
+/// `results`), as their JSON text; a key given twice is refused. `Fields`
+/// repeats them: serde's `flatten` would buffer the values, which loses
+/// both their text and the duplicate check.
+#[derive(serde::Deserialize)]
 struct ResultFields<'a> {
     #[serde(default, borrow, deserialize_with = "present")]
     ok: Option<&'a RawValue>,
