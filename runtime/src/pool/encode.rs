@@ -27,8 +27,11 @@ pub(crate) enum Payload {
     /// The job's postcard bytes (a chunk's: each job a `u32` LE length and
     /// its bytes), encoded when it was submitted to wait in a process
     /// pool's queue, so an unencodable job fails at `submit`; and the files
-    /// of the buffers in them, which go beside the frame.
-    Encoded(Vec<u8>, Vec<std::os::fd::OwnedFd>),
+    /// of the buffers in them, which go beside the frame. Boxed: a
+    /// thread pool's tasks never hold one, and without the box every task
+    /// in the queue (a slot of the channel, moved across cores per job)
+    /// would be a cache line longer.
+    Encoded(Box<(Vec<u8>, Vec<std::os::fd::OwnedFd>)>),
     /// Out for encoding into a worker's port (`dispatch`): a crash in that
     /// moment cannot send it again.
     Lent,

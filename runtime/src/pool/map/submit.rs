@@ -79,7 +79,7 @@ impl Pool {
                     });
                 }
                 (
-                    Payload::Encoded(chunk.bytes, chunk.fds),
+                    Payload::Encoded(Box::new((chunk.bytes, chunk.fds))),
                     chunk.count,
                     chunk.holes,
                     jobs,

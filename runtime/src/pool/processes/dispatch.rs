@@ -421,9 +421,7 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
     // this job, not the thread that dispatches (it may be a reader).
     let sent = match &job {
         crate::pool::Payload::Value(v) => send_job(&w.tx, &head, &**v),
-        crate::pool::Payload::Encoded(bytes, fds) => {
-            crate::pool::send_encoded(&w.tx, &head, bytes, fds, w.json())
-        }
+        crate::pool::Payload::Encoded(e) => crate::pool::send_encoded(&w.tx, &head, &e.0, &e.1, w.json()),
         crate::pool::Payload::Lent => Err(SendFail::Job(Failure::Codec(
             crate::job::Side::Supervisor,
             "the job was lost in a crash while it was being sent".into(),
