@@ -493,6 +493,42 @@ fn processes_a_worker_that_exits_mid_job_fails_its_job_and_is_replaced() {
     finish(pool);
 }
 
+// A handler's panic is caught and is its own job's error; when the same
+// worker later dies, its error quotes what its stderr ended with, not that
+// earlier panic.
+#[test]
+fn processes_a_crash_after_a_caught_panic_quotes_the_crash_not_the_panic() {
+    let pool = builder(Backend::Processes, 1).build().unwrap();
+    let pid = pool.stats().workers[0].pid.unwrap();
+    let panicked = pool
+        .submit(Chaos {
+            n: 5,
+            fault: Fault::Panic,
+        })
+        .unwrap()
+        .wait();
+    assert!(matches!(panicked, Err(JobError::Panicked { .. })), "{panicked:?}");
+    let died = pool
+        .submit(Die {
+            signal: "ABRT".into(),
+            stderr: vec!["about to abort".into()],
+        })
+        .unwrap()
+        .wait();
+    match died {
+        Err(e @ JobError::WorkerExited { .. }) => {
+            let text = e.to_string();
+            assert!(
+                text.contains("its stderr ended with: about to abort") && !text.contains("chaos 5 panicked"),
+                "{text}"
+            );
+        }
+        other => panic!("expected WorkerExited, got {other:?}"),
+    }
+    assert_pid_gone(pid);
+    finish(pool);
+}
+
 #[test]
 fn processes_large_jobs_and_results_pipelined_do_not_deadlock() {
     // Jobs and results far larger than the socket buffers, several in

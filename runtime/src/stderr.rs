@@ -115,17 +115,28 @@ impl StderrTail {
 
 /// The line of a stderr tail that best says why a process ended: a Rust
 /// panic's "panicked at" line with its message (the next line, in the
-/// format Rust uses since 1.73), else the last line that is not Rust's
-/// backtrace note or a blank (or a launcher's summary of the exit, such
-/// as srun's "task 0: Exited with exit code 127", when the process said
-/// something itself).
+/// format Rust uses since 1.73) when nothing but Rust's notes and
+/// backtrace follows it, else the last line that is not Rust's backtrace
+/// note or a blank (or a launcher's summary of the exit, such as srun's
+/// "task 0: Exited with exit code 127", when the process said something
+/// itself). A panic with lines after it was caught (a handler's panic,
+/// already its own job's error): what came later says more.
 pub(crate) fn last_meaningful(lines: &[String]) -> Option<String> {
     if let Some(i) = lines.iter().rposition(|l| l.contains("panicked at")) {
         let at = lines[i].trim_end();
-        return Some(match lines.get(i + 1) {
-            Some(msg) if at.ends_with(':') && !is_noise(msg) => format!("{at} {}", msg.trim()),
-            _ => at.to_string(),
-        });
+        let message = lines
+            .get(i + 1)
+            .filter(|msg| at.ends_with(':') && !is_noise(msg) && !is_backtrace_frame(msg));
+        let after = i + 1 + usize::from(message.is_some());
+        let said_more = lines[after..]
+            .iter()
+            .any(|l| !(is_noise(l) || is_backtrace_frame(l)));
+        if !said_more {
+            return Some(match message {
+                Some(msg) => format!("{at} {}", msg.trim()),
+                None => at.to_string(),
+            });
+        }
     }
     let last = |skip_summaries: bool| {
         lines
@@ -219,6 +230,35 @@ mod tests {
         assert_eq!(
             last_meaningful(&tail).as_deref(),
             Some("thread 'main' panicked at src/main.rs:4:5: disk on fire")
+        );
+    }
+
+    #[test]
+    fn a_panic_followed_by_more_gives_way_to_what_came_after() {
+        // A handler's panic, caught (its job already failed with it), then
+        // the process says why it ends.
+        let caught = v(&[
+            "thread 'main' (31) panicked at src/main.rs:121:18:",
+            "boom panic 0",
+            "note: run with `RUST_BACKTRACE=1` environment variable to display a backtrace",
+            "about to abort",
+        ]);
+        assert_eq!(last_meaningful(&caught).as_deref(), Some("about to abort"));
+        // A second caught panic has no note after it.
+        let again = v(&["thread 'main' panicked at a.rs:1:1:", "first", "exiting: 3"]);
+        assert_eq!(last_meaningful(&again).as_deref(), Some("exiting: 3"));
+        // A panic that ends the process, with its backtrace after it.
+        let fatal = v(&[
+            "thread 'main' panicked at a.rs:1:1:",
+            "fatal",
+            "stack backtrace:",
+            "   0: rust_begin_unwind",
+            "             at /rustc/x/library/std/src/panicking.rs:1:1",
+            "note: Some details are omitted, run with `RUST_BACKTRACE=full` for a verbose backtrace.",
+        ]);
+        assert_eq!(
+            last_meaningful(&fatal).as_deref(),
+            Some("thread 'main' panicked at a.rs:1:1: fatal")
         );
     }
 
