@@ -299,6 +299,45 @@ fn a_crash_loop_hits_the_restart_limit_and_the_pool_fails_with_its_cause() {
     finish(pool, &ev);
 }
 
+// A backoff too long to wait means never: the pool fails at that restart
+// (queued jobs fail, submits are refused) instead of waiting for ever.
+#[test]
+fn a_restart_backoff_too_long_to_wait_fails_the_pool_instead_of_waiting() {
+    let (b, ev) = builder(Backend::Processes, 1);
+    let pool = b
+        .inflight_per_worker(1)
+        .restart(RestartPolicy {
+            max_restarts: 10,
+            period: Duration::from_secs(600),
+            backoff: Duration::MAX,
+            max_backoff: Duration::MAX,
+        })
+        .build()
+        .unwrap();
+    // The first restart is immediate; the second would wait the backoff.
+    let crashes: Vec<_> = (0..2).map(|i| pool.submit(Exit(50 + i)).unwrap()).collect();
+    let behind = pool.submit(Square(2)).unwrap();
+    for c in crashes {
+        exited(c.wait());
+    }
+    let PoolEvent::PoolFailed { reason } =
+        ev.wait_for("pool failure", |e| matches!(e, PoolEvent::PoolFailed { .. }))
+    else {
+        unreachable!()
+    };
+    assert!(
+        reason.contains("too long to wait") && reason.contains("exit code 51"),
+        "{reason}"
+    );
+    match behind.wait_timeout(BOUND) {
+        Ok(Err(JobError::Rejected { reason })) => assert!(reason.contains("the pool failed"), "{reason}"),
+        Ok(other) => panic!("expected Rejected, got {other:?}"),
+        Err(_) => panic!("the queued job was left waiting for a restart that never comes"),
+    }
+    assert!(matches!(pool.submit(Square(1)), Err(SubmitError::Failed(..))));
+    finish(pool, &ev);
+}
+
 #[test]
 fn a_replacement_that_cannot_start_is_a_start_failure_with_its_cause() {
     // The worker command works once, then exits before its handshake.

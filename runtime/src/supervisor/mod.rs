@@ -40,7 +40,10 @@ pub struct RestartPolicy {
     pub period: Duration,
     /// The wait before the second restart within `period`.
     pub backoff: Duration,
-    /// The longest wait between restarts.
+    /// The longest wait between restarts. A wait too long to represent
+    /// (`Duration::MAX`) means never: at the restart that would wait it,
+    /// the pool turns failed, as with [`RestartPolicy::never`] (its queued
+    /// jobs fail, new ones are refused), rather than wait for ever.
     pub max_backoff: Duration,
 }
 

@@ -13,18 +13,9 @@ pub(super) fn copy_command(t: &Command) -> Command {
 }
 
 impl Shared {
-    /// Waits `d` unless the pool stops first; returns whether it may go on.
-    pub(super) fn backoff(&self, d: Duration) -> bool {
-        let Some(deadline) = crate::util::deadline(d) else {
-            // A backoff too long to represent: wait until the pool stops.
-            log::warn!("a worker's restart backoff of {d:?} means never: its slot stays empty");
-            let (m, cv) = &self.stop_gate;
-            let mut g = lock(m);
-            while !self.core.stopping.load(Ordering::Acquire) {
-                g = cv.wait(g).unwrap_or_else(|p| p.into_inner());
-            }
-            return false;
-        };
+    /// Waits until `deadline` unless the pool stops first; returns whether
+    /// it may go on.
+    pub(super) fn backoff(&self, deadline: Instant) -> bool {
         let (m, cv) = &self.stop_gate;
         let mut g = lock(m);
         loop {
@@ -143,7 +134,17 @@ pub(super) fn slot_loop(
         let allowed = lock(&shared.intensity).restart(Instant::now());
         match allowed {
             Ok(wait) => {
-                if !shared.backoff(wait) {
+                let Some(until) = crate::util::deadline(wait) else {
+                    // A backoff too long to wait (`Duration::MAX`) means
+                    // never: the pool fails, as with `RestartPolicy::never`,
+                    // rather than keep its queued jobs waiting for a worker
+                    // that is not coming.
+                    core.fail_pool(format!(
+                        "the restart backoff of {wait:?} is too long to wait, so the worker is never restarted; the last: {why}"
+                    ));
+                    return;
+                };
+                if !shared.backoff(until) {
                     return;
                 }
                 // Relaxed: statistics only.
