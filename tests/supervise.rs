@@ -299,6 +299,32 @@ fn a_crash_loop_hits_the_restart_limit_and_the_pool_fails_with_its_cause() {
     finish(pool, &ev);
 }
 
+#[test]
+fn a_restart_policy_with_a_zero_period_is_refused_at_build() {
+    for backend in [Backend::Threads, Backend::Processes] {
+        let (b, _ev) = builder(backend, 1);
+        let err = b
+            .restart(RestartPolicy {
+                max_restarts: 2,
+                period: Duration::ZERO,
+                ..RestartPolicy::default()
+            })
+            .build()
+            .expect_err("a zero period");
+        assert!(err.to_string().contains("period above zero"), "{err}");
+    }
+    // Never restarting needs no window.
+    let (b, ev) = builder(Backend::Processes, 1);
+    let pool = b
+        .restart(RestartPolicy {
+            period: Duration::ZERO,
+            ..RestartPolicy::never()
+        })
+        .build()
+        .unwrap();
+    finish(pool, &ev);
+}
+
 // A backoff too long to wait means never: the pool fails at that restart
 // (queued jobs fail, submits are refused) instead of waiting for ever.
 #[test]

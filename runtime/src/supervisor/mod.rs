@@ -36,7 +36,9 @@ pub struct RestartPolicy {
     /// Restarts allowed within `period`. `0` turns the pool failed at the
     /// first unexpected exit.
     pub max_restarts: u32,
-    /// The sliding window the restarts are counted in.
+    /// The sliding window the restarts are counted in. Zero (with
+    /// `max_restarts` above 0) is refused at build: no restart would
+    /// ever count, and a crash loop would never stop.
     pub period: Duration,
     /// The wait before the second restart within `period`.
     pub backoff: Duration,

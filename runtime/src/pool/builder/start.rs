@@ -84,6 +84,16 @@ impl PoolBuilder {
         if n == 0 {
             return Err(BuildError::new("a pool needs at least one worker"));
         }
+        if let Some(p) = self.restart {
+            // Within a zero window no restart is ever counted: a worker that
+            // crashes at once would be restarted for ever, with no backoff.
+            if p.max_restarts > 0 && p.period.is_zero() {
+                return Err(BuildError::new(format!(
+                    "RestartPolicy {{ max_restarts: {}, period: 0s, .. }} would never count a restart, so a                      crash loop would never stop: give a period above zero (or RestartPolicy::never())",
+                    p.max_restarts
+                )));
+            }
+        }
         let scale = match self.min_workers {
             Some(0) => {
                 return Err(BuildError::new(
