@@ -893,6 +893,23 @@ fn a_hard_memory_limit_fails_the_job_that_hits_it() {
     finish(pool);
 }
 
+// A limit too small for the worker to start at all: the build error names
+// it, not only the signal the worker died of.
+#[test]
+fn a_memory_limit_too_small_to_start_a_worker_says_so() {
+    for limit in [0, 1 << 20] {
+        let err = builder(Backend::Processes, 1)
+            .memory_limit(limit)
+            .build()
+            .expect_err("no worker can start under it");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("memory_limit of") && msg.contains("too small for it to start"),
+            "{msg}"
+        );
+    }
+}
+
 #[test]
 fn memory_settings_are_refused_for_threads() {
     for b in [

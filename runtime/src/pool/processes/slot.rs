@@ -253,8 +253,8 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
                     "did not complete its handshake"
                 },
                 Some(error),
-                &status,
-                &stderr,
+                (&status, &stderr),
+                limit,
             ));
         }
     };
@@ -262,7 +262,7 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
     // and reaped, and why, leading with its own explanation if it gave one.
     let fail = |child: Child, what: String, e: Option<std::io::Error>| {
         let (status, tail) = crate::child::give_up(child, &stderr);
-        start_failure(id, pid, &slot.launcher, &what, e, &status, &tail)
+        start_failure(id, pid, &slot.launcher, &what, e, (&status, &tail), limit)
     };
     if ipc.peer_role() != Role::Worker {
         let role = ipc.peer_role();
@@ -363,8 +363,8 @@ fn start_failure(
     launcher: &Launcher,
     what: &str,
     e: Option<std::io::Error>,
-    status: &str,
-    tail: &[String],
+    (status, tail): (&str, &[String]),
+    limit: Option<u64>,
 ) -> BuildError {
     let pid = if launcher.is_local() {
         format!("pid {pid}")
@@ -378,7 +378,17 @@ fn start_failure(
     let last = crate::stderr::last_meaningful(tail)
         .map(|l| format!("; its stderr ended with: {l}"))
         .unwrap_or_default();
-    let what = format!("worker {id} ({pid}) {what} ({status}{last})");
+    // Under an address-space limit too small for it, a process dies by a
+    // signal (a failed mapping, an aborted allocation) before it can say
+    // anything: name the likely cause.
+    let limit = match limit {
+        Some(bytes) if status.contains("signal") => format!(
+            "; its memory_limit of {} may be too small for it to start",
+            crate::pool::mib(bytes)
+        ),
+        _ => String::new(),
+    };
+    let what = format!("worker {id} ({pid}) {what} ({status}{last}{limit})");
     match e {
         Some(e) => BuildError::io(what, e),
         None => BuildError::new(what),
