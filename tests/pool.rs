@@ -493,6 +493,61 @@ fn processes_a_worker_that_exits_mid_job_fails_its_job_and_is_replaced() {
     finish(pool);
 }
 
+// A run timeout counts from when the job starts: on a process worker a job
+// sent behind another waits there without its clock running (it used to
+// fail as "ran longer than" a timeout it never started).
+#[test]
+fn processes_a_run_timeout_starts_when_the_job_does_not_when_it_is_sent() {
+    let pool = builder(Backend::Processes, 1)
+        .inflight_per_worker(4)
+        .build()
+        .unwrap();
+    let clock = builder(Backend::Threads, 1).build().unwrap();
+    let timeout = std::time::Duration::from_millis(200);
+    let gate = GatePath::new("timeout-behind");
+    let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
+    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    // Sent to the same worker at once, behind the gate job.
+    let behind = pool
+        .submit_with(Square(3), portpool::pool::JobOptions::new().timeout(timeout))
+        .unwrap();
+    // A job given the same timeout later, that never returns by itself:
+    // once it has timed out, so would the one behind the gate have, had its
+    // clock run from when it was sent.
+    let hang = Chaos {
+        n: 1,
+        fault: Fault::Hang,
+    };
+    let timed = clock
+        .submit_with(hang, portpool::pool::JobOptions::new().timeout(timeout))
+        .unwrap()
+        .wait();
+    assert!(matches!(timed, Err(JobError::TimedOut { .. })), "{timed:?}");
+    gate.open();
+    assert_eq!(first.wait(), Ok(true));
+    assert_eq!(behind.wait(), Ok(9));
+    // And the clock of a job sent behind another does run once it starts.
+    let gate = GatePath::new("timeout-behind-2");
+    let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
+    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    let hang = Chaos {
+        n: 2,
+        fault: Fault::Hang,
+    };
+    let behind = pool
+        .submit_with(hang, portpool::pool::JobOptions::new().timeout(timeout))
+        .unwrap();
+    gate.open();
+    assert_eq!(first.wait(), Ok(true));
+    match behind.wait_timeout(BOUND) {
+        Ok(Err(JobError::TimedOut { .. })) => {}
+        Ok(other) => panic!("expected TimedOut, got {other:?}"),
+        Err(_) => panic!("the job behind never timed out"),
+    }
+    clock.shutdown(Shutdown::default());
+    finish(pool);
+}
+
 // A handler's panic is caught and is its own job's error; when the same
 // worker later dies, its error quotes what its stderr ended with, not that
 // earlier panic.

@@ -47,7 +47,7 @@ pub(crate) struct Task {
     pub(crate) state: Arc<JobState>,
     /// `Some(n)`: `job` is a chunk of `n` jobs run as one.
     pub(crate) batch: Option<u32>,
-    /// Run timeout, counted from dispatch.
+    /// Run timeout, counted from when it starts on its worker.
     pub(crate) timeout: Option<Duration>,
     /// How many more times a worker crash may send it back to the queue.
     pub(crate) retries: u32,

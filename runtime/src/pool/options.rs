@@ -11,7 +11,8 @@ use super::CancelToken;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 #[must_use = "options do nothing until given to `Pool::submit_with`"]
 pub struct JobOptions {
-    /// Run timeout, counted from dispatch.
+    /// Run timeout, counted from when the job starts on a worker (see
+    /// [`PoolBuilder::job_timeout`](crate::pool::PoolBuilder::job_timeout)).
     pub timeout: Option<Duration>,
     /// The longest the job may wait in the queue.
     pub queue_timeout: Option<Duration>,

@@ -220,7 +220,7 @@ impl fmt::Display for Side {
 pub enum TimeoutPhase {
     /// It waited in the queue past its queue-wait deadline and never ran.
     Queue,
-    /// It ran past its run timeout, counted from dispatch to a worker.
+    /// It ran past its run timeout, counted from when it started on a worker.
     Run,
 }
 

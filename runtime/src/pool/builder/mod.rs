@@ -303,9 +303,12 @@ impl PoolBuilder {
         self
     }
 
-    /// Every job must finish within `timeout` of being dispatched to a
-    /// worker, or it fails with [`TimedOut`](crate::job::JobError::TimedOut).
-    /// Time spent queued does not count. Default: none.
+    /// Every job must finish within `timeout` of starting on a worker, or
+    /// it fails with [`TimedOut`](crate::job::JobError::TimedOut). Time
+    /// spent queued does not count, nor (on a process worker, which runs
+    /// the jobs it was sent in order) time spent waiting behind another
+    /// job sent to the same worker. A zero timeout fails every job that
+    /// has not already finished when its timer is looked at. Default: none.
     pub fn job_timeout(mut self, timeout: Duration) -> Self {
         self.job_timeout = Some(timeout);
         self

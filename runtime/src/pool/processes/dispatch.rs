@@ -431,14 +431,29 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
         Ok(()) => {
             // The cancel flag is read after the insert: a cancel from then
             // on finds the task pending; one before is seen here.
-            let cancelled = match lock(&w.pending).get_mut(&id) {
-                Some(t) => {
-                    t.job = job;
-                    t.state.is_cancelled()
+            let (cancelled, behind) = {
+                let mut pending = lock(&w.pending);
+                match pending.get_mut(&id) {
+                    Some(t) => {
+                        t.job = job;
+                        let (cancelled, seq) = (t.state.is_cancelled(), t.seq);
+                        // Sent behind jobs still unanswered, it has not
+                        // started (a worker starts its jobs in the order
+                        // sent): its run clock starts when it is the oldest,
+                        // at the answer to the one before it.
+                        let behind = timeout.is_some() && pending.values().any(|o| o.seq < seq);
+                        if behind {
+                            lock(&w.deferred_timers).push(id);
+                            // Relaxed: under the `pending` lock, which the
+                            // reader takes before it looks.
+                            w.has_deferred.store(true, Ordering::Relaxed);
+                        }
+                        (cancelled, behind)
+                    }
+                    None => (false, false),
                 }
-                None => false,
             };
-            if let Some(after) = timeout {
+            if let (Some(after), false) = (timeout, behind) {
                 let _ = core.control.send(Control::RunDeadline {
                     id,
                     worker: w.id,

@@ -341,6 +341,8 @@ pub(super) fn start_worker(shared: &Shared, id: usize, epoch: u64) -> Result<Arc
         broke: Mutex::new(None),
         cut_short: Mutex::new(None),
         broken: AtomicBool::new(false),
+        deferred_timers: Mutex::new(Vec::new()),
+        has_deferred: AtomicBool::new(false),
         started: Instant::now(),
         jobs_done: AtomicU64::new(0),
         jobs_sent: AtomicU64::new(0),

@@ -46,6 +46,13 @@ pub(super) struct Worker {
     /// Raised with `broke`: nothing it sends after the bad frame is read
     /// (frames already in the buffer included).
     pub(super) broken: AtomicBool,
+    /// Jobs with a run timeout sent while jobs sent before them were still
+    /// unanswered: they have not started (a worker runs its jobs in the
+    /// order sent), so their clock starts once they are the oldest
+    /// (`start_deferred_timer`). Taken with `pending` held first.
+    pub(super) deferred_timers: Mutex<Vec<u64>>,
+    /// `deferred_timers` is not empty (set under the `pending` lock).
+    pub(super) has_deferred: AtomicBool,
     /// Its port closed in the middle of a frame: how much of it came (told
     /// beside its exit status; a crash mid-write does it too, so it is not
     /// a broken protocol).
@@ -217,6 +224,11 @@ impl Worker {
                     self.flush_unless_more(rx);
                     return;
                 };
+                // Relaxed: raised under the `pending` lock, which this
+                // thread took after (see `time_out`).
+                if self.has_deferred.load(Ordering::Relaxed) {
+                    self.start_deferred_timer();
+                }
                 let jobs = t.jobs();
                 let (outcome, failed) = match outcome {
                     WireOutcome::Ran(b) if fds.is_empty() => (Outcome::Bytes(b), 0),
@@ -340,6 +352,30 @@ impl Worker {
 }
 
 impl Worker {
+    /// After an answer: the oldest job still pending starts now; if its
+    /// run timeout waits for that (it was sent behind others, `dispatch`),
+    /// its clock starts now, for the whole timeout.
+    fn start_deferred_timer(&self) {
+        let pending = lock(&self.pending);
+        let mut deferred = lock(&self.deferred_timers);
+        deferred.retain(|id| pending.contains_key(id));
+        if let Some(next) = pending.values().min_by_key(|t| t.seq) {
+            if let Some(i) = deferred.iter().position(|&id| id == next.id) {
+                deferred.swap_remove(i);
+                if let Some(after) = next.timeout {
+                    let _ = self.core.control.send(Control::RunDeadline {
+                        id: next.id,
+                        worker: self.id,
+                        epoch: self.epoch,
+                        after,
+                    });
+                }
+            }
+        }
+        // Relaxed: read after the `pending` lock (see `time_out`).
+        self.has_deferred.store(!deferred.is_empty(), Ordering::Relaxed);
+    }
+
     /// On an answer for `jobs` jobs: whether the worker is due for
     /// replacement (scenario "recycle"); it then takes no more jobs, and is
     /// told to stop once it holds none (`retire_if_idle`).
