@@ -493,6 +493,36 @@ fn processes_a_worker_that_exits_mid_job_fails_its_job_and_is_replaced() {
     finish(pool);
 }
 
+// A queue-wait deadline ends when the job starts, on both backends: a job
+// sent to a busy process worker behind another has not started, so a zero
+// deadline fails it (it used to wait there and succeed), and the worker
+// skips it without being killed.
+both!(
+    a_zero_queue_deadline_fails_a_job_waiting_behind_a_busy_worker,
+    |backend| {
+        let pool = builder(backend, 1).inflight_per_worker(4).build().unwrap();
+        let pid = pool.stats().workers[0].pid;
+        let gate = GatePath::new(&format!("queue-behind-{backend:?}"));
+        let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
+        assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+        let opts = portpool::pool::JobOptions::new().queue_timeout(std::time::Duration::ZERO);
+        let behind = pool.submit_with(Square(3), opts).unwrap();
+        match behind.wait_timeout(BOUND) {
+            Ok(Err(JobError::TimedOut {
+                phase: portpool::job::TimeoutPhase::Queue,
+                ..
+            })) => {}
+            Ok(other) => panic!("expected a queue timeout, got {other:?}"),
+            Err(_) => panic!("the job behind the gate did not time out in the queue"),
+        }
+        gate.open();
+        assert_eq!(first.wait(), Ok(true));
+        assert_eq!(pool.submit(Square(4)).unwrap().wait(), Ok(16));
+        assert_eq!(pool.stats().workers[0].pid, pid, "nothing was killed");
+        finish(pool);
+    }
+);
+
 // A run timeout counts from when the job starts: on a process worker a job
 // sent behind another waits there without its clock running (it used to
 // fail as "ran longer than" a timeout it never started).

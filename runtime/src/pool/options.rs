@@ -14,7 +14,8 @@ pub struct JobOptions {
     /// Run timeout, counted from when the job starts on a worker (see
     /// [`PoolBuilder::job_timeout`](crate::pool::PoolBuilder::job_timeout)).
     pub timeout: Option<Duration>,
-    /// The longest the job may wait in the queue.
+    /// The longest the job may wait to start (see
+    /// [`PoolBuilder::queue_timeout`](crate::pool::PoolBuilder::queue_timeout)).
     pub queue_timeout: Option<Duration>,
     /// Re-runs allowed after a worker crash.
     pub retries: Option<u32>,

@@ -39,7 +39,9 @@ impl Pool {
 
     pub(super) fn watch_queue_for(&self, t: &Task, over: Option<Duration>) {
         if let Some(after) = over.or(self.inner.core.config.queue_timeout) {
+            t.state.mark_watched();
             let _ = self.inner.core.control.send(Control::QueueDeadline {
+                id: t.id,
                 state: t.state.clone(),
                 reply: t.reply.clone(),
                 jobs: t.jobs(),

@@ -42,6 +42,7 @@ pub(crate) enum Control {
     /// A job must leave the queue within `after` of its submission
     /// (scenario "queue-wait deadline").
     QueueDeadline {
+        id: u64,
         state: Arc<JobState>,
         reply: Reply,
         jobs: u64,
@@ -95,6 +96,7 @@ enum Timer {
         after: Duration,
     },
     Queue {
+        id: u64,
         state: Arc<JobState>,
         reply: Reply,
         jobs: u64,
@@ -200,6 +202,7 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 },
             ),
             Ok(Control::QueueDeadline {
+                id,
                 state,
                 reply,
                 jobs,
@@ -208,6 +211,7 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                 now,
                 after,
                 Timer::Queue {
+                    id,
                     state,
                     reply,
                     jobs,
@@ -230,21 +234,30 @@ pub(crate) fn run(rx: Receiver<Control>, target: Arc<dyn Supervised>, core: Arc<
                     }
                 }
                 Timer::Queue {
+                    id,
                     state,
                     reply,
                     jobs,
                     after,
                 } => {
-                    // Still queued: it fails now; whoever pops it later
-                    // finds it settled and drops it.
-                    if !state.is_dispatched() {
-                        core.deliver_failure(
+                    // Not started: it fails now. Still queued, whoever pops
+                    // it later finds it settled and drops it; sent to a
+                    // process worker behind other jobs, the worker is told,
+                    // and skips it when its turn comes (scenario "cancel":
+                    // a job that waits behind others gets nothing killed).
+                    if !state.is_started()
+                        && core.deliver_failure(
                             &state,
                             &reply,
                             jobs,
                             Failure::TimedOut(TimeoutPhase::Queue, after),
                             None,
-                        );
+                        )
+                        && state.is_dispatched()
+                    {
+                        if let Some((worker, epoch)) = target.cancel_running(id) {
+                            timers.push_after(now, graces.cancel, Timer::Grace { id, worker, epoch });
+                        }
                     }
                 }
                 Timer::Grace { id, worker, epoch } => match target.grace_over(id, worker, epoch) {

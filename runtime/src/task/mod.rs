@@ -82,6 +82,11 @@ pub(crate) trait FastRead: Send + Sync {
 pub(crate) struct JobState {
     cancelled: AtomicBool,
     dispatched: AtomicBool,
+    /// It started on its worker (a thread took it; a process worker holds
+    /// no job sent before it).
+    started: AtomicBool,
+    /// A queue-wait deadline watches it (told to the monitor at submit).
+    watched: AtomicBool,
     settled: AtomicU8,
     /// The process worker that holds this job as its only one, if so
     /// (weak: a ticket kept after its worker ended must not keep the
@@ -169,6 +174,27 @@ impl JobState {
 
     pub(crate) fn is_dispatched(&self) -> bool {
         self.dispatched.load(Ordering::Acquire)
+    }
+
+    /// Marks the job as started on its worker (its queue wait is over).
+    pub(crate) fn mark_started(&self) {
+        // Release/Acquire: only this flag is communicated.
+        self.started.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn is_started(&self) -> bool {
+        self.started.load(Ordering::Acquire)
+    }
+
+    /// Records that a queue-wait deadline watches the job.
+    pub(crate) fn mark_watched(&self) {
+        // Relaxed: set before the job is queued, which publishes it.
+        self.watched.store(true, Ordering::Relaxed);
+    }
+
+    pub(crate) fn is_watched(&self) -> bool {
+        // Relaxed: see `mark_watched`.
+        self.watched.load(Ordering::Relaxed)
     }
 
     /// Claims the right to deliver the job's outcome. Exactly one caller

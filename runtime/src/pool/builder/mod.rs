@@ -314,9 +314,12 @@ impl PoolBuilder {
         self
     }
 
-    /// Every job must be dispatched within `timeout` of its submission, or
-    /// it fails with [`TimedOut`](crate::job::JobError::TimedOut) without
-    /// running. Default: none.
+    /// Every job must start on a worker within `timeout` of its
+    /// submission, or it fails with
+    /// [`TimedOut`](crate::job::JobError::TimedOut) without running. A job
+    /// sent to a process worker behind another job it is running has not
+    /// started: the deadline still counts there, the same on both
+    /// backends. Default: none.
     pub fn queue_timeout(mut self, timeout: Duration) -> Self {
         self.queue_timeout = Some(timeout);
         self

@@ -437,11 +437,17 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
                     Some(t) => {
                         t.job = job;
                         let (cancelled, seq) = (t.state.is_cancelled(), t.seq);
+                        let state = t.state.clone();
                         // Sent behind jobs still unanswered, it has not
                         // started (a worker starts its jobs in the order
-                        // sent): its run clock starts when it is the oldest,
-                        // at the answer to the one before it.
-                        let behind = timeout.is_some() && pending.values().any(|o| o.seq < seq);
+                        // sent): its run clock starts, and its queue wait
+                        // ends, when it is the oldest, at the answer to the
+                        // one before it.
+                        let clocked = timeout.is_some() || state.is_watched();
+                        let behind = clocked && pending.values().any(|o| o.seq < seq);
+                        if !behind {
+                            state.mark_started();
+                        }
                         if behind {
                             lock(&w.deferred_timers).push(id);
                             // Relaxed: under the `pending` lock, which the

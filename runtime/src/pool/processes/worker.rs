@@ -46,10 +46,11 @@ pub(super) struct Worker {
     /// Raised with `broke`: nothing it sends after the bad frame is read
     /// (frames already in the buffer included).
     pub(super) broken: AtomicBool,
-    /// Jobs with a run timeout sent while jobs sent before them were still
-    /// unanswered: they have not started (a worker runs its jobs in the
-    /// order sent), so their clock starts once they are the oldest
-    /// (`start_deferred_timer`). Taken with `pending` held first.
+    /// Jobs with a run timeout or a queue-wait deadline sent while jobs
+    /// sent before them were still unanswered: they have not started (a
+    /// worker runs its jobs in the order sent), so they start, and their
+    /// clock runs, once they are the oldest (`start_deferred_timer`).
+    /// Taken with `pending` held first.
     pub(super) deferred_timers: Mutex<Vec<u64>>,
     /// `deferred_timers` is not empty (set under the `pending` lock).
     pub(super) has_deferred: AtomicBool,
@@ -352,9 +353,9 @@ impl Worker {
 }
 
 impl Worker {
-    /// After an answer: the oldest job still pending starts now; if its
-    /// run timeout waits for that (it was sent behind others, `dispatch`),
-    /// its clock starts now, for the whole timeout.
+    /// After an answer: the oldest job still pending starts now; if it was
+    /// sent behind others with a clock (`dispatch`), it is marked started
+    /// (its queue wait is over) and its run timeout starts now, whole.
     fn start_deferred_timer(&self) {
         let pending = lock(&self.pending);
         let mut deferred = lock(&self.deferred_timers);
@@ -362,6 +363,7 @@ impl Worker {
         if let Some(next) = pending.values().min_by_key(|t| t.seq) {
             if let Some(i) = deferred.iter().position(|&id| id == next.id) {
                 deferred.swap_remove(i);
+                next.state.mark_started();
                 if let Some(after) = next.timeout {
                     let _ = self.core.control.send(Control::RunDeadline {
                         id: next.id,

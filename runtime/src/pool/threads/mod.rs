@@ -393,6 +393,7 @@ impl Threads {
                 continue;
             }
             task.state.mark_dispatched();
+            task.state.mark_started();
             if core.config.metrics {
                 // Relaxed: this thread's own flag.
                 let at_once = at_once || slot.took_at_once.load(Ordering::Relaxed);
