@@ -957,6 +957,26 @@ fn a_second_sigint_stops_at_once() {
     }
 }
 
+// What the first signal's message says: a SIGINT during a shutdown that a
+// SIGTERM began makes it immediate too.
+#[test]
+fn a_sigint_after_sigterm_stops_at_once() {
+    let gate = GatePath::new("sigterm-then-sigint");
+    let (sup, mut out, pids) = drain_supervisor(&gate);
+    sup.signal(libc::SIGTERM);
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
+    assert_eq!(line.trim(), "signal 15");
+    sup.signal(libc::SIGINT);
+    let status = sup.assert_gone();
+    let text = rest(out);
+    assert_eq!(status.code(), Some(143), "{text}");
+    assert!(text.contains("4 cancelled"), "{text}");
+    for pid in pids {
+        common::wait_pid_gone(pid);
+    }
+}
+
 #[test]
 fn sigterm_shuts_down_gracefully_and_exits_143() {
     let gate = GatePath::new("sigterm");

@@ -326,12 +326,18 @@ impl Runtime {
         let quiet = !hooks_empty;
         if first {
             let deadline = *lock(&self.inner.shutdown_deadline);
+            // A SIGINT (Ctrl-C) during the shutdown makes it immediate,
+            // whichever signal began it.
+            let hurry = if sig == SIGINT {
+                "interrupt again to stop at once"
+            } else {
+                "send SIGINT (Ctrl-C) to stop at once"
+            };
             if quiet {
-                log::warn!("signal {sig}: shutting down gracefully (send SIGINT again to stop at once)");
+                log::warn!("signal {sig}: shutting down gracefully ({hurry})");
             } else {
                 eprintln!(
-                    "portpool: signal {sig}: finishing the queued and running jobs (for up to {deadline:?}); \
-                     interrupt again to stop at once"
+                    "portpool: signal {sig}: finishing the queued and running jobs (for up to {deadline:?}); {hurry}"
                 );
             }
             let rt = self.clone();
