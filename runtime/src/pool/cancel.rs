@@ -30,6 +30,12 @@ use crate::util::lock;
 /// then dropped without running, and `stats()` counts it as cancelled from
 /// that moment. Its ticket answers `Cancelled` at once.
 ///
+/// The cancel settles the job's outcome when it is made: a running job
+/// whose handler then ends normally (it did not look at the flag, or
+/// finished first) still answers `Cancelled`, and its result is dropped.
+/// `Cancelled` says the job's outcome was given up, not that its handler
+/// did not run: side effects a handler has made stay made.
+///
 /// ```
 /// # extern crate portpool_runtime as portpool;
 /// # use portpool::{job::{Handlers, Job, JobError}, pool::{CancelToken, JobOptions, Pool}};

@@ -139,14 +139,18 @@ pub struct RouteStats {
     pub timed_out: u64,
     /// Runs again after a worker crash (`retries`).
     pub retried: u64,
-    /// From submission to a worker taking the job.
+    /// From submission to a worker taking the job (a process worker: to
+    /// the job being sent to it; time it then waits there behind jobs sent
+    /// before it counts in `run`).
     pub queue_wait: Quantiles,
     /// From a worker taking the job to its answer (for a process worker,
     /// the trip there and back included; a `map` chunk counts each of its
     /// jobs as the chunk's time divided among them). A thread worker that
     /// takes a job at its first look after answering the previous one
     /// counts from that answer, which the take follows by tens of
-    /// nanoseconds.
+    /// nanoseconds. Only jobs whose answer settled them are in it: a job
+    /// that timed out or was cancelled while it ran is counted in
+    /// `timed_out` or `cancelled` but adds no run time.
     pub run: Quantiles,
 }
 

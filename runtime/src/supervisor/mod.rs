@@ -167,6 +167,12 @@ pub enum PoolEvent {
 /// How [`Pool::shutdown`](crate::pool::Pool::shutdown) treats the work
 /// the pool holds. `Shutdown::default()` is `graceful` with a 30 s
 /// deadline, what dropping a pool does.
+///
+/// At the deadline the work left is cancelled. A process worker gets
+/// SIGTERM and, 500 ms later if still alive, SIGKILL; a thread worker
+/// whose handler ignores the cancel has the same 500 ms to return, then
+/// is abandoned (counted in `ShutdownReport::threads_abandoned`). So a
+/// shutdown may return up to about 500 ms after its deadline.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[must_use = "a `Shutdown` does nothing until given to `Pool::shutdown`"]
 pub struct Shutdown {

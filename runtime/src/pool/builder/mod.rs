@@ -82,7 +82,9 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(1);
 
 impl PoolBuilder {
-    /// `n` thread workers in this process.
+    /// `n` thread workers in this process. `threads` and
+    /// [`processes`](Self::processes) choose the backend: the last one
+    /// called wins.
     pub fn threads(mut self, n: usize) -> Self {
         self.kind = Some(Kind::Threads(n));
         self
@@ -164,7 +166,9 @@ impl PoolBuilder {
     /// How long a worker of a scaling pool ([`min_workers`](Self::min_workers))
     /// may wait for a job before it leaves; 10 s if not set. A worker
     /// leaves between 1 and 1.25 times this after its last job (never while
-    /// one is in flight). Without `min_workers` it has no effect.
+    /// one is in flight). Zero lets a worker go as soon as it finds no job
+    /// (the pool still grows again for the next burst). Without
+    /// `min_workers` it has no effect.
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout);
         self
@@ -273,7 +277,7 @@ impl PoolBuilder {
     /// to hide the round trip for tiny jobs. A job waits behind those sent
     /// to its worker before it, even if another worker is free, so for
     /// long or uneven jobs 1 spreads them best (see
-    /// [`processes`](Self::processes)).
+    /// [`processes`](Self::processes)). 0 is taken as 1.
     pub fn inflight_per_worker(mut self, k: usize) -> Self {
         self.inflight = Some(k.max(1));
         self
