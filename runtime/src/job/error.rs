@@ -42,7 +42,11 @@ pub enum JobError<E> {
         pid: Option<u32>,
         /// How it ended (exit code or signal), when known.
         status: Option<String>,
-        /// The last lines the worker wrote to its stderr (oldest first).
+        /// The last lines the worker wrote to its stderr (oldest first, at
+        /// most 20, each cut at 1000 bytes). A Rust backtrace's frames are
+        /// left out, so they do not push out the lines that say what
+        /// happened; they still reach this process's stderr with the rest
+        /// (unless `forward_worker_stderr(false)`).
         stderr: Vec<String>,
     },
     /// The job ran out of time, waiting in the queue or running.
