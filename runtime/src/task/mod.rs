@@ -83,7 +83,8 @@ pub(crate) struct JobState {
     cancelled: AtomicBool,
     dispatched: AtomicBool,
     /// It started on its worker (a thread took it; a process worker holds
-    /// no job sent before it).
+    /// no job sent before it). Kept for jobs with a clock: a process job
+    /// without a run timeout or a queue-wait deadline is never marked.
     started: AtomicBool,
     /// A queue-wait deadline watches it (told to the monitor at submit).
     watched: AtomicBool,

@@ -437,16 +437,18 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
                     Some(t) => {
                         t.job = job;
                         let (cancelled, seq) = (t.state.is_cancelled(), t.seq);
-                        let state = t.state.clone();
                         // Sent behind jobs still unanswered, it has not
                         // started (a worker starts its jobs in the order
                         // sent): its run clock starts, and its queue wait
                         // ends, when it is the oldest, at the answer to the
-                        // one before it.
-                        let clocked = timeout.is_some() || state.is_watched();
+                        // one before it. (Only a job with a clock is looked
+                        // at: `is_started` matters to nothing else.)
+                        let clocked = timeout.is_some() || t.state.is_watched();
                         let behind = clocked && pending.values().any(|o| o.seq < seq);
-                        if !behind {
-                            state.mark_started();
+                        if clocked && !behind {
+                            if let Some(t) = pending.get(&id) {
+                                t.state.mark_started();
+                            }
                         }
                         if behind {
                             lock(&w.deferred_timers).push(id);
