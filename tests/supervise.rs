@@ -939,38 +939,32 @@ fn sigint_without_a_hook_says_what_it_does() {
 
 #[test]
 fn a_second_sigint_stops_at_once() {
-    let gate = GatePath::new("sigint-twice");
-    let (sup, mut out, pids) = drain_supervisor(&gate);
-    sup.signal(libc::SIGINT);
-    // Two SIGINTs pending at once would merge into one: wait until the
-    // first was handled.
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "signal 2");
-    sup.signal(libc::SIGINT);
-    let status = sup.assert_gone();
-    let text = rest(out);
-    assert_eq!(status.code(), Some(130), "{text}");
-    assert!(text.contains("4 cancelled"), "{text}");
-    for pid in pids {
-        common::wait_pid_gone(pid);
-    }
+    sigint_after(libc::SIGINT, "sigint-twice", 130);
 }
 
 // What the first signal's message says: a SIGINT during a shutdown that a
 // SIGTERM began makes it immediate too.
 #[test]
 fn a_sigint_after_sigterm_stops_at_once() {
-    let gate = GatePath::new("sigterm-then-sigint");
+    sigint_after(libc::SIGTERM, "sigterm-then-sigint", 143);
+}
+
+/// Sends `first`, then (once it was handled) SIGINT, to a supervisor whose
+/// 4 jobs are held: they are cancelled at once, it exits with `code`, and
+/// no worker is left.
+fn sigint_after(first: i32, gate: &str, code: i32) {
+    let gate = GatePath::new(gate);
     let (sup, mut out, pids) = drain_supervisor(&gate);
-    sup.signal(libc::SIGTERM);
+    sup.signal(first);
+    // Two signals pending at once would merge into one: wait until the
+    // first was handled.
     let mut line = String::new();
     std::io::BufRead::read_line(&mut out, &mut line).unwrap();
-    assert_eq!(line.trim(), "signal 15");
+    assert_eq!(line.trim(), format!("signal {first}"));
     sup.signal(libc::SIGINT);
     let status = sup.assert_gone();
     let text = rest(out);
-    assert_eq!(status.code(), Some(143), "{text}");
+    assert_eq!(status.code(), Some(code), "{text}");
     assert!(text.contains("4 cancelled"), "{text}");
     for pid in pids {
         common::wait_pid_gone(pid);
