@@ -217,7 +217,7 @@ impl PoolBuilder {
     /// backend a `map` chunk (several jobs run as one) can cross it, and
     /// then the worker is replaced right after that chunk: a pool of
     /// `recycle_after_jobs(5)` running a `map` may say "recycled after 8
-    /// job(s)" (5 jobs, then a chunk of 3 that crossed it), by up to one
+    /// job(s)" (say 4 jobs, then a chunk of 4 that crossed it): up to one
     /// chunk's size more than `n`. `n` must be at least 1.
     pub fn recycle_after_jobs(mut self, n: u64) -> Self {
         self.recycle.jobs = Some(n);
