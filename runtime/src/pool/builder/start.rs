@@ -89,7 +89,8 @@ impl PoolBuilder {
             // crashes at once would be restarted for ever, with no backoff.
             if p.max_restarts > 0 && p.period.is_zero() {
                 return Err(BuildError::new(format!(
-                    "RestartPolicy {{ max_restarts: {}, period: 0s, .. }} would never count a restart, so a                      crash loop would never stop: give a period above zero (or RestartPolicy::never())",
+                    "RestartPolicy {{ max_restarts: {}, period: 0s, .. }} would never count a restart, so a \
+                     crash loop would never stop: give a period above zero (or RestartPolicy::never())",
                     p.max_restarts
                 )));
             }
