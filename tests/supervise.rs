@@ -313,7 +313,10 @@ fn a_restart_policy_with_a_zero_period_is_refused_at_build() {
             .expect_err("a zero period");
         assert!(err.to_string().contains("period above zero"), "{err}");
         // One sentence, as it reads (no gap left by a line break in the source).
-        assert!(err.to_string().contains("so a crash loop would never stop"), "{err}");
+        assert!(
+            err.to_string().contains("so a crash loop would never stop"),
+            "{err}"
+        );
     }
     // Never restarting needs no window.
     let (b, ev) = builder(Backend::Processes, 1);

@@ -431,43 +431,38 @@ pub(super) fn dispatch(w: &Worker, core: &Core, mut t: Task, now: u64) {
         Ok(()) => {
             // The cancel flag is read after the insert: a cancel from then
             // on finds the task pending; one before is seen here.
-            let (cancelled, behind) = {
+            let (cancelled, start_clock) = {
                 let mut pending = lock(&w.pending);
-                match pending.get_mut(&id) {
+                let (cancelled, clock) = match pending.get_mut(&id) {
                     Some(t) => {
                         t.job = job;
-                        let (cancelled, seq) = (t.state.is_cancelled(), t.seq);
-                        // Sent behind jobs still unanswered, it has not
-                        // started (a worker starts its jobs in the order
-                        // sent): its run clock starts, and its queue wait
-                        // ends, when it is the oldest, at the answer to the
-                        // one before it. (Only a job with a clock is looked
-                        // at: `is_started` matters to nothing else.)
-                        let clocked = timeout.is_some() || t.state.is_watched();
-                        let behind = clocked && pending.values().any(|o| o.seq < seq);
-                        if clocked && !behind {
-                            if let Some(t) = pending.get(&id) {
-                                t.state.mark_started();
-                            }
-                        }
-                        if behind {
-                            lock(&w.deferred_timers).push(id);
-                            // Relaxed: under the `pending` lock, which the
-                            // reader takes before it looks.
-                            w.has_deferred.store(true, Ordering::Relaxed);
-                        }
-                        (cancelled, behind)
+                        (t.state.is_cancelled(), clocked(t).then_some(t.seq))
                     }
-                    None => (false, false),
-                }
+                    None => (false, None),
+                };
+                // A job with a clock starts it now if it is the worker's
+                // oldest; sent behind others, it has not started, and the
+                // answer that makes it the oldest starts it
+                // (`Worker::start_next_clock`).
+                let start = match clock {
+                    Some(seq) if !sent_behind(&pending, seq) => {
+                        if let Some(t) = pending.get(&id) {
+                            t.state.mark_started();
+                        }
+                        true
+                    }
+                    Some(_) => {
+                        // Relaxed: under the `pending` lock, which the
+                        // reader takes before it looks.
+                        w.clock_waiting.store(true, Ordering::Relaxed);
+                        false
+                    }
+                    None => false,
+                };
+                (cancelled, start)
             };
-            if let (Some(after), false) = (timeout, behind) {
-                let _ = core.control.send(Control::RunDeadline {
-                    id,
-                    worker: w.id,
-                    epoch: w.epoch,
-                    after,
-                });
+            if let (Some(after), true) = (timeout, start_clock) {
+                w.arm_run_timeout(id, after);
             }
             if cancelled {
                 // Its ticket's cancel may have looked before it was pending.

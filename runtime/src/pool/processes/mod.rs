@@ -39,7 +39,7 @@ pub(crate) use crate::child::{describe_status, wait_or_kill};
 use dispatch::{dispatch, fill_slots};
 use reader::reader_loop;
 use slot::slot_loop;
-use worker::{EndReason, Worker, send_soon};
+use worker::{EndReason, Worker, clocked, send_soon, sent_behind};
 
 pub use crate::child::{WORKER_ID_ENV, WORKER_LINK_ENV};
 
@@ -396,7 +396,7 @@ impl Supervised for Processes {
             // before this is still there, so this has not started. Killing
             // the worker would end the older jobs, which nobody cancelled;
             // it is skipped when its turn comes.
-            if pending.values().any(|o| o.seq < t.seq) {
+            if sent_behind(&pending, t.seq) {
                 log::debug!("worker {worker}: cancelled job {id} waits behind others; not killing");
                 return GraceOver::NotStarted;
             }

@@ -21,14 +21,11 @@ pub(super) fn reader_loop(w: &Worker, shared: &Shared) -> Exit {
     let core = &*shared.core;
     let why = w.rx.background(&mut &*w, crate::transport::DEFAULT_SPIN);
     let counters = &core.counters[w.id];
-    // A bad frame this thread read: the worker is killed now (rule 3), as
-    // a ticket that reads one kills it (`end_from_ticket`). Its port is
-    // still open, so it would not exit by itself: the reap below used to
-    // wait out its grace for nothing, and then report it as one that
-    // "closed its port but kept running".
+    // A bad frame this thread read: killed now, as when a ticket reads one
+    // (else the reap below would wait out its grace for nothing, and report
+    // a worker that "closed its port but kept running").
     if let Some(e) = &why {
-        log::error!("worker {} (pid {}) broke its protocol: {e}", w.id, w.pid);
-        w.kill();
+        w.kill_for_protocol(e);
     }
     let why = why.or_else(|| lock(&w.broke).take());
     // The port is closed (or broken): this worker is finished.

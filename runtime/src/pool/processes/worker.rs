@@ -46,14 +46,11 @@ pub(super) struct Worker {
     /// Raised with `broke`: nothing it sends after the bad frame is read
     /// (frames already in the buffer included).
     pub(super) broken: AtomicBool,
-    /// Jobs with a run timeout or a queue-wait deadline sent while jobs
-    /// sent before them were still unanswered: they have not started (a
-    /// worker runs its jobs in the order sent), so they start, and their
-    /// clock runs, once they are the oldest (`start_deferred_timer`).
-    /// Taken with `pending` held first.
-    pub(super) deferred_timers: Mutex<Vec<u64>>,
-    /// `deferred_timers` is not empty (set under the `pending` lock).
-    pub(super) has_deferred: AtomicBool,
+    /// A pending job with a clock (`clocked`) waits behind older ones and
+    /// is not yet marked started: the answer that makes it the oldest
+    /// starts it (`start_next_clock`). Set under the `pending` lock; lets an
+    /// answer skip the look when no such job is there.
+    pub(super) clock_waiting: AtomicBool,
     /// Its port closed in the middle of a frame: how much of it came (told
     /// beside its exit status; a crash mid-write does it too, so it is not
     /// a broken protocol).
@@ -160,14 +157,21 @@ impl Worker {
     /// thread would have ended it); the reader reports the exit.
     pub(super) fn end_from_ticket(&self, why: Option<String>) {
         if let Some(e) = why {
-            log::error!("worker {} (pid {}) broke its protocol: {e}", self.id, self.pid);
+            self.kill_for_protocol(&e);
             lock(&self.broke).get_or_insert(e);
-            // Before the reader thread is woken: it must not take the
-            // frames that follow the bad one as answers.
-            self.broken.store(true, Ordering::Release);
-            self.kill();
         }
         self.rx.wake_background();
+    }
+
+    /// It sent a frame outside the protocol (`why`): nothing it sends after
+    /// is read, and it is killed now (rule 3). Its port is still open, so
+    /// it would not exit by itself.
+    pub(super) fn kill_for_protocol(&self, why: &str) {
+        log::error!("worker {} (pid {}) broke its protocol: {why}", self.id, self.pid);
+        // Before the reader thread is woken (`end_from_ticket`): it must
+        // not take the frames that follow the bad one as answers.
+        self.broken.store(true, Ordering::Release);
+        self.kill();
     }
 
     /// Whether it speaks the job messages in JSON (`PoolBuilder::job_codec`).
@@ -226,9 +230,9 @@ impl Worker {
                     return;
                 };
                 // Relaxed: raised under the `pending` lock, which this
-                // thread took after (see `time_out`).
-                if self.has_deferred.load(Ordering::Relaxed) {
-                    self.start_deferred_timer();
+                // thread took after (`dispatch`).
+                if self.clock_waiting.load(Ordering::Relaxed) {
+                    self.start_next_clock();
                 }
                 let jobs = t.jobs();
                 let (outcome, failed) = match outcome {
@@ -353,29 +357,32 @@ impl Worker {
 }
 
 impl Worker {
-    /// After an answer: the oldest job still pending starts now; if it was
-    /// sent behind others with a clock (`dispatch`), it is marked started
-    /// (its queue wait is over) and its run timeout starts now, whole.
-    fn start_deferred_timer(&self) {
+    /// After an answer: the oldest job still pending starts now. If it has
+    /// a clock and waited behind others (`dispatch`), it is marked started
+    /// (its queue wait is over) and its run timeout starts, whole.
+    fn start_next_clock(&self) {
         let pending = lock(&self.pending);
-        let mut deferred = lock(&self.deferred_timers);
-        deferred.retain(|id| pending.contains_key(id));
         if let Some(next) = pending.values().min_by_key(|t| t.seq) {
-            if let Some(i) = deferred.iter().position(|&id| id == next.id) {
-                deferred.swap_remove(i);
+            if clocked(next) && !next.state.is_started() {
                 next.state.mark_started();
                 if let Some(after) = next.timeout {
-                    let _ = self.core.control.send(Control::RunDeadline {
-                        id: next.id,
-                        worker: self.id,
-                        epoch: self.epoch,
-                        after,
-                    });
+                    self.arm_run_timeout(next.id, after);
                 }
             }
         }
-        // Relaxed: read after the `pending` lock (see `time_out`).
-        self.has_deferred.store(!deferred.is_empty(), Ordering::Relaxed);
+        let waiting = pending.values().any(|t| clocked(t) && !t.state.is_started());
+        // Relaxed: under the `pending` lock, as in `dispatch`.
+        self.clock_waiting.store(waiting, Ordering::Relaxed);
+    }
+
+    /// Tells the monitor job `id`'s run timeout starts now.
+    pub(super) fn arm_run_timeout(&self, id: u64, after: Duration) {
+        let _ = self.core.control.send(Control::RunDeadline {
+            id,
+            worker: self.id,
+            epoch: self.epoch,
+            after,
+        });
     }
 
     /// On an answer for `jobs` jobs: whether the worker is due for
@@ -452,4 +459,17 @@ pub(super) fn send_soon(w: Arc<Worker>, msg: ToWorker<'static>) {
     if let Err(e) = spawned {
         log::error!("could not start a thread to send a control message: {e}");
     }
+}
+
+/// Whether a job has a clock that starts when it does: a run timeout, or a
+/// queue-wait deadline (which ends then).
+pub(super) fn clocked(t: &Task) -> bool {
+    t.timeout.is_some() || t.state.is_watched()
+}
+
+/// Whether a job sent to a worker as `seq` waits behind one sent before it,
+/// still unanswered: a worker starts its jobs in the order sent, so it has
+/// not started.
+pub(super) fn sent_behind(pending: &HashMap<u64, Task>, seq: u64) -> bool {
+    pending.values().any(|o| o.seq < seq)
 }
