@@ -493,6 +493,15 @@ fn processes_a_worker_that_exits_mid_job_fails_its_job_and_is_replaced() {
     finish(pool);
 }
 
+/// A gate job running on `pool` (it said "started"), held until the
+/// returned gate opens.
+fn gate_job(pool: &Pool, name: &str) -> (GatePath, portpool::Ticket<Gate>) {
+    let gate = GatePath::new(name);
+    let mut running = pool.submit(Gate(gate.0.clone())).unwrap();
+    assert_eq!(running.recv_progress::<String>().as_deref(), Some("started"));
+    (gate, running)
+}
+
 // A queue-wait deadline ends when the job starts, on both backends: a job
 // sent to a busy process worker behind another has not started, so a zero
 // deadline fails it (it used to wait there and succeed), and the worker
@@ -502,9 +511,7 @@ both!(
     |backend| {
         let pool = builder(backend, 1).inflight_per_worker(4).build().unwrap();
         let pid = pool.stats().workers[0].pid;
-        let gate = GatePath::new(&format!("queue-behind-{backend:?}"));
-        let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
-        assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+        let (gate, first) = gate_job(&pool, &format!("queue-behind-{backend:?}"));
         let opts = portpool::pool::JobOptions::new().queue_timeout(std::time::Duration::ZERO);
         let behind = pool.submit_with(Square(3), opts).unwrap();
         match behind.wait_timeout(BOUND) {
@@ -534,9 +541,7 @@ fn processes_a_run_timeout_starts_when_the_job_does_not_when_it_is_sent() {
         .unwrap();
     let clock = builder(Backend::Threads, 1).build().unwrap();
     let timeout = std::time::Duration::from_millis(200);
-    let gate = GatePath::new("timeout-behind");
-    let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
-    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    let (gate, first) = gate_job(&pool, "timeout-behind");
     // Sent to the same worker at once, behind the gate job.
     let behind = pool
         .submit_with(Square(3), portpool::pool::JobOptions::new().timeout(timeout))
@@ -557,9 +562,7 @@ fn processes_a_run_timeout_starts_when_the_job_does_not_when_it_is_sent() {
     assert_eq!(first.wait(), Ok(true));
     assert_eq!(behind.wait(), Ok(9));
     // And the clock of a job sent behind another does run once it starts.
-    let gate = GatePath::new("timeout-behind-2");
-    let mut first = pool.submit(Gate(gate.0.clone())).unwrap();
-    assert_eq!(first.recv_progress::<String>().as_deref(), Some("started"));
+    let (gate, first) = gate_job(&pool, "timeout-behind-2");
     let hang = Chaos {
         n: 2,
         fault: Fault::Hang,

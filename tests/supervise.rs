@@ -263,20 +263,17 @@ fn workers_killing_each_other_5() {
 
 // ---------------------------------------------------------- restart limit
 
-#[test]
-fn a_crash_loop_hits_the_restart_limit_and_the_pool_fails_with_its_cause() {
+/// A one-worker pool under `policy` whose jobs exit with `codes`, one after
+/// another, with a `Square(2)` queued behind them: waits for each crash and
+/// for the pool to fail. Gives the pool, its events, the failure's reason
+/// and the ticket of the job behind.
+fn crash_until_the_pool_fails(
+    policy: RestartPolicy,
+    codes: &[i32],
+) -> (Pool, Events, String, portpool::Ticket<Square>) {
     let (b, ev) = builder(Backend::Processes, 1);
-    let pool = b
-        .inflight_per_worker(1)
-        .restart(RestartPolicy {
-            max_restarts: 2,
-            period: Duration::from_secs(600),
-            backoff: Duration::from_millis(1),
-            max_backoff: Duration::from_millis(5),
-        })
-        .build()
-        .unwrap();
-    let crashes: Vec<_> = (0..3).map(|i| pool.submit(Exit(40 + i)).unwrap()).collect();
+    let pool = b.inflight_per_worker(1).restart(policy).build().unwrap();
+    let crashes: Vec<_> = codes.iter().map(|&c| pool.submit(Exit(c)).unwrap()).collect();
     let behind = pool.submit(Square(2)).unwrap();
     for c in crashes {
         exited(c.wait());
@@ -286,6 +283,18 @@ fn a_crash_loop_hits_the_restart_limit_and_the_pool_fails_with_its_cause() {
     else {
         unreachable!()
     };
+    (pool, ev, reason, behind)
+}
+
+#[test]
+fn a_crash_loop_hits_the_restart_limit_and_the_pool_fails_with_its_cause() {
+    let policy = RestartPolicy {
+        max_restarts: 2,
+        period: Duration::from_secs(600),
+        backoff: Duration::from_millis(1),
+        max_backoff: Duration::from_millis(5),
+    };
+    let (pool, ev, reason, behind) = crash_until_the_pool_fails(policy, &[40, 41, 42]);
     assert!(reason.contains("exit code 42"), "{reason}");
     match behind.wait() {
         Err(JobError::Rejected { reason }) => assert!(reason.contains("the pool failed"), "{reason}"),
@@ -334,28 +343,14 @@ fn a_restart_policy_with_a_zero_period_is_refused_at_build() {
 // (queued jobs fail, submits are refused) instead of waiting for ever.
 #[test]
 fn a_restart_backoff_too_long_to_wait_fails_the_pool_instead_of_waiting() {
-    let (b, ev) = builder(Backend::Processes, 1);
-    let pool = b
-        .inflight_per_worker(1)
-        .restart(RestartPolicy {
-            max_restarts: 10,
-            period: Duration::from_secs(600),
-            backoff: Duration::MAX,
-            max_backoff: Duration::MAX,
-        })
-        .build()
-        .unwrap();
-    // The first restart is immediate; the second would wait the backoff.
-    let crashes: Vec<_> = (0..2).map(|i| pool.submit(Exit(50 + i)).unwrap()).collect();
-    let behind = pool.submit(Square(2)).unwrap();
-    for c in crashes {
-        exited(c.wait());
-    }
-    let PoolEvent::PoolFailed { reason } =
-        ev.wait_for("pool failure", |e| matches!(e, PoolEvent::PoolFailed { .. }))
-    else {
-        unreachable!()
+    let policy = RestartPolicy {
+        max_restarts: 10,
+        period: Duration::from_secs(600),
+        backoff: Duration::MAX,
+        max_backoff: Duration::MAX,
     };
+    // The first restart is immediate; the second would wait the backoff.
+    let (pool, ev, reason, behind) = crash_until_the_pool_fails(policy, &[50, 51]);
     assert!(
         reason.contains("too long to wait") && reason.contains("exit code 51"),
         "{reason}"
