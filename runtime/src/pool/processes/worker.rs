@@ -157,8 +157,10 @@ impl Worker {
     /// thread would have ended it); the reader reports the exit.
     pub(super) fn end_from_ticket(&self, why: Option<String>) {
         if let Some(e) = why {
+            // Recorded before the kill: the reader reports it once the port
+            // ends, which the kill may make at once.
+            let e = lock(&self.broke).get_or_insert(e).clone();
             self.kill_for_protocol(&e);
-            lock(&self.broke).get_or_insert(e);
         }
         self.rx.wake_background();
     }
